@@ -1,0 +1,42 @@
+# Quire's two commands for a fresh machine:
+#   make demo   run the most complete end-to-end path that exists
+#   make test   build everything (Postgres too, if the cache lacks it) and run every test
+#
+# The patched Postgres is built once per (version, patch hash) into
+# QUIRE_PG_HOME (default ~/.cache/quire) by postgres/build.sh, which prints its
+# install prefix; every target below asks it for that prefix.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+CARGO ?= cargo
+PG_PREFIX = $$(postgres/build.sh --prefix)
+EXTENSIONS := $(wildcard postgres/extensions/*/Makefile)
+
+.PHONY: test demo postgres extensions check-postgres lint cargo-test
+
+test: extensions check-postgres lint cargo-test
+
+demo: extensions
+	QUIRE_PG_PREFIX=$(PG_PREFIX) $(CARGO) run --release --locked -p quire -- demo
+
+# Builds the patched Postgres if the cache lacks it.
+postgres:
+	postgres/build.sh --prefix >/dev/null
+
+# Our C extensions, built with PGXS and installed into the patched build.
+extensions: postgres
+	prefix=$(PG_PREFIX); \
+	for makefile in $(EXTENSIONS); do \
+		$(MAKE) -s -C "$$(dirname "$$makefile")" PG_CONFIG="$$prefix/bin/pg_config" install; \
+	done
+
+# Postgres' own regression suite on the patched build, once per build.
+check-postgres: postgres
+	postgres/regress.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+cargo-test: extensions
+	QUIRE_PG_PREFIX=$(PG_PREFIX) $(CARGO) test --workspace --locked

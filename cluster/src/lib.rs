@@ -1,0 +1,25 @@
+//! Local cluster processes for the `quire` CLI and the full-stack tests.
+//!
+//! This crate owns starting, stopping and talking to the processes of a
+//! cluster on one machine: the patched Postgres 17 build ([`PgInstall`]), the
+//! unprivileged user that runs it when we are root ([`RunAs`]), throwaway
+//! Postgres clusters on free loopback ports with bounded start and stop
+//! times ([`PgCluster`]), commands run with a deadline ([`run_bounded`]), and
+//! the counters of the hook-proving storage manager ([`read_smgr_counts`]).
+//! It is tooling: it never sits on a data path, and it uses `anyhow` errors
+//! with verb contexts.
+#![forbid(unsafe_code)]
+
+mod bounded;
+mod install;
+mod pg_cluster;
+mod pgbench;
+mod run_as;
+mod smgr_count;
+
+pub use bounded::{run_bounded, run_checked};
+pub use install::PgInstall;
+pub use pg_cluster::{PgCluster, PgClusterOptions};
+pub use pgbench::PgbenchSummary;
+pub use run_as::RunAs;
+pub use smgr_count::read_smgr_counts;

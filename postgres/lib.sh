@@ -1,0 +1,44 @@
+# Shared by postgres/build.sh and postgres/regress.sh: the cache location and
+# the unprivileged user that owns the build and runs Postgres.
+# shellcheck shell=bash
+
+pg_home=${QUIRE_PG_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/quire}
+pg_user=${QUIRE_PG_USER:-quire}
+script_name=postgres/$(basename "$0")
+
+log() { echo "$script_name: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+as_root=false
+[ "$(id -u)" = 0 ] && as_root=true
+
+# The unprivileged user that builds and runs Postgres when we are root
+# (Postgres refuses to run as root), with search permission on every parent
+# of the cache so it can reach the binaries (granted by an ACL entry for that
+# user alone, not by opening the directory to everybody).
+ensure_pg_user() {
+    $as_root || return 0
+    if ! id -u "$pg_user" >/dev/null 2>&1; then
+        log "creating unprivileged user $pg_user"
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin "$pg_user"
+    fi
+    mkdir -p "$pg_home"
+    local dir=$pg_home
+    while [ "$dir" != / ]; do
+        if ! runuser -u "$pg_user" -- test -x "$dir" 2>/dev/null; then
+            setfacl -m "u:$pg_user:x" "$dir"
+        fi
+        dir=$(dirname "$dir")
+    done
+    chown "$pg_user:" "$pg_home"
+}
+
+as_pg_user() {
+    if $as_root; then
+        runuser -u "$pg_user" -- env HOME="$pg_home" "$@"
+    else
+        "$@"
+    fi
+}
+
