@@ -108,6 +108,7 @@ key_dir=$pg_home/pg-$pg_version-$patch_hash
 prefix=$key_dir/install
 
 if [ -f "$prefix/.complete" ]; then
+    touch "$prefix/.complete" # marks the build as used, for pruning below
     echo "$prefix"
     exit 0
 fi
@@ -127,24 +128,35 @@ for patch in "$here"/patches/*.patch; do
         die "$(basename "$patch") does not apply to Postgres $pg_version"
 done
 
-cc=gcc
+# ccache keyed on paths relative to the build directory, so that a new patch
+# hash (a new directory) still hits for every file the patches do not touch.
+build_env=(CC=gcc)
 if command -v ccache >/dev/null; then
-    cc="ccache gcc"
-    export CCACHE_DIR=$pg_home/ccache
-    mkdir -p "$CCACHE_DIR"
-    $as_root && chown "$pg_user:" "$CCACHE_DIR"
+    build_env=(CC="ccache gcc" CCACHE_DIR="$pg_home/ccache" CCACHE_BASEDIR="$key_dir"
+        CCACHE_NOHASHDIR=1)
+    mkdir -p "$pg_home/ccache"
+    $as_root && chown "$pg_user:" "$pg_home/ccache"
 fi
 jobs=$(nproc)
 (
     cd "$key_dir/build"
-    as_pg_user env CC="$cc" CCACHE_DIR="${CCACHE_DIR:-}" ./configure --prefix="$prefix" \
-        "${configure_flags[@]}" >"$key_dir/configure.log" 2>&1 ||
-        die "configure failed: see $key_dir/configure.log"
-    as_pg_user env CCACHE_DIR="${CCACHE_DIR:-}" make -j"$jobs" -s world-bin >"$key_dir/build.log" 2>&1 ||
+    as_pg_user env "${build_env[@]}" ./configure --prefix="$prefix" "${configure_flags[@]}" \
+        >"$key_dir/configure.log" 2>&1 || die "configure failed: see $key_dir/configure.log"
+    as_pg_user env "${build_env[@]}" make -j"$jobs" -s world-bin >"$key_dir/build.log" 2>&1 ||
         die "make world-bin failed: see $key_dir/build.log"
     as_pg_user make -s install-world-bin >>"$key_dir/build.log" 2>&1 ||
         die "make install-world-bin failed: see $key_dir/build.log"
 )
 as_pg_user touch "$prefix/.complete"
 log "built Postgres $pg_version in $(($(date +%s) - started)) s"
+
+# Keep the builds_max most recently used builds (other checkouts may use
+# older patch series); each is about half a GiB.
+builds_max=4
+ls -1td "$pg_home"/pg-17.*/install/.complete 2>/dev/null | tail -n +$((builds_max + 1)) |
+    while read -r stale; do
+        stale_dir=$(dirname "$(dirname "$stale")")
+        log "removing the least recently used build $stale_dir"
+        rm -rf "$stale_dir"
+    done || true
 echo "$prefix"

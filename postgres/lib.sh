@@ -2,7 +2,8 @@
 # the unprivileged user that owns the build and runs Postgres.
 # shellcheck shell=bash
 
-pg_home=${QUIRE_PG_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/quire}
+home=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}
+pg_home=${QUIRE_PG_HOME:-${XDG_CACHE_HOME:-$home/.cache}/quire}
 pg_user=${QUIRE_PG_USER:-quire}
 script_name=postgres/$(basename "$0")
 

@@ -62,6 +62,22 @@ impl PgInstall {
         &self.prefix
     }
 
+    /// The configured and built source tree this install came from, which
+    /// holds Postgres' regression suite (`src/test/regress`).
+    pub fn build_tree(&self) -> Result<PathBuf> {
+        let tree = self
+            .prefix
+            .parent()
+            .map(|key_dir| key_dir.join("build"))
+            .filter(|tree| tree.join("src/test/regress/GNUmakefile").is_file());
+        tree.with_context(|| {
+            format!(
+                "no Postgres build tree beside {} (postgres/build.sh makes one)",
+                self.prefix.display()
+            )
+        })
+    }
+
     /// The path of one of the installed programs (`postgres`, `psql`, ...).
     pub fn bin(&self, program: &str) -> PathBuf {
         self.prefix.join("bin").join(program)

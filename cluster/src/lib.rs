@@ -19,7 +19,7 @@ mod smgr_count;
 
 pub use bounded::{run_bounded, run_checked};
 pub use install::PgInstall;
-pub use pg_cluster::{PgCluster, PgClusterOptions};
+pub use pg_cluster::{PgCluster, PgClusterOptions, SUPERUSER};
 pub use pgbench::PgbenchSummary;
 pub use run_as::RunAs;
 pub use smgr_count::read_smgr_counts;

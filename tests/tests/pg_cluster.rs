@@ -80,3 +80,38 @@ fn a_bad_setting_fails_start_with_the_server_log() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_failing_test_keeps_the_cluster_directory_and_log() -> Result<()> {
+    let install = pg_install()?;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let failing_test = std::thread::spawn(move || {
+        let mut pg = PgCluster::create(&install, PgClusterOptions::default()).unwrap();
+        pg.start().unwrap();
+        sender.send((pg.datadir(), pg.log_path())).unwrap();
+        panic!("a test fails while its cluster runs");
+    });
+    ensure!(
+        failing_test.join().is_err(),
+        "the failing test did not fail"
+    );
+    let (datadir, log) = receiver.recv()?;
+    ensure!(
+        datadir.join("PG_VERSION").is_file(),
+        "{} was removed",
+        datadir.display()
+    );
+    let log_text = std::fs::read_to_string(&log)?;
+    ensure!(
+        log_text.contains("database system is ready to accept connections"),
+        "the kept log is not the server's: {log_text}"
+    );
+    ensure!(
+        !datadir.join("postmaster.pid").exists(),
+        "the server of the failed test still runs"
+    );
+    if let Some(root) = datadir.parent() {
+        std::fs::remove_dir_all(root)?;
+    }
+    Ok(())
+}

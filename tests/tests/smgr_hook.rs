@@ -7,8 +7,10 @@
 //! buffers. The hook must also learn each relation's persistence, so that
 //! unlogged and temp relations can stay local.
 
-use anyhow::{Context, Result, ensure};
-use quire_cluster::{PgCluster, PgClusterOptions, read_smgr_counts};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use quire_cluster::{PgCluster, PgClusterOptions, RunAs, read_smgr_counts, run_bounded};
 use quire_tests::{assert_log_clean, pg_install};
 
 const ROWS: u64 = 20_000;
@@ -104,5 +106,66 @@ fn without_the_extension_the_counters_are_unavailable() -> Result<()> {
         "unexpected error: {error:#}"
     );
     assert_log_clean(&pg, &["not attached to shared memory"])?;
+    pg.stop()
+}
+
+/// Postgres' whole regression suite (parallel schedule, `installcheck`) on a
+/// server whose every relation goes through the hook to the counting storage
+/// manager: the hook must not change any result. `make check` separately
+/// proves the patch inert when no extension sets the hook.
+#[test]
+fn regression_suite_passes_through_the_smgr_hook() -> Result<()> {
+    let install = pg_install()?;
+    let regress = install.build_tree()?.join("src/test/regress");
+    let options = PgClusterOptions::default()
+        .setting("shared_preload_libraries", "'quire_smgr_count'")
+        .setting("max_connections", "100");
+    let mut pg = PgCluster::create(&install, options)?;
+    pg.start()?;
+
+    let run_as = RunAs::detect()?;
+    let mut command = run_as.command("make");
+    command
+        .arg("-C")
+        .arg(&regress)
+        .args(["-s", "installcheck-parallel"])
+        .env("PGHOST", "127.0.0.1")
+        .env("PGPORT", pg.port().to_string())
+        .env("PGUSER", quire_cluster::SUPERUSER);
+    let output = run_bounded(&mut command, Duration::from_secs(900))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let diffs = std::fs::read_to_string(regress.join("regression.diffs")).unwrap_or_default();
+        bail!(
+            "the regression suite failed through the smgr hook:\n{stdout}\n{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            diffs.lines().take(100).collect::<Vec<_>>().join("\n")
+        );
+    }
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|line| line.contains("tests passed"));
+    println!(
+        "through the smgr hook: {}",
+        summary.unwrap_or("no summary line")
+    );
+    ensure!(summary.is_some(), "no pass summary in:\n{stdout}");
+
+    let counts = read_smgr_counts(&pg)?;
+    for counter in [
+        "readv_blocks",
+        "extend",
+        "writev_blocks",
+        "truncate",
+        "unlink",
+        "chosen_unlogged",
+        "chosen_temp",
+    ] {
+        ensure!(
+            count(&counts, counter)? > 0,
+            "the suite never reached {counter}: {counts:?}"
+        );
+    }
     pg.stop()
 }
