@@ -10,6 +10,11 @@ script_name=postgres/$(basename "$0")
 log() { echo "$script_name: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# Postgres' makefiles build their generated headers first only in a top-level
+# make (MAKELEVEL 0); run from our Makefile they would inherit a deeper level
+# and race on a cold build, so every make here starts afresh.
+unset MAKELEVEL MAKEFLAGS MFLAGS
+
 as_root=false
 [ "$(id -u)" = 0 ] && as_root=true
 
