@@ -6,6 +6,9 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod waldump;
+
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,10 +24,16 @@ struct Cli {
 enum Command {
     /// Run the most complete end-to-end path that exists, with real figures.
     Demo(demo::DemoArgs),
+    /// Print every record of WAL segment files, one line each, for comparison with `pg_waldump`.
+    Waldump(waldump::WaldumpArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<ExitCode> {
     match Cli::parse().command {
-        Command::Demo(args) => demo::run(&args),
+        Command::Demo(args) => demo::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Waldump(args) => match waldump::run(&args)? {
+            waldump::Outcome::Complete => Ok(ExitCode::SUCCESS),
+            waldump::Outcome::Stopped => Ok(ExitCode::FAILURE),
+        },
     }
 }

@@ -14,6 +14,7 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -30,6 +31,8 @@ pub const SUPERUSER: &str = "postgres";
 pub struct PgClusterOptions {
     /// Extra `postgresql.conf` settings, written verbatim as `name = value`.
     pub settings: Vec<(String, String)>,
+    /// Extra `initdb` arguments (e.g. `--wal-segsize=1`).
+    pub initdb_args: Vec<String>,
     /// Bound on `initdb`.
     pub init_timeout: Duration,
     /// Bound on a start (`pg_ctl start -w`).
@@ -44,6 +47,7 @@ impl Default for PgClusterOptions {
     fn default() -> Self {
         PgClusterOptions {
             settings: Vec::new(),
+            initdb_args: Vec::new(),
             init_timeout: Duration::from_secs(120),
             start_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(60),
@@ -58,6 +62,13 @@ impl PgClusterOptions {
     #[must_use]
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Adds an `initdb` argument.
+    #[must_use]
+    pub fn initdb_arg(mut self, arg: &str) -> Self {
+        self.initdb_args.push(arg.to_owned());
         self
     }
 }
@@ -107,7 +118,8 @@ impl PgCluster {
                 .arg("--pgdata")
                 .arg(&data)
                 .args(["--username", SUPERUSER, "--auth", "trust", "--no-sync"])
-                .args(["--encoding", "UTF8", "--locale", "C"]),
+                .args(["--encoding", "UTF8", "--locale", "C"])
+                .args(&cluster.options.initdb_args),
             cluster.options.init_timeout,
         )
         .context("initdb")?;
@@ -250,6 +262,26 @@ impl PgCluster {
         )
         .with_context(|| format!("psql: {}", first_line(sql)))?;
         String::from_utf8(output.stdout).context("read psql output")
+    }
+
+    /// Runs a multi-statement SQL script in `database` with psql (each
+    /// statement in its own transaction unless the script groups them),
+    /// stopping at the first error; returns the output as [`PgCluster::psql`] does.
+    pub fn psql_script(&self, database: &str, script: &str) -> Result<String> {
+        static SCRIPTS: AtomicU64 = AtomicU64::new(0);
+        let n = SCRIPTS.fetch_add(1, Ordering::Relaxed);
+        let path = self.root.join(format!("script-{n}.sql"));
+        fs::write(&path, script).with_context(|| format!("write {}", path.display()))?;
+        let output = run_checked(
+            self.client("psql")
+                .args(["--no-psqlrc", "--no-align", "--tuples-only", "--quiet"])
+                .args(["--set", "ON_ERROR_STOP=1", "--dbname", database, "--file"])
+                .arg(&path),
+            self.options.query_timeout,
+        )
+        .with_context(|| format!("psql script starting {}", first_line(script)));
+        let _ = fs::remove_file(&path);
+        String::from_utf8(output?.stdout).context("read psql output")
     }
 
     /// Server log lines reporting an ERROR, FATAL or PANIC that contain none

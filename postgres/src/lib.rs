@@ -1,9 +1,17 @@
 //! Postgres 17's formats, pure: bytes in, values out.
 //!
-//! This crate will own what Quire reads and writes in Postgres' own formats:
-//! the WAL decoder and record decoding, the storage key space, page and
-//! control-file layouts, and the generated checkpoint segment a compute
-//! starts from. It does no I/O. The folder around it also holds the build of
-//! Postgres itself (`build.sh`, `patches/`) and Quire's C extensions
-//! (`extensions/`).
+//! This crate owns what Quire reads and writes in Postgres' own formats: the
+//! identifiers and constants ([`types`], [`lsn`]), the WAL decoder and record
+//! decoding ([`wal`]), and the storage key space ([`key`]). It does no I/O,
+//! takes no clock and never panics on input: bad bytes are typed errors. The
+//! folder around it also holds the build of Postgres itself (`build.sh`,
+//! `patches/`) and Quire's C extensions (`extensions/`).
 #![forbid(unsafe_code)]
+
+pub mod key;
+pub mod lsn;
+pub mod types;
+pub mod wal;
+
+pub use key::Key;
+pub use lsn::Lsn;

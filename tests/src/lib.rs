@@ -6,6 +6,8 @@
 //! in the server logs. This library holds what those tests share.
 #![forbid(unsafe_code)]
 
+pub mod waldump_oracle;
+
 use anyhow::{Context, Result, bail};
 use quire_cluster::{PgCluster, PgInstall};
 

@@ -1,0 +1,13 @@
+//! Postgres 17's write-ahead log: pages, records, full-page images.
+//!
+//! [`stream::WalStreamDecoder`] turns raw WAL bytes into checked whole
+//! records; [`record::decode_record`] splits a record into its header, block
+//! references, images and data; [`image::BlockImage::restore`] rebuilds a
+//! page from a full-page image.
+
+pub mod image;
+pub mod page;
+pub mod pglz;
+pub mod record;
+pub mod rmgr;
+pub mod stream;

@@ -1,0 +1,212 @@
+//! WAL page headers (`XLogPageHeaderData`, `XLogLongPageHeaderData`).
+//!
+//! Every 8 KiB WAL page starts with a short header; the first page of each
+//! segment has the long form, which adds the system identifier, segment size
+//! and page size. All fields are little-endian (as written on x86-64).
+//!
+//! | offset | size | field | meaning |
+//! | --- | --- | --- | --- |
+//! | 0 | 2 | `xlp_magic` | 0xD116 in Postgres 17 |
+//! | 2 | 2 | `xlp_info` | flag bits below |
+//! | 4 | 4 | `xlp_tli` | timeline of the page's first record |
+//! | 8 | 8 | `xlp_pageaddr` | LSN of the page's first byte |
+//! | 16 | 4 | `xlp_rem_len` | bytes of a record continued from earlier pages |
+//! | 20 | 4 | padding | to 24 (MAXALIGN) |
+//! | 24 | 8 | `xlp_sysid` | long header only: `pg_control`'s system identifier |
+//! | 32 | 4 | `xlp_seg_size` | long header only |
+//! | 36 | 4 | `xlp_xlog_blcksz` | long header only |
+
+use crate::lsn::Lsn;
+use crate::types::{TimeLineId, XLOG_BLCKSZ};
+
+/// `XLOG_PAGE_MAGIC` of Postgres 17.
+pub const XLOG_PAGE_MAGIC: u16 = 0xD116;
+/// The first record bytes on this page continue a record from earlier pages.
+pub const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
+/// This page has the long header.
+pub const XLP_LONG_HEADER: u16 = 0x0002;
+/// Backup blocks on this page are not needed for recovery.
+pub const XLP_BKP_REMOVABLE: u16 = 0x0004;
+/// A missing continuation record was overwritten (after a crash).
+pub const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
+/// Every defined flag.
+pub const XLP_ALL_FLAGS: u16 = 0x000F;
+/// `SizeOfXLogShortPHD`, rounded up to 8 bytes.
+pub const SHORT_PAGE_HEADER_SIZE: usize = 24;
+/// `SizeOfXLogLongPHD`, rounded up to 8 bytes.
+pub const LONG_PAGE_HEADER_SIZE: usize = 40;
+
+/// A decoded page header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageHeader {
+    /// `xlp_info`.
+    pub info: u16,
+    /// `xlp_tli`.
+    pub timeline: TimeLineId,
+    /// `xlp_pageaddr`.
+    pub page_address: Lsn,
+    /// `xlp_rem_len`.
+    pub remaining_length: u32,
+    /// Long header fields: system id, segment size, page size.
+    pub long: Option<LongPageHeader>,
+}
+
+/// The fields only the first page of a segment carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LongPageHeader {
+    /// `xlp_sysid`.
+    pub system_id: u64,
+    /// `xlp_seg_size`.
+    pub segment_size: u32,
+    /// `xlp_xlog_blcksz`.
+    pub page_size: u32,
+}
+
+impl PageHeader {
+    /// The header's size on the page (rounded up to 8 bytes).
+    pub fn size(&self) -> usize {
+        if self.long.is_some() {
+            LONG_PAGE_HEADER_SIZE
+        } else {
+            SHORT_PAGE_HEADER_SIZE
+        }
+    }
+
+    /// Whether the page's first bytes continue an earlier record.
+    pub fn is_contrecord(&self) -> bool {
+        self.info & XLP_FIRST_IS_CONTRECORD != 0
+    }
+
+    /// Serialises the header into the first [`PageHeader::size`] bytes of `page`.
+    pub fn write(&self, page: &mut [u8]) {
+        page[0..2].copy_from_slice(&XLOG_PAGE_MAGIC.to_le_bytes());
+        page[2..4].copy_from_slice(&self.info.to_le_bytes());
+        page[4..8].copy_from_slice(&self.timeline.to_le_bytes());
+        page[8..16].copy_from_slice(&self.page_address.0.to_le_bytes());
+        page[16..20].copy_from_slice(&self.remaining_length.to_le_bytes());
+        page[20..24].fill(0);
+        if let Some(long) = self.long {
+            page[24..32].copy_from_slice(&long.system_id.to_le_bytes());
+            page[32..36].copy_from_slice(&long.segment_size.to_le_bytes());
+            page[36..40].copy_from_slice(&long.page_size.to_le_bytes());
+        }
+    }
+}
+
+/// What is wrong with a page header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PageHeaderError {
+    /// The magic number is not Postgres 17's.
+    #[error("invalid magic number {0:#06x} (Postgres 17 writes 0xd116)")]
+    BadMagic(u16),
+    /// Undefined flag bits are set.
+    #[error("invalid info bits {0:#06x}")]
+    BadInfo(u16),
+    /// The page claims to be elsewhere in the WAL.
+    #[error("page address {found} where {expected} was expected")]
+    WrongAddress {
+        /// `xlp_pageaddr`.
+        found: Lsn,
+        /// The LSN the page was read at.
+        expected: Lsn,
+    },
+    /// A segment's first page lacks the long header, or another page has it.
+    #[error("long header flag is {found} on a page where it must be {expected}")]
+    LongHeaderMismatch {
+        /// Whether `XLP_LONG_HEADER` is set.
+        found: bool,
+        /// Whether it must be.
+        expected: bool,
+    },
+    /// The long header's segment size differs from the stream's.
+    #[error("segment size {found} in the long header, expected {expected}")]
+    WrongSegmentSize {
+        /// `xlp_seg_size`.
+        found: u32,
+        /// The stream's segment size.
+        expected: u32,
+    },
+    /// The long header's page size is not 8192.
+    #[error("WAL page size {0} in the long header, expected 8192")]
+    WrongPageSize(u32),
+    /// The long header's system identifier differs from the stream's.
+    #[error("system identifier {found} differs from the stream's {expected}")]
+    WrongSystemId {
+        /// `xlp_sysid`.
+        found: u64,
+        /// The first one seen.
+        expected: u64,
+    },
+    /// The timeline went backwards.
+    #[error("timeline {found} after timeline {previous}")]
+    TimelineBackwards {
+        /// `xlp_tli`.
+        found: TimeLineId,
+        /// The previous page's.
+        previous: TimeLineId,
+    },
+}
+
+/// Decodes the header of the page at `page_address` from `bytes` (which must
+/// hold at least [`LONG_PAGE_HEADER_SIZE`] bytes for a segment's first page
+/// and [`SHORT_PAGE_HEADER_SIZE`] otherwise) and checks the fields that do
+/// not depend on the stream's history.
+pub fn decode_page_header(
+    bytes: &[u8],
+    page_address: Lsn,
+    segment_size: u32,
+) -> Result<PageHeader, PageHeaderError> {
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    let u32_at =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let u64_at = |at: usize| (u64::from(u32_at(at + 4)) << 32) | u64::from(u32_at(at));
+    let magic = u16_at(0);
+    if magic != XLOG_PAGE_MAGIC {
+        return Err(PageHeaderError::BadMagic(magic));
+    }
+    let info = u16_at(2);
+    if info & !XLP_ALL_FLAGS != 0 {
+        return Err(PageHeaderError::BadInfo(info));
+    }
+    let segment_start = page_address.segment_offset(segment_size) == 0;
+    let has_long = info & XLP_LONG_HEADER != 0;
+    if has_long != segment_start {
+        return Err(PageHeaderError::LongHeaderMismatch {
+            found: has_long,
+            expected: segment_start,
+        });
+    }
+    let found = Lsn(u64_at(8));
+    if found != page_address {
+        return Err(PageHeaderError::WrongAddress {
+            found,
+            expected: page_address,
+        });
+    }
+    let long = if has_long {
+        let long = LongPageHeader {
+            system_id: u64_at(24),
+            segment_size: u32_at(32),
+            page_size: u32_at(36),
+        };
+        if long.segment_size != segment_size {
+            return Err(PageHeaderError::WrongSegmentSize {
+                found: long.segment_size,
+                expected: segment_size,
+            });
+        }
+        if long.page_size != XLOG_BLCKSZ {
+            return Err(PageHeaderError::WrongPageSize(long.page_size));
+        }
+        Some(long)
+    } else {
+        None
+    };
+    Ok(PageHeader {
+        info,
+        timeline: u32_at(4),
+        page_address,
+        remaining_length: u32_at(16),
+        long,
+    })
+}

@@ -1,0 +1,438 @@
+//! Decoding one WAL record: the `XLogRecord` header, block references,
+//! full-page images, main data, replication origin and top-level xid.
+//!
+//! A record is the 24-byte header followed by a run of fragment headers and
+//! then the fragments' data, in the same order:
+//!
+//! | fragment header | payload in the header run | data after the run |
+//! | --- | --- | --- |
+//! | block id 0..=32 | `fork_flags: u8`, `data_length: u16`, then an image header if `HAS_IMAGE` (`length: u16`, `hole_offset: u16`, `bimg_info: u8`, and `hole_length: u16` if compressed with a hole), then a `RelFileLocator` (12 bytes) unless `SAME_REL`, then `block: u32` | image bytes, then `data_length` bytes |
+//! | 255 `DATA_SHORT` | `length: u8` | main data |
+//! | 254 `DATA_LONG` | `length: u32` | main data |
+//! | 253 `ORIGIN` | `origin: u16` | — |
+//! | 252 `TOPLEVEL_XID` | `xid: u32` | — |
+//!
+//! Decoding checks what Postgres' `DecodeXLogRecord` checks: ascending block
+//! ids, consistent data and image lengths, hole rules, and that the lengths
+//! add up exactly to the record.
+
+use crate::lsn::Lsn;
+use crate::types::{BLCKSZ, BlockNo, ForkNumber, RelFileLocator, TransactionId};
+use crate::wal::image::BlockImage;
+
+/// `SizeOfXLogRecord`.
+pub const XLOG_RECORD_HEADER_SIZE: usize = 24;
+/// `XLogRecordMaxSize`: the largest record Postgres writes.
+pub const XLOG_RECORD_MAX_SIZE: u32 = 1020 * 1024 * 1024;
+/// `XLR_MAX_BLOCK_ID`.
+pub const XLR_MAX_BLOCK_ID: u8 = 32;
+const XLR_BLOCK_ID_DATA_SHORT: u8 = 255;
+const XLR_BLOCK_ID_DATA_LONG: u8 = 254;
+const XLR_BLOCK_ID_ORIGIN: u8 = 253;
+const XLR_BLOCK_ID_TOPLEVEL_XID: u8 = 252;
+
+const BKPBLOCK_FORK_MASK: u8 = 0x0F;
+const BKPBLOCK_HAS_IMAGE: u8 = 0x10;
+const BKPBLOCK_HAS_DATA: u8 = 0x20;
+const BKPBLOCK_WILL_INIT: u8 = 0x40;
+const BKPBLOCK_SAME_REL: u8 = 0x80;
+
+const BKPIMAGE_HAS_HOLE: u8 = 0x01;
+const BKPIMAGE_APPLY: u8 = 0x02;
+const BKPIMAGE_COMPRESS_PGLZ: u8 = 0x04;
+const BKPIMAGE_COMPRESS_LZ4: u8 = 0x08;
+const BKPIMAGE_COMPRESS_ZSTD: u8 = 0x10;
+
+/// `XLOG_SWITCH` (an info value of the `XLOG` resource manager).
+pub const XLOG_SWITCH: u8 = 0x40;
+
+/// The fixed header of every record (`XLogRecord`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// `xl_tot_len`: header and body.
+    pub total_length: u32,
+    /// `xl_xid`.
+    pub xid: TransactionId,
+    /// `xl_prev`: the previous record's start.
+    pub prev: Lsn,
+    /// `xl_info`: the low 4 bits are for the WAL machinery, the high 4 the rmgr's.
+    pub info: u8,
+    /// `xl_rmid`.
+    pub rmid: u8,
+    /// `xl_crc`.
+    pub crc: u32,
+}
+
+impl RecordHeader {
+    /// Reads the header from a record's first 24 bytes.
+    pub fn decode(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
+        let mut reader = Reader::new(bytes);
+        let header = RecordHeader {
+            total_length: reader.u32()?,
+            xid: TransactionId(reader.u32()?),
+            prev: Lsn(reader.u64()?),
+            info: reader.u8()?,
+            rmid: reader.u8()?,
+            crc: {
+                reader.skip(2)?;
+                reader.u32()?
+            },
+        };
+        Ok(header)
+    }
+
+    /// The resource manager's part of `xl_info`.
+    pub fn rmgr_info(&self) -> u8 {
+        self.info & 0xF0
+    }
+}
+
+/// One block reference of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockRef<'a> {
+    /// The block id (0..=32), ascending within a record.
+    pub id: u8,
+    /// The relation.
+    pub rel: RelFileLocator,
+    /// The fork.
+    pub fork: ForkNumber,
+    /// The block.
+    pub block: BlockNo,
+    /// `BKPBLOCK_WILL_INIT`: redo initialises the page, ignoring its old contents.
+    pub will_init: bool,
+    /// A full-page image, if the record carries one.
+    pub image: Option<BlockImage<'a>>,
+    /// The block's data for its rmgr's redo.
+    pub data: &'a [u8],
+}
+
+/// A decoded record borrowing from the record's bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodedRecord<'a> {
+    /// The fixed header.
+    pub header: RecordHeader,
+    /// Block references in ascending id order.
+    pub blocks: Vec<BlockRef<'a>>,
+    /// The main data.
+    pub main_data: &'a [u8],
+    /// Replication origin, if recorded.
+    pub origin: Option<u16>,
+    /// Top-level transaction of a subtransaction's first record, if recorded.
+    pub toplevel_xid: Option<TransactionId>,
+}
+
+/// What is wrong inside a record.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The record ends in the middle of a field.
+    #[error("record truncated at byte {0}")]
+    Truncated(usize),
+    /// A fragment header has an id that is not a block id or special id.
+    #[error("invalid block id {0}")]
+    InvalidBlockId(u8),
+    /// Block ids are not strictly ascending.
+    #[error("block id {id} follows block id {previous}")]
+    OutOfOrderBlock {
+        /// The id found.
+        id: u8,
+        /// The id before it.
+        previous: u8,
+    },
+    /// A fork number above 3.
+    #[error("invalid fork number {0}")]
+    InvalidFork(u8),
+    /// `HAS_DATA` and `data_length` disagree.
+    #[error("block {id}: data flag {has_data} with data length {length}")]
+    DataLengthMismatch {
+        /// Block id.
+        id: u8,
+        /// `BKPBLOCK_HAS_DATA`.
+        has_data: bool,
+        /// `data_length`.
+        length: u16,
+    },
+    /// An image's length, hole and compression are inconsistent.
+    #[error(
+        "block {id}: inconsistent image (length {length}, hole offset {hole_offset}, hole length {hole_length}, info {info:#04x})"
+    )]
+    BadImage {
+        /// Block id.
+        id: u8,
+        /// `bimg_len`.
+        length: u16,
+        /// `hole_offset`.
+        hole_offset: u16,
+        /// `hole_length`.
+        hole_length: u16,
+        /// `bimg_info`.
+        info: u8,
+    },
+    /// `SAME_REL` on the first block.
+    #[error("block {0}: SAME_REL without a previous relation")]
+    NoPreviousRel(u8),
+    /// The fragment lengths do not add up to the record length.
+    #[error("fragments hold {declared} bytes of data, the record has {actual}")]
+    LengthMismatch {
+        /// Sum of the lengths the headers declare.
+        declared: u64,
+        /// Bytes after the fragment headers.
+        actual: usize,
+    },
+    /// A full-page image did not restore.
+    #[error("block {id}: {reason}")]
+    Image {
+        /// Block id.
+        id: u8,
+        /// What failed.
+        reason: crate::wal::image::ImageError,
+    },
+}
+
+/// Little-endian reading with bounds checks.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, at: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(RecordError::Truncated(self.at))?;
+        let slice = self
+            .bytes
+            .get(self.at..end)
+            .ok_or(RecordError::Truncated(self.at))?;
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), RecordError> {
+        self.take(n).map(|_| ())
+    }
+
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, RecordError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        let low = u64::from(self.u32()?);
+        let high = u64::from(self.u32()?);
+        Ok((high << 32) | low)
+    }
+}
+
+/// A block reference's header fields, before its data is located.
+struct BlockHeader {
+    id: u8,
+    rel: RelFileLocator,
+    fork: ForkNumber,
+    block: BlockNo,
+    will_init: bool,
+    data_length: u16,
+    image: Option<ImageHeader>,
+}
+
+#[derive(Clone, Copy)]
+struct ImageHeader {
+    length: u16,
+    hole_offset: u16,
+    hole_length: u16,
+    info: u8,
+}
+
+/// Decodes a whole record (as [`crate::wal::stream::RawRecord::bytes`]).
+pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
+    let header = RecordHeader::decode(bytes)?;
+    let mut reader = Reader::new(bytes);
+    reader.skip(XLOG_RECORD_HEADER_SIZE)?;
+    let record_len = (header.total_length as usize).min(bytes.len());
+    let mut headers: Vec<BlockHeader> = Vec::new();
+    let mut main_data_length: u32 = 0;
+    let mut origin = None;
+    let mut toplevel_xid = None;
+    let mut declared: u64 = 0;
+    let mut previous_rel: Option<RelFileLocator> = None;
+
+    while (record_len - reader.at) as u64 > declared {
+        let id = reader.u8()?;
+        match id {
+            XLR_BLOCK_ID_DATA_SHORT => {
+                main_data_length = u32::from(reader.u8()?);
+                declared += u64::from(main_data_length);
+            }
+            XLR_BLOCK_ID_DATA_LONG => {
+                main_data_length = reader.u32()?;
+                declared += u64::from(main_data_length);
+            }
+            XLR_BLOCK_ID_ORIGIN => origin = Some(reader.u16()?),
+            XLR_BLOCK_ID_TOPLEVEL_XID => toplevel_xid = Some(TransactionId(reader.u32()?)),
+            id if id <= XLR_MAX_BLOCK_ID => {
+                if let Some(previous) = headers.last().filter(|previous| id <= previous.id) {
+                    return Err(RecordError::OutOfOrderBlock {
+                        id,
+                        previous: previous.id,
+                    });
+                }
+                let block = decode_block_header(&mut reader, id, &mut previous_rel)?;
+                declared += u64::from(block.data_length);
+                if let Some(image) = block.image {
+                    declared += u64::from(image.length);
+                }
+                headers.push(block);
+            }
+            other => return Err(RecordError::InvalidBlockId(other)),
+        }
+    }
+    let actual = record_len - reader.at;
+    if declared != actual as u64 {
+        return Err(RecordError::LengthMismatch { declared, actual });
+    }
+
+    let mut blocks = Vec::with_capacity(headers.len());
+    for block in headers {
+        let image = match block.image {
+            Some(image) => Some(BlockImage {
+                bytes: reader.take(usize::from(image.length))?,
+                hole_offset: image.hole_offset,
+                hole_length: image.hole_length,
+                info: image.info,
+            }),
+            None => None,
+        };
+        blocks.push(BlockRef {
+            id: block.id,
+            rel: block.rel,
+            fork: block.fork,
+            block: block.block,
+            will_init: block.will_init,
+            image,
+            data: reader.take(usize::from(block.data_length))?,
+        });
+    }
+    let main_data = reader.take(main_data_length as usize)?;
+    Ok(DecodedRecord {
+        header,
+        blocks,
+        main_data,
+        origin,
+        toplevel_xid,
+    })
+}
+
+fn decode_block_header(
+    reader: &mut Reader<'_>,
+    id: u8,
+    previous_rel: &mut Option<RelFileLocator>,
+) -> Result<BlockHeader, RecordError> {
+    let fork_flags = reader.u8()?;
+    let fork_number = fork_flags & BKPBLOCK_FORK_MASK;
+    let fork = ForkNumber::from_u8(fork_number).ok_or(RecordError::InvalidFork(fork_number))?;
+    let has_data = fork_flags & BKPBLOCK_HAS_DATA != 0;
+    let data_length = reader.u16()?;
+    if has_data != (data_length != 0) {
+        return Err(RecordError::DataLengthMismatch {
+            id,
+            has_data,
+            length: data_length,
+        });
+    }
+    let image = if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
+        Some(decode_image_header(reader, id)?)
+    } else {
+        None
+    };
+    let rel = if fork_flags & BKPBLOCK_SAME_REL != 0 {
+        previous_rel.ok_or(RecordError::NoPreviousRel(id))?
+    } else {
+        RelFileLocator {
+            spc_oid: reader.u32()?,
+            db_oid: reader.u32()?,
+            rel_number: reader.u32()?,
+        }
+    };
+    *previous_rel = Some(rel);
+    let block = BlockNo(reader.u32()?);
+    Ok(BlockHeader {
+        id,
+        rel,
+        fork,
+        block,
+        will_init: fork_flags & BKPBLOCK_WILL_INIT != 0,
+        data_length,
+        image,
+    })
+}
+
+fn decode_image_header(reader: &mut Reader<'_>, id: u8) -> Result<ImageHeader, RecordError> {
+    let length = reader.u16()?;
+    let hole_offset = reader.u16()?;
+    let info = reader.u8()?;
+    let compressed =
+        info & (BKPIMAGE_COMPRESS_PGLZ | BKPIMAGE_COMPRESS_LZ4 | BKPIMAGE_COMPRESS_ZSTD) != 0;
+    let has_hole = info & BKPIMAGE_HAS_HOLE != 0;
+    let page: u16 = 8192;
+    debug_assert_eq!(usize::from(page), BLCKSZ);
+    let hole_length = if compressed {
+        if has_hole { reader.u16()? } else { 0 }
+    } else {
+        page.wrapping_sub(length)
+    };
+    let bad = ImageHeader {
+        length,
+        hole_offset,
+        hole_length,
+        info,
+    };
+    let inconsistent = (has_hole && (hole_offset == 0 || hole_length == 0 || length == page))
+        || (!has_hole && (hole_offset != 0 || hole_length != 0))
+        || (compressed && length == page)
+        || (!has_hole && !compressed && length != page)
+        || usize::from(length) > BLCKSZ
+        || usize::from(hole_offset) + usize::from(hole_length) > BLCKSZ;
+    if inconsistent {
+        return Err(RecordError::BadImage {
+            id,
+            length,
+            hole_offset,
+            hole_length,
+            info: bad.info,
+        });
+    }
+    Ok(bad)
+}
+
+/// Whether `bimg_info` asks redo to apply the image (not only to keep it for
+/// `wal_consistency_checking`).
+pub(crate) fn image_is_applied(info: u8) -> bool {
+    info & BKPIMAGE_APPLY != 0
+}
+
+/// The compression method `bimg_info` names, if any.
+pub(crate) fn image_compression(info: u8) -> Option<crate::wal::image::Compression> {
+    use crate::wal::image::Compression;
+    if info & BKPIMAGE_COMPRESS_PGLZ != 0 {
+        Some(Compression::Pglz)
+    } else if info & BKPIMAGE_COMPRESS_LZ4 != 0 {
+        Some(Compression::Lz4)
+    } else if info & BKPIMAGE_COMPRESS_ZSTD != 0 {
+        Some(Compression::Zstd)
+    } else {
+        None
+    }
+}

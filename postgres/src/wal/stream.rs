@@ -1,0 +1,512 @@
+//! The streaming WAL decoder: raw WAL bytes in, whole checked records out.
+//!
+//! Fed arbitrary chunks of WAL in LSN order, starting at a record boundary
+//! (or at a page boundary, where a record continued from earlier pages is
+//! skipped), it validates every page header it crosses, reassembles records
+//! split across pages and segments, checks each record's length, resource
+//! manager, back link and CRC-32C, and yields records with their start and
+//! end LSN. After `XLOG_SWITCH` it skips to the next segment. Bad bytes give
+//! a [`WalDecodeError`] naming the LSN and what was wrong; after one, the
+//! decoder keeps returning it. It never panics on input and buffers at most
+//! one record plus the unconsumed input.
+
+use crate::lsn::Lsn;
+use crate::types::{MAXALIGN, XLOG_BLCKSZ};
+use crate::wal::page::{
+    LONG_PAGE_HEADER_SIZE, PageHeaderError, SHORT_PAGE_HEADER_SIZE,
+    XLP_FIRST_IS_OVERWRITE_CONTRECORD, decode_page_header,
+};
+use crate::wal::record::{XLOG_RECORD_HEADER_SIZE, XLOG_RECORD_MAX_SIZE, XLOG_SWITCH};
+use crate::wal::rmgr::{RM_XLOG_ID, rmgr_id_is_valid};
+
+/// One whole record as it was written, header included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    /// LSN of the record's first byte (what `pg_waldump` prints as `lsn`).
+    pub start: Lsn,
+    /// LSN just past its last byte (`EndRecPtr`; a redo sets the page LSN to it).
+    pub end: Lsn,
+    /// `xl_tot_len` bytes: the `XLogRecord` header, then the body.
+    pub bytes: Vec<u8>,
+}
+
+/// Where and why the WAL stopped making sense.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{lsn} {kind}")]
+pub struct WalDecodeError {
+    /// The LSN of the offending page header or record.
+    pub lsn: Lsn,
+    /// What was wrong.
+    pub kind: WalErrorKind,
+}
+
+/// What was wrong with the WAL at some LSN.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WalErrorKind {
+    /// A page header failed validation.
+    #[error("invalid page header: {0}")]
+    PageHeader(#[from] PageHeaderError),
+    /// A page that should continue a record does not say so.
+    #[error("page lacks the continuation flag of the record at {record}")]
+    MissingContinuation {
+        /// The record being reassembled.
+        record: Lsn,
+    },
+    /// A page continues a record where a new one should start.
+    #[error("page continues a record, but a new record starts here")]
+    UnexpectedContinuation,
+    /// A continuation page disagrees about how much of the record is left.
+    #[error("continuation of {record} claims {found} bytes left, {expected} expected")]
+    WrongRemainingLength {
+        /// The record being reassembled.
+        record: Lsn,
+        /// `xlp_rem_len`.
+        found: u32,
+        /// What the record's length implies.
+        expected: u32,
+    },
+    /// `xl_tot_len` is impossible (0 is what the end of written WAL looks like).
+    #[error("invalid record length {0}")]
+    InvalidRecordLength(u32),
+    /// `xl_rmid` names no resource manager.
+    #[error("invalid resource manager id {0}")]
+    InvalidRmgr(u8),
+    /// `xl_prev` does not point at the previous record.
+    #[error("record's previous link {found} should be {expected}")]
+    WrongPrevLink {
+        /// `xl_prev`.
+        found: Lsn,
+        /// The start of the record before.
+        expected: Lsn,
+    },
+    /// The first record's `xl_prev` does not point before it.
+    #[error("record's previous link {0} does not point before it")]
+    PrevLinkNotBefore(Lsn),
+    /// The record's CRC-32C does not match its bytes.
+    #[error("incorrect record checksum {stored:#010x}, computed {computed:#010x}")]
+    BadChecksum {
+        /// `xl_crc`.
+        stored: u32,
+        /// Over the body and the header's first 20 bytes.
+        computed: u32,
+    },
+    /// A record claims to begin at a position that is not one.
+    #[error("record start is not 8-byte aligned")]
+    UnalignedStart,
+}
+
+#[derive(Debug)]
+enum State {
+    /// At the first byte fed; if it is a page boundary and the page continues
+    /// a record, that record's tail is skipped.
+    Start,
+    /// A record starts at the current position.
+    BetweenRecords,
+    /// Skipping the tail of a record that began before the stream did:
+    /// `left` more record bytes, excluding page headers.
+    SkippingContinuation { left: u32 },
+    /// Discarding bytes up to a position (alignment padding, or the rest of
+    /// a segment after `XLOG_SWITCH`).
+    SkippingTo(Lsn),
+    /// Reassembling a record of `total` bytes that started at `start`.
+    InRecord {
+        start: Lsn,
+        total: u32,
+        bytes: Vec<u8>,
+    },
+}
+
+/// The decoder; see the module documentation.
+#[derive(Debug)]
+pub struct WalStreamDecoder {
+    segment_size: u32,
+    /// Input not consumed yet starts at `input[consumed]`, which is at `position`.
+    input: Vec<u8>,
+    consumed: usize,
+    position: Lsn,
+    state: State,
+    system_id: Option<u64>,
+    timeline: Option<u32>,
+    previous_record: Option<Lsn>,
+    failure: Option<WalDecodeError>,
+}
+
+impl WalStreamDecoder {
+    /// A decoder for WAL of `segment_size`-byte segments whose first fed
+    /// byte is at `start`: a record boundary, or a page boundary.
+    pub fn new(start: Lsn, segment_size: u32) -> WalStreamDecoder {
+        WalStreamDecoder {
+            segment_size,
+            input: Vec::new(),
+            consumed: 0,
+            position: start,
+            state: State::Start,
+            system_id: None,
+            timeline: None,
+            previous_record: None,
+            failure: None,
+        }
+    }
+
+    /// Requires every long page header to carry this system identifier.
+    #[must_use]
+    pub fn with_system_id(mut self, system_id: u64) -> WalStreamDecoder {
+        self.system_id = Some(system_id);
+        self
+    }
+
+    /// Requires the first record's `xl_prev` to be `previous`.
+    #[must_use]
+    pub fn with_previous_record(mut self, previous: Lsn) -> WalStreamDecoder {
+        self.previous_record = Some(previous);
+        self
+    }
+
+    /// The LSN of the next byte the decoder will look at.
+    pub fn position(&self) -> Lsn {
+        self.position
+    }
+
+    /// Whether the decoder stands between records (nothing half-read).
+    pub fn is_between_records(&self) -> bool {
+        matches!(
+            self.state,
+            State::BetweenRecords | State::Start | State::SkippingTo(_)
+        )
+    }
+
+    /// The system identifier of the long page headers seen (or required).
+    pub fn system_id(&self) -> Option<u64> {
+        self.system_id
+    }
+
+    /// Appends the next bytes of WAL.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.consumed > 0 && self.consumed * 2 >= self.input.len() {
+            self.input.drain(..self.consumed);
+            self.consumed = 0;
+        }
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// The next whole record, `Ok(None)` if more input is needed first.
+    pub fn next_record(&mut self) -> Result<Option<RawRecord>, WalDecodeError> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        let result = self.decode_next();
+        if let Err(error) = &result {
+            self.failure = Some(error.clone());
+        }
+        result
+    }
+
+    fn available(&self) -> &[u8] {
+        &self.input[self.consumed..]
+    }
+
+    fn advance(&mut self, bytes: usize) {
+        self.consumed += bytes;
+        self.position = Lsn(self.position.0 + bytes as u64);
+    }
+
+    fn decode_next(&mut self) -> Result<Option<RawRecord>, WalDecodeError> {
+        loop {
+            if let State::SkippingTo(target) = self.state {
+                let gap = target.0.saturating_sub(self.position.0);
+                let step = usize::try_from(gap)
+                    .unwrap_or(usize::MAX)
+                    .min(self.available().len());
+                self.advance(step);
+                if self.position < target {
+                    return Ok(None);
+                }
+                self.state = State::BetweenRecords;
+            }
+            if self.position.page_offset(XLOG_BLCKSZ) == 0 && !self.read_page_header()? {
+                return Ok(None);
+            }
+            match &mut self.state {
+                State::Start | State::BetweenRecords => {
+                    if !self.start_record()? {
+                        return Ok(None);
+                    }
+                }
+                State::SkippingContinuation { left } => {
+                    let left_now = *left;
+                    let step = self.step_within_page(left_now);
+                    if step == 0 {
+                        return Ok(None);
+                    }
+                    self.advance(step as usize);
+                    let left_after = left_now - step;
+                    if left_after == 0 {
+                        self.state = self.align_after_record();
+                    } else {
+                        self.state = State::SkippingContinuation { left: left_after };
+                    }
+                }
+                State::SkippingTo(_) => {}
+                State::InRecord { .. } => {
+                    if let Some(record) = self.continue_record()? {
+                        return Ok(Some(record));
+                    }
+                    if !matches!(self.state, State::InRecord { .. }) {
+                        continue;
+                    }
+                    if self.available().is_empty() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many of `wanted` bytes can be taken now without crossing a page.
+    fn step_within_page(&self, wanted: u32) -> u32 {
+        let page_left = XLOG_BLCKSZ - self.position.page_offset(XLOG_BLCKSZ);
+        let available = u32::try_from(self.available().len()).unwrap_or(u32::MAX);
+        wanted.min(page_left).min(available)
+    }
+
+    /// The state after a record (or skipped continuation) ends at the current position.
+    fn align_after_record(&self) -> State {
+        match self.position.align_up(MAXALIGN) {
+            Some(aligned) if aligned != self.position => State::SkippingTo(aligned),
+            _ => State::BetweenRecords,
+        }
+    }
+
+    /// Reads and checks the page header at the current (page-aligned)
+    /// position. Returns false if more input is needed.
+    fn read_page_header(&mut self) -> Result<bool, WalDecodeError> {
+        let page = self.position;
+        let size = if page.segment_offset(self.segment_size) == 0 {
+            LONG_PAGE_HEADER_SIZE
+        } else {
+            SHORT_PAGE_HEADER_SIZE
+        };
+        if self.available().len() < size {
+            return Ok(false);
+        }
+        let header = decode_page_header(&self.available()[..size], page, self.segment_size)
+            .map_err(|e| error(page, e))?;
+        if let Some(long) = header.long {
+            match self.system_id {
+                Some(expected) if expected != long.system_id => {
+                    return Err(error(
+                        page,
+                        PageHeaderError::WrongSystemId {
+                            found: long.system_id,
+                            expected,
+                        },
+                    ));
+                }
+                _ => self.system_id = Some(long.system_id),
+            }
+        }
+        if let Some(previous) = self.timeline.filter(|previous| header.timeline < *previous) {
+            return Err(error(
+                page,
+                PageHeaderError::TimelineBackwards {
+                    found: header.timeline,
+                    previous,
+                },
+            ));
+        }
+        self.timeline = Some(header.timeline);
+        match &self.state {
+            State::InRecord { .. } if header.info & XLP_FIRST_IS_OVERWRITE_CONTRECORD != 0 => {
+                // After a crash, Postgres abandons a record whose tail never
+                // reached disk and writes new WAL from this page on; the
+                // partial record is dropped (XLOG_OVERWRITE_CONTRECORD
+                // records this).
+                self.state = State::BetweenRecords;
+            }
+            State::InRecord {
+                start,
+                total,
+                bytes,
+            } => {
+                if !header.is_contrecord() {
+                    return Err(error(
+                        page,
+                        WalErrorKind::MissingContinuation { record: *start },
+                    ));
+                }
+                let expected = total - record_len(bytes);
+                if header.remaining_length != expected {
+                    return Err(error(
+                        page,
+                        WalErrorKind::WrongRemainingLength {
+                            record: *start,
+                            found: header.remaining_length,
+                            expected,
+                        },
+                    ));
+                }
+            }
+            State::SkippingContinuation { left } => {
+                if !header.is_contrecord() || header.remaining_length != *left {
+                    return Err(error(
+                        page,
+                        WalErrorKind::WrongRemainingLength {
+                            record: page,
+                            found: header.remaining_length,
+                            expected: *left,
+                        },
+                    ));
+                }
+            }
+            State::Start => {
+                if header.is_contrecord() && header.remaining_length > 0 {
+                    self.state = State::SkippingContinuation {
+                        left: header.remaining_length,
+                    };
+                } else {
+                    self.state = State::BetweenRecords;
+                }
+            }
+            State::BetweenRecords => {
+                if header.is_contrecord() {
+                    return Err(error(page, WalErrorKind::UnexpectedContinuation));
+                }
+            }
+            State::SkippingTo(_) => {}
+        }
+        self.advance(size);
+        Ok(true)
+    }
+
+    /// Begins the record at the current position. Returns false if more
+    /// input is needed.
+    fn start_record(&mut self) -> Result<bool, WalDecodeError> {
+        let start = self.position;
+        if !start.0.is_multiple_of(MAXALIGN) {
+            return Err(error(start, WalErrorKind::UnalignedStart));
+        }
+        // Records start 8-aligned and a page holds a multiple of 8 bytes, so
+        // xl_tot_len always lies on the record's first page.
+        let Some(length_bytes) = self.available().get(..4) else {
+            return Ok(false);
+        };
+        let total = u32::from_le_bytes([
+            length_bytes[0],
+            length_bytes[1],
+            length_bytes[2],
+            length_bytes[3],
+        ]);
+        if (total as usize) < XLOG_RECORD_HEADER_SIZE || total > XLOG_RECORD_MAX_SIZE {
+            return Err(error(start, WalErrorKind::InvalidRecordLength(total)));
+        }
+        let capacity = (total as usize).min(64 * 1024);
+        self.state = State::InRecord {
+            start,
+            total,
+            bytes: Vec::with_capacity(capacity),
+        };
+        Ok(true)
+    }
+
+    /// Copies what is available of the current record; yields it when whole.
+    fn continue_record(&mut self) -> Result<Option<RawRecord>, WalDecodeError> {
+        let State::InRecord {
+            start,
+            total,
+            bytes,
+        } = &self.state
+        else {
+            return Ok(None);
+        };
+        let (start, total, had) = (*start, *total, bytes.len());
+        let step = self.step_within_page(total - record_len(bytes)) as usize;
+        if step == 0 {
+            return Ok(None);
+        }
+        let chunk_start = self.consumed;
+        if let State::InRecord { bytes, .. } = &mut self.state {
+            bytes.extend_from_slice(&self.input[chunk_start..chunk_start + step]);
+        }
+        self.advance(step);
+        let State::InRecord { bytes, .. } = &self.state else {
+            return Ok(None);
+        };
+        if had < XLOG_RECORD_HEADER_SIZE && bytes.len() >= XLOG_RECORD_HEADER_SIZE {
+            self.check_header(start, bytes)?;
+        }
+        if bytes.len() < total as usize {
+            return Ok(None);
+        }
+        let State::InRecord { bytes, .. } =
+            std::mem::replace(&mut self.state, State::BetweenRecords)
+        else {
+            return Ok(None);
+        };
+        check_crc(&bytes).map_err(|kind| error(start, kind))?;
+        let end = self.position;
+        self.previous_record = Some(start);
+        let is_switch = bytes[17] == RM_XLOG_ID && bytes[16] & 0xF0 == XLOG_SWITCH;
+        self.state = if is_switch {
+            let segment = u64::from(self.segment_size);
+            // An XLOG_SWITCH ends the segment: the next record starts at the
+            // next segment (or right here if the record ended exactly there).
+            let next = end.0.div_ceil(segment) * segment;
+            State::SkippingTo(Lsn(next))
+        } else {
+            self.align_after_record()
+        };
+        Ok(Some(RawRecord { start, end, bytes }))
+    }
+
+    fn check_header(&self, start: Lsn, header: &[u8]) -> Result<(), WalDecodeError> {
+        let rmid = header[17];
+        if !rmgr_id_is_valid(rmid) {
+            return Err(error(start, WalErrorKind::InvalidRmgr(rmid)));
+        }
+        let mut prev = [0u8; 8];
+        prev.copy_from_slice(&header[8..16]);
+        let found = Lsn(u64::from_le_bytes(prev));
+        match self.previous_record {
+            Some(expected) if found != expected => {
+                return Err(error(
+                    start,
+                    WalErrorKind::WrongPrevLink { found, expected },
+                ));
+            }
+            // The first record read: its predecessor lies somewhere before it.
+            None if found >= start => {
+                return Err(error(start, WalErrorKind::PrevLinkNotBefore(found)));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The length of a partly reassembled record; never more than its `u32` total.
+fn record_len(bytes: &[u8]) -> u32 {
+    u32::try_from(bytes.len()).unwrap_or(u32::MAX)
+}
+
+fn error(lsn: Lsn, kind: impl Into<WalErrorKind>) -> WalDecodeError {
+    WalDecodeError {
+        lsn,
+        kind: kind.into(),
+    }
+}
+
+/// Checks `xl_crc`: CRC-32C over the body, then the header up to the CRC.
+fn check_crc(record: &[u8]) -> Result<(), WalErrorKind> {
+    let stored = u32::from_le_bytes([record[20], record[21], record[22], record[23]]);
+    let computed = record_crc(record);
+    if stored != computed {
+        return Err(WalErrorKind::BadChecksum { stored, computed });
+    }
+    Ok(())
+}
+
+/// The CRC-32C Postgres stores in `xl_crc` for a whole record.
+pub fn record_crc(record: &[u8]) -> u32 {
+    let body = crc32c::crc32c(&record[XLOG_RECORD_HEADER_SIZE..]);
+    crc32c::crc32c_append(body, &record[..20])
+}
