@@ -3,7 +3,8 @@
 //! [`stream::WalStreamDecoder`] turns raw WAL bytes into checked whole
 //! records; [`record::decode_record`] splits a record into its header, block
 //! references, images and data; [`image::BlockImage::restore`] rebuilds a
-//! page from a full-page image.
+//! page from a full-page image; [`writer`] lays records out on pages the
+//! way Postgres does, for the segment a compute starts from and for tests.
 
 pub mod image;
 pub mod page;
@@ -11,3 +12,4 @@ pub mod pglz;
 pub mod record;
 pub mod rmgr;
 pub mod stream;
+pub mod writer;
