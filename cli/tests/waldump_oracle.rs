@@ -8,13 +8,24 @@
 //! manager, total length, and each block reference's relation, fork, block
 //! and image flag. Configurations vary `wal_level`, `wal_compression`, and
 //! the segment size (1 MiB segments make records cross segments often).
+//!
+//! The same WAL then goes through `quire_postgres::wal::effects`: every
+//! record's page updates and non-page effects must extract without error,
+//! and each non-page effect must agree with the description `pg_waldump`
+//! prints for its record (relations, subtransactions, databases, relmapper,
+//! multixact members, checkpoints, OIDs).
 
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use quire_cluster::{PgCluster, PgClusterOptions, run_bounded, run_checked};
-use quire_tests::waldump_oracle::{pg_waldump_lines, wal_segments};
+use quire_postgres::Lsn;
+use quire_postgres::wal::effects::{Effect, page_effects, record_effects};
+use quire_postgres::wal::record::decode_record;
+use quire_postgres::wal::stream::WalStreamDecoder;
+use quire_tests::effects_oracle::{EffectCounts, check_against_desc, kind};
+use quire_tests::waldump_oracle::{pg_waldump_descs, pg_waldump_lines, wal_segments};
 use quire_tests::{assert_log_clean, pg_install};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
@@ -54,6 +65,11 @@ INSERT INTO items VALUES (100003, 'c');
 ROLLBACK TO two;
 RELEASE one;
 COMMIT;
+BEGIN;
+SELECT * FROM items WHERE id = 1 FOR SHARE;
+SAVEPOINT lockers;
+UPDATE items SET v = 'multixact' WHERE id = 1;
+COMMIT;
 DO $$ BEGIN FOR i IN 1..100 LOOP BEGIN INSERT INTO items VALUES (200000 + i, 'sub'); EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; END $$;
 BEGIN; INSERT INTO items VALUES (300001, 'p'); PREPARE TRANSACTION 'p1';
 COMMIT PREPARED 'p1';
@@ -71,7 +87,7 @@ INSERT INTO items VALUES (400001, 'after switch');
     )
 }
 
-fn compare(config: &Config) -> Result<usize> {
+fn compare(config: &Config, effect_counts: &mut EffectCounts) -> Result<usize> {
     let install = pg_install()?;
     let options = PgClusterOptions::default()
         .initdb_arg(&format!("--wal-segsize={}", config.segment_mib))
@@ -137,6 +153,13 @@ fn compare(config: &Config) -> Result<usize> {
         ours_text.lines().last(),
         String::from_utf8_lossy(&theirs.stderr).trim()
     );
+    let theirs_text = String::from_utf8_lossy(&theirs.stdout);
+    let counts = check_effects(
+        config.name,
+        &segments,
+        &pg_waldump_descs(&theirs_text)?,
+        &mut *effect_counts,
+    )?;
     let kinds = |needle: &str| expected.iter().filter(|line| line.contains(needle)).count();
     ensure!(
         kinds("rmgr=LogicalMessage") >= 1,
@@ -150,11 +173,14 @@ fn compare(config: &Config) -> Result<usize> {
         kinds(" fpi")
     );
     println!(
-        "{}: {} records identical to pg_waldump ({} with full-page images) over {} segments",
+        "{}: {} records identical to pg_waldump ({} with full-page images) over {} segments; \
+         {} page updates and {} other effects agree",
         config.name,
         expected.len(),
         kinds(" fpi"),
-        segments.len()
+        segments.len(),
+        counts.0,
+        counts.1
     );
     Ok(expected.len())
 }
@@ -192,9 +218,81 @@ fn quire_waldump_matches_pg_waldump() -> Result<()> {
         },
     ];
     let mut total = 0;
+    let mut effect_counts = EffectCounts::new();
     for config in &configs {
-        total += compare(config)?;
+        total += compare(config, &mut effect_counts)?;
     }
     println!("waldump oracle: {total} records compared, 100% identical");
+    println!("effects checked against pg_waldump's descriptions: {effect_counts:?}");
+    for required in [
+        "rel create",
+        "rel truncate",
+        "rel drop",
+        "db create",
+        "db drop",
+        "relmap update",
+        "commit",
+        "abort",
+        "commit prepared",
+        "abort prepared",
+        "prepare",
+        "multixact create",
+        "checkpoint",
+        "next oid",
+    ] {
+        ensure!(
+            effect_counts.get(required).is_some_and(|n| *n > 0),
+            "no {required} effect in any workload"
+        );
+    }
     Ok(())
+}
+
+/// Extracts every record's effects from `segments` and checks each non-page
+/// effect against `pg_waldump`'s description; returns (page updates, other
+/// effects) and adds to `counts`.
+fn check_effects(
+    name: &str,
+    segments: &[std::path::PathBuf],
+    descs: &std::collections::HashMap<String, String>,
+    counts: &mut EffectCounts,
+) -> Result<(usize, usize)> {
+    let first = std::fs::read(&segments[0])?;
+    let segment_size = u32::from_le_bytes([first[32], first[33], first[34], first[35]]);
+    let start = Lsn(u64::from_le_bytes(first[8..16].try_into()?));
+    let mut decoder = WalStreamDecoder::new(start, segment_size);
+    let (mut pages, mut others) = (0, 0);
+    'segments: for path in segments {
+        decoder.feed(&std::fs::read(path)?);
+        loop {
+            let record = match decoder.next_record() {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(_) => break 'segments,
+            };
+            let parsed = decode_record(&record.bytes)?;
+            pages += page_effects(&parsed, record.end)
+                .with_context(|| format!("{name}: {}", record.start))?
+                .len();
+            let effects =
+                record_effects(&parsed).with_context(|| format!("{name}: {}", record.start))?;
+            let desc = descs
+                .get(&record.start.to_string())
+                .map_or("", String::as_str);
+            for effect in &effects {
+                if let Effect::TwoPhasePrepare { xid, .. } = effect {
+                    ensure!(
+                        *xid == parsed.header.xid,
+                        "{name}: {}: prepared xid {xid:?}",
+                        record.start
+                    );
+                }
+                check_against_desc(effect, desc)
+                    .map_err(|what| anyhow::anyhow!("{name}: record {}: {what}", record.start))?;
+                *counts.entry(kind(effect)).or_default() += 1;
+                others += 1;
+            }
+        }
+    }
+    Ok((pages, others))
 }

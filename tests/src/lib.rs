@@ -6,6 +6,7 @@
 //! in the server logs. This library holds what those tests share.
 #![forbid(unsafe_code)]
 
+pub mod effects_oracle;
 pub mod waldump_oracle;
 
 use anyhow::{Context, Result, bail};

@@ -58,6 +58,19 @@ pub fn pg_waldump_lines(output: &str) -> Result<Vec<String>> {
     Ok(lines)
 }
 
+/// Each record's description (the text after `desc: `: the record type
+/// name, a space, and the rmgr's description), by LSN in `X/Y` form.
+pub fn pg_waldump_descs(output: &str) -> Result<std::collections::HashMap<String, String>> {
+    let mut descs = std::collections::HashMap::new();
+    for text in output.lines() {
+        if let Some(rest) = text.strip_prefix("rmgr: ") {
+            let (lsn, _, _) = parse_summary(rest).with_context(|| format!("parse {text:?}"))?;
+            descs.insert(lsn, after(rest, "desc: ")?.to_owned());
+        }
+    }
+    Ok(descs)
+}
+
 /// `(lsn, rmgr, total length)` from the text after `rmgr: `.
 fn parse_summary(rest: &str) -> Result<(String, String, String)> {
     let rmgr = rest.split_whitespace().next().context("no rmgr name")?;

@@ -3,9 +3,11 @@
 //! [`stream::WalStreamDecoder`] turns raw WAL bytes into checked whole
 //! records; [`record::decode_record`] splits a record into its header, block
 //! references, images and data; [`image::BlockImage::restore`] rebuilds a
-//! page from a full-page image; [`writer`] lays records out on pages the
+//! page from a full-page image; [`effects`] says what the storage must do
+//! for a record; [`writer`] lays records out on pages the
 //! way Postgres does, for the segment a compute starts from and for tests.
 
+pub mod effects;
 pub mod image;
 pub mod page;
 pub mod pglz;
@@ -13,3 +15,4 @@ pub mod record;
 pub mod rmgr;
 pub mod stream;
 pub mod writer;
+mod xact;

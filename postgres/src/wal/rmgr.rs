@@ -54,7 +54,8 @@ pub const RM_MULTIXACT_ID: u8 = 6;
 pub const RM_RELMAP_ID: u8 = 7;
 /// The `Standby` resource manager.
 pub const RM_STANDBY_ID: u8 = 8;
-const RM_HEAP2_ID: u8 = 9;
+/// The `Heap2` resource manager.
+pub const RM_HEAP2_ID: u8 = 9;
 /// The `Heap` resource manager.
 pub const RM_HEAP_ID: u8 = 10;
 /// The `Btree` resource manager.
