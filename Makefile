@@ -12,9 +12,9 @@ CARGO ?= cargo
 PG_PREFIX = $$(postgres/build.sh --prefix)
 EXTENSIONS := $(wildcard postgres/extensions/*/Makefile)
 
-.PHONY: test demo postgres extensions check-postgres lint cargo-test
+.PHONY: test demo postgres extensions check-postgres lint cargo-test fuzz
 
-test: extensions check-postgres lint cargo-test
+test: extensions check-postgres lint cargo-test fuzz
 
 demo: extensions
 	QUIRE_PG_PREFIX=$(PG_PREFIX) $(CARGO) run --release --locked -p quire -- demo
@@ -40,3 +40,8 @@ lint:
 
 cargo-test: extensions
 	QUIRE_PG_PREFIX=$(PG_PREFIX) $(CARGO) test --workspace --locked
+
+# Every fuzz target for a bounded time (FUZZ_SECONDS each), seeded with real WAL.
+FUZZ_SECONDS ?= 60
+fuzz:
+	fuzz/run.sh $(FUZZ_SECONDS)
