@@ -1,7 +1,9 @@
-//! Micro-benchmarks (criterion) of Quire's crates.
+//! Micro-benchmarks (criterion) of Quire's crates, and what they share.
 //!
-//! This crate will hold the criterion benchmarks for pure code and the
-//! engine (WAL decoding, layer reads, reconstruction, redo round trips), each
-//! printing a physical-limit peer measured in the same run: an `O_DIRECT` 8 KiB
-//! pread, a memcpy, a loopback round trip.
+//! Each benchmark in `benches/` prints a peer measured in the same run (a
+//! physical limit or the Postgres tool doing the same job), because ratios
+//! survive a noisy machine and absolute numbers do not. This library holds
+//! the shared set-up: real WAL written by Postgres 17 for the decoders.
 #![forbid(unsafe_code)]
+
+pub mod real_wal;

@@ -24,7 +24,7 @@ use quire_postgres::Lsn;
 use quire_postgres::types::{BLCKSZ, RelTag, WAL_SEGMENT_SIZE_MAX, WAL_SEGMENT_SIZE_MIN};
 use quire_postgres::wal::record::decode_record;
 use quire_postgres::wal::rmgr::rmgr_name;
-use quire_postgres::wal::stream::{RawRecord, WalStreamDecoder};
+use quire_postgres::wal::stream::{Record, WalStreamDecoder};
 
 /// Options of `quire waldump`.
 #[derive(Args)]
@@ -64,7 +64,7 @@ pub fn dump(files: &[PathBuf], out: &mut impl Write) -> Result<Outcome> {
         if index == 0 {
             decoder.feed(&head);
         } else {
-            decoder.feed(&read(path)?);
+            decoder.feed_owned(read(path)?);
         }
         loop {
             match decoder.next_record() {
@@ -124,8 +124,8 @@ fn segment_of(bytes: &[u8]) -> Result<(Lsn, u32)> {
 }
 
 /// Formats one record's line into `line` (replacing its contents).
-pub fn format_record(record: &RawRecord, line: &mut String) -> Result<(), String> {
-    let decoded = decode_record(&record.bytes).map_err(|e| e.to_string())?;
+pub fn format_record(record: &Record<'_>, line: &mut String) -> Result<(), String> {
+    let decoded = decode_record(record.bytes).map_err(|e| e.to_string())?;
     line.clear();
     let _ = write!(
         line,

@@ -263,14 +263,14 @@ fn check_effects(
     let mut decoder = WalStreamDecoder::new(start, segment_size);
     let (mut pages, mut others) = (0, 0);
     'segments: for path in segments {
-        decoder.feed(&std::fs::read(path)?);
+        decoder.feed_owned(std::fs::read(path)?);
         loop {
             let record = match decoder.next_record() {
                 Ok(Some(record)) => record,
                 Ok(None) => break,
                 Err(_) => break 'segments,
             };
-            let parsed = decode_record(&record.bytes)?;
+            let parsed = decode_record(record.bytes)?;
             pages += page_effects(&parsed, record.end)
                 .with_context(|| format!("{name}: {}", record.start))?
                 .len();

@@ -31,7 +31,7 @@ fuzz_target!(|input: &[u8]| {
         loop {
             match decoder.next_record() {
                 Ok(Some(record)) => {
-                    if let Ok(decoded) = decode_record(&record.bytes) {
+                    if let Ok(decoded) = decode_record(record.bytes) {
                         for block in &decoded.blocks {
                             if let Some(image) = &block.image {
                                 let _ = image.restore(&mut page);

@@ -64,7 +64,7 @@ fn decode(start: Lsn, wal: &[u8], chunks: &[usize]) -> (Vec<RawRecord>, Option<W
         at += size;
         loop {
             match decoder.next_record() {
-                Ok(Some(record)) => records.push(record),
+                Ok(Some(record)) => records.push(record.to_raw()),
                 Ok(None) => break,
                 Err(error) => return (records, Some(error.kind)),
             }
@@ -144,7 +144,7 @@ fn decoding_from_a_page_start_skips_a_continued_record() {
     let page = 8192usize;
     let mut decoder = WalStreamDecoder::new(Lsn(start.0 + page as u64), SEGMENT);
     decoder.feed(&wal[page..]);
-    let second = decoder.next_record().unwrap().unwrap();
+    let second = decoder.next_record().unwrap().unwrap().to_raw();
     assert_eq!((second.start, second.bytes), expected[1].clone());
 }
 
@@ -165,7 +165,7 @@ fn a_checkpoint_segment_decodes_from_its_start() {
     assert_eq!(wal.len(), 16 << 20);
     let mut decoder = WalStreamDecoder::new(Lsn(0x0300_0000), 16 << 20);
     decoder.feed(&wal);
-    let record = decoder.next_record().unwrap().unwrap();
+    let record = decoder.next_record().unwrap().unwrap().to_raw();
     assert_eq!(record.start, lsn);
     assert_eq!(record.bytes.len(), 114);
     let checkpoint_record = decode_record(&record.bytes).unwrap();

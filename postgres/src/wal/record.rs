@@ -16,6 +16,8 @@
 //! ids, consistent data and image lengths, hole rules, and that the lengths
 //! add up exactly to the record.
 
+use smallvec::SmallVec;
+
 use crate::lsn::Lsn;
 use crate::types::{BLCKSZ, BlockNo, ForkNumber, RelFileLocator, TransactionId};
 use crate::wal::image::BlockImage;
@@ -111,8 +113,9 @@ pub struct BlockRef<'a> {
 pub struct DecodedRecord<'a> {
     /// The fixed header.
     pub header: RecordHeader,
-    /// Block references in ascending id order.
-    pub blocks: Vec<BlockRef<'a>>,
+    /// Block references in ascending id order (most records have one or
+    /// two, kept inline without an allocation).
+    pub blocks: SmallVec<[BlockRef<'a>; 2]>,
     /// The main data.
     pub main_data: &'a [u8],
     /// Replication origin, if recorded.
@@ -256,13 +259,13 @@ struct ImageHeader {
     info: u8,
 }
 
-/// Decodes a whole record (as [`crate::wal::stream::RawRecord::bytes`]).
+/// Decodes a whole record (as [`crate::wal::stream::Record::bytes`]).
 pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
     let header = RecordHeader::decode(bytes)?;
     let mut reader = Reader::new(bytes);
     reader.skip(XLOG_RECORD_HEADER_SIZE)?;
     let record_len = (header.total_length as usize).min(bytes.len());
-    let mut headers: Vec<BlockHeader> = Vec::new();
+    let mut headers: SmallVec<[BlockHeader; 2]> = SmallVec::new();
     let mut main_data_length: u32 = 0;
     let mut origin = None;
     let mut toplevel_xid = None;
@@ -304,7 +307,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
         return Err(RecordError::LengthMismatch { declared, actual });
     }
 
-    let mut blocks = Vec::with_capacity(headers.len());
+    let mut blocks = SmallVec::with_capacity(headers.len());
     for block in headers {
         let image = match block.image {
             Some(image) => Some(BlockImage {

@@ -19,7 +19,29 @@ use crate::wal::page::{
 use crate::wal::record::{XLOG_RECORD_HEADER_SIZE, XLOG_RECORD_MAX_SIZE, XLOG_SWITCH};
 use crate::wal::rmgr::{RM_XLOG_ID, rmgr_id_is_valid};
 
-/// One whole record as it was written, header included.
+/// One whole record, borrowed from the decoder until its next call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// LSN of the record's first byte (what `pg_waldump` prints as `lsn`).
+    pub start: Lsn,
+    /// LSN just past its last byte (`EndRecPtr`; a redo sets the page LSN to it).
+    pub end: Lsn,
+    /// `xl_tot_len` bytes: the `XLogRecord` header, then the body.
+    pub bytes: &'a [u8],
+}
+
+impl Record<'_> {
+    /// An owned copy.
+    pub fn to_raw(&self) -> RawRecord {
+        RawRecord {
+            start: self.start,
+            end: self.end,
+            bytes: self.bytes.to_vec(),
+        }
+    }
+}
+
+/// One whole record as it was written, header included, owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawRecord {
     /// LSN of the record's first byte (what `pg_waldump` prints as `lsn`).
@@ -108,12 +130,22 @@ enum State {
     /// Discarding bytes up to a position (alignment padding, or the rest of
     /// a segment after `XLOG_SWITCH`).
     SkippingTo(Lsn),
-    /// Reassembling a record of `total` bytes that started at `start`.
-    InRecord {
+    /// Reassembling, in `assembly`, a record of `total` bytes that started
+    /// at `start` and crosses a page or input boundary.
+    InRecord { start: Lsn, total: u32 },
+}
+
+/// Where a decoded record's bytes are.
+enum Found {
+    /// In `input[range]`: the record lay whole in one page of the input.
+    InInput {
         start: Lsn,
-        total: u32,
-        bytes: Vec<u8>,
+        end: Lsn,
+        at: usize,
+        len: usize,
     },
+    /// In `assembly`.
+    Assembled { start: Lsn, end: Lsn },
 }
 
 /// The decoder; see the module documentation.
@@ -125,6 +157,8 @@ pub struct WalStreamDecoder {
     consumed: usize,
     position: Lsn,
     state: State,
+    /// The record being reassembled (or just reassembled), reused.
+    assembly: Vec<u8>,
     system_id: Option<u64>,
     timeline: Option<u32>,
     previous_record: Option<Lsn>,
@@ -141,6 +175,7 @@ impl WalStreamDecoder {
             consumed: 0,
             position: start,
             state: State::Start,
+            assembly: Vec::new(),
             system_id: None,
             timeline: None,
             previous_record: None,
@@ -189,16 +224,44 @@ impl WalStreamDecoder {
         self.input.extend_from_slice(bytes);
     }
 
+    /// Appends the next bytes of WAL, without copying them when everything
+    /// fed before has been consumed.
+    pub fn feed_owned(&mut self, bytes: Vec<u8>) {
+        if self.consumed == self.input.len() {
+            self.input = bytes;
+            self.consumed = 0;
+        } else {
+            self.feed(&bytes);
+        }
+    }
+
     /// The next whole record, `Ok(None)` if more input is needed first.
-    pub fn next_record(&mut self) -> Result<Option<RawRecord>, WalDecodeError> {
+    pub fn next_record(&mut self) -> Result<Option<Record<'_>>, WalDecodeError> {
         if let Some(failure) = &self.failure {
             return Err(failure.clone());
         }
-        let result = self.decode_next();
-        if let Err(error) = &result {
-            self.failure = Some(error.clone());
+        match self.decode_next() {
+            Ok(None) => Ok(None),
+            Ok(Some(Found::InInput {
+                start,
+                end,
+                at,
+                len,
+            })) => Ok(Some(Record {
+                start,
+                end,
+                bytes: &self.input[at..at + len],
+            })),
+            Ok(Some(Found::Assembled { start, end })) => Ok(Some(Record {
+                start,
+                end,
+                bytes: &self.assembly,
+            })),
+            Err(error) => {
+                self.failure = Some(error.clone());
+                Err(error)
+            }
         }
-        result
     }
 
     fn available(&self) -> &[u8] {
@@ -210,7 +273,7 @@ impl WalStreamDecoder {
         self.position = Lsn(self.position.0 + bytes as u64);
     }
 
-    fn decode_next(&mut self) -> Result<Option<RawRecord>, WalDecodeError> {
+    fn decode_next(&mut self) -> Result<Option<Found>, WalDecodeError> {
         loop {
             if let State::SkippingTo(target) = self.state {
                 let gap = target.0.saturating_sub(self.position.0);
@@ -227,11 +290,11 @@ impl WalStreamDecoder {
                 return Ok(None);
             }
             match &mut self.state {
-                State::Start | State::BetweenRecords => {
-                    if !self.start_record()? {
-                        return Ok(None);
-                    }
-                }
+                State::Start | State::BetweenRecords => match self.start_record()? {
+                    Started::NeedInput => return Ok(None),
+                    Started::Whole(found) => return Ok(Some(found)),
+                    Started::Partial => {}
+                },
                 State::SkippingContinuation { left } => {
                     let left_now = *left;
                     let step = self.step_within_page(left_now);
@@ -323,18 +386,14 @@ impl WalStreamDecoder {
                 // records this).
                 self.state = State::BetweenRecords;
             }
-            State::InRecord {
-                start,
-                total,
-                bytes,
-            } => {
+            State::InRecord { start, total } => {
                 if !header.is_contrecord() {
                     return Err(error(
                         page,
                         WalErrorKind::MissingContinuation { record: *start },
                     ));
                 }
-                let expected = total - record_len(bytes);
+                let expected = total - record_len(&self.assembly);
                 if header.remaining_length != expected {
                     return Err(error(
                         page,
@@ -378,9 +437,9 @@ impl WalStreamDecoder {
         Ok(true)
     }
 
-    /// Begins the record at the current position. Returns false if more
-    /// input is needed.
-    fn start_record(&mut self) -> Result<bool, WalDecodeError> {
+    /// Begins the record at the current position: whole when it lies in
+    /// one page of the input (no copy), else reassembly starts.
+    fn start_record(&mut self) -> Result<Started, WalDecodeError> {
         let start = self.position;
         if !start.0.is_multiple_of(MAXALIGN) {
             return Err(error(start, WalErrorKind::UnalignedStart));
@@ -388,7 +447,7 @@ impl WalStreamDecoder {
         // Records start 8-aligned and a page holds a multiple of 8 bytes, so
         // xl_tot_len always lies on the record's first page.
         let Some(length_bytes) = self.available().get(..4) else {
-            return Ok(false);
+            return Ok(Started::NeedInput);
         };
         let total = u32::from_le_bytes([
             length_bytes[0],
@@ -399,63 +458,69 @@ impl WalStreamDecoder {
         if (total as usize) < XLOG_RECORD_HEADER_SIZE || total > XLOG_RECORD_MAX_SIZE {
             return Err(error(start, WalErrorKind::InvalidRecordLength(total)));
         }
-        let capacity = (total as usize).min(64 * 1024);
-        self.state = State::InRecord {
-            start,
-            total,
-            bytes: Vec::with_capacity(capacity),
-        };
-        Ok(true)
+        let page_left = XLOG_BLCKSZ - start.page_offset(XLOG_BLCKSZ);
+        let len = total as usize;
+        if total <= page_left && self.available().len() >= len {
+            let at = self.consumed;
+            let bytes = &self.input[at..at + len];
+            self.check_header(start, bytes)?;
+            check_crc(bytes).map_err(|kind| error(start, kind))?;
+            let is_switch = is_switch(bytes);
+            self.advance(len);
+            let end = self.position;
+            self.finish_record(start, end, is_switch);
+            return Ok(Started::Whole(Found::InInput {
+                start,
+                end,
+                at,
+                len,
+            }));
+        }
+        self.assembly.clear();
+        self.assembly.reserve(len.min(64 * 1024));
+        self.state = State::InRecord { start, total };
+        Ok(Started::Partial)
     }
 
-    /// Copies what is available of the current record; yields it when whole.
-    fn continue_record(&mut self) -> Result<Option<RawRecord>, WalDecodeError> {
-        let State::InRecord {
-            start,
-            total,
-            bytes,
-        } = &self.state
-        else {
+    /// Copies what is available of the current record into `assembly`;
+    /// yields it when whole.
+    fn continue_record(&mut self) -> Result<Option<Found>, WalDecodeError> {
+        let State::InRecord { start, total } = self.state else {
             return Ok(None);
         };
-        let (start, total, had) = (*start, *total, bytes.len());
-        let step = self.step_within_page(total - record_len(bytes)) as usize;
+        let had = self.assembly.len();
+        let step = self.step_within_page(total - record_len(&self.assembly)) as usize;
         if step == 0 {
             return Ok(None);
         }
         let chunk_start = self.consumed;
-        if let State::InRecord { bytes, .. } = &mut self.state {
-            bytes.extend_from_slice(&self.input[chunk_start..chunk_start + step]);
-        }
+        self.assembly
+            .extend_from_slice(&self.input[chunk_start..chunk_start + step]);
         self.advance(step);
-        let State::InRecord { bytes, .. } = &self.state else {
-            return Ok(None);
-        };
-        if had < XLOG_RECORD_HEADER_SIZE && bytes.len() >= XLOG_RECORD_HEADER_SIZE {
-            self.check_header(start, bytes)?;
+        if had < XLOG_RECORD_HEADER_SIZE && self.assembly.len() >= XLOG_RECORD_HEADER_SIZE {
+            self.check_header(start, &self.assembly)?;
         }
-        if bytes.len() < total as usize {
+        if self.assembly.len() < total as usize {
             return Ok(None);
         }
-        let State::InRecord { bytes, .. } =
-            std::mem::replace(&mut self.state, State::BetweenRecords)
-        else {
-            return Ok(None);
-        };
-        check_crc(&bytes).map_err(|kind| error(start, kind))?;
+        check_crc(&self.assembly).map_err(|kind| error(start, kind))?;
         let end = self.position;
+        let is_switch = is_switch(&self.assembly);
+        self.finish_record(start, end, is_switch);
+        Ok(Some(Found::Assembled { start, end }))
+    }
+
+    /// Moves past a whole record ending at `end`.
+    fn finish_record(&mut self, start: Lsn, end: Lsn, is_switch: bool) {
         self.previous_record = Some(start);
-        let is_switch = bytes[17] == RM_XLOG_ID && bytes[16] & 0xF0 == XLOG_SWITCH;
         self.state = if is_switch {
             let segment = u64::from(self.segment_size);
             // An XLOG_SWITCH ends the segment: the next record starts at the
             // next segment (or right here if the record ended exactly there).
-            let next = end.0.div_ceil(segment) * segment;
-            State::SkippingTo(Lsn(next))
+            State::SkippingTo(Lsn(end.0.div_ceil(segment) * segment))
         } else {
             self.align_after_record()
         };
-        Ok(Some(RawRecord { start, end, bytes }))
     }
 
     fn check_header(&self, start: Lsn, header: &[u8]) -> Result<(), WalDecodeError> {
@@ -493,6 +558,21 @@ fn error(lsn: Lsn, kind: impl Into<WalErrorKind>) -> WalDecodeError {
         lsn,
         kind: kind.into(),
     }
+}
+
+/// Whether a whole record is `XLOG_SWITCH`.
+fn is_switch(record: &[u8]) -> bool {
+    record[17] == RM_XLOG_ID && record[16] & 0xF0 == XLOG_SWITCH
+}
+
+/// What starting a record produced.
+enum Started {
+    /// Not even its length is here yet.
+    NeedInput,
+    /// The whole record, found in the input.
+    Whole(Found),
+    /// Reassembly has begun.
+    Partial,
 }
 
 /// Checks `xl_crc`: CRC-32C over the body, then the header up to the CRC.

@@ -1,0 +1,163 @@
+//! WAL decoding throughput on real WAL, beside `pg_waldump --stats`.
+//!
+//! The WAL is what Postgres 17 wrote under pgbench (see
+//! `quire_bench::real_wal`). Both sides are measured in this run, single
+//! threaded, over the same span of valid WAL read from the same (page
+//! cached) files: `pg_waldump --stats` decodes every record to count it;
+//! Quire reads the files through a reused 1 MiB buffer, reassembles and
+//! checks every record and decodes its block references. Criterion then
+//! measures Quire's decode of WAL already in memory, fed in 1 MiB pieces
+//! (as it arrives from a safekeeper).
+// Megabyte figures are for people; f64 precision is plenty.
+#![allow(clippy::cast_precision_loss)]
+
+use std::hint::black_box;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use criterion::{Criterion, Throughput};
+use quire_bench::real_wal::real_wal;
+use quire_postgres::Lsn;
+use quire_postgres::wal::record::decode_record;
+use quire_postgres::wal::stream::WalStreamDecoder;
+
+/// Feeds `bytes` and decodes every whole record; `false` once the WAL ends.
+fn drain(
+    decoder: &mut WalStreamDecoder,
+    bytes: &[u8],
+    records: &mut u64,
+    end: &mut Lsn,
+) -> Result<bool> {
+    decoder.feed(bytes);
+    loop {
+        match decoder.next_record() {
+            Ok(Some(record)) => {
+                black_box(decode_record(record.bytes)?);
+                *records += 1;
+                *end = record.end;
+            }
+            Ok(None) => return Ok(true),
+            Err(_) => return Ok(false),
+        }
+    }
+}
+
+/// Decodes in-memory segments in order; returns (records, end of the last record).
+fn decode(segments: &[Vec<u8>], start: Lsn, segment_size: u32) -> Result<(u64, Lsn)> {
+    let mut decoder = WalStreamDecoder::new(start, segment_size);
+    let (mut records, mut end) = (0, start);
+    for segment in segments {
+        for piece in segment.chunks(1 << 20) {
+            if !drain(&mut decoder, piece, &mut records, &mut end)? {
+                return Ok((records, end));
+            }
+        }
+    }
+    Ok((records, end))
+}
+
+/// Reads the files through one reused 1 MiB buffer (as `pg_waldump` reads
+/// through one page buffer) and decodes them.
+fn read_and_decode(
+    paths: &[std::path::PathBuf],
+    start: Lsn,
+    segment_size: u32,
+) -> Result<(u64, Lsn)> {
+    let mut decoder = WalStreamDecoder::new(start, segment_size);
+    let (mut records, mut end) = (0, start);
+    let mut chunk = vec![0u8; 1 << 20];
+    for path in paths {
+        let mut file = std::fs::File::open(path)?;
+        loop {
+            let n = std::io::Read::read(&mut file, &mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            if !drain(&mut decoder, &chunk[..n], &mut records, &mut end)? {
+                return Ok((records, end));
+            }
+        }
+    }
+    Ok((records, end))
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn run() -> Result<()> {
+    let wal = real_wal()?;
+    let first = std::fs::read(&wal.segments[0])?;
+    let segment_size = u32::from_le_bytes(first[32..36].try_into()?);
+    let start = Lsn(u64::from_le_bytes(first[8..16].try_into()?));
+    let (Some(first_path), Some(last_path)) = (wal.segments.first(), wal.segments.last()) else {
+        bail!("no segments");
+    };
+
+    // Both sides: five runs from the (page-cached) files; the median counts.
+    let (records, end) = read_and_decode(&wal.segments, start, segment_size)?;
+    let span_mb = (end.0 - start.0) as f64 / 1e6;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..5 {
+        let began = Instant::now();
+        read_and_decode(&wal.segments, start, segment_size)?;
+        ours.push(began.elapsed());
+        let began = Instant::now();
+        let output = Command::new(wal.install.bin("pg_waldump"))
+            .arg("--stats")
+            .arg(first_path)
+            .arg(last_path)
+            .output()
+            .context("run pg_waldump --stats")?;
+        theirs.push(began.elapsed());
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !stdout.contains("Total") {
+            bail!(
+                "pg_waldump --stats printed no totals: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    let (ours, theirs) = (median(ours), median(theirs));
+    println!(
+        "real WAL: {records} records, {span_mb:.1} MB from {start} to {end} in {} segments of {} MiB",
+        wal.segments.len(),
+        segment_size >> 20
+    );
+    println!(
+        "pg_waldump --stats:         {:>8.1} ms  {:>7.1} MB/s",
+        theirs.as_secs_f64() * 1e3,
+        span_mb / theirs.as_secs_f64()
+    );
+    println!(
+        "quire read + decode:        {:>8.1} ms  {:>7.1} MB/s  ({:.2}x pg_waldump)",
+        ours.as_secs_f64() * 1e3,
+        span_mb / ours.as_secs_f64(),
+        theirs.as_secs_f64() / ours.as_secs_f64()
+    );
+
+    let segments: Vec<Vec<u8>> = wal
+        .segments
+        .iter()
+        .map(std::fs::read)
+        .collect::<Result<_, _>>()?;
+    let mut criterion = Criterion::default()
+        .configure_from_args()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    let mut group = criterion.benchmark_group("wal_decode");
+    group.throughput(Throughput::Bytes(end.0 - start.0));
+    group.bench_function("stream_and_records_in_memory", |b| {
+        b.iter(|| decode(black_box(&segments), start, segment_size));
+    });
+    group.finish();
+    criterion.final_summary();
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    run()
+}

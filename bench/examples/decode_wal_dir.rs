@@ -1,0 +1,50 @@
+//! Decodes every record of a directory of WAL segments once, reading each
+//! file in chunks through one reused buffer, and prints the counts: a fixed
+//! workload for profiling (`perf record`, or `valgrind --tool=callgrind`).
+//!
+//! `decode_wal_dir DIR [CHUNK_BYTES]`
+
+use std::io::Read;
+
+use anyhow::{Context, Result};
+use quire_bench::real_wal::segments_in;
+use quire_postgres::Lsn;
+use quire_postgres::wal::record::decode_record;
+use quire_postgres::wal::stream::WalStreamDecoder;
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = args
+        .next()
+        .context("usage: decode_wal_dir DIR [CHUNK_BYTES]")?;
+    let chunk_size: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1 << 20);
+    let segments = segments_in(std::path::Path::new(&dir))?;
+    let first = std::fs::read(&segments[0])?;
+    let segment_size = u32::from_le_bytes(first[32..36].try_into()?);
+    let start = Lsn(u64::from_le_bytes(first[8..16].try_into()?));
+    let mut decoder = WalStreamDecoder::new(start, segment_size);
+    let mut chunk = vec![0u8; chunk_size];
+    let (mut records, mut blocks) = (0u64, 0usize);
+    'files: for path in &segments {
+        let mut file = std::fs::File::open(path)?;
+        loop {
+            let n = file.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            decoder.feed(&chunk[..n]);
+            loop {
+                match decoder.next_record() {
+                    Ok(Some(record)) => {
+                        blocks += decode_record(record.bytes)?.blocks.len();
+                        records += 1;
+                    }
+                    Ok(None) => break,
+                    Err(_) => break 'files,
+                }
+            }
+        }
+    }
+    println!("{records} records, {blocks} block references");
+    Ok(())
+}
