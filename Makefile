@@ -15,6 +15,7 @@ EXTENSIONS := $(wildcard postgres/extensions/*/Makefile)
 .PHONY: test demo postgres extensions check-postgres lint cargo-test fuzz
 
 test: extensions check-postgres lint cargo-test fuzz
+	@tests/summarize.sh target/cargo-test.log
 
 demo: extensions
 	QUIRE_PG_PREFIX=$(PG_PREFIX) $(CARGO) run --release --locked -p quire -- demo
@@ -38,8 +39,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+# Unit, property and full-stack tests (doc-tests and benchmarks excluded);
+# the log feeds the summary line `make test` ends with.
 cargo-test: extensions
-	QUIRE_PG_PREFIX=$(PG_PREFIX) $(CARGO) test --workspace --locked
+	mkdir -p target
+	QUIRE_PG_PREFIX=$(PG_PREFIX) $(CARGO) test --workspace --locked --lib --bins --tests 2>&1 | tee target/cargo-test.log
 
 # Every fuzz target for a bounded time (FUZZ_SECONDS each), seeded with real WAL.
 FUZZ_SECONDS ?= 60
