@@ -19,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use criterion::{Criterion, Throughput};
 use quire_bench::real_wal::real_wal;
 use quire_postgres::Lsn;
+use quire_postgres::wal::page::read_segment_header;
 use quire_postgres::wal::record::decode_record;
 use quire_postgres::wal::stream::WalStreamDecoder;
 
@@ -90,8 +91,8 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 fn run() -> Result<()> {
     let wal = real_wal()?;
     let first = std::fs::read(&wal.segments[0])?;
-    let segment_size = u32::from_le_bytes(first[32..36].try_into()?);
-    let start = Lsn(u64::from_le_bytes(first[8..16].try_into()?));
+    let header = read_segment_header(&first)?;
+    let (start, segment_size) = (header.start, header.segment_size);
     let (Some(first_path), Some(last_path)) = (wal.segments.first(), wal.segments.last()) else {
         bail!("no segments");
     };

@@ -7,8 +7,8 @@
 use std::io::Read;
 
 use anyhow::{Context, Result};
-use quire_bench::real_wal::segments_in;
-use quire_postgres::Lsn;
+use quire_cluster::wal_segment_files;
+use quire_postgres::wal::page::read_segment_header;
 use quire_postgres::wal::record::decode_record;
 use quire_postgres::wal::stream::WalStreamDecoder;
 
@@ -18,10 +18,10 @@ fn main() -> Result<()> {
         .next()
         .context("usage: decode_wal_dir DIR [CHUNK_BYTES]")?;
     let chunk_size: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1 << 20);
-    let segments = segments_in(std::path::Path::new(&dir))?;
+    let segments = wal_segment_files(std::path::Path::new(&dir))?;
     let first = std::fs::read(&segments[0])?;
-    let segment_size = u32::from_le_bytes(first[32..36].try_into()?);
-    let start = Lsn(u64::from_le_bytes(first[8..16].try_into()?));
+    let header = read_segment_header(&first)?;
+    let (start, segment_size) = (header.start, header.segment_size);
     let mut decoder = WalStreamDecoder::new(start, segment_size);
     let mut chunk = vec![0u8; chunk_size];
     let (mut records, mut blocks) = (0u64, 0usize);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use quire_cluster::{PgCluster, PgClusterOptions, PgInstall, run_checked};
+use quire_cluster::{PgCluster, PgClusterOptions, PgInstall, run_checked, wal_segment_files};
 
 /// A directory of WAL segments, and the install that wrote them.
 pub struct RealWal {
@@ -32,26 +32,11 @@ impl RealWal {
     }
 }
 
-/// The WAL segments of `dir`, sorted.
-pub fn segments_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut segments: Vec<PathBuf> = fs::read_dir(dir)
-        .with_context(|| format!("list {}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-        })
-        .collect();
-    segments.sort();
-    Ok(segments)
-}
-
 /// Real WAL: `QUIRE_BENCH_WAL_DIR`, or freshly generated with pgbench.
 pub fn real_wal() -> Result<RealWal> {
     let install = PgInstall::locate()?;
     if let Some(dir) = std::env::var_os("QUIRE_BENCH_WAL_DIR") {
-        let segments = segments_in(Path::new(&dir))?;
+        let segments = wal_segment_files(Path::new(&dir))?;
         if segments.is_empty() {
             bail!("no WAL segments in {}", Path::new(&dir).display());
         }
@@ -92,13 +77,13 @@ pub fn real_wal() -> Result<RealWal> {
     let dir = tempfile::Builder::new()
         .prefix("quire-bench-wal-")
         .tempdir()?;
-    for segment in segments_in(&pg.datadir().join("pg_wal"))? {
+    for segment in wal_segment_files(&pg.datadir().join("pg_wal"))? {
         if let Some(name) = segment.file_name() {
             fs::copy(&segment, dir.path().join(name))
                 .with_context(|| format!("copy {}", segment.display()))?;
         }
     }
-    let segments = segments_in(dir.path())?;
+    let segments = wal_segment_files(dir.path())?;
     Ok(RealWal {
         segments,
         install,

@@ -20,8 +20,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use quire_postgres::Lsn;
-use quire_postgres::types::{BLCKSZ, RelTag, WAL_SEGMENT_SIZE_MAX, WAL_SEGMENT_SIZE_MIN};
+use quire_postgres::types::{BLCKSZ, RelTag};
+use quire_postgres::wal::page::read_segment_header;
 use quire_postgres::wal::record::decode_record;
 use quire_postgres::wal::rmgr::rmgr_name;
 use quire_postgres::wal::stream::{Record, WalStreamDecoder};
@@ -56,9 +56,9 @@ pub fn dump(files: &[PathBuf], out: &mut impl Write) -> Result<Outcome> {
         bail!("no WAL files given");
     };
     let head = read(first)?;
-    let (start, segment_size) =
-        segment_of(&head).with_context(|| format!("{} is not a WAL segment", first.display()))?;
-    let mut decoder = WalStreamDecoder::new(start, segment_size);
+    let header = read_segment_header(&head)
+        .with_context(|| format!("{} is not a WAL segment", first.display()))?;
+    let mut decoder = WalStreamDecoder::new(header.start, header.segment_size);
     let mut line = String::with_capacity(256);
     for (index, path) in files.iter().enumerate() {
         if index == 0 {
@@ -97,30 +97,6 @@ pub fn dump(files: &[PathBuf], out: &mut impl Write) -> Result<Outcome> {
 
 fn read(path: &PathBuf) -> Result<Vec<u8>> {
     fs::read(path).with_context(|| format!("read {}", path.display()))
-}
-
-/// The start LSN and segment size a segment file's long page header states.
-fn segment_of(bytes: &[u8]) -> Result<(Lsn, u32)> {
-    let Some(header) = bytes.get(..40) else {
-        bail!("shorter than a long page header");
-    };
-    let field = |at: usize, n: usize| {
-        header[at..at + n]
-            .iter()
-            .rev()
-            .fold(0u64, |v, b| (v << 8) | u64::from(*b))
-    };
-    let page_address = Lsn(field(8, 8));
-    let segment_size = u32::try_from(field(32, 4)).unwrap_or(0);
-    if !segment_size.is_power_of_two()
-        || !(WAL_SEGMENT_SIZE_MIN..=WAL_SEGMENT_SIZE_MAX).contains(&segment_size)
-    {
-        bail!("invalid segment size {segment_size} in its long page header");
-    }
-    if page_address.segment_offset(segment_size) != 0 {
-        bail!("page address {page_address} is not a segment start");
-    }
-    Ok((page_address, segment_size))
 }
 
 /// Formats one record's line into `line` (replacing its contents).

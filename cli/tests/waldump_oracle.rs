@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use quire_cluster::{PgCluster, PgClusterOptions, run_bounded, run_checked};
-use quire_postgres::Lsn;
 use quire_postgres::wal::effects::{Effect, page_effects, record_effects};
+use quire_postgres::wal::page::read_segment_header;
 use quire_postgres::wal::record::decode_record;
 use quire_postgres::wal::stream::WalStreamDecoder;
 use quire_tests::effects_oracle::{EffectCounts, check_against_desc, kind};
@@ -258,9 +258,8 @@ fn check_effects(
     counts: &mut EffectCounts,
 ) -> Result<(usize, usize)> {
     let first = std::fs::read(&segments[0])?;
-    let segment_size = u32::from_le_bytes([first[32], first[33], first[34], first[35]]);
-    let start = Lsn(u64::from_le_bytes(first[8..16].try_into()?));
-    let mut decoder = WalStreamDecoder::new(start, segment_size);
+    let header = read_segment_header(&first)?;
+    let mut decoder = WalStreamDecoder::new(header.start, header.segment_size);
     let (mut pages, mut others) = (0, 0);
     'segments: for path in segments {
         decoder.feed_owned(std::fs::read(path)?);

@@ -16,6 +16,7 @@ mod pg_cluster;
 mod pgbench;
 mod run_as;
 mod smgr_count;
+mod wal_files;
 
 pub use bounded::{run_bounded, run_checked};
 pub use install::PgInstall;
@@ -23,3 +24,4 @@ pub use pg_cluster::{PgCluster, PgClusterOptions, SUPERUSER};
 pub use pgbench::PgbenchSummary;
 pub use run_as::RunAs;
 pub use smgr_count::read_smgr_counts;
+pub use wal_files::wal_segment_files;

@@ -4,25 +4,13 @@
 //! `quire waldump` (`lsn=… rmgr=… len=… blocks=… blk=…[ fpi]…`), so the two
 //! can be compared line by line.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
 /// The WAL segment files of a data directory, in LSN order.
 pub fn wal_segments(datadir: &Path) -> Result<Vec<PathBuf>> {
-    let dir = datadir.join("pg_wal");
-    let mut segments: Vec<PathBuf> = fs::read_dir(&dir)
-        .with_context(|| format!("list {}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()))
-        })
-        .collect();
-    segments.sort();
-    Ok(segments)
+    quire_cluster::wal_segment_files(&datadir.join("pg_wal"))
 }
 
 /// Converts `pg_waldump -b` output to `quire waldump` lines (without the

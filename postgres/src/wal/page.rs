@@ -210,3 +210,54 @@ pub fn decode_page_header(
         long,
     })
 }
+
+/// What a WAL segment's first page says about the segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// LSN of the segment's first byte.
+    pub start: Lsn,
+    /// The segment size.
+    pub segment_size: u32,
+    /// The cluster's system identifier.
+    pub system_id: u64,
+    /// The timeline of the page.
+    pub timeline: TimeLineId,
+}
+
+/// Reads the long header at the start of a WAL segment file, taking the
+/// segment size from the header itself (it must be a power of two from
+/// 1 MiB to 1 GiB, and the page address a multiple of it).
+pub fn read_segment_header(first_page: &[u8]) -> Result<SegmentHeader, PageHeaderError> {
+    let Some(bytes) = first_page.get(..LONG_PAGE_HEADER_SIZE) else {
+        return Err(PageHeaderError::LongHeaderMismatch {
+            found: false,
+            expected: true,
+        });
+    };
+    let segment_size = u32::from_le_bytes([bytes[32], bytes[33], bytes[34], bytes[35]]);
+    if !segment_size.is_power_of_two()
+        || !(crate::types::WAL_SEGMENT_SIZE_MIN..=crate::types::WAL_SEGMENT_SIZE_MAX)
+            .contains(&segment_size)
+    {
+        return Err(PageHeaderError::WrongSegmentSize {
+            found: segment_size,
+            expected: crate::types::DEFAULT_WAL_SEGMENT_SIZE,
+        });
+    }
+    let mut address = [0u8; 8];
+    address.copy_from_slice(&bytes[8..16]);
+    let start = Lsn(u64::from_le_bytes(address));
+    let header = decode_page_header(bytes, start, segment_size)?;
+    let Some(long) = header.long else {
+        return Err(PageHeaderError::LongHeaderMismatch {
+            found: false,
+            expected: true,
+        });
+    };
+    Ok(SegmentHeader {
+        start,
+        segment_size,
+        system_id: long.system_id,
+        timeline: header.timeline,
+    })
+}
