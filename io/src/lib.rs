@@ -1,12 +1,26 @@
 //! Direct I/O on `io_uring`, one executor per core.
 //!
-//! This crate will own every syscall that touches a layer file: the pinned
-//! per-core glommio executors (with a loud start-up check that buffer
-//! registration worked), aligned buffers whose types make a misaligned
-//! `O_DIRECT` read impossible, batched reads, the per-core block cache, and the
-//! fsync discipline (data fsync, rename, directory fsync). Nothing else in
-//! Quire names glommio or `io_uring`, so a runtime swap touches this crate
-//! alone. It must never parse a format: bytes in, bytes out.
+//! This crate owns every syscall that touches a layer file, and nothing else
+//! in Quire names glommio or `io_uring`, so a runtime swap touches this crate
+//! alone:
+//! - [`executors`]: one pinned glommio executor per core, started after a
+//!   check that `io_uring` buffer registration works ([`registration`]),
+//!   reported loudly when it does not.
+//! - [`block_file`]: layer files read in whole 8 KiB blocks with `O_DIRECT`
+//!   (block numbers, never byte offsets, so a misaligned read cannot be
+//!   expressed), several blocks per submission, and new files made durable
+//!   by data fsync, rename and directory fsync.
+//! - [`cache`]: the per-core block cache (S3-FIFO, bounded in bytes).
 //!
-//! It is one of the three places where `unsafe` is allowed, each block with a
-//! `// SAFETY:` line.
+//! It never parses a format: bytes in, bytes out. It is one of the three
+//! places where `unsafe` is allowed, each block with a `// SAFETY:` line.
+
+pub mod block_file;
+pub mod cache;
+pub mod executors;
+pub mod registration;
+
+pub use block_file::{BLOCK_SIZE, BlockFile, BlockFileWriter, FileError};
+pub use cache::{BlockCache, BlockKey, CacheStats, FileId};
+pub use executors::{ExecutorConfig, run_per_core};
+pub use registration::RegistrationStatus;
