@@ -1,9 +1,24 @@
 //! Tenant shards, each owned by exactly one core.
 //!
-//! This crate will own a shard's timelines: the in-memory layer, freezing and
-//! flushing it to L0 delta layers, the layer map (key range × LSN range),
-//! GetPage@LSN reconstruction across layers and ancestor timelines,
-//! compaction, image generation, GC and branching, and the atomic timeline
-//! metadata. Its state is `!Send` and lives on its core; it takes no lock and
-//! makes no cross-core hop on the GetPage path.
+//! This crate owns a shard's timelines ([`timeline::Timeline`]): the
+//! in-memory layer ([`in_memory_layer`]), freezing it and flushing it to L0
+//! delta layers, the layer map ([`layer_map`]), GetPage@LSN reconstruction
+//! across in-memory and on-disk layers ([`reconstruct`]), and the timeline
+//! metadata replaced atomically on every flush ([`metadata`]); layer files
+//! are read through the core's block cache ([`layer_file`]). Its state is
+//! `!Send` and lives on its core; it takes no lock and makes no cross-core
+//! hop on the GetPage path. Compaction, image generation, GC and branching
+//! are still to come.
 #![forbid(unsafe_code)]
+
+pub mod in_memory_layer;
+pub mod layer_file;
+pub mod layer_map;
+pub mod metadata;
+pub mod reconstruct;
+pub mod timeline;
+pub mod value;
+
+pub use reconstruct::{ReconstructInputs, Redo, RedoError};
+pub use timeline::{CoreContext, Timeline, TimelineError};
+pub use value::Value;

@@ -1,0 +1,300 @@
+//! A layer file open for reading on this core: the layer's reader, its
+//! direct-I/O file, and the core's block cache as the block source.
+//!
+//! Blocks are checked against the layer's checksum table when read from
+//! disk, before they enter the cache; a cached block is served without a
+//! second check.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::path::Path;
+use std::rc::Rc;
+
+use quire_io::{BlockCache, BlockFile, BlockKey, FileId};
+use quire_layerfmt::format::{LayerKind, LeafEntry, ValueKind};
+use quire_layerfmt::reader::check_block;
+use quire_layerfmt::{BlockSource, LayerError, LayerReader};
+use quire_postgres::{Key, Lsn};
+
+use crate::value::Value;
+
+/// A layer's identity: what it covers, as its file name says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LayerName {
+    /// Image or delta.
+    pub kind: LayerKindName,
+    /// Keys covered.
+    pub key_start: Key,
+    /// End of the key range (exclusive).
+    pub key_end: Key,
+    /// First LSN covered.
+    pub lsn_start: Lsn,
+    /// End of the LSN range (exclusive).
+    pub lsn_end: Lsn,
+}
+
+/// [`LayerKind`] with an order, for names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LayerKindName {
+    /// An image layer.
+    Image,
+    /// A delta layer.
+    Delta,
+}
+
+impl fmt::Display for LayerName {
+    /// `<kind>-<key start>-<key end>-<lsn start>-<lsn end>`, fields in hex.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            LayerKindName::Image => "image",
+            LayerKindName::Delta => "delta",
+        };
+        let hex = |key: Key| {
+            let mut text = String::with_capacity(36);
+            for byte in key.to_bytes() {
+                let _ = write!(text, "{byte:02x}");
+            }
+            text
+        };
+        write!(
+            f,
+            "{kind}-{}-{}-{:016x}-{:016x}",
+            hex(self.key_start),
+            hex(self.key_end),
+            self.lsn_start.0,
+            self.lsn_end.0
+        )
+    }
+}
+
+impl LayerName {
+    /// Parses a file name written by `Display` (`None` for anything else).
+    pub fn parse(name: &str) -> Option<LayerName> {
+        let mut parts = name.split('-');
+        let kind = match parts.next()? {
+            "image" => LayerKindName::Image,
+            "delta" => LayerKindName::Delta,
+            _ => return None,
+        };
+        let key = |text: &str| -> Option<Key> {
+            if text.len() != 36 {
+                return None;
+            }
+            let mut bytes = [0u8; 18];
+            for (i, byte) in bytes.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            let field = |at: usize| {
+                u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+            };
+            Some(Key {
+                kind: bytes[0],
+                field1: field(1),
+                field2: field(5),
+                field3: field(9),
+                field4: bytes[13],
+                field5: field(14),
+            })
+        };
+        let lsn = |text: &str| {
+            (text.len() == 16)
+                .then(|| u64::from_str_radix(text, 16).ok().map(Lsn))
+                .flatten()
+        };
+        let name = LayerName {
+            kind,
+            key_start: key(parts.next()?)?,
+            key_end: key(parts.next()?)?,
+            lsn_start: lsn(parts.next()?)?,
+            lsn_end: lsn(parts.next()?)?,
+        };
+        (parts.next().is_none() && name.key_start < name.key_end && name.lsn_start < name.lsn_end)
+            .then_some(name)
+    }
+}
+
+/// An open layer; see the module documentation.
+pub struct LayerFile {
+    name: LayerName,
+    reader: LayerReader,
+    file: BlockFile,
+    cache: Rc<RefCell<BlockCache>>,
+}
+
+impl fmt::Debug for LayerFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LayerFile({})", self.name)
+    }
+}
+
+/// The layer's blocks, through the cache.
+struct CachedBlocks<'a> {
+    file: &'a BlockFile,
+    cache: &'a RefCell<BlockCache>,
+    file_name: String,
+}
+
+impl BlockSource for CachedBlocks<'_> {
+    type Block = Rc<[u8]>;
+
+    async fn read_block(
+        &self,
+        block: u32,
+        expected_crc: Option<u32>,
+    ) -> Result<Rc<[u8]>, LayerError> {
+        let key = BlockKey {
+            file: self.file.id(),
+            block,
+        };
+        let cached = if expected_crc.is_some() {
+            self.cache.borrow_mut().get(key)
+        } else {
+            None
+        };
+        if let Some(cached) = cached {
+            return Ok(cached);
+        }
+        let read = self
+            .file
+            .read_blocks(block, 1)
+            .await
+            .map_err(|e| LayerError::Read {
+                file: self.file_name.clone(),
+                block,
+                what: e.to_string(),
+            })?;
+        let Some(expected) = expected_crc else {
+            // Block 0 and the checksum table are checked by the reader itself.
+            return Ok(Rc::from(&*read));
+        };
+        check_block(&self.file_name, block, &read, expected)?;
+        let bytes: Rc<[u8]> = Rc::from(&*read);
+        self.cache.borrow_mut().insert(key, bytes.clone());
+        Ok(bytes)
+    }
+}
+
+impl LayerFile {
+    /// Opens the layer at `path`, checking its summary and checksum table
+    /// and that they match `name`.
+    pub async fn open(
+        path: &Path,
+        name: LayerName,
+        id: FileId,
+        cache: Rc<RefCell<BlockCache>>,
+    ) -> Result<LayerFile, LayerError> {
+        let file_name = path.display().to_string();
+        let file = BlockFile::open(path, id)
+            .await
+            .map_err(|e| LayerError::Read {
+                file: file_name.clone(),
+                block: 0,
+                what: e.to_string(),
+            })?;
+        let source = CachedBlocks {
+            file: &file,
+            cache: &cache,
+            file_name: file_name.clone(),
+        };
+        let reader = LayerReader::open(&file_name, &source).await?;
+        let summary = reader.summary();
+        let (key_start, key_end) = summary.key_range();
+        let kind = match summary.layer_kind() {
+            Some(LayerKind::Image) => LayerKindName::Image,
+            _ => LayerKindName::Delta,
+        };
+        let matches = kind == name.kind
+            && key_start == name.key_start
+            && key_end == name.key_end
+            && summary.lsn_start.get() == name.lsn_start.0
+            && summary.lsn_end.get() == name.lsn_end.0
+            && summary.block_count.get() == file.blocks();
+        if !matches {
+            return Err(LayerError::Corrupt {
+                file: file_name,
+                block: 0,
+                region: "summary",
+                what: format!("does not describe the layer its name {name} says"),
+            });
+        }
+        Ok(LayerFile {
+            name,
+            reader,
+            file,
+            cache,
+        })
+    }
+
+    /// What the layer covers.
+    pub fn name(&self) -> &LayerName {
+        &self.name
+    }
+
+    /// Memory held for this open layer (reader state), in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.reader.memory_bytes() + size_of::<Self>()
+    }
+
+    fn source(&self) -> CachedBlocks<'_> {
+        CachedBlocks {
+            file: &self.file,
+            cache: &self.cache,
+            file_name: self.reader.file().to_owned(),
+        }
+    }
+
+    /// Appends to `out`, newest first, the values of `key` below `below`
+    /// down to the first base value; returns whether one was found.
+    pub async fn collect(
+        &self,
+        key: Key,
+        below: Lsn,
+        out: &mut Vec<(Lsn, Value)>,
+    ) -> Result<bool, LayerError> {
+        let source = self.source();
+        let mut entries: Vec<LeafEntry> = Vec::new();
+        let complete = self
+            .reader
+            .entries_for_reconstruction(&source, key, below, &mut entries)
+            .await?;
+        for entry in &entries {
+            out.push((Lsn(entry.lsn.get()), self.value(&source, entry).await?));
+        }
+        Ok(complete)
+    }
+
+    async fn value(
+        &self,
+        source: &CachedBlocks<'_>,
+        entry: &LeafEntry,
+    ) -> Result<Value, LayerError> {
+        let bytes: Rc<[u8]> = Rc::from(self.reader.read_value(source, entry).await?.as_ref());
+        match entry.value_kind() {
+            Some(ValueKind::PageImage | ValueKind::Other) => Ok(Value::Image(bytes)),
+            Some(ValueKind::WalRecord) => Ok(Value::Record {
+                will_init: entry.will_init(),
+                bytes,
+            }),
+            None => Err(LayerError::Corrupt {
+                file: self.reader.file().to_owned(),
+                block: 0,
+                region: "index",
+                what: format!("entry flags {:#04x}", entry.flags),
+            }),
+        }
+    }
+
+    /// Checks every block of the file.
+    pub async fn verify(&self) -> Result<u32, LayerError> {
+        self.reader.verify_all(&self.source()).await
+    }
+
+    /// Closes the file and drops its blocks from the cache.
+    pub async fn close(self) {
+        self.cache.borrow_mut().forget_file(self.file.id());
+        // A failed close of a read-only file loses nothing.
+        let _ = self.file.close().await;
+    }
+}
+
+use std::mem::size_of;

@@ -1,0 +1,76 @@
+//! Which layer holds a key's newest values below an LSN.
+//!
+//! Layers are rectangles of key range × LSN range. For one key, the layers
+//! covering it do not overlap in LSN except where an image layer sits at
+//! the last LSN of a delta layer below it; the search takes, among layers
+//! covering the key that start below the bound, the one reaching highest
+//! (its end clamped to the bound), preferring an image on a tie because it
+//! already contains everything at or below its LSN. The map is immutable:
+//! a change makes a new map, so readers keep a consistent snapshot (an
+//! `Rc`) across their I/O while flushes and compactions publish new ones.
+
+use std::rc::Rc;
+
+use quire_postgres::{Key, Lsn};
+
+use crate::layer_file::{LayerFile, LayerKindName, LayerName};
+
+/// The layers of a timeline.
+#[derive(Clone, Debug, Default)]
+pub struct LayerMap {
+    layers: Vec<Rc<LayerFile>>,
+}
+
+impl LayerMap {
+    /// The layer to read next for `key` when everything at or above `below`
+    /// has been read.
+    pub fn search(&self, key: Key, below: Lsn) -> Option<&Rc<LayerFile>> {
+        let mut best: Option<(&Rc<LayerFile>, Lsn, bool)> = None;
+        for layer in &self.layers {
+            let name = layer.name();
+            if key < name.key_start || key >= name.key_end || name.lsn_start >= below {
+                continue;
+            }
+            let reach = name.lsn_end.min(below);
+            let image = name.kind == LayerKindName::Image;
+            let better = match best {
+                None => true,
+                Some((_, best_reach, best_image)) => {
+                    reach > best_reach || (reach == best_reach && image && !best_image)
+                }
+            };
+            if better {
+                best = Some((layer, reach, image));
+            }
+        }
+        best.map(|(layer, _, _)| layer)
+    }
+
+    /// This map with `layer` added.
+    #[must_use]
+    pub fn with(&self, layer: Rc<LayerFile>) -> LayerMap {
+        let mut layers = self.layers.clone();
+        layers.push(layer);
+        LayerMap { layers }
+    }
+
+    /// The layers' names.
+    pub fn names(&self) -> Vec<LayerName> {
+        self.layers.iter().map(|layer| *layer.name()).collect()
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[Rc<LayerFile>] {
+        &self.layers
+    }
+
+    /// Layers in the map.
+    pub fn len(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+}
