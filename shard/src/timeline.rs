@@ -1,6 +1,6 @@
 //! A timeline: puts into the in-memory layer, GetPage@LSN across in-memory
-//! and on-disk layers, freezing, flushing to L0 delta layers, and reloading
-//! after a restart.
+//! and on-disk layers and into the ancestor, freezing, flushing to L0 delta
+//! layers, branching, and reloading after a restart.
 //!
 //! Lives on one core (`!Send`). Writes (`put`, `freeze`) are synchronous and
 //! come from the shard's single ingest task; reads take snapshots (`Rc`s of
@@ -8,7 +8,9 @@
 //! flush can publish a new map while reads are in flight.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
 
 use quire_io::{BlockCache, BlockFileWriter};
@@ -74,6 +76,22 @@ pub enum TimelineError {
     /// Another flush is running.
     #[error("a flush is already running")]
     FlushBusy,
+    /// A branch point the parent has not reached.
+    #[error("cannot branch at {at}: the parent's last record is at {last}")]
+    BranchPastEnd {
+        /// The requested branch LSN.
+        at: Lsn,
+        /// The parent's last record LSN.
+        last: Lsn,
+    },
+    /// The ancestor given on load is not the one the metadata names.
+    #[error("timeline metadata names ancestor {expected:?}, load was given {given:?}")]
+    AncestorMismatch {
+        /// The metadata's ancestor id.
+        expected: Option<[u8; 16]>,
+        /// The given ancestor's id.
+        given: Option<[u8; 16]>,
+    },
 }
 
 #[derive(Debug)]
@@ -95,6 +113,9 @@ pub struct Timeline {
     core: Rc<CoreContext>,
     state: RefCell<State>,
     flushing: Cell<bool>,
+    /// The parent timeline and the LSN this one branched at: values at or
+    /// below it are the parent's.
+    ancestor: Option<(Rc<Timeline>, Lsn)>,
 }
 
 impl Timeline {
@@ -125,19 +146,73 @@ impl Timeline {
             core,
             start,
             Rc::new(LayerMap::default()),
+            None,
+        ))
+    }
+
+    /// Creates a child timeline in `dir` that shares `parent`'s history up
+    /// to and including `at` (copy-on-write: no layer is copied) and takes
+    /// its own values above it.
+    pub async fn branch(
+        dir: &Path,
+        timeline_id: [u8; 16],
+        parent: Rc<Timeline>,
+        at: Lsn,
+        core: Rc<CoreContext>,
+    ) -> Result<Timeline, TimelineError> {
+        let parent_last = parent.state.borrow().last_record_lsn;
+        if at > parent_last {
+            return Err(TimelineError::BranchPastEnd {
+                at,
+                last: parent_last,
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(|source| quire_io::FileError {
+            operation: "create directory",
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let start = Lsn(at.0 + 1);
+        let metadata = TimelineMetadata {
+            disk_consistent_lsn: start,
+            ancestor: Some((parent.id, at)),
+            layers: Vec::new(),
+        };
+        metadata.store(dir).await?;
+        let tenant_id = parent.tenant_id;
+        Ok(Timeline::from_parts(
+            dir,
+            tenant_id,
+            timeline_id,
+            core,
+            start,
+            Rc::new(LayerMap::default()),
+            Some((parent, at)),
         ))
     }
 
     /// Reopens the timeline in `dir` after a restart: loads its metadata,
     /// opens the layers it lists, and deletes any other file (a layer
     /// written but never listed, or left half-written by a crash).
+    /// `ancestor` must be the (already loaded) parent the metadata names.
     pub async fn load(
         dir: &Path,
         tenant_id: [u8; 16],
         timeline_id: [u8; 16],
         core: Rc<CoreContext>,
+        ancestor: Option<Rc<Timeline>>,
     ) -> Result<Timeline, TimelineError> {
         let metadata = TimelineMetadata::load(dir).await?;
+        let ancestor = match (metadata.ancestor, ancestor) {
+            (None, None) => None,
+            (Some((id, at)), Some(parent)) if parent.id == id => Some((parent, at)),
+            (expected, given) => {
+                return Err(TimelineError::AncestorMismatch {
+                    expected: expected.map(|(id, _)| id),
+                    given: given.map(|parent| parent.id),
+                });
+            }
+        };
         let listed: std::collections::HashSet<String> =
             metadata.layers.iter().map(ToString::to_string).collect();
         let entries = std::fs::read_dir(dir).map_err(|source| quire_io::FileError {
@@ -175,6 +250,7 @@ impl Timeline {
             core,
             metadata.disk_consistent_lsn,
             Rc::new(map),
+            ancestor,
         ))
     }
 
@@ -185,6 +261,7 @@ impl Timeline {
         core: Rc<CoreContext>,
         disk_consistent_lsn: Lsn,
         layers: Rc<LayerMap>,
+        ancestor: Option<(Rc<Timeline>, Lsn)>,
     ) -> Timeline {
         Timeline {
             dir: dir.to_owned(),
@@ -199,12 +276,36 @@ impl Timeline {
                 disk_consistent_lsn,
             }),
             flushing: Cell::new(false),
+            ancestor,
         }
+    }
+
+    /// The timeline's id.
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
+    /// The parent and branch LSN, if this timeline is a branch.
+    pub fn ancestor(&self) -> Option<&(Rc<Timeline>, Lsn)> {
+        self.ancestor.as_ref()
     }
 
     /// Every value below this LSN is on disk; WAL must be re-ingested from it.
     pub fn disk_consistent_lsn(&self) -> Lsn {
         self.state.borrow().disk_consistent_lsn
+    }
+
+    /// The LSN ingest has reached (the last record stored, or announced by
+    /// [`Timeline::advance`]).
+    pub fn last_record_lsn(&self) -> Lsn {
+        self.state.borrow().last_record_lsn
+    }
+
+    /// Records that ingest has processed WAL up to `lsn` (records that
+    /// stored nothing still move the timeline forward).
+    pub fn advance(&self, lsn: Lsn) {
+        let mut state = self.state.borrow_mut();
+        state.last_record_lsn = state.last_record_lsn.max(lsn);
     }
 
     /// Bytes in the open in-memory layer.
@@ -248,32 +349,53 @@ impl Timeline {
     /// below it and the records above the base, oldest first.
     pub async fn get(&self, key: Key, lsn: Lsn) -> Result<ReconstructInputs, TimelineError> {
         let mut newest_first: Vec<(Lsn, Value)> = Vec::new();
-        let mut below = Lsn(lsn.0.saturating_add(1));
-        let (frozen, layers) = {
-            let state = self.state.borrow();
-            if state.open.start() < below {
-                if state.open.collect(key, below, &mut newest_first) {
-                    return Ok(finish(newest_first));
-                }
-                below = state.open.start();
-            }
-            (state.frozen.clone(), state.layers.clone())
-        };
-        for layer in frozen.iter().rev() {
-            if layer.start() < below {
-                if layer.collect(key, below, &mut newest_first) {
-                    return Ok(finish(newest_first));
-                }
-                below = layer.start();
-            }
-        }
-        while let Some(layer) = layers.search(key, below) {
-            if layer.collect(key, below, &mut newest_first).await? {
-                break;
-            }
-            below = layer.name().lsn_start;
-        }
+        self.collect_below(key, Lsn(lsn.0.saturating_add(1)), &mut newest_first)
+            .await?;
         Ok(finish(newest_first))
+    }
+
+    /// Appends `key`'s values below `below`, newest first, down to a base,
+    /// continuing into the ancestor; returns whether a base was found.
+    fn collect_below<'a>(
+        &'a self,
+        key: Key,
+        mut below: Lsn,
+        newest_first: &'a mut Vec<(Lsn, Value)>,
+    ) -> Pin<Box<dyn Future<Output = Result<bool, TimelineError>> + 'a>> {
+        Box::pin(async move {
+            let (frozen, layers) = {
+                let state = self.state.borrow();
+                if state.open.start() < below {
+                    if state.open.collect(key, below, newest_first) {
+                        return Ok(true);
+                    }
+                    below = state.open.start();
+                }
+                (state.frozen.clone(), state.layers.clone())
+            };
+            for layer in frozen.iter().rev() {
+                if layer.start() < below {
+                    if layer.collect(key, below, newest_first) {
+                        return Ok(true);
+                    }
+                    below = layer.start();
+                }
+            }
+            while let Some(layer) = layers.search(key, below) {
+                if layer.collect(key, below, newest_first).await? {
+                    return Ok(true);
+                }
+                below = layer.name().lsn_start;
+            }
+            match &self.ancestor {
+                Some((parent, at)) => {
+                    parent
+                        .collect_below(key, below.min(Lsn(at.0 + 1)), newest_first)
+                        .await
+                }
+                None => Ok(false),
+            }
+        })
     }
 
     /// Writes every frozen layer to an L0 delta layer, oldest first, each
@@ -303,7 +425,7 @@ impl Timeline {
             .await?;
             let end = name.lsn_end;
             let map = Rc::new(self.layer_map().with(Rc::new(file)));
-            let ancestor = None;
+            let ancestor = self.ancestor.as_ref().map(|(parent, at)| (parent.id, *at));
             TimelineMetadata {
                 disk_consistent_lsn: end,
                 ancestor,

@@ -1,7 +1,9 @@
 //! The timeline against a plain model: random puts of images and records
 //! across keys at increasing LSNs, freezes, flushes to L0 layers on disk,
-//! and restarts (reloading from the metadata); every GetPage@LSN must
-//! return exactly the reconstruction inputs the model implies.
+//! restarts (reloading from the metadata) and branches (children reading
+//! their parent's history up to the branch point); every GetPage@LSN on
+//! every timeline must return exactly the reconstruction inputs the model
+//! implies.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::collections::BTreeMap;
@@ -20,29 +22,40 @@ const TIMELINE: [u8; 16] = [9; 16];
 #[derive(Clone, Debug)]
 enum Op {
     Put {
+        timeline: usize,
         key: u32,
         lsn_step: u64,
         image: bool,
         will_init: bool,
         len: usize,
     },
-    Freeze,
-    Flush,
+    Freeze {
+        timeline: usize,
+    },
+    Flush {
+        timeline: usize,
+    },
     Restart,
+    Branch {
+        timeline: usize,
+    },
     Get {
+        timeline: usize,
         key: u32,
         back: u64,
     },
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    let value_len = prop_oneof![0usize..100, Just(8192usize), 100usize..3000];
     prop_oneof![
-        12 => (0u32..24, 1u64..4, any::<bool>(), any::<bool>(), prop_oneof![0usize..100, Just(8192usize), 100usize..3000])
-            .prop_map(|(key, lsn_step, image, will_init, len)| Op::Put { key, lsn_step, image, will_init, len }),
-        1 => Just(Op::Freeze),
-        1 => Just(Op::Flush),
+        12 => (0usize..8, 0u32..24, 1u64..4, any::<bool>(), any::<bool>(), value_len)
+            .prop_map(|(timeline, key, lsn_step, image, will_init, len)| Op::Put { timeline, key, lsn_step, image, will_init, len }),
+        1 => (0usize..8).prop_map(|timeline| Op::Freeze { timeline }),
+        1 => (0usize..8).prop_map(|timeline| Op::Flush { timeline }),
         1 => Just(Op::Restart),
-        4 => (0u32..24, 0u64..200).prop_map(|(key, back)| Op::Get { key, back }),
+        1 => (0usize..8).prop_map(|timeline| Op::Branch { timeline }),
+        4 => (0usize..8, 0u32..24, 0u64..200).prop_map(|(timeline, key, back)| Op::Get { timeline, key, back }),
     ]
 }
 
@@ -65,14 +78,32 @@ fn bytes(seed: u64, len: usize) -> Rc<[u8]> {
         .into()
 }
 
-/// What the model says `get(key, lsn)` returns.
-fn expected(model: &BTreeMap<(u32, u64), Value>, key: u32, lsn: u64) -> ReconstructInputs {
+/// One timeline under test and its model.
+struct Branch {
+    timeline: Rc<Timeline>,
+    id: [u8; 16],
+    dir: std::path::PathBuf,
+    /// Parent index and branch LSN.
+    parent: Option<(usize, u64)>,
+    /// The timeline's own values.
+    model: BTreeMap<(u32, u64), Value>,
+    lsn: u64,
+}
+
+/// What the model says `get(key, lsn)` returns on `branches[index]`.
+fn expected(branches: &[Branch], index: usize, key: u32, lsn: u64) -> ReconstructInputs {
     let mut newest_first = Vec::new();
-    for (&(_, at), value) in model.range((key, 0)..=(key, lsn)).rev() {
-        newest_first.push((Lsn(at), value.clone()));
-        if value.is_base() {
-            break;
+    let mut at = Some((index, lsn));
+    'walk: while let Some((index, lsn)) = at {
+        for (&(_, value_lsn), value) in branches[index].model.range((key, 0)..=(key, lsn)).rev() {
+            newest_first.push((Lsn(value_lsn), value.clone()));
+            if value.is_base() {
+                break 'walk;
+            }
         }
+        at = branches[index]
+            .parent
+            .map(|(parent, branch_lsn)| (parent, lsn.min(branch_lsn)));
     }
     let image = match newest_first.last() {
         Some((at, Value::Image(bytes))) => {
@@ -89,23 +120,100 @@ fn expected(model: &BTreeMap<(u32, u64), Value>, key: u32, lsn: u64) -> Reconstr
     }
 }
 
-async fn run(ops: Vec<Op>, dir: &Path) {
-    let core = CoreContext::new(4 << 20);
-    let mut timeline = Timeline::create(dir, TENANT, TIMELINE, Lsn(100), core.clone())
+/// Branches a child off `branches[timeline]` at its current LSN.
+async fn branch_off(
+    branches: &mut Vec<Branch>,
+    timeline: usize,
+    dir: &Path,
+    core: &Rc<CoreContext>,
+) {
+    if branches.len() >= 6 {
+        return;
+    }
+    let parent = timeline % branches.len();
+    let at = branches[parent].lsn;
+    // Ingest reached `at`; the parent's history up to it must survive its
+    // restarts, so flush it first (a real parent would re-ingest instead).
+    branches[parent].timeline.advance(Lsn(at));
+    branches[parent].timeline.freeze();
+    branches[parent].timeline.flush().await.unwrap();
+    let id = [u8::try_from(branches.len()).unwrap(); 16];
+    let child_dir = dir.join(format!("timeline-{}", branches.len()));
+    let child = Timeline::branch(
+        &child_dir,
+        id,
+        branches[parent].timeline.clone(),
+        Lsn(at),
+        core.clone(),
+    )
+    .await
+    .unwrap();
+    branches.push(Branch {
+        timeline: Rc::new(child),
+        id,
+        dir: child_dir,
+        parent: Some((parent, at)),
+        model: BTreeMap::new(),
+        lsn: at,
+    });
+}
+
+/// Drops every timeline and reloads them (parents first) from disk.
+async fn restart(branches: &mut [Branch], core: &Rc<CoreContext>) {
+    let consistent: Vec<u64> = branches
+        .iter()
+        .map(|b| b.timeline.disk_consistent_lsn().0)
+        .collect();
+    for index in 0..branches.len() {
+        let ancestor = branches[index]
+            .parent
+            .map(|(parent, _)| branches[parent].timeline.clone());
+        let reloaded = Timeline::load(
+            &branches[index].dir,
+            TENANT,
+            branches[index].id,
+            core.clone(),
+            ancestor,
+        )
         .await
         .unwrap();
-    let mut model: BTreeMap<(u32, u64), Value> = BTreeMap::new();
-    let mut lsn = 100u64;
+        assert_eq!(reloaded.disk_consistent_lsn().0, consistent[index]);
+        let branch = &mut branches[index];
+        branch.timeline = Rc::new(reloaded);
+        // What was not flushed must be re-ingested; the model forgets it.
+        branch.model.retain(|&(_, at), _| at < consistent[index]);
+        branch.lsn = branch.lsn.max(consistent[index]);
+    }
+}
+
+async fn run(ops: Vec<Op>, dir: &Path) {
+    let core = CoreContext::new(4 << 20);
+    let root = dir.join("timeline-0");
+    let timeline = Timeline::create(&root, TENANT, TIMELINE, Lsn(100), core.clone())
+        .await
+        .unwrap();
+    let mut branches = vec![Branch {
+        timeline: Rc::new(timeline),
+        id: TIMELINE,
+        dir: root,
+        parent: None,
+        model: BTreeMap::new(),
+        lsn: 100,
+    }];
     for op in ops {
         match op {
             Op::Put {
+                timeline,
                 key: k,
                 lsn_step,
                 image,
                 will_init,
                 len,
             } => {
-                lsn += lsn_step;
+                let count = branches.len();
+                let branch = &mut branches[timeline % count];
+                branch.lsn += lsn_step;
+                let lsn = branch.lsn;
                 let value = if image {
                     Value::Image(bytes(lsn, len))
                 } else {
@@ -114,35 +222,49 @@ async fn run(ops: Vec<Op>, dir: &Path) {
                         bytes: bytes(lsn + 1, len.min(500)),
                     }
                 };
-                timeline.put(key(k), Lsn(lsn), value.clone()).unwrap();
-                model.insert((k, lsn), value);
+                branch
+                    .timeline
+                    .put(key(k), Lsn(lsn), value.clone())
+                    .unwrap();
+                branch.model.insert((k, lsn), value);
             }
-            Op::Freeze => timeline.freeze(),
-            Op::Flush => {
-                timeline.flush().await.unwrap();
-            }
-            Op::Restart => {
-                let disk_consistent = timeline.disk_consistent_lsn().0;
-                drop(timeline);
-                timeline = Timeline::load(dir, TENANT, TIMELINE, core.clone())
+            Op::Freeze { timeline } => branches[timeline % branches.len()].timeline.freeze(),
+            Op::Flush { timeline } => {
+                branches[timeline % branches.len()]
+                    .timeline
+                    .flush()
                     .await
                     .unwrap();
-                assert_eq!(timeline.disk_consistent_lsn().0, disk_consistent);
-                // What was not flushed must be re-ingested; the model forgets it.
-                model.retain(|&(_, at), _| at < disk_consistent);
-                lsn = lsn.max(disk_consistent);
             }
-            Op::Get { key: k, back } => {
-                let at = lsn.saturating_sub(back);
-                let got = timeline.get(key(k), Lsn(at)).await.unwrap();
-                assert_eq!(got, expected(&model, k, at), "key {k} at {at}");
+            Op::Branch { timeline } => branch_off(&mut branches, timeline, dir, &core).await,
+            Op::Restart => restart(&mut branches, &core).await,
+            Op::Get {
+                timeline,
+                key: k,
+                back,
+            } => {
+                let index = timeline % branches.len();
+                let at = branches[index].lsn.saturating_sub(back);
+                let got = branches[index].timeline.get(key(k), Lsn(at)).await.unwrap();
+                assert_eq!(
+                    got,
+                    expected(&branches, index, k, at),
+                    "timeline {index} key {k} at {at}"
+                );
             }
         }
     }
-    for k in 0..24 {
-        for at in [100, lsn / 2, lsn.saturating_sub(7), lsn] {
-            let got = timeline.get(key(k), Lsn(at)).await.unwrap();
-            assert_eq!(got, expected(&model, k, at), "final: key {k} at {at}");
+    for index in 0..branches.len() {
+        let lsn = branches[index].lsn;
+        for k in 0..24 {
+            for at in [100, lsn / 2, lsn.saturating_sub(7), lsn] {
+                let got = branches[index].timeline.get(key(k), Lsn(at)).await.unwrap();
+                assert_eq!(
+                    got,
+                    expected(&branches, index, k, at),
+                    "final: timeline {index} key {k} at {at}"
+                );
+            }
         }
     }
 }
@@ -186,7 +308,7 @@ fn stray_and_half_written_layers_are_removed_on_load() {
                 vec![0u8; 8192],
             )
             .unwrap();
-            let timeline = Timeline::load(&path, TENANT, TIMELINE, core).await.unwrap();
+            let timeline = Timeline::load(&path, TENANT, TIMELINE, core, None).await.unwrap();
             let files: Vec<String> =
                 std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
             assert_eq!(files.len(), 2, "metadata and the one listed layer remain: {files:?}");
