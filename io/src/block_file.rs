@@ -224,3 +224,10 @@ pub async fn sync_directory_of(path: &Path) -> Result<(), FileError> {
         .await
         .map_err(|e| file_error("close", directory, e))
 }
+
+/// Removes a file.
+pub async fn remove_file(path: &Path) -> Result<(), FileError> {
+    glommio::io::remove(path)
+        .await
+        .map_err(|e| file_error("remove", path, e))
+}

@@ -20,7 +20,9 @@ pub mod cache;
 pub mod executors;
 pub mod registration;
 
-pub use block_file::{BLOCK_SIZE, BlockFile, BlockFileWriter, FileError};
+pub use block_file::{
+    BLOCK_SIZE, BlockFile, BlockFileWriter, FileError, remove_file, sync_directory_of,
+};
 pub use cache::{BlockCache, BlockKey, CacheStats, FileId};
 pub use executors::{ExecutorConfig, run_per_core};
 pub use registration::RegistrationStatus;

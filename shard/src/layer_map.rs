@@ -54,6 +54,19 @@ impl LayerMap {
         LayerMap { layers }
     }
 
+    /// This map without the layers named in `remove` and with `add`.
+    #[must_use]
+    pub fn replace(&self, remove: &[LayerName], add: Vec<Rc<LayerFile>>) -> LayerMap {
+        let mut layers: Vec<Rc<LayerFile>> = self
+            .layers
+            .iter()
+            .filter(|layer| !remove.contains(layer.name()))
+            .cloned()
+            .collect();
+        layers.extend(add);
+        LayerMap { layers }
+    }
+
     /// The layers' names.
     pub fn names(&self) -> Vec<LayerName> {
         self.layers.iter().map(|layer| *layer.name()).collect()

@@ -11,7 +11,9 @@
 //! are still to come.
 #![forbid(unsafe_code)]
 
+mod flush;
 pub mod in_memory_layer;
+pub mod layer_builder;
 pub mod layer_file;
 pub mod layer_map;
 pub mod metadata;

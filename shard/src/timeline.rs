@@ -13,14 +13,12 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 
-use quire_io::{BlockCache, BlockFileWriter};
-use quire_layerfmt::format::Compression;
-use quire_layerfmt::writer::LayerDescriptor;
-use quire_layerfmt::{LayerError, LayerKind, LayerWriter, ValueKind};
+use quire_io::BlockCache;
+use quire_layerfmt::LayerError;
 use quire_postgres::{Key, Lsn};
 
 use crate::in_memory_layer::{InMemoryLayer, PutError};
-use crate::layer_file::{LayerFile, LayerKindName, LayerName};
+use crate::layer_file::LayerFile;
 use crate::layer_map::LayerMap;
 use crate::metadata::{MetadataError, TimelineMetadata};
 use crate::reconstruct::ReconstructInputs;
@@ -43,7 +41,7 @@ impl CoreContext {
         })
     }
 
-    fn file_id(&self) -> u64 {
+    pub(crate) fn file_id(&self) -> u64 {
         let id = self.next_file_id.get();
         self.next_file_id.set(id + 1);
         id
@@ -73,9 +71,6 @@ pub enum TimelineError {
     /// A file operation failed.
     #[error(transparent)]
     File(#[from] quire_io::FileError),
-    /// Another flush is running.
-    #[error("a flush is already running")]
-    FlushBusy,
     /// A branch point the parent has not reached.
     #[error("cannot branch at {at}: the parent's last record is at {last}")]
     BranchPastEnd {
@@ -95,27 +90,29 @@ pub enum TimelineError {
 }
 
 #[derive(Debug)]
-struct State {
-    open: InMemoryLayer,
+pub(crate) struct State {
+    pub(crate) open: InMemoryLayer,
     /// Frozen layers, oldest first.
-    frozen: Vec<Rc<InMemoryLayer>>,
-    layers: Rc<LayerMap>,
-    last_record_lsn: Lsn,
-    disk_consistent_lsn: Lsn,
+    pub(crate) frozen: Vec<Rc<InMemoryLayer>>,
+    pub(crate) layers: Rc<LayerMap>,
+    pub(crate) last_record_lsn: Lsn,
+    pub(crate) disk_consistent_lsn: Lsn,
 }
 
 /// A timeline; see the module documentation.
 #[derive(Debug)]
 pub struct Timeline {
-    dir: PathBuf,
-    tenant_id: [u8; 16],
-    id: [u8; 16],
-    core: Rc<CoreContext>,
-    state: RefCell<State>,
-    flushing: Cell<bool>,
+    pub(crate) dir: PathBuf,
+    pub(crate) tenant_id: [u8; 16],
+    pub(crate) id: [u8; 16],
+    pub(crate) core: Rc<CoreContext>,
+    pub(crate) state: RefCell<State>,
+    /// Held by whatever changes the layer map and metadata (flush,
+    /// compaction, GC, image creation), one at a time.
+    pub(crate) maintenance: futures::lock::Mutex<()>,
     /// The parent timeline and the LSN this one branched at: values at or
     /// below it are the parent's.
-    ancestor: Option<(Rc<Timeline>, Lsn)>,
+    pub(crate) ancestor: Option<(Rc<Timeline>, Lsn)>,
 }
 
 impl Timeline {
@@ -223,13 +220,7 @@ impl Timeline {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name != "metadata" && !listed.contains(&name) {
-                glommio::io::remove(entry.path())
-                    .await
-                    .map_err(|e| quire_io::FileError {
-                        operation: "remove stray file",
-                        path: entry.path().display().to_string(),
-                        source: e.into(),
-                    })?;
+                quire_io::remove_file(&entry.path()).await?;
             }
         }
         let mut map = LayerMap::default();
@@ -275,7 +266,7 @@ impl Timeline {
                 last_record_lsn: disk_consistent_lsn,
                 disk_consistent_lsn,
             }),
-            flushing: Cell::new(false),
+            maintenance: futures::lock::Mutex::new(()),
             ancestor,
         }
     }
@@ -396,83 +387,6 @@ impl Timeline {
                 None => Ok(false),
             }
         })
-    }
-
-    /// Writes every frozen layer to an L0 delta layer, oldest first, each
-    /// made durable and listed in the metadata before the next.
-    pub async fn flush(&self) -> Result<usize, TimelineError> {
-        if self.flushing.replace(true) {
-            return Err(TimelineError::FlushBusy);
-        }
-        let result = self.flush_frozen().await;
-        self.flushing.set(false);
-        result
-    }
-
-    async fn flush_frozen(&self) -> Result<usize, TimelineError> {
-        let mut flushed = 0;
-        loop {
-            let Some(layer) = self.state.borrow().frozen.first().cloned() else {
-                return Ok(flushed);
-            };
-            let name = self.write_l0(&layer).await?;
-            let file = LayerFile::open(
-                &self.dir.join(name.to_string()),
-                name,
-                self.core.file_id(),
-                self.core.cache.clone(),
-            )
-            .await?;
-            let end = name.lsn_end;
-            let map = Rc::new(self.layer_map().with(Rc::new(file)));
-            let ancestor = self.ancestor.as_ref().map(|(parent, at)| (parent.id, *at));
-            TimelineMetadata {
-                disk_consistent_lsn: end,
-                ancestor,
-                layers: map.names(),
-            }
-            .store(&self.dir)
-            .await?;
-            let mut state = self.state.borrow_mut();
-            state.layers = map;
-            state.frozen.remove(0);
-            state.disk_consistent_lsn = end;
-            flushed += 1;
-        }
-    }
-
-    async fn write_l0(&self, layer: &InMemoryLayer) -> Result<LayerName, TimelineError> {
-        let end = layer.end().unwrap_or(Lsn(layer.start().0 + 1));
-        let name = LayerName {
-            kind: LayerKindName::Delta,
-            key_start: Key::MIN,
-            key_end: Key::MAX,
-            lsn_start: layer.start(),
-            lsn_end: end,
-        };
-        let mut writer = LayerWriter::new(LayerDescriptor {
-            kind: LayerKind::Delta,
-            tenant_id: self.tenant_id,
-            timeline_id: self.id,
-            key_range: (name.key_start, name.key_end),
-            lsn_range: (name.lsn_start, name.lsn_end),
-        });
-        let file = BlockFileWriter::create(&self.dir.join(name.to_string())).await?;
-        for (key, lsn, value) in layer.iter() {
-            let (kind, will_init) = match value {
-                Value::Image(_) => (ValueKind::PageImage, true),
-                Value::Record { will_init, .. } => (ValueKind::WalRecord, *will_init),
-            };
-            writer.add(key, lsn, kind, will_init, Compression::None, value.bytes())?;
-            let (first, blocks) = writer.take_blocks();
-            file.write_blocks(first, &blocks).await?;
-        }
-        let finished = writer.finish()?;
-        file.write_blocks(finished.first_block, &finished.tail)
-            .await?;
-        file.write_blocks(0, &finished.block0).await?;
-        file.finish().await?;
-        Ok(name)
     }
 }
 
