@@ -263,6 +263,24 @@ impl LayerFile {
         Ok(complete)
     }
 
+    /// Every index entry, in (key, LSN) order.
+    pub async fn entries(&self) -> Result<Vec<LeafEntry>, LayerError> {
+        let capacity = usize::try_from(self.reader.summary().entry_count.get()).unwrap_or(0);
+        let mut entries = Vec::with_capacity(capacity);
+        self.reader
+            .for_each_leaf(&self.source(), |leaf| {
+                entries.extend_from_slice(leaf);
+                Ok(())
+            })
+            .await?;
+        Ok(entries)
+    }
+
+    /// The value an index entry points at.
+    pub async fn read_entry(&self, entry: &LeafEntry) -> Result<Value, LayerError> {
+        self.value(&self.source(), entry).await
+    }
+
     async fn value(
         &self,
         source: &CachedBlocks<'_>,

@@ -11,6 +11,7 @@
 //! are still to come.
 #![forbid(unsafe_code)]
 
+pub mod compact;
 mod flush;
 pub mod in_memory_layer;
 pub mod layer_builder;

@@ -1,7 +1,8 @@
 //! The timeline against a plain model: random puts of images and records
 //! across keys at increasing LSNs, freezes, flushes to L0 layers on disk,
-//! restarts (reloading from the metadata) and branches (children reading
-//! their parent's history up to the branch point); every GetPage@LSN on
+//! restarts (reloading from the metadata), L0 → L1 compactions into key
+//! partitions of several sizes, and branches (children reading their
+//! parent's history up to the branch point); every GetPage@LSN on
 //! every timeline must return exactly the reconstruction inputs the model
 //! implies.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
@@ -39,6 +40,10 @@ enum Op {
     Branch {
         timeline: usize,
     },
+    Compact {
+        timeline: usize,
+        target_bytes: u64,
+    },
     Get {
         timeline: usize,
         key: u32,
@@ -55,6 +60,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0usize..8).prop_map(|timeline| Op::Flush { timeline }),
         1 => Just(Op::Restart),
         1 => (0usize..8).prop_map(|timeline| Op::Branch { timeline }),
+        1 => (0usize..8, prop_oneof![Just(1u64), Just(3000), Just(1 << 20)])
+            .prop_map(|(timeline, target_bytes)| Op::Compact { timeline, target_bytes }),
         4 => (0usize..8, 0u32..24, 0u64..200).prop_map(|(timeline, key, back)| Op::Get { timeline, key, back }),
     ]
 }
@@ -238,6 +245,16 @@ async fn run(ops: Vec<Op>, dir: &Path) {
             }
             Op::Branch { timeline } => branch_off(&mut branches, timeline, dir, &core).await,
             Op::Restart => restart(&mut branches, &core).await,
+            Op::Compact {
+                timeline,
+                target_bytes,
+            } => {
+                branches[timeline % branches.len()]
+                    .timeline
+                    .compact_l0(1, target_bytes)
+                    .await
+                    .unwrap();
+            }
             Op::Get {
                 timeline,
                 key: k,
