@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use quire_io::{BlockCache, BlockFile, BlockKey, FileId};
 use quire_layerfmt::format::{LayerKind, LeafEntry, ValueKind};
-use quire_layerfmt::reader::check_block;
+use quire_layerfmt::reader::{ValueBytes, check_block};
 use quire_layerfmt::{BlockSource, LayerError, LayerReader};
 use quire_postgres::{Key, Lsn};
 
@@ -286,7 +286,11 @@ impl LayerFile {
         source: &CachedBlocks<'_>,
         entry: &LeafEntry,
     ) -> Result<Value, LayerError> {
-        let bytes: Rc<[u8]> = Rc::from(self.reader.read_value(source, entry).await?.as_ref());
+        // A one-block value (a page image) is the cached block itself: no copy.
+        let bytes: Rc<[u8]> = match self.reader.read_value(source, entry).await? {
+            ValueBytes::Block(block) => block,
+            ValueBytes::Owned(bytes) => Rc::from(bytes),
+        };
         match entry.value_kind() {
             Some(ValueKind::PageImage | ValueKind::Other) => Ok(Value::Image(bytes)),
             Some(ValueKind::WalRecord) => Ok(Value::Record {
