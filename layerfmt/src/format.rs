@@ -125,23 +125,10 @@ impl Summary {
 
     /// The key range `[start, end)`.
     pub fn key_range(&self) -> (Key, Key) {
-        (key_from_bytes(self.key_start), key_from_bytes(self.key_end))
-    }
-}
-
-/// A key from its encoding, field by field.
-pub(crate) fn key_from_bytes(bytes: [u8; KEY_SIZE]) -> Key {
-    // Range bounds may be keys no value has (the exclusive end), so they
-    // are decoded field by field rather than validated as names.
-    let field =
-        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    Key {
-        kind: bytes[0],
-        field1: field(1),
-        field2: field(5),
-        field3: field(9),
-        field4: bytes[13],
-        field5: field(14),
+        (
+            Key::from_bytes_unchecked(self.key_start),
+            Key::from_bytes_unchecked(self.key_end),
+        )
     }
 }
 
@@ -263,7 +250,7 @@ impl LeafEntry {
 
     /// The key (field by field; validity is the key space's business).
     pub fn key(&self) -> Key {
-        key_from_bytes(self.key)
+        Key::from_bytes_unchecked(self.key)
     }
 }
 

@@ -280,7 +280,9 @@ impl Key {
         bytes
     }
 
-    fn from_bytes_unchecked(bytes: [u8; KEY_SIZE]) -> Key {
+    /// Decodes an encoding field by field without checking that it names
+    /// anything: for range bounds such as an exclusive end or [`Key::MAX`].
+    pub fn from_bytes_unchecked(bytes: [u8; KEY_SIZE]) -> Key {
         let field = |at: usize| {
             u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
         };

@@ -89,13 +89,7 @@ impl Timeline {
                 builder.add(*key, *lsn, &value).await?;
             }
             let name = builder.finish().await?;
-            let file = LayerFile::open(
-                &self.dir.join(name.to_string()),
-                name,
-                self.core.file_id(),
-                self.core.cache.clone(),
-            )
-            .await?;
+            let file = LayerFile::open_in(&self.dir, name, &self.core).await?;
             new_layers.push(Rc::new(file));
         }
 

@@ -31,13 +31,7 @@ impl Timeline {
                 return Ok(flushed);
             };
             let name = self.write_l0(&layer).await?;
-            let file = LayerFile::open(
-                &self.dir.join(name.to_string()),
-                name,
-                self.core.file_id(),
-                self.core.cache.clone(),
-            )
-            .await?;
+            let file = LayerFile::open_in(&self.dir, name, &self.core).await?;
             self.publish(&[], vec![Rc::new(file)], name.lsn_end).await?;
             self.state.borrow_mut().frozen.remove(0);
             flushed += 1;

@@ -16,6 +16,7 @@ use quire_layerfmt::reader::{ValueBytes, check_block};
 use quire_layerfmt::{BlockSource, LayerError, LayerReader};
 use quire_postgres::{Key, Lsn};
 
+use crate::timeline::CoreContext;
 use crate::value::Value;
 
 /// A layer's identity: what it covers, as its file name says.
@@ -84,17 +85,7 @@ impl LayerName {
             for (i, byte) in bytes.iter_mut().enumerate() {
                 *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
             }
-            let field = |at: usize| {
-                u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
-            };
-            Some(Key {
-                kind: bytes[0],
-                field1: field(1),
-                field2: field(5),
-                field3: field(9),
-                field4: bytes[13],
-                field5: field(14),
-            })
+            Some(Key::from_bytes_unchecked(bytes))
         };
         let lsn = |text: &str| {
             (text.len() == 16)
@@ -175,6 +166,22 @@ impl BlockSource for CachedBlocks<'_> {
 }
 
 impl LayerFile {
+    /// Opens layer `name` in timeline directory `dir` with a new file id of
+    /// `core`, reading through its cache.
+    pub async fn open_in(
+        dir: &Path,
+        name: LayerName,
+        core: &CoreContext,
+    ) -> Result<LayerFile, LayerError> {
+        LayerFile::open(
+            &dir.join(name.to_string()),
+            name,
+            core.file_id(),
+            core.cache.clone(),
+        )
+        .await
+    }
+
     /// Opens the layer at `path`, checking its summary and checksum table
     /// and that they match `name`.
     pub async fn open(

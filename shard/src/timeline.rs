@@ -125,11 +125,7 @@ impl Timeline {
         start: Lsn,
         core: Rc<CoreContext>,
     ) -> Result<Timeline, TimelineError> {
-        std::fs::create_dir_all(dir).map_err(|source| quire_io::FileError {
-            operation: "create directory",
-            path: dir.display().to_string(),
-            source,
-        })?;
+        create_directory(dir)?;
         let metadata = TimelineMetadata {
             disk_consistent_lsn: start,
             ancestor: None,
@@ -164,11 +160,7 @@ impl Timeline {
                 last: parent_last,
             });
         }
-        std::fs::create_dir_all(dir).map_err(|source| quire_io::FileError {
-            operation: "create directory",
-            path: dir.display().to_string(),
-            source,
-        })?;
+        create_directory(dir)?;
         let start = Lsn(at.0 + 1);
         let metadata = TimelineMetadata {
             disk_consistent_lsn: start,
@@ -225,13 +217,7 @@ impl Timeline {
         }
         let mut map = LayerMap::default();
         for name in &metadata.layers {
-            let layer = LayerFile::open(
-                &dir.join(name.to_string()),
-                *name,
-                core.file_id(),
-                core.cache.clone(),
-            )
-            .await?;
+            let layer = LayerFile::open_in(dir, *name, &core).await?;
             map = map.with(Rc::new(layer));
         }
         Ok(Timeline::from_parts(
@@ -388,6 +374,16 @@ impl Timeline {
             }
         })
     }
+}
+
+fn create_directory(dir: &Path) -> Result<(), TimelineError> {
+    std::fs::create_dir_all(dir).map_err(|source| {
+        TimelineError::File(quire_io::FileError {
+            operation: "create directory",
+            path: dir.display().to_string(),
+            source,
+        })
+    })
 }
 
 /// Newest-first values down to a base, as reconstruction inputs.
