@@ -95,7 +95,8 @@ impl Timeline {
 
         let removed: Vec<LayerName> = l0.iter().map(|layer| *layer.name()).collect();
         let disk_consistent = self.disk_consistent_lsn();
-        self.publish(&removed, new_layers, disk_consistent).await?;
+        self.publish(&removed, new_layers, disk_consistent, None)
+            .await?;
         for name in &removed {
             quire_io::remove_file(&self.dir.join(name.to_string())).await?;
         }

@@ -32,7 +32,8 @@ impl Timeline {
             };
             let name = self.write_l0(&layer).await?;
             let file = LayerFile::open_in(&self.dir, name, &self.core).await?;
-            self.publish(&[], vec![Rc::new(file)], name.lsn_end).await?;
+            self.publish(&[], vec![Rc::new(file)], name.lsn_end, None)
+                .await?;
             self.state.borrow_mut().frozen.remove(0);
             flushed += 1;
         }
@@ -55,18 +56,22 @@ impl Timeline {
     }
 
     /// Publishes a layer map change: the metadata first (durably), then the
-    /// in-memory map. The caller holds `maintenance`.
+    /// in-memory map; a new GC cutoff goes with it when given. The caller
+    /// holds `maintenance`.
     pub(crate) async fn publish(
         &self,
         remove: &[LayerName],
         add: Vec<Rc<LayerFile>>,
         disk_consistent_lsn: Lsn,
+        gc_cutoff_lsn: Option<Lsn>,
     ) -> Result<(), TimelineError> {
         let map = Rc::new(self.layer_map().replace(remove, add));
         let ancestor = self.ancestor.as_ref().map(|(parent, at)| (parent.id, *at));
+        let gc_cutoff_lsn = gc_cutoff_lsn.unwrap_or_else(|| self.gc_cutoff_lsn());
         TimelineMetadata {
             disk_consistent_lsn,
             ancestor,
+            gc_cutoff_lsn,
             layers: map.names(),
         }
         .store(&self.dir)
@@ -74,6 +79,7 @@ impl Timeline {
         let mut state = self.state.borrow_mut();
         state.layers = map;
         state.disk_consistent_lsn = disk_consistent_lsn;
+        state.gc_cutoff_lsn = gc_cutoff_lsn;
         Ok(())
     }
 }

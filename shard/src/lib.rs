@@ -5,15 +5,19 @@
 //! delta layers, the layer map ([`layer_map`]), GetPage@LSN reconstruction
 //! across in-memory and on-disk layers ([`reconstruct`]), and the timeline
 //! metadata replaced atomically on every flush ([`metadata`]); layer files
-//! are read through the core's block cache ([`layer_file`]). Its state is
-//! `!Send` and lives on its core; it takes no lock and makes no cross-core
-//! hop on the GetPage path. Compaction, image generation, GC and branching
-//! are still to come.
+//! are read through the core's block cache ([`layer_file`]); L0 → L1
+//! compaction ([`compact`]), image creation ([`image`]), GC ([`gc`]),
+//! branching, and the relation lookups over the key space ([`keyspace`]).
+//! Its state is `!Send` and lives on its core; it takes no lock and makes
+//! no cross-core hop on the GetPage path.
 #![forbid(unsafe_code)]
 
 pub mod compact;
 mod flush;
+pub mod gc;
+pub mod image;
 pub mod in_memory_layer;
+pub mod keyspace;
 pub mod layer_builder;
 pub mod layer_file;
 pub mod layer_map;
@@ -22,6 +26,8 @@ pub mod reconstruct;
 pub mod timeline;
 pub mod value;
 
-pub use reconstruct::{ReconstructInputs, Redo, RedoError};
+pub use gc::{GcPolicy, GcReport};
+pub use image::{ImagePolicy, ImageReport};
+pub use reconstruct::{ReconstructInputs, Redo, RedoError, materialize};
 pub use timeline::{CoreContext, Timeline, TimelineError};
 pub use value::Value;

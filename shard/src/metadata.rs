@@ -16,7 +16,9 @@ use crate::layer_file::LayerName;
 /// `b"QTLMETA1"`.
 const MAGIC: [u8; 8] = *b"QTLMETA1";
 /// Bytes before the layer names.
-const HEADER_SIZE: usize = 56;
+const HEADER_SIZE: usize = 64;
+/// The format version written and accepted.
+const VERSION: u32 = 2;
 
 /// What the metadata file records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +28,9 @@ pub struct TimelineMetadata {
     pub disk_consistent_lsn: Lsn,
     /// The parent timeline and the LSN this one branched at, if any.
     pub ancestor: Option<([u8; 16], Lsn)>,
+    /// Reads below this LSN are refused: GC may have removed what they
+    /// need (never above `disk_consistent_lsn`).
+    pub gc_cutoff_lsn: Lsn,
     /// The layers, by name.
     pub layers: Vec<LayerName>,
 }
@@ -57,7 +62,7 @@ impl TimelineMetadata {
         let total = HEADER_SIZE + names.len() + 4;
         let mut bytes = Vec::with_capacity(total.next_multiple_of(quire_io::BLOCK_SIZE));
         bytes.extend_from_slice(&MAGIC);
-        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
         bytes.extend_from_slice(&u32::try_from(total).unwrap_or(u32::MAX).to_le_bytes());
         bytes.extend_from_slice(&self.disk_consistent_lsn.0.to_le_bytes());
         let (ancestor_id, ancestor_lsn) = self.ancestor.unwrap_or(([0; 16], Lsn(0)));
@@ -69,6 +74,7 @@ impl TimelineMetadata {
                 .unwrap_or(u32::MAX)
                 .to_le_bytes(),
         );
+        bytes.extend_from_slice(&self.gc_cutoff_lsn.0.to_le_bytes());
         debug_assert_eq!(bytes.len(), HEADER_SIZE);
         bytes.extend_from_slice(names.as_bytes());
         let crc = crc32c::crc32c(&bytes);
@@ -98,7 +104,7 @@ impl TimelineMetadata {
         if bytes.get(..8) != Some(&MAGIC[..]) {
             return Err(corrupt("bad magic"));
         }
-        if u32_at(8) != Some(1) {
+        if u32_at(8) != Some(VERSION) {
             return Err(corrupt("unknown version"));
         }
         let total = u32_at(12).ok_or_else(|| corrupt("short"))? as usize;
@@ -115,6 +121,7 @@ impl TimelineMetadata {
         let ancestor_lsn = Lsn(u64_at(40).ok_or_else(|| corrupt("short"))?);
         let has_ancestor = u32_at(48) == Some(1);
         let count = u32_at(52).ok_or_else(|| corrupt("short"))? as usize;
+        let gc_cutoff_lsn = Lsn(u64_at(56).ok_or_else(|| corrupt("short"))?);
         let names = std::str::from_utf8(&bytes[HEADER_SIZE..total - 4])
             .map_err(|_| corrupt("names not UTF-8"))?;
         let layers: Vec<LayerName> = names
@@ -129,6 +136,7 @@ impl TimelineMetadata {
         Ok(TimelineMetadata {
             disk_consistent_lsn,
             ancestor: has_ancestor.then_some((ancestor_id, ancestor_lsn)),
+            gc_cutoff_lsn,
             layers,
         })
     }

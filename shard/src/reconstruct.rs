@@ -41,8 +41,34 @@ pub struct RedoError {
 }
 
 /// Applies records to a base value.
+///
+/// Asynchronous because the real implementation waits on a wal-redo
+/// process; the engine calls it from its core's executor and never needs
+/// the future to be `Send`.
+#[allow(async_fn_in_trait, reason = "thread-per-core: futures stay on their core")]
 pub trait Redo {
     /// The value of `key` after applying `inputs.records` on `inputs.image`
     /// (or on nothing, when the first record initialises the value).
-    fn apply(&self, key: Key, lsn: Lsn, inputs: &ReconstructInputs) -> Result<Vec<u8>, RedoError>;
+    async fn apply(
+        &self,
+        key: Key,
+        lsn: Lsn,
+        inputs: &ReconstructInputs,
+    ) -> Result<Vec<u8>, RedoError>;
+}
+
+/// The value of `key` at `lsn` from its inputs: the image itself when there
+/// is nothing to apply, otherwise what `redo` makes of them. `None` when the
+/// key has no value.
+pub async fn materialize<R: Redo>(
+    redo: &R,
+    key: Key,
+    lsn: Lsn,
+    inputs: &ReconstructInputs,
+) -> Result<Option<Rc<[u8]>>, RedoError> {
+    match (&inputs.image, inputs.records.is_empty()) {
+        (None, true) => Ok(None),
+        (Some((_, image)), true) => Ok(Some(image.clone())),
+        _ => Ok(Some(Rc::from(redo.apply(key, lsn, inputs).await?))),
+    }
 }

@@ -8,6 +8,7 @@
 //! flush can publish a new map while reads are in flight.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -21,7 +22,8 @@ use crate::in_memory_layer::{InMemoryLayer, PutError};
 use crate::layer_file::LayerFile;
 use crate::layer_map::LayerMap;
 use crate::metadata::{MetadataError, TimelineMetadata};
-use crate::reconstruct::ReconstructInputs;
+use crate::gc::LsnTimes;
+use crate::reconstruct::{ReconstructInputs, RedoError};
 use crate::value::Value;
 
 /// What one core's timelines share: the block cache and file identities.
@@ -79,6 +81,20 @@ pub enum TimelineError {
         /// The parent's last record LSN.
         last: Lsn,
     },
+    /// A read or branch below the GC cutoff: what it needs may be gone.
+    #[error("{lsn} is below the GC cutoff {cutoff}")]
+    BelowGcCutoff {
+        /// The LSN asked for.
+        lsn: Lsn,
+        /// The timeline's GC cutoff.
+        cutoff: Lsn,
+    },
+    /// A relation size value in the wrong encoding.
+    #[error(transparent)]
+    BadSize(#[from] crate::keyspace::BadSizeValue),
+    /// Redo failed while materialising a value.
+    #[error(transparent)]
+    Redo(#[from] RedoError),
     /// The ancestor given on load is not the one the metadata names.
     #[error("timeline metadata names ancestor {expected:?}, load was given {given:?}")]
     AncestorMismatch {
@@ -97,6 +113,7 @@ pub(crate) struct State {
     pub(crate) layers: Rc<LayerMap>,
     pub(crate) last_record_lsn: Lsn,
     pub(crate) disk_consistent_lsn: Lsn,
+    pub(crate) gc_cutoff_lsn: Lsn,
 }
 
 /// A timeline; see the module documentation.
@@ -113,7 +130,20 @@ pub struct Timeline {
     /// The parent timeline and the LSN this one branched at: values at or
     /// below it are the parent's.
     pub(crate) ancestor: Option<(Rc<Timeline>, Lsn)>,
+    /// Known (time, LSN) points, for the PITR window of GC.
+    pub(crate) lsn_times: RefCell<LsnTimes>,
+    /// Keys whose reads applied many records: image creation covers them.
+    pub(crate) expensive_keys: RefCell<BTreeSet<Key>>,
+    /// Records applied by one read that make its key expensive.
+    pub(crate) expensive_read_records: Cell<usize>,
 }
+
+/// The default of [`Timeline::set_expensive_read_records`].
+pub const DEFAULT_EXPENSIVE_READ_RECORDS: usize = 32;
+
+/// Expensive keys remembered at most (a bound on memory; more are dropped
+/// until the next image creation takes them).
+const EXPENSIVE_KEYS_MAX: usize = 65_536;
 
 impl Timeline {
     /// Creates an empty timeline in `dir` whose first value will be at or
@@ -129,6 +159,7 @@ impl Timeline {
         let metadata = TimelineMetadata {
             disk_consistent_lsn: start,
             ancestor: None,
+            gc_cutoff_lsn: Lsn(0),
             layers: Vec::new(),
         };
         metadata.store(dir).await?;
@@ -137,7 +168,7 @@ impl Timeline {
             tenant_id,
             timeline_id,
             core,
-            start,
+            (start, Lsn(0)),
             Rc::new(LayerMap::default()),
             None,
         ))
@@ -160,11 +191,13 @@ impl Timeline {
                 last: parent_last,
             });
         }
+        parent.check_readable(at)?;
         create_directory(dir)?;
         let start = Lsn(at.0 + 1);
         let metadata = TimelineMetadata {
             disk_consistent_lsn: start,
             ancestor: Some((parent.id, at)),
+            gc_cutoff_lsn: Lsn(0),
             layers: Vec::new(),
         };
         metadata.store(dir).await?;
@@ -174,7 +207,7 @@ impl Timeline {
             tenant_id,
             timeline_id,
             core,
-            start,
+            (start, Lsn(0)),
             Rc::new(LayerMap::default()),
             Some((parent, at)),
         ))
@@ -225,7 +258,7 @@ impl Timeline {
             tenant_id,
             timeline_id,
             core,
-            metadata.disk_consistent_lsn,
+            (metadata.disk_consistent_lsn, metadata.gc_cutoff_lsn),
             Rc::new(map),
             ancestor,
         ))
@@ -236,7 +269,7 @@ impl Timeline {
         tenant_id: [u8; 16],
         timeline_id: [u8; 16],
         core: Rc<CoreContext>,
-        disk_consistent_lsn: Lsn,
+        (disk_consistent_lsn, gc_cutoff_lsn): (Lsn, Lsn),
         layers: Rc<LayerMap>,
         ancestor: Option<(Rc<Timeline>, Lsn)>,
     ) -> Timeline {
@@ -251,9 +284,13 @@ impl Timeline {
                 layers,
                 last_record_lsn: disk_consistent_lsn,
                 disk_consistent_lsn,
+                gc_cutoff_lsn,
             }),
             maintenance: futures::lock::Mutex::new(()),
             ancestor,
+            lsn_times: RefCell::new(LsnTimes::default()),
+            expensive_keys: RefCell::new(BTreeSet::new()),
+            expensive_read_records: Cell::new(DEFAULT_EXPENSIVE_READ_RECORDS),
         }
     }
 
@@ -283,6 +320,32 @@ impl Timeline {
     pub fn advance(&self, lsn: Lsn) {
         let mut state = self.state.borrow_mut();
         state.last_record_lsn = state.last_record_lsn.max(lsn);
+    }
+
+    /// Reads below this LSN are refused (GC may have removed their layers).
+    pub fn gc_cutoff_lsn(&self) -> Lsn {
+        self.state.borrow().gc_cutoff_lsn
+    }
+
+    /// Sets how many records one read must apply for its key to count as
+    /// expensive (image creation then covers it whatever the chain
+    /// thresholds say).
+    pub fn set_expensive_read_records(&self, records: usize) {
+        self.expensive_read_records.set(records.max(1));
+    }
+
+    /// Whether a read at `lsn` is allowed: not below this timeline's GC
+    /// cutoff, nor below an ancestor's where the read reaches into it (the
+    /// branch point itself is always kept).
+    pub fn check_readable(&self, lsn: Lsn) -> Result<(), TimelineError> {
+        let cutoff = self.gc_cutoff_lsn();
+        if lsn < cutoff {
+            return Err(TimelineError::BelowGcCutoff { lsn, cutoff });
+        }
+        match &self.ancestor {
+            Some((parent, at)) if lsn < *at => parent.check_readable(lsn),
+            _ => Ok(()),
+        }
     }
 
     /// Bytes in the open in-memory layer.
@@ -325,6 +388,24 @@ impl Timeline {
     /// The reconstruction inputs of `key` at `lsn`: the newest base at or
     /// below it and the records above the base, oldest first.
     pub async fn get(&self, key: Key, lsn: Lsn) -> Result<ReconstructInputs, TimelineError> {
+        self.check_readable(lsn)?;
+        let inputs = self.get_unchecked(key, lsn).await?;
+        if inputs.records.len() >= self.expensive_read_records.get() {
+            let mut expensive = self.expensive_keys.borrow_mut();
+            if expensive.len() < EXPENSIVE_KEYS_MAX {
+                expensive.insert(key);
+            }
+        }
+        Ok(inputs)
+    }
+
+    /// [`Timeline::get`] without the GC cutoff check or the cost tracking,
+    /// for maintenance reading at LSNs it knows are kept.
+    pub(crate) async fn get_unchecked(
+        &self,
+        key: Key,
+        lsn: Lsn,
+    ) -> Result<ReconstructInputs, TimelineError> {
         let mut newest_first: Vec<(Lsn, Value)> = Vec::new();
         self.collect_below(key, Lsn(lsn.0.saturating_add(1)), &mut newest_first)
             .await?;

@@ -1,0 +1,188 @@
+//! Garbage collection: removing the layers no read can need any more.
+//!
+//! A timeline keeps every read at or above its GC cutoff answerable, and
+//! every read at a child's branch point. The cutoff is the lower of two
+//! horizons ([`GcPolicy`]): an LSN distance behind the last record, and a
+//! PITR window (the newest LSN known to be older than `now - pitr`; LSN
+//! times come from ingest, [`Timeline::note_lsn_time`]; without one old
+//! enough the window keeps everything).
+//!
+//! A read of a key at `P` walks layers from `P` down and stops at the
+//! first image of that key. So a layer covering `[s, e)` is needed by a
+//! read at `P` unless `P < s`, or image layers with LSNs in `[e - 1, P]`
+//! together cover its whole key range (image layers hold every key that
+//! has a value at their LSN, so the walk stops at them). A layer is removed
+//! when that holds for `P = cutoff` and for every retained branch point
+//! `P ≥ s`. The new cutoff is written in the same metadata change that
+//! drops the layers; files are deleted only after it is durable.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime};
+
+use quire_postgres::Lsn;
+
+use crate::layer_file::{LayerKindName, LayerName};
+use crate::timeline::{Timeline, TimelineError};
+
+/// How much history a timeline keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GcPolicy {
+    /// Bytes of WAL behind the last record that stay readable.
+    pub horizon_bytes: u64,
+    /// Time behind `now` that stays readable (point-in-time recovery).
+    pub pitr: Duration,
+}
+
+impl Default for GcPolicy {
+    /// 64 MiB of WAL and 7 days.
+    fn default() -> GcPolicy {
+        GcPolicy {
+            horizon_bytes: 64 << 20,
+            pitr: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// What a GC did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// The cutoff now in force.
+    pub cutoff: Lsn,
+    /// Layers removed.
+    pub removed: Vec<LayerName>,
+    /// Layers kept.
+    pub kept: usize,
+}
+
+/// Points at most remembered; beyond it every other one is dropped, which
+/// only ever makes the PITR horizon older (keeps more).
+const LSN_TIMES_MAX: usize = 4096;
+
+/// Known (time, LSN) points, oldest first, in increasing LSN order.
+#[derive(Clone, Debug, Default)]
+pub struct LsnTimes {
+    points: VecDeque<(SystemTime, Lsn)>,
+}
+
+impl LsnTimes {
+    /// Records that the WAL at `lsn` was written at `time` (ignored unless
+    /// `lsn` is past the newest point).
+    pub fn note(&mut self, lsn: Lsn, time: SystemTime) {
+        if self.points.back().is_some_and(|(_, last)| *last >= lsn) {
+            return;
+        }
+        self.points.push_back((time, lsn));
+        if self.points.len() > LSN_TIMES_MAX {
+            let newest = self.points.len() - 1;
+            let mut index = 0;
+            self.points.retain(|_| {
+                let keep = index % 2 == 1 || index == newest;
+                index += 1;
+                keep
+            });
+        }
+    }
+
+    /// The newest LSN whose time is at or before `time`.
+    pub fn lsn_before(&self, time: SystemTime) -> Option<Lsn> {
+        self.points
+            .iter()
+            .rev()
+            .find(|(at, _)| *at <= time)
+            .map(|(_, lsn)| *lsn)
+    }
+}
+
+impl Timeline {
+    /// Records when the WAL at `lsn` was written (a commit timestamp), for
+    /// the PITR horizon.
+    pub fn note_lsn_time(&self, lsn: Lsn, time: SystemTime) {
+        self.lsn_times.borrow_mut().note(lsn, time);
+    }
+
+    /// The cutoff `policy` allows at `now`.
+    pub fn gc_cutoff_for(&self, policy: GcPolicy, now: SystemTime) -> Lsn {
+        let last = self.last_record_lsn();
+        let by_distance = Lsn(last.0.saturating_sub(policy.horizon_bytes));
+        let by_time = if policy.pitr.is_zero() {
+            last
+        } else {
+            now.checked_sub(policy.pitr)
+                .and_then(|horizon| self.lsn_times.borrow().lsn_before(horizon))
+                .unwrap_or(Lsn(0))
+        };
+        by_distance.min(by_time)
+    }
+
+    /// Raises the GC cutoff to `cutoff` (never past the disk-consistent
+    /// LSN, never down) and removes the layers no read at or above it, nor
+    /// at any of `retain` (the children's branch points), can need.
+    pub async fn gc(&self, cutoff: Lsn, retain: &[Lsn]) -> Result<GcReport, TimelineError> {
+        let _maintenance = self.maintenance.lock().await;
+        let disk_consistent = self.disk_consistent_lsn();
+        let old_cutoff = self.gc_cutoff_lsn();
+        let cutoff = cutoff.min(disk_consistent).max(old_cutoff);
+        let names = self.layer_map().names();
+        let images: Vec<LayerName> = names
+            .iter()
+            .filter(|name| name.kind == LayerKindName::Image)
+            .copied()
+            .collect();
+        let removed: Vec<LayerName> = names
+            .iter()
+            .filter(|layer| {
+                let last = Lsn(layer.lsn_end.0 - 1);
+                let points = std::iter::once(cutoff)
+                    .chain(retain.iter().copied().filter(|p| *p >= layer.lsn_start));
+                points
+                    .into_iter()
+                    .all(|point| covered_by_images(layer, &images, last, point))
+            })
+            .copied()
+            .collect();
+        let report = GcReport {
+            cutoff,
+            kept: names.len() - removed.len(),
+            removed,
+        };
+        if cutoff == old_cutoff && report.removed.is_empty() {
+            return Ok(report);
+        }
+        self.publish(&report.removed, Vec::new(), disk_consistent, Some(cutoff))
+            .await?;
+        for name in &report.removed {
+            quire_io::remove_file(&self.dir.join(name.to_string())).await?;
+        }
+        Ok(report)
+    }
+}
+
+/// Whether image layers other than `layer` with LSNs in `[low, high]`
+/// together cover `layer`'s key range.
+fn covered_by_images(layer: &LayerName, images: &[LayerName], low: Lsn, high: Lsn) -> bool {
+    if low > high {
+        return false;
+    }
+    let mut candidates: Vec<&LayerName> = images
+        .iter()
+        .filter(|image| {
+            *image != layer
+                && image.lsn_start >= low
+                && image.lsn_start <= high
+                && image.key_start < layer.key_end
+                && image.key_end > layer.key_start
+        })
+        .collect();
+    candidates.sort_by_key(|image| image.key_start);
+    let mut covered_to = layer.key_start;
+    for image in candidates {
+        if image.key_start > covered_to {
+            return false;
+        }
+        covered_to = covered_to.max(image.key_end);
+        if covered_to >= layer.key_end {
+            return true;
+        }
+    }
+    false
+}

@@ -1,0 +1,158 @@
+//! Which keys a timeline holds at an LSN, and the relation lookups built on
+//! its values: a fork's size, whether it exists, a database's size.
+//!
+//! Size values are the engine's own encoding (`docs/format/layers.md`,
+//! "Values"): the size key of a fork holds a 4-byte little-endian block
+//! count as an image, and an empty image once the fork is dropped.
+//! Enumerating keys reads only index leaves, never values.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::ops::Range;
+use std::pin::Pin;
+
+use quire_postgres::key::kind;
+use quire_postgres::types::{Oid, RelTag};
+use quire_postgres::{Key, Lsn};
+
+use crate::timeline::{Timeline, TimelineError};
+use crate::value::Value;
+
+/// Bytes of one relation block, for database sizes.
+const BLOCK_BYTES: u64 = 8192;
+
+/// A size value that is not the engine's encoding.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the value of {key} at {lsn} is not a relation size: {what}")]
+pub struct BadSizeValue {
+    /// The size key.
+    pub key: Key,
+    /// The LSN read.
+    pub lsn: Lsn,
+    /// What is wrong.
+    pub what: &'static str,
+}
+
+/// The value stored under a fork's size key for `blocks` blocks.
+pub fn size_value(blocks: u32) -> Value {
+    Value::Image(blocks.to_le_bytes().to_vec().into())
+}
+
+/// The value stored under a fork's size key when it is dropped.
+pub fn dropped_value() -> Value {
+    Value::Image(Vec::new().into())
+}
+
+/// The key range of every relation of database `db_oid` in `spc_oid`.
+pub fn database_range(spc_oid: Oid, db_oid: Oid) -> Range<Key> {
+    let start = Key {
+        kind: kind::RELATION,
+        field1: spc_oid,
+        field2: db_oid,
+        field3: 0,
+        field4: 0,
+        field5: 0,
+    };
+    let last = Key {
+        field3: u32::MAX,
+        field4: u8::MAX,
+        field5: u32::MAX,
+        ..start
+    };
+    start..last.next().unwrap_or(Key::MAX)
+}
+
+impl Timeline {
+    /// The keys with a value at or below `lsn` within `range`, this
+    /// timeline's and its ancestors' (below the branch point).
+    pub fn keys_at<'a>(
+        &'a self,
+        lsn: Lsn,
+        range: Range<Key>,
+    ) -> Pin<Box<dyn Future<Output = Result<BTreeSet<Key>, TimelineError>> + 'a>> {
+        Box::pin(async move {
+            let mut keys = BTreeSet::new();
+            let (frozen, layers) = {
+                let state = self.state.borrow();
+                collect_in_memory(state.open.iter(), lsn, &range, &mut keys);
+                (state.frozen.clone(), state.layers.clone())
+            };
+            for layer in &frozen {
+                collect_in_memory(layer.iter(), lsn, &range, &mut keys);
+            }
+            for layer in layers.layers() {
+                let name = layer.name();
+                if name.lsn_start > lsn || name.key_end <= range.start || name.key_start >= range.end
+                {
+                    continue;
+                }
+                for entry in layer.entries().await? {
+                    let key = entry.key();
+                    if entry.lsn.get() <= lsn.0 && range.contains(&key) {
+                        keys.insert(key);
+                    }
+                }
+            }
+            if let Some((parent, at)) = &self.ancestor {
+                keys.extend(parent.keys_at(lsn.min(*at), range).await?);
+            }
+            Ok(keys)
+        })
+    }
+
+    /// The size in blocks of `rel` at `lsn`; `None` if it does not exist
+    /// (never created, or dropped).
+    pub async fn rel_size(&self, rel: RelTag, lsn: Lsn) -> Result<Option<u32>, TimelineError> {
+        let key = Key::rel_size(rel);
+        let inputs = self.get(key, lsn).await?;
+        let bad = |what| TimelineError::BadSize(BadSizeValue { key, lsn, what });
+        if !inputs.records.is_empty() {
+            return Err(bad("a record where an image belongs"));
+        }
+        match inputs.image {
+            None => Ok(None),
+            Some((_, bytes)) if bytes.is_empty() => Ok(None),
+            Some((_, bytes)) => {
+                let raw: [u8; 4] = (*bytes).try_into().map_err(|_| bad("not 4 bytes"))?;
+                Ok(Some(u32::from_le_bytes(raw)))
+            }
+        }
+    }
+
+    /// Whether `rel` exists at `lsn`.
+    pub async fn rel_exists(&self, rel: RelTag, lsn: Lsn) -> Result<bool, TimelineError> {
+        Ok(self.rel_size(rel, lsn).await?.is_some())
+    }
+
+    /// The bytes of every fork of every relation of a database at `lsn`.
+    pub async fn database_size(
+        &self,
+        spc_oid: Oid,
+        db_oid: Oid,
+        lsn: Lsn,
+    ) -> Result<u64, TimelineError> {
+        self.check_readable(lsn)?;
+        let keys = self.keys_at(lsn, database_range(spc_oid, db_oid)).await?;
+        let mut total = 0u64;
+        for key in keys {
+            let Ok(quire_postgres::key::KeyKind::RelSize(rel)) = key.describe() else {
+                continue;
+            };
+            total += u64::from(self.rel_size(rel, lsn).await?.unwrap_or(0)) * BLOCK_BYTES;
+        }
+        Ok(total)
+    }
+}
+
+fn collect_in_memory<'v>(
+    values: impl Iterator<Item = (Key, Lsn, &'v Value)>,
+    lsn: Lsn,
+    range: &Range<Key>,
+    keys: &mut BTreeSet<Key>,
+) {
+    for (key, at, _) in values {
+        if at <= lsn && range.contains(&key) {
+            keys.insert(key);
+        }
+    }
+}
