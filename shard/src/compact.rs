@@ -9,6 +9,11 @@
 //! one metadata change that also drops the L0s; their files are deleted
 //! only after that, so a crash leaves either the old or the new set listed
 //! (unlisted files are deleted on load).
+//!
+//! L0s are merged only in runs that no image layer's LSN falls inside: an
+//! image sits on the last LSN of the L0 below it, and a merged layer that
+//! spanned it would hide it from reads (the layer map's search relies on
+//! layers of one key overlapping in LSN only at such an image).
 
 use std::rc::Rc;
 
@@ -45,6 +50,40 @@ impl Timeline {
             return Ok(0);
         }
         l0.sort_by_key(|layer| layer.name().lsn_start);
+        let image_lsns: Vec<Lsn> = map
+            .names()
+            .into_iter()
+            .filter(|name| name.kind == LayerKindName::Image)
+            .map(|name| name.lsn_start)
+            .collect();
+        let mut compacted = 0;
+        let mut run: Vec<Rc<LayerFile>> = Vec::new();
+        for layer in l0 {
+            if let Some(previous) = run.last() {
+                // An image on the previous run's last LSN, or in the gap a
+                // GC left before this layer, would end up inside the merge.
+                let from = Lsn(previous.name().lsn_end.0 - 1);
+                let to = Lsn(layer.name().lsn_end.0 - 1);
+                if image_lsns.iter().any(|image| *image >= from && *image < to) {
+                    compacted += self
+                        .compact_run(std::mem::take(&mut run), target_bytes)
+                        .await?;
+                }
+            }
+            run.push(layer);
+        }
+        if !run.is_empty() {
+            compacted += self.compact_run(run, target_bytes).await?;
+        }
+        Ok(compacted)
+    }
+
+    /// Merges `l0` (sorted by LSN, no image inside their range) into L1s.
+    async fn compact_run(
+        &self,
+        l0: Vec<Rc<LayerFile>>,
+        target_bytes: u64,
+    ) -> Result<usize, TimelineError> {
         let lsn_start = l0[0].name().lsn_start;
         let lsn_end = l0
             .iter()

@@ -11,7 +11,9 @@
 //! first image of that key. So a layer covering `[s, e)` is needed by a
 //! read at `P` unless `P < s`, or image layers with LSNs in `[e - 1, P]`
 //! together cover its whole key range (image layers hold every key that
-//! has a value at their LSN, so the walk stops at them). A layer is removed
+//! has a value at their LSN, so the walk stops at them); for an image layer
+//! at `s` only strictly newer images count, so that images at one LSN never
+//! remove each other. A layer is removed
 //! when that holds for `P = cutoff` and for every retained branch point
 //! `P ≥ s`. The new cutoff is written in the same metadata change that
 //! drops the layers; files are deleted only after it is durable.
@@ -157,17 +159,21 @@ impl Timeline {
     }
 }
 
-/// Whether image layers other than `layer` with LSNs in `[low, high]`
-/// together cover `layer`'s key range.
+/// Whether image layers with LSNs in `[low, high]` together cover
+/// `layer`'s key range. An image layer is covered only by strictly newer
+/// ones: two images at one LSN must not remove each other.
 fn covered_by_images(layer: &LayerName, images: &[LayerName], low: Lsn, high: Lsn) -> bool {
+    let low = match layer.kind {
+        LayerKindName::Image => Lsn(low.0 + 1),
+        LayerKindName::Delta => low,
+    };
     if low > high {
         return false;
     }
     let mut candidates: Vec<&LayerName> = images
         .iter()
         .filter(|image| {
-            *image != layer
-                && image.lsn_start >= low
+            image.lsn_start >= low
                 && image.lsn_start <= high
                 && image.key_start < layer.key_end
                 && image.key_end > layer.key_start

@@ -121,7 +121,11 @@ impl Timeline {
                 longest_chain = longest_chain.max(key_inputs.records.len());
                 inputs.push((key, key_inputs));
             }
-            let wanted = deltas >= policy.max_delta_layers
+            let imaged_already = inputs.iter().all(|(_, key_inputs)| {
+                key_inputs.records.is_empty()
+                    && key_inputs.image.as_ref().map(|(lsn, _)| *lsn) == Some(image_lsn)
+            });
+            let wanted = !imaged_already && deltas >= policy.max_delta_layers
                 || expensive
                 || longest_chain >= policy.max_chain_records;
             if !wanted {

@@ -82,7 +82,9 @@ impl Timeline {
             }
             for layer in layers.layers() {
                 let name = layer.name();
-                if name.lsn_start > lsn || name.key_end <= range.start || name.key_start >= range.end
+                if name.lsn_start > lsn
+                    || name.key_end <= range.start
+                    || name.key_start >= range.end
                 {
                     continue;
                 }

@@ -45,7 +45,10 @@ pub struct RedoError {
 /// Asynchronous because the real implementation waits on a wal-redo
 /// process; the engine calls it from its core's executor and never needs
 /// the future to be `Send`.
-#[allow(async_fn_in_trait, reason = "thread-per-core: futures stay on their core")]
+#[allow(
+    async_fn_in_trait,
+    reason = "thread-per-core: futures stay on their core"
+)]
 pub trait Redo {
     /// The value of `key` after applying `inputs.records` on `inputs.image`
     /// (or on nothing, when the first record initialises the value).

@@ -18,11 +18,11 @@ use quire_io::BlockCache;
 use quire_layerfmt::LayerError;
 use quire_postgres::{Key, Lsn};
 
+use crate::gc::LsnTimes;
 use crate::in_memory_layer::{InMemoryLayer, PutError};
 use crate::layer_file::LayerFile;
 use crate::layer_map::LayerMap;
 use crate::metadata::{MetadataError, TimelineMetadata};
-use crate::gc::LsnTimes;
 use crate::reconstruct::{ReconstructInputs, RedoError};
 use crate::value::Value;
 
