@@ -23,9 +23,11 @@ use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
 use quire_shard::keyspace::{dropped_value, size_value};
 use quire_shard::{
-    CoreContext, ImagePolicy, ReconstructInputs, Redo, RedoError, Timeline, TimelineError, Value,
-    materialize,
+    CoreContext, ImagePolicy, ReconstructInputs, Timeline, TimelineError, Value, materialize,
 };
+use support::AppendRedo;
+
+mod support;
 
 const TENANT: [u8; 16] = [7; 16];
 const TIMELINE: [u8; 16] = [9; 16];
@@ -76,40 +78,6 @@ enum Op {
         timeline: usize,
         keep: u64,
     },
-}
-
-/// The test's record kind: a record appends its LSN and bytes to the value
-/// (a will-init record first clears it), keeping the last 8 KiB. Order,
-/// loss and duplication of records all change the result.
-struct AppendRedo;
-
-impl Redo for AppendRedo {
-    async fn apply(
-        &self,
-        _key: Key,
-        _lsn: Lsn,
-        inputs: &ReconstructInputs,
-    ) -> Result<Vec<u8>, RedoError> {
-        let mut value: Vec<u8> = inputs
-            .image
-            .as_ref()
-            .map(|(_, image)| image.to_vec())
-            .unwrap_or_default();
-        for (lsn, record) in &inputs.records {
-            let Value::Record { will_init, bytes } = record else {
-                panic!("an image among the records");
-            };
-            if *will_init {
-                value.clear();
-            }
-            value.extend_from_slice(&lsn.0.to_le_bytes());
-            value.extend_from_slice(bytes);
-            if value.len() > 8192 {
-                value.drain(..value.len() - 8192);
-            }
-        }
-        Ok(value)
-    }
 }
 
 /// What the cases exercised, summed over all of them (printed, and checked
