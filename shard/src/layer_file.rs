@@ -237,6 +237,16 @@ impl LayerFile {
         &self.name
     }
 
+    /// Levels of the layer's B-tree index, leaves included.
+    pub fn index_height(&self) -> u32 {
+        self.reader.summary().index_height.get()
+    }
+
+    /// Blocks in the file.
+    pub fn block_count(&self) -> u32 {
+        self.file.blocks()
+    }
+
     /// Memory held for this open layer (reader state), in bytes.
     pub fn memory_bytes(&self) -> usize {
         self.reader.memory_bytes() + size_of::<Self>()

@@ -299,6 +299,11 @@ impl Timeline {
         self.id
     }
 
+    /// The timeline's directory.
+    pub fn directory(&self) -> &Path {
+        &self.dir
+    }
+
     /// The parent and branch LSN, if this timeline is a branch.
     pub fn ancestor(&self) -> Option<&(Rc<Timeline>, Lsn)> {
         self.ancestor.as_ref()

@@ -45,7 +45,11 @@ async fn build(dir: &Path) -> Vec<Lsn> {
     for round in 0..6u64 {
         for n in 0..40u32 {
             lsn += 1;
-            let bytes: Rc<[u8]> = (0..if n % 4 == 0 { 8192 } else { 300 + n as usize * 10 })
+            let bytes: Rc<[u8]> = (0..if n % 4 == 0 {
+                8192
+            } else {
+                300 + n as usize * 10
+            })
                 .map(|i| (i as u64 * 13 + lsn) as u8)
                 .collect::<Vec<u8>>()
                 .into();
@@ -88,9 +92,7 @@ async fn read_all(
     for &at in points {
         for n in 0..40 {
             let result = match timeline.get(key(n), at).await {
-                Ok(inputs) => Ok(materialize(&AppendRedo, key(n), at, &inputs)
-                    .await
-                    .unwrap()),
+                Ok(inputs) => Ok(materialize(&AppendRedo, key(n), at, &inputs).await.unwrap()),
                 Err(TimelineError::Layer(error)) => Err(error),
                 Err(other) => panic!("read of {n} at {at}: unexpected error {other}"),
             };
@@ -120,7 +122,12 @@ async fn run(dir: &Path) {
     layers.sort();
     let kinds: Vec<bool> = layers
         .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().starts_with("image"))
+        .map(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("image")
+        })
         .collect();
     assert!(kinds.contains(&true) && kinds.contains(&false));
 
@@ -138,13 +145,17 @@ async fn run(dir: &Path) {
                 Timeline::load(dir, TENANT, TIMELINE, CoreContext::new(8 << 20), None).await;
             match loaded {
                 Err(TimelineError::Layer(LayerError::Corrupt { .. })) => refused_on_load += 1,
-                Err(other) => panic!("block {block} of {path:?}: load failed oddly: {other}"),
+                Err(other) => panic!(
+                    "block {block} of {}: load failed oddly: {other}",
+                    path.display()
+                ),
                 Ok(timeline) => {
                     for (at, result) in read_all(&timeline, &points).await {
                         match result {
                             Ok(value) => assert!(
                                 value == intact[&at],
-                                "block {block} of {path:?}: read {at:?} served a wrong value"
+                                "block {block} of {}: read {at:?} served a wrong value",
+                                path.display()
                             ),
                             Err(LayerError::Corrupt { block: bad, .. }) => {
                                 assert_eq!(bad as usize, block, "the error names another block");
@@ -164,7 +175,8 @@ async fn run(dir: &Path) {
                     let scrub = layer.verify().await;
                     assert!(
                         matches!(scrub, Err(LayerError::Corrupt { block: bad, .. }) if bad as usize == block),
-                        "block {block} of {path:?}: scrub gave {scrub:?}"
+                        "block {block} of {}: scrub gave {scrub:?}",
+                        path.display()
                     );
                 }
             }

@@ -56,11 +56,11 @@ fn workload(i: u64) -> (Key, Lsn, Value) {
             .collect::<Vec<u8>>()
             .into()
     };
-    let value = if i % 5 == 0 {
+    let value = if i.is_multiple_of(5) {
         Value::Image(pattern(8192))
     } else {
         Value::Record {
-            will_init: i % 11 == 0,
+            will_init: i.is_multiple_of(11),
             bytes: pattern(100 + (i % 300) as usize),
         }
     };
@@ -114,7 +114,10 @@ async fn verify(timeline: &Timeline) -> usize {
             };
             let got_value = materialize(&AppendRedo, key, at, &got).await.unwrap();
             let want_value = materialize(&AppendRedo, key, at, &want).await.unwrap();
-            assert!(got_value == want_value, "key {key} at {at} differs after restart");
+            assert!(
+                got_value == want_value,
+                "key {key} at {at} differs after restart"
+            );
             checked += 1;
         }
         i += step;
@@ -126,7 +129,9 @@ async fn verify(timeline: &Timeline) -> usize {
 async fn writer(dir: &Path) {
     let core = CoreContext::new(8 << 20);
     let timeline = if dir.join("metadata").exists() {
-        Timeline::load(dir, TENANT, TIMELINE, core, None).await.unwrap()
+        Timeline::load(dir, TENANT, TIMELINE, core, None)
+            .await
+            .unwrap()
     } else {
         Timeline::create(dir, TENANT, TIMELINE, Lsn(FIRST_LSN), core)
             .await
@@ -239,10 +244,7 @@ fn writer_survives_sigkill() {
                 break rest.to_owned();
             }
         };
-        let fields: Vec<u64> = verified
-            .split(' ')
-            .map(|f| f.parse().unwrap())
-            .collect();
+        let fields: Vec<u64> = verified.split(' ').map(|f| f.parse().unwrap()).collect();
         assert!(
             fields[1] >= consistent,
             "disk-consistent LSN went back from {consistent} to {}",
@@ -290,5 +292,8 @@ fn writer_survives_sigkill() {
     println!(
         "{rounds} SIGKILLs, by phase: {killed_in:?}; final disk-consistent LSN {consistent}; {reads} reads verified"
     );
-    assert!(consistent > FIRST_LSN, "the writer never persisted anything");
+    assert!(
+        consistent > FIRST_LSN,
+        "the writer never persisted anything"
+    );
 }
