@@ -110,6 +110,7 @@ async fn build(dir: &Path, core: &Rc<CoreContext>) -> (Timeline, Lsn) {
         lsn += 1;
         timeline
             .put(key(1, block), Lsn(lsn), Value::Image(page(block)))
+            .await
             .unwrap();
     }
     for depth in CHAIN_DEPTHS {
@@ -117,6 +118,7 @@ async fn build(dir: &Path, core: &Rc<CoreContext>) -> (Timeline, Lsn) {
             lsn += 1;
             timeline
                 .put(key(10 + depth, block), Lsn(lsn), Value::Image(page(block)))
+                .await
                 .unwrap();
         }
     }
@@ -158,6 +160,7 @@ async fn build(dir: &Path, core: &Rc<CoreContext>) -> (Timeline, Lsn) {
                             bytes: record,
                         },
                     )
+                    .await
                     .unwrap();
             }
         }

@@ -10,6 +10,8 @@
 //!   (block numbers, never byte offsets, so a misaligned read cannot be
 //!   expressed), several blocks per submission, and new files made durable
 //!   by data fsync, rename and directory fsync.
+//! - [`ephemeral_file`]: the scratch file behind a timeline's in-memory
+//!   layer (O_DIRECT, CRC of every block kept and checked, never fsynced).
 //! - [`cache`]: the per-core block cache (S3-FIFO, bounded in bytes).
 //!
 //! It never parses a format: bytes in, bytes out. It is one of the three
@@ -17,6 +19,7 @@
 
 pub mod block_file;
 pub mod cache;
+pub mod ephemeral_file;
 pub mod executors;
 pub mod registration;
 
@@ -24,5 +27,6 @@ pub use block_file::{
     BLOCK_SIZE, BlockFile, BlockFileWriter, FileError, remove_file, sync_directory_of,
 };
 pub use cache::{BlockCache, BlockKey, CacheStats, FileId};
+pub use ephemeral_file::EphemeralFile;
 pub use executors::{ExecutorConfig, run_per_core};
 pub use registration::RegistrationStatus;

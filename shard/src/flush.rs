@@ -35,6 +35,10 @@ impl Timeline {
             self.publish(&[], vec![Rc::new(file)], name.lsn_end, None)
                 .await?;
             self.state.borrow_mut().frozen.remove(0);
+            if layer.has_file() {
+                // Readers still holding the layer keep the open file.
+                quire_io::remove_file(layer.file_path()).await?;
+            }
             flushed += 1;
         }
     }
@@ -49,8 +53,9 @@ impl Timeline {
             lsn_end: end,
         };
         let mut builder = LayerBuilder::create(&self.dir, name, self.tenant_id, self.id).await?;
-        for (key, lsn, value) in layer.iter() {
-            builder.add(key, lsn, value).await?;
+        for (key, lsn, at) in layer.entries() {
+            let value = layer.value(at).await?;
+            builder.add(key, lsn, &value).await?;
         }
         builder.finish().await
     }

@@ -72,13 +72,16 @@ impl Timeline {
     ) -> Pin<Box<dyn Future<Output = Result<BTreeSet<Key>, TimelineError>> + 'a>> {
         Box::pin(async move {
             let mut keys = BTreeSet::new();
-            let (frozen, layers) = {
+            let (open, frozen, layers) = {
                 let state = self.state.borrow();
-                collect_in_memory(state.open.iter(), lsn, &range, &mut keys);
-                (state.frozen.clone(), state.layers.clone())
+                (
+                    state.open.clone(),
+                    state.frozen.clone(),
+                    state.layers.clone(),
+                )
             };
-            for layer in &frozen {
-                collect_in_memory(layer.iter(), lsn, &range, &mut keys);
+            for layer in std::iter::once(&open).chain(&frozen) {
+                keys.extend(layer.keys_at(lsn, &range));
             }
             for layer in layers.layers() {
                 let name = layer.name();
@@ -143,18 +146,5 @@ impl Timeline {
             total += u64::from(self.rel_size(rel, lsn).await?.unwrap_or(0)) * BLOCK_BYTES;
         }
         Ok(total)
-    }
-}
-
-fn collect_in_memory<'v>(
-    values: impl Iterator<Item = (Key, Lsn, &'v Value)>,
-    lsn: Lsn,
-    range: &Range<Key>,
-    keys: &mut BTreeSet<Key>,
-) {
-    for (key, at, _) in values {
-        if at <= lsn && range.contains(&key) {
-            keys.insert(key);
-        }
     }
 }

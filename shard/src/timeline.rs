@@ -107,7 +107,7 @@ pub enum TimelineError {
 
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) open: InMemoryLayer,
+    pub(crate) open: Rc<InMemoryLayer>,
     /// Frozen layers, oldest first.
     pub(crate) frozen: Vec<Rc<InMemoryLayer>>,
     pub(crate) layers: Rc<LayerMap>,
@@ -273,13 +273,19 @@ impl Timeline {
         layers: Rc<LayerMap>,
         ancestor: Option<(Rc<Timeline>, Lsn)>,
     ) -> Timeline {
+        let open = Rc::new(InMemoryLayer::new(
+            disk_consistent_lsn,
+            dir,
+            core.file_id(),
+            core.cache.clone(),
+        ));
         Timeline {
             dir: dir.to_owned(),
             tenant_id,
             id: timeline_id,
             core,
             state: RefCell::new(State {
-                open: InMemoryLayer::new(disk_consistent_lsn),
+                open,
                 frozen: Vec::new(),
                 layers,
                 last_record_lsn: disk_consistent_lsn,
@@ -363,17 +369,24 @@ impl Timeline {
         self.state.borrow().layers.clone()
     }
 
-    /// Stores `value` for `key` at `lsn`.
-    pub fn put(&self, key: Key, lsn: Lsn, value: Value) -> Result<(), TimelineError> {
-        let mut state = self.state.borrow_mut();
-        if lsn < state.disk_consistent_lsn {
-            return Err(TimelineError::BelowDiskConsistent {
-                lsn,
-                disk_consistent: state.disk_consistent_lsn,
-            });
+    /// Stores `value` for `key` at `lsn`. Values spill to the in-memory
+    /// layer's ephemeral file in whole chunks; a put that fills one writes it.
+    pub async fn put(&self, key: Key, lsn: Lsn, value: Value) -> Result<(), TimelineError> {
+        let (layer, chunk) = {
+            let mut state = self.state.borrow_mut();
+            if lsn < state.disk_consistent_lsn {
+                return Err(TimelineError::BelowDiskConsistent {
+                    lsn,
+                    disk_consistent: state.disk_consistent_lsn,
+                });
+            }
+            let chunk = state.open.put(key, lsn, &value)?;
+            state.last_record_lsn = state.last_record_lsn.max(lsn);
+            (state.open.clone(), chunk)
+        };
+        if let Some(chunk) = chunk {
+            layer.write_chunk(chunk).await?;
         }
-        state.open.put(key, lsn, value)?;
-        state.last_record_lsn = state.last_record_lsn.max(lsn);
         Ok(())
     }
 
@@ -385,9 +398,15 @@ impl Timeline {
             return;
         }
         let end = Lsn(state.last_record_lsn.0 + 1);
-        let mut layer = std::mem::replace(&mut state.open, InMemoryLayer::new(end));
+        let next = Rc::new(InMemoryLayer::new(
+            end,
+            &self.dir,
+            self.core.file_id(),
+            self.core.cache.clone(),
+        ));
+        let layer = std::mem::replace(&mut state.open, next);
         layer.freeze(end);
-        state.frozen.push(Rc::new(layer));
+        state.frozen.push(layer);
     }
 
     /// The reconstruction inputs of `key` at `lsn`: the newest base at or
@@ -426,19 +445,17 @@ impl Timeline {
         newest_first: &'a mut Vec<(Lsn, Value)>,
     ) -> Pin<Box<dyn Future<Output = Result<bool, TimelineError>> + 'a>> {
         Box::pin(async move {
-            let (frozen, layers) = {
+            let (open, frozen, layers) = {
                 let state = self.state.borrow();
-                if state.open.start() < below {
-                    if state.open.collect(key, below, newest_first) {
-                        return Ok(true);
-                    }
-                    below = state.open.start();
-                }
-                (state.frozen.clone(), state.layers.clone())
+                (
+                    state.open.clone(),
+                    state.frozen.clone(),
+                    state.layers.clone(),
+                )
             };
-            for layer in frozen.iter().rev() {
+            for layer in std::iter::once(&open).chain(frozen.iter().rev()) {
                 if layer.start() < below {
-                    if layer.collect(key, below, newest_first) {
+                    if layer.collect(key, below, newest_first).await? {
                         return Ok(true);
                     }
                     below = layer.start();

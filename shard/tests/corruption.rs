@@ -61,7 +61,7 @@ async fn build(dir: &Path) -> Vec<Lsn> {
                     bytes,
                 }
             };
-            timeline.put(key(n), Lsn(lsn), value).unwrap();
+            timeline.put(key(n), Lsn(lsn), value).await.unwrap();
         }
         timeline.freeze();
         timeline.flush().await.unwrap();

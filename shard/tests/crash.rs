@@ -167,7 +167,7 @@ async fn writer(dir: &Path) {
         println!("phase put");
         for _ in 0..150 {
             let (key, lsn, value) = workload(i);
-            timeline.put(key, lsn, value).unwrap();
+            timeline.put(key, lsn, value).await.unwrap();
             i += 1;
         }
         timeline.freeze();

@@ -420,6 +420,7 @@ async fn run(ops: Vec<Op>, dir: &Path) {
                 branch
                     .timeline
                     .put(key(k), Lsn(lsn), value.clone())
+                    .await
                     .unwrap();
                 branch.model.insert((k, lsn), value);
             }
@@ -465,6 +466,7 @@ async fn run(ops: Vec<Op>, dir: &Path) {
                 branch
                     .timeline
                     .put(key(k), Lsn(branch.lsn), value.clone())
+                    .await
                     .unwrap();
                 branch.model.insert((k, branch.lsn), value);
             }
@@ -567,7 +569,7 @@ fn stray_and_half_written_layers_are_removed_on_load() {
         .spawn(move || async move {
             let core = CoreContext::new(1 << 20);
             let timeline = Timeline::create(&path, TENANT, TIMELINE, Lsn(10), core.clone()).await.unwrap();
-            timeline.put(key(1), Lsn(11), Value::Image(bytes(1, 8192))).unwrap();
+            timeline.put(key(1), Lsn(11), Value::Image(bytes(1, 8192))).await.unwrap();
             timeline.freeze();
             timeline.flush().await.unwrap();
             drop(timeline);
