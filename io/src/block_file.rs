@@ -165,29 +165,7 @@ impl BlockFileWriter {
         if bytes.is_empty() {
             return Ok(());
         }
-        if !bytes.len().is_multiple_of(BLOCK_SIZE) {
-            return Err(file_error(
-                "write",
-                &self.temporary,
-                std::io::Error::other("not whole blocks"),
-            ));
-        }
-        // Copy into an aligned buffer of the executor's (registered) memory.
-        let mut buffer = self.file.alloc_dma_buffer(bytes.len());
-        buffer.as_bytes_mut().copy_from_slice(bytes);
-        let written = self
-            .file
-            .write_at(buffer, u64::from(first) * BLOCK_SIZE as u64)
-            .await
-            .map_err(|e| file_error("write", &self.temporary, e))?;
-        if written != bytes.len() {
-            return Err(file_error(
-                "write",
-                &self.temporary,
-                std::io::Error::other("short write"),
-            ));
-        }
-        Ok(())
+        write_whole_blocks(&self.file, &self.temporary, first, bytes).await
     }
 
     /// Makes the file durable under its final name: `fdatasync`, close,
@@ -207,6 +185,37 @@ impl BlockFileWriter {
         sync_directory_of(&self.destination).await?;
         Ok(self.destination)
     }
+}
+
+/// Writes whole blocks of `bytes` at block `first` of `file` (at `path`),
+/// through an aligned buffer of the executor's (registered) memory.
+pub(crate) async fn write_whole_blocks(
+    file: &DmaFile,
+    path: &Path,
+    first: u32,
+    bytes: &[u8],
+) -> Result<(), FileError> {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(BLOCK_SIZE) {
+        return Err(file_error(
+            "write",
+            path,
+            std::io::Error::other("not whole blocks"),
+        ));
+    }
+    let mut buffer = file.alloc_dma_buffer(bytes.len());
+    buffer.as_bytes_mut().copy_from_slice(bytes);
+    let written = file
+        .write_at(buffer, u64::from(first) * BLOCK_SIZE as u64)
+        .await
+        .map_err(|e| file_error("write", path, e))?;
+    if written != bytes.len() {
+        return Err(file_error(
+            "write",
+            path,
+            std::io::Error::other("short write"),
+        ));
+    }
+    Ok(())
 }
 
 /// `fsync`s the directory holding `path`, so a rename into it is durable.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use glommio::io::{DmaFile, ReadResult};
 
-use crate::block_file::{BLOCK_SIZE, FileError};
+use crate::block_file::{BLOCK_SIZE, FileError, write_whole_blocks};
 
 /// The file; see the module documentation.
 #[derive(Debug)]
@@ -55,27 +55,7 @@ impl EphemeralFile {
 
     /// Writes whole blocks at block `first` (`bytes` a multiple of 8 KiB).
     pub async fn write_blocks(&self, first: u32, bytes: &[u8]) -> Result<(), FileError> {
-        if bytes.is_empty() || !bytes.len().is_multiple_of(BLOCK_SIZE) {
-            return Err(error(
-                "write",
-                &self.path,
-                std::io::Error::other("not whole blocks"),
-            ));
-        }
-        let mut buffer = self.file.alloc_dma_buffer(bytes.len());
-        buffer.as_bytes_mut().copy_from_slice(bytes);
-        let written = self
-            .file
-            .write_at(buffer, u64::from(first) * BLOCK_SIZE as u64)
-            .await
-            .map_err(|e| error("write", &self.path, e))?;
-        if written != bytes.len() {
-            return Err(error(
-                "write",
-                &self.path,
-                std::io::Error::other("short write"),
-            ));
-        }
+        write_whole_blocks(&self.file, &self.path, first, bytes).await?;
         let mut crcs = self.crcs.borrow_mut();
         for (i, block) in bytes.chunks(BLOCK_SIZE).enumerate() {
             let index = first as usize + i;
