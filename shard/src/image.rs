@@ -92,7 +92,7 @@ impl Timeline {
             .collect();
         let chunks: Vec<&[Key]> = keys.chunks(policy.partition_keys.max(1)).collect();
         report.partitions = chunks.len();
-        let map = self.layer_map();
+        let existing = self.layer_map().names();
         let mut new_layers = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
             let key_start = if i == 0 { Key::MIN } else { chunk[0] };
@@ -104,7 +104,7 @@ impl Timeline {
                 lsn_start: image_lsn,
                 lsn_end: Lsn(image_lsn.0 + 1),
             };
-            if map.names().contains(&name) {
+            if existing.contains(&name) {
                 continue;
             }
             let deltas = self.deltas_above_newest_image(key_start, key_end);
