@@ -183,7 +183,7 @@ async fn cold_image_vs_pread(timeline: &Timeline, core: &CoreContext, at: Lsn) {
         .find(|l| l.name().kind == LayerKindName::Image)
         .unwrap()
         .clone();
-    let path = timeline_dir(timeline).join(image.name().to_string());
+    let path = timeline.directory().join(image.name().to_string());
     let raw = DmaFile::open(&path).await.unwrap();
     let blocks = image.block_count();
     let (mut engine, mut direct) = (histogram(), histogram());
@@ -218,10 +218,6 @@ async fn cold_image_vs_pread(timeline: &Timeline, core: &CoreContext, at: Lsn) {
         misses_total as f64 / f64::from(IMAGE_KEYS),
         image.index_height()
     );
-}
-
-fn timeline_dir(timeline: &Timeline) -> std::path::PathBuf {
-    timeline.directory().to_owned()
 }
 
 async fn first_lookup_blocks(dir: &Path) {

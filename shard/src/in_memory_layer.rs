@@ -313,33 +313,36 @@ impl InMemoryLayer {
             let within = usize::try_from(position % block_size).unwrap_or(0);
             let take = usize::try_from((end - position).min(block_size - position % block_size))
                 .unwrap_or(0);
-            let from_memory = {
+            // From memory (the tail, or a chunk still being written) when
+            // it is there, copied straight into the value.
+            let held = {
                 let stream = self.stream.borrow();
-                if block >= stream.tail_first_block {
-                    let at =
-                        usize::try_from(position - u64::from(stream.tail_first_block) * block_size)
-                            .unwrap_or(usize::MAX);
-                    Some(stream.tail.get(at..at + take).map(<[u8]>::to_vec))
+                let source = if block >= stream.tail_first_block {
+                    Some((stream.tail_first_block, &stream.tail[..]))
                 } else {
                     stream
                         .unwritten
                         .range(..=block)
                         .next_back()
                         .filter(|(first, _)| block < *first + CHUNK_BLOCKS)
-                        .map(|(first, chunk)| {
-                            let at = usize::try_from(position - u64::from(*first) * block_size)
-                                .unwrap_or(usize::MAX);
-                            chunk.get(at..at + take).map(<[u8]>::to_vec)
-                        })
+                        .map(|(first, chunk)| (*first, &chunk[..]))
+                };
+                match source {
+                    Some((first, bytes)) => {
+                        let at = usize::try_from(position - u64::from(first) * block_size)
+                            .unwrap_or(usize::MAX);
+                        let slice = bytes
+                            .get(at..at.saturating_add(take))
+                            .ok_or_else(|| self.missing(block))?;
+                        value.extend_from_slice(slice);
+                        true
+                    }
+                    None => false,
                 }
             };
-            match from_memory {
-                Some(Some(bytes)) => value.extend_from_slice(&bytes),
-                Some(None) => return Err(self.missing(block)),
-                None => {
-                    let block_bytes = self.file_block(block).await?;
-                    value.extend_from_slice(&block_bytes[within..within + take]);
-                }
+            if !held {
+                let block_bytes = self.file_block(block).await?;
+                value.extend_from_slice(&block_bytes[within..within + take]);
             }
             position += take as u64;
         }

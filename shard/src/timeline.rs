@@ -155,23 +155,7 @@ impl Timeline {
         start: Lsn,
         core: Rc<CoreContext>,
     ) -> Result<Timeline, TimelineError> {
-        create_directory(dir)?;
-        let metadata = TimelineMetadata {
-            disk_consistent_lsn: start,
-            ancestor: None,
-            gc_cutoff_lsn: Lsn(0),
-            layers: Vec::new(),
-        };
-        metadata.store(dir).await?;
-        Ok(Timeline::from_parts(
-            dir,
-            tenant_id,
-            timeline_id,
-            core,
-            (start, Lsn(0)),
-            Rc::new(LayerMap::default()),
-            None,
-        ))
+        Timeline::start_new(dir, tenant_id, timeline_id, core, start, None).await
     }
 
     /// Creates a child timeline in `dir` that shares `parent`'s history up
@@ -192,16 +176,29 @@ impl Timeline {
             });
         }
         parent.check_readable(at)?;
-        create_directory(dir)?;
+        let tenant_id = parent.tenant_id;
         let start = Lsn(at.0 + 1);
+        Timeline::start_new(dir, tenant_id, timeline_id, core, start, Some((parent, at))).await
+    }
+
+    /// A timeline with no layers yet whose first value will be at or after
+    /// `start`: its directory and first metadata are made durable first.
+    async fn start_new(
+        dir: &Path,
+        tenant_id: [u8; 16],
+        timeline_id: [u8; 16],
+        core: Rc<CoreContext>,
+        start: Lsn,
+        ancestor: Option<(Rc<Timeline>, Lsn)>,
+    ) -> Result<Timeline, TimelineError> {
+        create_directory(dir)?;
         let metadata = TimelineMetadata {
             disk_consistent_lsn: start,
-            ancestor: Some((parent.id, at)),
+            ancestor: ancestor.as_ref().map(|(parent, at)| (parent.id, *at)),
             gc_cutoff_lsn: Lsn(0),
             layers: Vec::new(),
         };
         metadata.store(dir).await?;
-        let tenant_id = parent.tenant_id;
         Ok(Timeline::from_parts(
             dir,
             tenant_id,
@@ -209,7 +206,7 @@ impl Timeline {
             core,
             (start, Lsn(0)),
             Rc::new(LayerMap::default()),
-            Some((parent, at)),
+            ancestor,
         ))
     }
 
