@@ -13,6 +13,8 @@
 //! - [`ephemeral_file`]: the scratch file behind a timeline's in-memory
 //!   layer (O_DIRECT, CRC of every block kept and checked, never fsynced).
 //! - [`cache`]: the per-core block cache (S3-FIFO, bounded in bytes).
+//! - [`pipe`]: non-blocking pipes to helper processes (the redo pool's
+//!   `--wal-redo` processes), waited on with a deadline.
 //!
 //! It never parses a format: bytes in, bytes out. It is one of the three
 //! places where `unsafe` is allowed, each block with a `// SAFETY:` line.
@@ -21,6 +23,7 @@ pub mod block_file;
 pub mod cache;
 pub mod ephemeral_file;
 pub mod executors;
+pub mod pipe;
 pub mod registration;
 
 pub use block_file::{

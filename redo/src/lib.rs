@@ -1,9 +1,25 @@
 //! WAL redo: turning a base page image plus WAL records into a page.
 //!
-//! This crate will own the per-core pool of Postgres `--wal-redo` processes
-//! (one per tenant, pre-spawned, pipelined and batched, sandboxed, restarted
-//! on error) and the Rust redo of the record kinds that need no Postgres:
-//! full-page images, page-initialising records, visibility-map bit clears,
-//! CLOG and multixact updates. A Rust path is enabled for a record kind only
-//! once the oracle shows it byte-identical to Postgres' own redo.
+//! - [`record`]: what ingest stores for redo (a Postgres WAL record, or one
+//!   of the small changes applied in Rust).
+//! - [`rust_redo`]: `pg_xact`, multixact and visibility-map changes applied
+//!   in Rust, exactly as Postgres' code changes the page.
+//! - [`protocol`]: the bytes exchanged with a `--wal-redo` process
+//!   (docs/redo-protocol.md).
+//! - [`process`]: one sandboxed Postgres `--wal-redo` process
+//!   (`postgres/extensions/quire_walredo`), with deadlines.
+//! - [`pool`]: the per-core pool (one process per tenant, spares started
+//!   ahead, restarts, idle stops) and the redo of a key's chain, batched.
+//!
+//! Full-page images need no redo at all: ingest stores them as images.
 #![forbid(unsafe_code)]
+
+pub mod pool;
+pub mod process;
+pub mod protocol;
+pub mod record;
+pub mod rust_redo;
+
+pub use pool::{RedoPool, RedoStats, TenantKey, TenantRedo};
+pub use process::{RedoConfig, RedoProcess, RedoProcessError};
+pub use record::RedoRecord;

@@ -1,0 +1,146 @@
+//! The byte protocol between Quire and a `--wal-redo` process
+//! (docs/redo-protocol.md): request encoding and reply framing.
+//!
+//! A request is a kind byte, a little-endian u32 body length and the body;
+//! a reply is a status byte (`K` ok, `E` error), a u32 length and the body.
+//! Requests that answer: get page (`G`), each page of a rebuild batch (`R`),
+//! mask (`M`) and ping (`Y`). An error reply ends the process.
+
+use quire_postgres::Lsn;
+use quire_postgres::types::{BLCKSZ, BlockNo, RelTag};
+
+/// A page to rebuild: its base image (if any) and the WAL records to
+/// replay on it, oldest first.
+#[derive(Clone, Debug)]
+pub struct PageRequest<'a> {
+    /// The relation fork.
+    pub rel: RelTag,
+    /// The block.
+    pub block: BlockNo,
+    /// The base image; `None` when the first record initialises the page.
+    pub image: Option<&'a [u8]>,
+    /// `(start, end, record)` for each record.
+    pub records: Vec<(Lsn, Lsn, &'a [u8])>,
+}
+
+fn header(out: &mut Vec<u8>, kind: u8, len: usize) {
+    out.push(kind);
+    // Bodies are bounded by the 1 GiB limit the process enforces; a longer
+    // one is refused there with a clear error.
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+fn tag(out: &mut Vec<u8>, rel: RelTag, block: BlockNo) {
+    out.extend_from_slice(&rel.spc_oid.to_le_bytes());
+    out.extend_from_slice(&rel.db_oid.to_le_bytes());
+    out.extend_from_slice(&rel.rel_number.to_le_bytes());
+    out.push(rel.fork as u8);
+    out.extend_from_slice(&block.0.to_le_bytes());
+}
+
+/// `B`: start rebuilding a page (forgets the previous one).
+pub fn begin(out: &mut Vec<u8>, rel: RelTag, block: BlockNo) {
+    header(out, b'B', 17);
+    tag(out, rel, block);
+}
+
+/// `P`: the base image of the page begun.
+pub fn push_image(out: &mut Vec<u8>, page: &[u8]) {
+    header(out, b'P', page.len());
+    out.extend_from_slice(page);
+}
+
+/// `A`: replay one record on the page begun.
+pub fn apply(out: &mut Vec<u8>, start: Lsn, end: Lsn, record: &[u8]) {
+    header(out, b'A', 16 + record.len());
+    out.extend_from_slice(&start.0.to_le_bytes());
+    out.extend_from_slice(&end.0.to_le_bytes());
+    out.extend_from_slice(record);
+}
+
+/// `G`: reply with the page begun, then forget it.
+pub fn get_page(out: &mut Vec<u8>) {
+    header(out, b'G', 0);
+}
+
+/// `R`: rebuild many pages in one request; one page reply each, in order.
+pub fn rebuild(out: &mut Vec<u8>, pages: &[PageRequest<'_>]) {
+    let len: usize = 4 + pages
+        .iter()
+        .map(|p| {
+            17 + 1
+                + p.image.map_or(0, <[u8]>::len)
+                + 4
+                + p.records.iter().map(|r| 20 + r.2.len()).sum::<usize>()
+        })
+        .sum::<usize>();
+    out.reserve(5 + len);
+    header(out, b'R', len);
+    out.extend_from_slice(&u32::try_from(pages.len()).unwrap_or(u32::MAX).to_le_bytes());
+    for page in pages {
+        tag(out, page.rel, page.block);
+        out.push(u8::from(page.image.is_some()));
+        if let Some(image) = page.image {
+            out.extend_from_slice(image);
+        }
+        out.extend_from_slice(
+            &u32::try_from(page.records.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
+        for (start, end, record) in &page.records {
+            out.extend_from_slice(&start.0.to_le_bytes());
+            out.extend_from_slice(&end.0.to_le_bytes());
+            out.extend_from_slice(&u32::try_from(record.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(record);
+        }
+    }
+}
+
+/// `M`: the page after resource manager `rmid`'s `rm_mask`.
+pub fn mask(out: &mut Vec<u8>, rmid: u8, block: BlockNo, page: &[u8; BLCKSZ]) {
+    header(out, b'M', 1 + 4 + BLCKSZ);
+    out.push(rmid);
+    out.extend_from_slice(&block.0.to_le_bytes());
+    out.extend_from_slice(page);
+}
+
+/// `Y`: an empty reply.
+pub fn ping(out: &mut Vec<u8>) {
+    header(out, b'Y', 0);
+}
+
+/// `X`: try to open a file; the sandbox kills the process.
+pub fn probe_sandbox(out: &mut Vec<u8>) {
+    header(out, b'X', 0);
+}
+
+/// One reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `K`: the body (a page, or nothing for a ping).
+    Ok(Vec<u8>),
+    /// `E`: the process's error message; the process exits after it.
+    Error(String),
+}
+
+/// Splits replies off the front of `buf`; returns how many bytes they used.
+pub fn parse_replies(buf: &[u8], replies: &mut Vec<Reply>) -> Result<usize, String> {
+    let mut at = 0;
+    while buf.len() - at >= 5 {
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&buf[at + 1..at + 5]);
+        let len = u32::from_le_bytes(len) as usize;
+        if buf.len() - at - 5 < len {
+            break;
+        }
+        let body = &buf[at + 5..at + 5 + len];
+        replies.push(match buf[at] {
+            b'K' => Reply::Ok(body.to_vec()),
+            b'E' => Reply::Error(String::from_utf8_lossy(body).into_owned()),
+            other => return Err(format!("reply status byte 0x{other:02X}")),
+        });
+        at += 5 + len;
+    }
+    Ok(at)
+}
