@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod verify;
 mod waldump;
 
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Print every record of WAL segment files, one line each, for comparison with `pg_waldump`.
     Waldump(waldump::WaldumpArgs),
+    /// Rebuild every page of a cluster from its WAL and compare it with Postgres' files.
+    Verify(verify::VerifyArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -35,5 +38,6 @@ fn main() -> Result<ExitCode> {
             waldump::Outcome::Complete => Ok(ExitCode::SUCCESS),
             waldump::Outcome::Stopped => Ok(ExitCode::FAILURE),
         },
+        Command::Verify(args) => verify::run(&args),
     }
 }

@@ -45,6 +45,11 @@ impl RunAs {
         })
     }
 
+    /// `(uid, gid)` programs switch to, or `None` when they run as ourselves.
+    pub fn ids(&self) -> Option<(u32, u32)> {
+        self.ids
+    }
+
     /// A command for `program` that will run as this user.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new(program);

@@ -1,7 +1,20 @@
-//! The pageserver process.
+//! The pageserver: WAL into timelines, and proof that the pages it rebuilds
+//! are the pages Postgres wrote.
 //!
-//! This crate will become the `quire-pageserver` binary: it starts one
-//! executor per core, places tenant shards on them, and wires the page
-//! service (`net`), storage (`shard`), redo (`redo`), the WAL receiver and the
-//! HTTP admin API together. It gains its `main` with the first of those.
+//! - [`datadir`]: the relation, relmapper and SLRU files of a Postgres data
+//!   directory.
+//! - [`import`]: bootstrap a timeline from a cleanly stopped cluster (its
+//!   files become images at its checkpoint LSN).
+//! - [`ingest`]: WAL records become keys and values (pages, sizes, SLRU
+//!   bits, relmapper and two-phase files, checkpoints).
+//! - [`verify`]: `quire verify`, every page rebuilt and compared with
+//!   Postgres' files after Postgres' own masking.
+//!
+//! It becomes the `quire-pageserver` binary (executors per core, page
+//! service, WAL receiver, admin API) with the issues that add those.
 #![forbid(unsafe_code)]
+
+pub mod datadir;
+pub mod import;
+pub mod ingest;
+pub mod verify;

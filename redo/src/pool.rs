@@ -271,6 +271,22 @@ impl RedoPool {
         }
     }
 
+    /// [`RedoPool::mask`] for many pages in one round trip.
+    pub fn mask_many(
+        &self,
+        tenant: TenantKey,
+        pages: &[(u8, BlockNo, &[u8; BLCKSZ])],
+    ) -> Result<Vec<Box<[u8; BLCKSZ]>>, String> {
+        let mut request = Vec::with_capacity(pages.len() * (BLCKSZ + 16));
+        for (rmid, block, page) in pages {
+            protocol::mask(&mut request, *rmid, *block, page);
+        }
+        match self.exchange(tenant, &request, pages.len()) {
+            Ok(replies) => replies.into_iter().map(page_from_reply).collect(),
+            Err((_, error)) => Err(error.to_string()),
+        }
+    }
+
     /// One empty round trip.
     pub fn ping(&self, tenant: TenantKey) -> Result<(), String> {
         let mut request = Vec::new();
@@ -380,10 +396,10 @@ impl RedoPool {
                 page = Some(rebuilt.into_iter().next().unwrap_or_else(|| Err("no reply".into()))?);
                 i = run_end;
             } else {
-                let target = page.get_or_insert_with(|| Box::new([0u8; BLCKSZ]));
-                if i == 0 && !steps[0].0 && target.iter().all(|&b| b == 0) {
-                    return Err("no base image for a Rust record".into());
+                if page.is_none() && !steps[i].0 {
+                    return Err("no base image and the first record does not initialise the page".into());
                 }
+                let target = page.get_or_insert_with(|| Box::new([0u8; BLCKSZ]));
                 rust_redo::apply(target, &steps[i].1).map_err(|e| e.to_string())?;
                 self.count(|s| s.rust_records += 1);
                 i += 1;

@@ -239,8 +239,8 @@ pub fn page_effects(record: &DecodedRecord<'_>, end: Lsn) -> Result<Vec<PageEffe
                             source,
                         })?;
                     // Redo stamps the record's end LSN on a restored page
-                    // unless the page is new (all-zero header).
-                    if page[..24].iter().any(|&b| b != 0) {
+                    // unless the page is new (`PageIsNew`: pd_upper is 0).
+                    if page[14..16] != [0, 0] {
                         set_page_lsn(&mut page, end);
                     }
                     PageUpdate::Image(page)

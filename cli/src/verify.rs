@@ -1,0 +1,83 @@
+//! `quire verify --base BASEDIR --pgdata DIR`: every page Quire rebuilds
+//! from DIR's WAL, compared with the page Postgres wrote.
+//!
+//! BASEDIR is a copy of the cluster taken right after initdb; DIR is the
+//! same cluster later, cleanly stopped, with all WAL since still in
+//! `pg_wal` (set `wal_keep_size`). The work happens on one pinned executor
+//! with one redo process (`pageserver::verify` says what is compared and
+//! how). Exit status 1 when any page differs.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use clap::Args;
+use quire_cluster::{PgInstall, RunAs};
+use quire_io::{ExecutorConfig, run_per_core};
+use quire_redo::{RedoConfig, RedoPool};
+
+/// Options of `quire verify`.
+#[derive(Args, Clone)]
+pub struct VerifyArgs {
+    /// The cluster right after initdb (a copy, cleanly stopped).
+    #[arg(long)]
+    base: PathBuf,
+    /// The same cluster later, cleanly stopped, its WAL kept.
+    #[arg(long)]
+    pgdata: PathBuf,
+    /// Where the timeline and redo scratch directories go (default: a
+    /// temporary directory, removed afterwards).
+    #[arg(long)]
+    work: Option<PathBuf>,
+}
+
+pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
+    let install = PgInstall::locate()?;
+    let run_as = RunAs::detect()?;
+    let temp = tempfile_dir()?;
+    let work = args.work.clone().unwrap_or_else(|| temp.clone());
+    let config = RedoConfig {
+        postgres: install.bin("postgres"),
+        run_as: run_as.ids(),
+        scratch_root: work.join("redo"),
+        timeout: Duration::from_secs(60),
+    };
+    let args = args.clone();
+    let executor = ExecutorConfig {
+        cpus: vec![0],
+        io_memory_bytes: 2 * 1024 * 1024,
+        name: "quire-verify".into(),
+    };
+    let (_, mut results) = run_per_core(&executor, move |_| {
+        let config = config.clone();
+        let args = args.clone();
+        let work = work.clone();
+        async move {
+            let pool = RedoPool::new(config, 1, Duration::from_secs(60))
+                .map_err(|e| anyhow!("{e}"))?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let report =
+                quire_pageserver::verify::verify(&args.base, &args.pgdata, &work, pool, &mut out)
+                    .await?;
+            out.flush().context("write to standard output")?;
+            anyhow::Ok(report.different)
+        }
+    })
+    .map_err(|e| anyhow!("{e}"))?;
+    let _ = std::fs::remove_dir_all(&temp);
+    let different = results.pop().context("no result from the executor")??;
+    Ok(if different == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("quire-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,109 @@
+//! Bootstrap: a timeline from a cluster's data directory.
+//!
+//! Used for a cluster fresh from initdb (cleanly stopped): every WAL-logged
+//! relation fork's blocks, the relmapper files, the `pg_xact` and multixact
+//! SLRU pages and `pg_control` become images at the cluster's checkpoint
+//! LSN, with every fork's size. WAL after that checkpoint then goes through
+//! [`crate::ingest`]. Unlogged and temporary relations are not imported.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::rc::Rc;
+
+use anyhow::{Context, Result, bail};
+use quire_postgres::control::{ControlFileData, DbState};
+use quire_postgres::key::SlruKind;
+use quire_postgres::types::{BLCKSZ, BlockNo, RELSEG_SIZE, RelTag};
+use quire_postgres::{Key, Lsn};
+use quire_shard::keyspace::size_value;
+use quire_shard::{Timeline, Value};
+
+use crate::datadir::{self, SLRU_PAGES_PER_SEGMENT};
+use crate::ingest::slru_key;
+
+/// What an import produced.
+#[derive(Debug)]
+pub struct Imported {
+    /// The LSN of the images: the cluster's last checkpoint.
+    pub lsn: Lsn,
+    /// Forks and sizes in blocks.
+    pub sizes: HashMap<RelTag, u32>,
+    /// SLRU pages present.
+    pub slru_pages: HashSet<(SlruKind, u32)>,
+    /// Pages imported (relation and SLRU).
+    pub pages: u64,
+}
+
+/// The control file of `pgdata`.
+pub fn read_control(pgdata: &Path) -> Result<ControlFileData> {
+    let path = pgdata.join("global/pg_control");
+    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+    ControlFileData::decode(&bytes).with_context(|| format!("decode {}", path.display()))
+}
+
+/// Imports `pgdata` (cleanly shut down) into an empty `timeline`.
+pub async fn import_datadir(timeline: &Timeline, pgdata: &Path) -> Result<Imported> {
+    let control = read_control(pgdata)?;
+    if control.state.get() != DbState::Shutdowned as u32 {
+        bail!(
+            "{} was not shut down cleanly (state {}); import needs a clean stop",
+            pgdata.display(),
+            control.state.get()
+        );
+    }
+    let lsn = control.checkpoint_lsn();
+    let dir = datadir::scan(pgdata)?;
+    let mut imported = Imported {
+        lsn,
+        sizes: HashMap::new(),
+        slru_pages: HashSet::new(),
+        pages: 0,
+    };
+    for files in dir.relations.values() {
+        let mut blocks = 0u32;
+        for (segment, path) in &files.segments {
+            let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+            if bytes.len() % BLCKSZ != 0 {
+                bail!("{} is not a whole number of pages", path.display());
+            }
+            for (i, page) in bytes.chunks_exact(BLCKSZ).enumerate() {
+                let block = segment * RELSEG_SIZE + u32::try_from(i).context("segment too large")?;
+                timeline
+                    .put(Key::rel_block(files.rel, BlockNo(block)), lsn, Value::Image(Rc::from(page)))
+                    .await?;
+                blocks = blocks.max(block + 1);
+                imported.pages += 1;
+            }
+        }
+        timeline
+            .put(Key::rel_size(files.rel), lsn, size_value(blocks))
+            .await?;
+        imported.sizes.insert(files.rel, blocks);
+    }
+    for (&(spc, db), path) in &dir.relmaps {
+        let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        timeline
+            .put(Key::rel_map(spc, db), lsn, Value::Image(bytes.into()))
+            .await?;
+    }
+    for (&(kind, segment), path) in &dir.slru_segments {
+        let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+        for (i, page) in bytes.chunks_exact(BLCKSZ).enumerate() {
+            let page_no = segment * SLRU_PAGES_PER_SEGMENT + u32::try_from(i).context("SLRU segment too large")?;
+            timeline
+                .put(slru_key(kind, page_no), lsn, Value::Image(Rc::from(page)))
+                .await?;
+            imported.slru_pages.insert((kind, page_no));
+            imported.pages += 1;
+        }
+        let pages = u32::try_from(bytes.len() / BLCKSZ).context("SLRU segment too large")?;
+        timeline
+            .put(Key::slru_segment_size(kind, segment), lsn, size_value(pages))
+            .await?;
+    }
+    timeline
+        .put(Key::control_file(), lsn, Value::Image(Rc::from(control.encode())))
+        .await?;
+    timeline.advance(lsn);
+    Ok(imported)
+}

@@ -1,0 +1,548 @@
+//! WAL ingest: each decoded record becomes values in a timeline.
+//!
+//! For a record at `[start, end)`, every block reference becomes a value of
+//! that page's key at `end`: the restored full-page image (no redo needed),
+//! or the whole record for Postgres redo (will-init when the record
+//! initialises the page). A fork grows to cover every block a record
+//! references. Non-page effects become values too: relation forks created,
+//! truncated (with the visibility-map page the truncation cuts, as recovery
+//! does) and dropped, databases created (`wal_log` through ordinary records,
+//! `file_copy` by copying the template's pages) and dropped, relmapper
+//! files, two-phase state files, `pg_xact` status bits and multixact offsets
+//! and members (Rust redo records per SLRU page), SLRU pages zeroed,
+//! visibility-map bits cleared without a block reference, and checkpoints.
+//!
+//! Not kept: free-space-map page changes (Postgres never WAL-logs them; the
+//! FSM fork's size is not shrunk by a truncation either), `pg_subtrans`
+//! (rebuilt by Postgres at start), `commit_ts`, and SLRU segment removal.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::rc::Rc;
+
+use anyhow::{Context, Result, bail};
+use quire_postgres::key::SlruKind;
+use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, Oid, RelFileLocator, RelTag};
+use quire_postgres::wal::effects::{
+    DbCreateStrategy, Effect, PageUpdate, XactStatus, page_effects, record_effects,
+};
+use quire_postgres::wal::record::decode_record;
+use quire_postgres::{Key, Lsn};
+use quire_redo::rust_redo::{
+    CLOG_XACTS_PER_PAGE, MULTIXACT_MEMBERS_PER_PAGE, MULTIXACT_OFFSETS_PER_PAGE,
+    VM_HEAP_BLOCKS_PER_PAGE,
+};
+use quire_redo::{RedoPool, RedoRecord, TenantKey};
+use quire_shard::keyspace::{dropped_value, size_value};
+use quire_shard::{Timeline, Value};
+use zerocopy::IntoBytes;
+
+use crate::datadir::SLRU_PAGES_PER_SEGMENT;
+
+/// Open-layer size at which ingest freezes and flushes to an L0 layer.
+pub const FLUSH_BYTES: usize = 256 * 1024 * 1024;
+
+/// What ingest has done.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IngestStats {
+    /// WAL records ingested.
+    pub records: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Records with at least one block reference replayed by Postgres.
+    pub postgres_redo_records: u64,
+    /// Records whose page changes are all full-page images (no redo).
+    pub image_records: u64,
+    /// Records turned into Rust redo records (SLRU bits, visibility map).
+    pub rust_redo_records: u64,
+    /// Records with neither (metadata, or nothing for the storage).
+    pub other_records: u64,
+    /// Page images stored.
+    pub page_images: u64,
+    /// Postgres redo records stored (one per block reference).
+    pub page_records: u64,
+    /// Layers flushed.
+    pub flushes: u64,
+}
+
+/// The state ingest keeps beside the timeline.
+pub struct WalIngest {
+    timeline: Rc<Timeline>,
+    sizes: HashMap<RelTag, u32>,
+    slru_pages: HashSet<(SlruKind, u32)>,
+    slru_segments: HashMap<(SlruKind, u32), u32>,
+    redo: Option<(Rc<RedoPool>, TenantKey)>,
+    stats: IngestStats,
+    vm_map_not_in_wal: HashSet<(RelTag, u32)>,
+}
+
+impl WalIngest {
+    /// Ingest into `timeline`, whose relation sizes and SLRU pages are
+    /// `sizes` and `slru_pages` (as an import left them). `redo` rebuilds
+    /// template pages for `CREATE DATABASE ... STRATEGY file_copy`.
+    pub fn new(
+        timeline: Rc<Timeline>,
+        sizes: HashMap<RelTag, u32>,
+        slru_pages: HashSet<(SlruKind, u32)>,
+        redo: Option<(Rc<RedoPool>, TenantKey)>,
+    ) -> WalIngest {
+        let mut slru_segments = HashMap::new();
+        for &(kind, page) in &slru_pages {
+            let size = slru_segments
+                .entry((kind, page / SLRU_PAGES_PER_SEGMENT))
+                .or_insert(0);
+            *size = (*size).max(page % SLRU_PAGES_PER_SEGMENT + 1);
+        }
+        WalIngest {
+            timeline,
+            sizes,
+            slru_pages,
+            slru_segments,
+            redo,
+            stats: IngestStats::default(),
+            vm_map_not_in_wal: HashSet::new(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> IngestStats {
+        self.stats
+    }
+
+    /// Relation forks and their sizes in blocks.
+    pub fn relation_sizes(&self) -> &HashMap<RelTag, u32> {
+        &self.sizes
+    }
+
+    /// Visibility-map pages whose last full-page image left the map out (a
+    /// standard-page image whose hole is the map): their bits are not in
+    /// the WAL, and Postgres' own recovery clears them too.
+    pub fn vm_pages_without_map(&self) -> &HashSet<(RelTag, u32)> {
+        &self.vm_map_not_in_wal
+    }
+
+    /// SLRU pages that exist.
+    pub fn slru_pages(&self) -> &HashSet<(SlruKind, u32)> {
+        &self.slru_pages
+    }
+
+    /// Ingests the record `bytes` that starts at `start` and ends at `end`
+    /// (its last byte plus one). Values go in at the end rounded up to 8
+    /// bytes, the `EndRecPtr` recovery stamps on the pages it replays;
+    /// returns that LSN.
+    pub async fn ingest_record(&mut self, start: Lsn, end: Lsn, bytes: &[u8]) -> Result<Lsn> {
+        let end = Lsn(end.0.next_multiple_of(8));
+        let record = decode_record(bytes).with_context(|| format!("record at {start}"))?;
+        let pages = page_effects(&record, end).with_context(|| format!("record at {start}"))?;
+        let effects = record_effects(&record).with_context(|| format!("record at {start}"))?;
+        self.stats.records += 1;
+        self.stats.bytes += bytes.len() as u64;
+
+        let mut grown: BTreeMap<RelTag, u32> = BTreeMap::new();
+        let mut any_postgres = false;
+        let stored: Rc<[u8]> = if pages
+            .iter()
+            .any(|p| matches!(p.update, PageUpdate::Apply { .. }))
+        {
+            RedoRecord::Postgres {
+                start,
+                end,
+                record: bytes,
+            }
+            .encode()
+            .into()
+        } else {
+            Rc::from(Vec::new())
+        };
+        for (page, block_ref) in pages.iter().zip(&record.blocks) {
+            let key = Key::rel_block(page.rel, page.block);
+            if page.rel.fork == ForkNumber::VisibilityMap {
+                // A map page logged as a standard page leaves its map out as
+                // the page's hole (CREATE DATABASE ... STRATEGY wal_log).
+                let map_lost = block_ref
+                    .image
+                    .as_ref()
+                    .is_some_and(|i| i.is_applied() && i.hole_length > 0);
+                if map_lost {
+                    self.vm_map_not_in_wal.insert((page.rel, page.block.0));
+                } else {
+                    self.vm_map_not_in_wal.remove(&(page.rel, page.block.0));
+                }
+            }
+            let value = match &page.update {
+                PageUpdate::Image(image) => {
+                    self.stats.page_images += 1;
+                    Value::Image(Rc::from(&image[..]))
+                }
+                PageUpdate::Apply { will_init } => {
+                    any_postgres = true;
+                    self.stats.page_records += 1;
+                    Value::Record {
+                        will_init: *will_init,
+                        bytes: Rc::clone(&stored),
+                    }
+                }
+            };
+            self.timeline.put(key, end, value).await?;
+            let size = self.sizes.get(&page.rel).copied().unwrap_or(0);
+            if page.block.0 >= size || !self.sizes.contains_key(&page.rel) {
+                let new = grown.entry(page.rel).or_insert(size);
+                *new = (*new).max(page.block.0 + 1);
+            }
+        }
+        for (rel, blocks) in grown {
+            self.set_size(rel, blocks, end).await?;
+        }
+
+        let mut rust = false;
+        for effect in effects {
+            rust |= self.apply_effect(effect, end).await?;
+        }
+        if any_postgres {
+            self.stats.postgres_redo_records += 1;
+        } else if !pages.is_empty() {
+            self.stats.image_records += 1;
+        } else if rust {
+            self.stats.rust_redo_records += 1;
+        } else {
+            self.stats.other_records += 1;
+        }
+        self.timeline.advance(end);
+        if self.timeline.open_layer_bytes() >= FLUSH_BYTES {
+            self.flush().await?;
+        }
+        Ok(end)
+    }
+
+    /// Writes the open layer to disk.
+    pub async fn flush(&mut self) -> Result<()> {
+        self.timeline.freeze();
+        self.timeline.flush().await?;
+        self.stats.flushes += 1;
+        Ok(())
+    }
+
+    async fn set_size(&mut self, rel: RelTag, blocks: u32, lsn: Lsn) -> Result<()> {
+        self.sizes.insert(rel, blocks);
+        self.timeline
+            .put(Key::rel_size(rel), lsn, size_value(blocks))
+            .await?;
+        Ok(())
+    }
+
+    async fn drop_fork(&mut self, rel: RelTag, lsn: Lsn) -> Result<()> {
+        if self.sizes.remove(&rel).is_some() {
+            self.timeline
+                .put(Key::rel_size(rel), lsn, dropped_value())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn put_rust(&mut self, key: Key, lsn: Lsn, record: &RedoRecord<'_>, init: bool) -> Result<()> {
+        self.timeline
+            .put(
+                key,
+                lsn,
+                Value::Record {
+                    will_init: init,
+                    bytes: record.encode().into(),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// A Rust record on an SLRU page; a page that does not exist yet starts
+    /// from zeros (will-init), as Postgres would read it.
+    async fn put_slru(&mut self, kind: SlruKind, page: u32, lsn: Lsn, record: &RedoRecord<'_>) -> Result<()> {
+        let init = self.note_slru_page(kind, page, lsn).await?;
+        let key = slru_key(kind, page);
+        self.put_rust(key, lsn, record, init).await
+    }
+
+    /// Records that an SLRU page exists; true if it is new.
+    async fn note_slru_page(&mut self, kind: SlruKind, page: u32, lsn: Lsn) -> Result<bool> {
+        if !self.slru_pages.insert((kind, page)) {
+            return Ok(false);
+        }
+        let segment = page / SLRU_PAGES_PER_SEGMENT;
+        let size = self.slru_segments.entry((kind, segment)).or_insert(0);
+        if page % SLRU_PAGES_PER_SEGMENT + 1 > *size {
+            *size = page % SLRU_PAGES_PER_SEGMENT + 1;
+            let blocks = *size;
+            self.timeline
+                .put(Key::slru_segment_size(kind, segment), lsn, size_value(blocks))
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// Applies one non-page effect; true if it made a Rust redo record.
+    async fn apply_effect(&mut self, effect: Effect, lsn: Lsn) -> Result<bool> {
+        match effect {
+            Effect::RelCreate(rel) => {
+                if !self.sizes.contains_key(&rel) {
+                    self.set_size(rel, 0, lsn).await?;
+                }
+            }
+            Effect::RelTruncate {
+                rel,
+                blocks,
+                main,
+                vm,
+                fsm: _,
+            } => {
+                let main_tag = RelTag::new(rel, ForkNumber::Main);
+                if main && self.sizes.get(&main_tag).is_some_and(|&s| s > blocks) {
+                    self.set_size(main_tag, blocks, lsn).await?;
+                }
+                if vm {
+                    return self.truncate_vm(rel, blocks, lsn).await;
+                }
+            }
+            Effect::RelDrop(locators) => {
+                for locator in locators {
+                    for fork in ALL_FORKS {
+                        self.drop_fork(RelTag::new(locator, fork), lsn).await?;
+                    }
+                }
+            }
+            Effect::DbCreate {
+                db_oid,
+                spc_oid,
+                strategy,
+            } => {
+                if let DbCreateStrategy::FileCopy {
+                    src_db_oid,
+                    src_spc_oid,
+                } = strategy
+                {
+                    self.copy_database((src_spc_oid, src_db_oid), (spc_oid, db_oid), lsn)
+                        .await?;
+                }
+            }
+            Effect::DbDrop { db_oid, spc_oids } => {
+                let doomed: Vec<RelTag> = self
+                    .sizes
+                    .keys()
+                    .filter(|r| r.db_oid == db_oid && spc_oids.contains(&r.spc_oid))
+                    .copied()
+                    .collect();
+                for rel in doomed {
+                    self.drop_fork(rel, lsn).await?;
+                }
+                for spc in spc_oids {
+                    self.timeline
+                        .put(Key::rel_map(spc, db_oid), lsn, dropped_value())
+                        .await?;
+                }
+            }
+            Effect::RelMapUpdate {
+                db_oid,
+                spc_oid,
+                file,
+            } => {
+                self.timeline
+                    .put(Key::rel_map(spc_oid, db_oid), lsn, Value::Image(file.into()))
+                    .await?;
+            }
+            Effect::XactStatus {
+                status,
+                xid,
+                subxacts,
+                prepared,
+            } => {
+                let code = match status {
+                    XactStatus::Committed => 1,
+                    XactStatus::Aborted => 2,
+                };
+                let mut by_page: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+                for x in std::iter::once(xid).chain(subxacts) {
+                    by_page.entry(x.0 / CLOG_XACTS_PER_PAGE).or_default().push(x);
+                }
+                for (page, xids) in by_page {
+                    let record = RedoRecord::ClogSetStatus { status: code, xids };
+                    self.put_slru(SlruKind::Clog, page, lsn, &record).await?;
+                }
+                if prepared {
+                    self.timeline
+                        .put(Key::twophase_file(0, xid.0), lsn, dropped_value())
+                        .await?;
+                }
+                return Ok(true);
+            }
+            Effect::TwoPhasePrepare { xid, file } => {
+                self.timeline
+                    .put(Key::twophase_file(0, xid.0), lsn, Value::Image(file.into()))
+                    .await?;
+            }
+            Effect::MultiXactCreate {
+                mid,
+                offset,
+                members,
+            } => {
+                self.multixact_create(mid.0, offset, &members, lsn).await?;
+                return Ok(true);
+            }
+            Effect::SlruZeroPage { slru, page } => {
+                let page = u32::try_from(page).context("SLRU page number past 2^32")?;
+                self.note_slru_page(slru, page, lsn).await?;
+                self.timeline
+                    .put(slru_key(slru, page), lsn, Value::Image(Rc::from(&[0u8; BLCKSZ][..])))
+                    .await?;
+            }
+            Effect::VmClear {
+                rel,
+                heap_block,
+                bits,
+            } => {
+                let vm = RelTag::new(rel, ForkNumber::VisibilityMap);
+                let map_block = heap_block.0 / VM_HEAP_BLOCKS_PER_PAGE;
+                if self.sizes.get(&vm).is_some_and(|&s| map_block < s) {
+                    let record = RedoRecord::VmClear {
+                        heap_blocks: vec![heap_block.0],
+                        bits,
+                    };
+                    self.put_rust(Key::rel_block(vm, BlockNo(map_block)), lsn, &record, false)
+                        .await?;
+                    return Ok(true);
+                }
+            }
+            Effect::Checkpoint { checkpoint, .. } => {
+                self.timeline
+                    .put(
+                        Key::checkpoint(),
+                        lsn,
+                        Value::Image(Rc::from(checkpoint.as_bytes())),
+                    )
+                    .await?;
+            }
+            Effect::MultiXactTruncate { .. } | Effect::ClogTruncate { .. } | Effect::NextOid(_) => {}
+        }
+        Ok(false)
+    }
+
+    /// `visibilitymap_prepare_truncate` as recovery runs it: the map page
+    /// holding the new end loses the bits past it, later pages go.
+    async fn truncate_vm(&mut self, rel: RelFileLocator, heap_blocks: u32, lsn: Lsn) -> Result<bool> {
+        let vm = RelTag::new(rel, ForkNumber::VisibilityMap);
+        let Some(&size) = self.sizes.get(&vm) else {
+            return Ok(false);
+        };
+        let map_block = heap_blocks / VM_HEAP_BLOCKS_PER_PAGE;
+        let partial = heap_blocks % VM_HEAP_BLOCKS_PER_PAGE != 0;
+        let mut rust = false;
+        let new_size = if partial {
+            if map_block >= size {
+                return Ok(false);
+            }
+            let record = RedoRecord::VmTruncate { heap_blocks };
+            self.put_rust(Key::rel_block(vm, BlockNo(map_block)), lsn, &record, false)
+                .await?;
+            rust = true;
+            map_block + 1
+        } else {
+            map_block
+        };
+        if size > new_size {
+            self.set_size(vm, new_size, lsn).await?;
+        }
+        Ok(rust)
+    }
+
+    /// `RecordNewMultiXact`: the multixact's offset, the next one's offset
+    /// (Postgres 17.11 sets both), and each member.
+    async fn multixact_create(
+        &mut self,
+        mid: u32,
+        offset: u32,
+        members: &[(quire_postgres::types::TransactionId, u32)],
+        lsn: Lsn,
+    ) -> Result<()> {
+        let mut next = mid.wrapping_add(1);
+        if next == 0 {
+            next = 1;
+        }
+        let count = u32::try_from(members.len()).context("multixact with 2^32 members")?;
+        let mut next_offset = offset.wrapping_add(count);
+        if next_offset == 0 {
+            next_offset = 1;
+        }
+        let mut by_page: BTreeMap<u32, Vec<(u32, u32)>> = BTreeMap::new();
+        by_page
+            .entry(mid / MULTIXACT_OFFSETS_PER_PAGE)
+            .or_default()
+            .push((mid, offset));
+        by_page
+            .entry(next / MULTIXACT_OFFSETS_PER_PAGE)
+            .or_default()
+            .push((next, next_offset));
+        for (page, entries) in by_page {
+            let record = RedoRecord::MultiXactOffsets(entries);
+            self.put_slru(SlruKind::MultiXactOffsets, page, lsn, &record).await?;
+        }
+        let mut by_page: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+        for (i, (xid, status)) in members.iter().enumerate() {
+            let at = offset.wrapping_add(u32::try_from(i).unwrap_or(u32::MAX));
+            let status = u8::try_from(*status).context("multixact member status")?;
+            by_page
+                .entry(at / MULTIXACT_MEMBERS_PER_PAGE)
+                .or_default()
+                .push((at, *xid, status));
+        }
+        for (page, entries) in by_page {
+            let record = RedoRecord::MultiXactMembers(entries);
+            self.put_slru(SlruKind::MultiXactMembers, page, lsn, &record).await?;
+        }
+        Ok(())
+    }
+
+    /// `CREATE DATABASE ... STRATEGY file_copy`: the template's files are
+    /// copied outside the WAL, so its pages at this LSN become images.
+    async fn copy_database(&mut self, from: (Oid, Oid), to: (Oid, Oid), lsn: Lsn) -> Result<()> {
+        let Some((pool, tenant)) = self.redo.clone() else {
+            bail!("CREATE DATABASE with STRATEGY file_copy at {lsn} needs redo to copy the template");
+        };
+        let source: Vec<(RelTag, u32)> = self
+            .sizes
+            .iter()
+            .filter(|(r, _)| (r.spc_oid, r.db_oid) == from)
+            .map(|(r, s)| (*r, *s))
+            .collect();
+        for (rel, blocks) in source {
+            let target = RelTag {
+                spc_oid: to.0,
+                db_oid: to.1,
+                ..rel
+            };
+            for block in 0..blocks {
+                let key = Key::rel_block(rel, BlockNo(block));
+                let inputs = self.timeline.get(key, lsn).await?;
+                let Some(page) = quire_shard::materialize(&pool.for_tenant(tenant), key, lsn, &inputs).await? else {
+                    continue;
+                };
+                self.timeline
+                    .put(Key::rel_block(target, BlockNo(block)), lsn, Value::Image(page))
+                    .await?;
+            }
+            self.set_size(target, blocks, lsn).await?;
+        }
+        Ok(())
+    }
+}
+
+const ALL_FORKS: [ForkNumber; 4] = [
+    ForkNumber::Main,
+    ForkNumber::Fsm,
+    ForkNumber::VisibilityMap,
+    ForkNumber::Init,
+];
+
+/// The key of SLRU page `page` (counted from the SLRU's start).
+pub fn slru_key(kind: SlruKind, page: u32) -> Key {
+    Key::slru_block(
+        kind,
+        page / SLRU_PAGES_PER_SEGMENT,
+        page % SLRU_PAGES_PER_SEGMENT,
+    )
+}
