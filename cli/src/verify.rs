@@ -55,8 +55,8 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
         let args = args.clone();
         let work = work.clone();
         async move {
-            let pool = RedoPool::new(config, 1, Duration::from_secs(60))
-                .map_err(|e| anyhow!("{e}"))?;
+            let pool =
+                RedoPool::new(config, 1, Duration::from_secs(60)).map_err(|e| anyhow!("{e}"))?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             let report =

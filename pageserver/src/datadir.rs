@@ -70,14 +70,30 @@ pub fn scan(pgdata: &Path) -> Result<DataDirectory> {
     let mut dir = DataDirectory::default();
     let mut files: Vec<(RelTag, u32, PathBuf)> = Vec::new();
     let mut temp: Vec<(RelTag, u32, PathBuf)> = Vec::new();
-    scan_database(&pgdata.join("global"), GLOBAL_TABLESPACE_OID, 0, &mut dir, &mut files, &mut temp)?;
+    scan_database(
+        &pgdata.join("global"),
+        GLOBAL_TABLESPACE_OID,
+        0,
+        &mut dir,
+        &mut files,
+        &mut temp,
+    )?;
     for (db, path) in numbered_entries(&pgdata.join("base"))? {
-        scan_database(&path, DEFAULT_TABLESPACE_OID, db, &mut dir, &mut files, &mut temp)?;
+        scan_database(
+            &path,
+            DEFAULT_TABLESPACE_OID,
+            db,
+            &mut dir,
+            &mut files,
+            &mut temp,
+        )?;
     }
     let tblspc = pgdata.join("pg_tblspc");
     if tblspc.is_dir() {
         for (spc, link) in numbered_entries(&tblspc)? {
-            for version in fs::read_dir(&link).with_context(|| format!("list {}", link.display()))? {
+            for version in
+                fs::read_dir(&link).with_context(|| format!("list {}", link.display()))?
+            {
                 let version = version?.path();
                 for (db, path) in numbered_entries(&version)? {
                     scan_database(&path, spc, db, &mut dir, &mut files, &mut temp)?;
@@ -117,7 +133,11 @@ pub fn scan(pgdata: &Path) -> Result<DataDirectory> {
             .segments
             .push((segment, path));
     }
-    for files in dir.relations.values_mut().chain(unlogged_forks.values_mut()) {
+    for files in dir
+        .relations
+        .values_mut()
+        .chain(unlogged_forks.values_mut())
+    {
         files.segments.sort();
     }
     dir.unlogged = unlogged_forks.into_values().collect();
@@ -177,7 +197,9 @@ fn scan_database(
         }
         let (is_temp, name) = match name.strip_prefix('t') {
             Some(rest) => match rest.split_once('_') {
-                Some((backend, rest)) if backend.bytes().all(|b| b.is_ascii_digit()) => (true, rest),
+                Some((backend, rest)) if backend.bytes().all(|b| b.is_ascii_digit()) => {
+                    (true, rest)
+                }
                 _ => continue,
             },
             None => (false, name),
@@ -239,10 +261,22 @@ mod tests {
 
     #[test]
     fn relation_file_names() {
-        assert_eq!(parse_relation_file_name("1259"), Some((1259, ForkNumber::Main, 0)));
-        assert_eq!(parse_relation_file_name("16384_vm"), Some((16384, ForkNumber::VisibilityMap, 0)));
-        assert_eq!(parse_relation_file_name("16384_fsm.2"), Some((16384, ForkNumber::Fsm, 2)));
-        assert_eq!(parse_relation_file_name("16384.1"), Some((16384, ForkNumber::Main, 1)));
+        assert_eq!(
+            parse_relation_file_name("1259"),
+            Some((1259, ForkNumber::Main, 0))
+        );
+        assert_eq!(
+            parse_relation_file_name("16384_vm"),
+            Some((16384, ForkNumber::VisibilityMap, 0))
+        );
+        assert_eq!(
+            parse_relation_file_name("16384_fsm.2"),
+            Some((16384, ForkNumber::Fsm, 2))
+        );
+        assert_eq!(
+            parse_relation_file_name("16384.1"),
+            Some((16384, ForkNumber::Main, 1))
+        );
         assert_eq!(parse_relation_file_name("pg_filenode.map"), None);
         assert_eq!(parse_relation_file_name("PG_VERSION"), None);
         assert_eq!(parse_relation_file_name("16384_xx"), None);

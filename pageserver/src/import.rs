@@ -67,9 +67,14 @@ pub async fn import_datadir(timeline: &Timeline, pgdata: &Path) -> Result<Import
                 bail!("{} is not a whole number of pages", path.display());
             }
             for (i, page) in bytes.chunks_exact(BLCKSZ).enumerate() {
-                let block = segment * RELSEG_SIZE + u32::try_from(i).context("segment too large")?;
+                let block =
+                    segment * RELSEG_SIZE + u32::try_from(i).context("segment too large")?;
                 timeline
-                    .put(Key::rel_block(files.rel, BlockNo(block)), lsn, Value::Image(Rc::from(page)))
+                    .put(
+                        Key::rel_block(files.rel, BlockNo(block)),
+                        lsn,
+                        Value::Image(Rc::from(page)),
+                    )
                     .await?;
                 blocks = blocks.max(block + 1);
                 imported.pages += 1;
@@ -89,7 +94,8 @@ pub async fn import_datadir(timeline: &Timeline, pgdata: &Path) -> Result<Import
     for (&(kind, segment), path) in &dir.slru_segments {
         let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
         for (i, page) in bytes.chunks_exact(BLCKSZ).enumerate() {
-            let page_no = segment * SLRU_PAGES_PER_SEGMENT + u32::try_from(i).context("SLRU segment too large")?;
+            let page_no = segment * SLRU_PAGES_PER_SEGMENT
+                + u32::try_from(i).context("SLRU segment too large")?;
             timeline
                 .put(slru_key(kind, page_no), lsn, Value::Image(Rc::from(page)))
                 .await?;
@@ -98,11 +104,19 @@ pub async fn import_datadir(timeline: &Timeline, pgdata: &Path) -> Result<Import
         }
         let pages = u32::try_from(bytes.len() / BLCKSZ).context("SLRU segment too large")?;
         timeline
-            .put(Key::slru_segment_size(kind, segment), lsn, size_value(pages))
+            .put(
+                Key::slru_segment_size(kind, segment),
+                lsn,
+                size_value(pages),
+            )
             .await?;
     }
     timeline
-        .put(Key::control_file(), lsn, Value::Image(Rc::from(control.encode())))
+        .put(
+            Key::control_file(),
+            lsn,
+            Value::Image(Rc::from(control.encode())),
+        )
         .await?;
     timeline.advance(lsn);
     Ok(imported)

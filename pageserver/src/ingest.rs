@@ -238,7 +238,13 @@ impl WalIngest {
         Ok(())
     }
 
-    async fn put_rust(&mut self, key: Key, lsn: Lsn, record: &RedoRecord<'_>, init: bool) -> Result<()> {
+    async fn put_rust(
+        &mut self,
+        key: Key,
+        lsn: Lsn,
+        record: &RedoRecord<'_>,
+        init: bool,
+    ) -> Result<()> {
         self.timeline
             .put(
                 key,
@@ -254,7 +260,13 @@ impl WalIngest {
 
     /// A Rust record on an SLRU page; a page that does not exist yet starts
     /// from zeros (will-init), as Postgres would read it.
-    async fn put_slru(&mut self, kind: SlruKind, page: u32, lsn: Lsn, record: &RedoRecord<'_>) -> Result<()> {
+    async fn put_slru(
+        &mut self,
+        kind: SlruKind,
+        page: u32,
+        lsn: Lsn,
+        record: &RedoRecord<'_>,
+    ) -> Result<()> {
         let init = self.note_slru_page(kind, page, lsn).await?;
         let key = slru_key(kind, page);
         self.put_rust(key, lsn, record, init).await
@@ -271,7 +283,11 @@ impl WalIngest {
             *size = page % SLRU_PAGES_PER_SEGMENT + 1;
             let blocks = *size;
             self.timeline
-                .put(Key::slru_segment_size(kind, segment), lsn, size_value(blocks))
+                .put(
+                    Key::slru_segment_size(kind, segment),
+                    lsn,
+                    size_value(blocks),
+                )
                 .await?;
         }
         Ok(true)
@@ -322,20 +338,7 @@ impl WalIngest {
                 }
             }
             Effect::DbDrop { db_oid, spc_oids } => {
-                let doomed: Vec<RelTag> = self
-                    .sizes
-                    .keys()
-                    .filter(|r| r.db_oid == db_oid && spc_oids.contains(&r.spc_oid))
-                    .copied()
-                    .collect();
-                for rel in doomed {
-                    self.drop_fork(rel, lsn).await?;
-                }
-                for spc in spc_oids {
-                    self.timeline
-                        .put(Key::rel_map(spc, db_oid), lsn, dropped_value())
-                        .await?;
-                }
+                self.drop_database(db_oid, &spc_oids, lsn).await?
             }
             Effect::RelMapUpdate {
                 db_oid,
@@ -343,7 +346,11 @@ impl WalIngest {
                 file,
             } => {
                 self.timeline
-                    .put(Key::rel_map(spc_oid, db_oid), lsn, Value::Image(file.into()))
+                    .put(
+                        Key::rel_map(spc_oid, db_oid),
+                        lsn,
+                        Value::Image(file.into()),
+                    )
                     .await?;
             }
             Effect::XactStatus {
@@ -352,23 +359,8 @@ impl WalIngest {
                 subxacts,
                 prepared,
             } => {
-                let code = match status {
-                    XactStatus::Committed => 1,
-                    XactStatus::Aborted => 2,
-                };
-                let mut by_page: BTreeMap<u32, Vec<_>> = BTreeMap::new();
-                for x in std::iter::once(xid).chain(subxacts) {
-                    by_page.entry(x.0 / CLOG_XACTS_PER_PAGE).or_default().push(x);
-                }
-                for (page, xids) in by_page {
-                    let record = RedoRecord::ClogSetStatus { status: code, xids };
-                    self.put_slru(SlruKind::Clog, page, lsn, &record).await?;
-                }
-                if prepared {
-                    self.timeline
-                        .put(Key::twophase_file(0, xid.0), lsn, dropped_value())
-                        .await?;
-                }
+                self.xact_status(status, xid, subxacts, prepared, lsn)
+                    .await?;
                 return Ok(true);
             }
             Effect::TwoPhasePrepare { xid, file } => {
@@ -388,26 +380,18 @@ impl WalIngest {
                 let page = u32::try_from(page).context("SLRU page number past 2^32")?;
                 self.note_slru_page(slru, page, lsn).await?;
                 self.timeline
-                    .put(slru_key(slru, page), lsn, Value::Image(Rc::from(&[0u8; BLCKSZ][..])))
+                    .put(
+                        slru_key(slru, page),
+                        lsn,
+                        Value::Image(Rc::from(&[0u8; BLCKSZ][..])),
+                    )
                     .await?;
             }
             Effect::VmClear {
                 rel,
                 heap_block,
                 bits,
-            } => {
-                let vm = RelTag::new(rel, ForkNumber::VisibilityMap);
-                let map_block = heap_block.0 / VM_HEAP_BLOCKS_PER_PAGE;
-                if self.sizes.get(&vm).is_some_and(|&s| map_block < s) {
-                    let record = RedoRecord::VmClear {
-                        heap_blocks: vec![heap_block.0],
-                        bits,
-                    };
-                    self.put_rust(Key::rel_block(vm, BlockNo(map_block)), lsn, &record, false)
-                        .await?;
-                    return Ok(true);
-                }
-            }
+            } => return self.vm_clear(rel, heap_block, bits, lsn).await,
             Effect::Checkpoint { checkpoint, .. } => {
                 self.timeline
                     .put(
@@ -417,20 +401,101 @@ impl WalIngest {
                     )
                     .await?;
             }
-            Effect::MultiXactTruncate { .. } | Effect::ClogTruncate { .. } | Effect::NextOid(_) => {}
+            Effect::MultiXactTruncate { .. } | Effect::ClogTruncate { .. } | Effect::NextOid(_) => {
+            }
         }
         Ok(false)
     }
 
+    /// A transaction's final status in `pg_xact`, one Rust record per page;
+    /// a finished prepared transaction's state file goes.
+    async fn xact_status(
+        &mut self,
+        status: XactStatus,
+        xid: quire_postgres::types::TransactionId,
+        subxacts: Vec<quire_postgres::types::TransactionId>,
+        prepared: bool,
+        lsn: Lsn,
+    ) -> Result<()> {
+        let code = match status {
+            XactStatus::Committed => 1,
+            XactStatus::Aborted => 2,
+        };
+        let mut by_page: BTreeMap<u32, Vec<_>> = BTreeMap::new();
+        for x in std::iter::once(xid).chain(subxacts) {
+            by_page
+                .entry(x.0 / CLOG_XACTS_PER_PAGE)
+                .or_default()
+                .push(x);
+        }
+        for (page, xids) in by_page {
+            let record = RedoRecord::ClogSetStatus { status: code, xids };
+            self.put_slru(SlruKind::Clog, page, lsn, &record).await?;
+        }
+        if prepared {
+            self.timeline
+                .put(Key::twophase_file(0, xid.0), lsn, dropped_value())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every fork of the database's relations, and its relmapper files, go.
+    async fn drop_database(&mut self, db_oid: Oid, spc_oids: &[Oid], lsn: Lsn) -> Result<()> {
+        let doomed: Vec<RelTag> = self
+            .sizes
+            .keys()
+            .filter(|r| r.db_oid == db_oid && spc_oids.contains(&r.spc_oid))
+            .copied()
+            .collect();
+        for rel in doomed {
+            self.drop_fork(rel, lsn).await?;
+        }
+        for &spc in spc_oids {
+            self.timeline
+                .put(Key::rel_map(spc, db_oid), lsn, dropped_value())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Visibility-map bits a heap record cleared without referencing the
+    /// map page (Rust redo); nothing if the map does not reach the block.
+    async fn vm_clear(
+        &mut self,
+        rel: RelFileLocator,
+        heap_block: BlockNo,
+        bits: u8,
+        lsn: Lsn,
+    ) -> Result<bool> {
+        let vm = RelTag::new(rel, ForkNumber::VisibilityMap);
+        let map_block = heap_block.0 / VM_HEAP_BLOCKS_PER_PAGE;
+        if self.sizes.get(&vm).is_none_or(|&s| map_block >= s) {
+            return Ok(false);
+        }
+        let record = RedoRecord::VmClear {
+            heap_blocks: vec![heap_block.0],
+            bits,
+        };
+        self.put_rust(Key::rel_block(vm, BlockNo(map_block)), lsn, &record, false)
+            .await?;
+        Ok(true)
+    }
+
     /// `visibilitymap_prepare_truncate` as recovery runs it: the map page
     /// holding the new end loses the bits past it, later pages go.
-    async fn truncate_vm(&mut self, rel: RelFileLocator, heap_blocks: u32, lsn: Lsn) -> Result<bool> {
+    async fn truncate_vm(
+        &mut self,
+        rel: RelFileLocator,
+        heap_blocks: u32,
+        lsn: Lsn,
+    ) -> Result<bool> {
         let vm = RelTag::new(rel, ForkNumber::VisibilityMap);
         let Some(&size) = self.sizes.get(&vm) else {
             return Ok(false);
         };
         let map_block = heap_blocks / VM_HEAP_BLOCKS_PER_PAGE;
-        let partial = heap_blocks % VM_HEAP_BLOCKS_PER_PAGE != 0;
+        let partial = !heap_blocks.is_multiple_of(VM_HEAP_BLOCKS_PER_PAGE);
         let mut rust = false;
         let new_size = if partial {
             if map_block >= size {
@@ -479,7 +544,8 @@ impl WalIngest {
             .push((next, next_offset));
         for (page, entries) in by_page {
             let record = RedoRecord::MultiXactOffsets(entries);
-            self.put_slru(SlruKind::MultiXactOffsets, page, lsn, &record).await?;
+            self.put_slru(SlruKind::MultiXactOffsets, page, lsn, &record)
+                .await?;
         }
         let mut by_page: BTreeMap<u32, Vec<_>> = BTreeMap::new();
         for (i, (xid, status)) in members.iter().enumerate() {
@@ -492,7 +558,8 @@ impl WalIngest {
         }
         for (page, entries) in by_page {
             let record = RedoRecord::MultiXactMembers(entries);
-            self.put_slru(SlruKind::MultiXactMembers, page, lsn, &record).await?;
+            self.put_slru(SlruKind::MultiXactMembers, page, lsn, &record)
+                .await?;
         }
         Ok(())
     }
@@ -501,7 +568,9 @@ impl WalIngest {
     /// copied outside the WAL, so its pages at this LSN become images.
     async fn copy_database(&mut self, from: (Oid, Oid), to: (Oid, Oid), lsn: Lsn) -> Result<()> {
         let Some((pool, tenant)) = self.redo.clone() else {
-            bail!("CREATE DATABASE with STRATEGY file_copy at {lsn} needs redo to copy the template");
+            bail!(
+                "CREATE DATABASE with STRATEGY file_copy at {lsn} needs redo to copy the template"
+            );
         };
         let source: Vec<(RelTag, u32)> = self
             .sizes
@@ -518,11 +587,17 @@ impl WalIngest {
             for block in 0..blocks {
                 let key = Key::rel_block(rel, BlockNo(block));
                 let inputs = self.timeline.get(key, lsn).await?;
-                let Some(page) = quire_shard::materialize(&pool.for_tenant(tenant), key, lsn, &inputs).await? else {
+                let Some(page) =
+                    quire_shard::materialize(&pool.for_tenant(tenant), key, lsn, &inputs).await?
+                else {
                     continue;
                 };
                 self.timeline
-                    .put(Key::rel_block(target, BlockNo(block)), lsn, Value::Image(page))
+                    .put(
+                        Key::rel_block(target, BlockNo(block)),
+                        lsn,
+                        Value::Image(page),
+                    )
                     .await?;
             }
             self.set_size(target, blocks, lsn).await?;

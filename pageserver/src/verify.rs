@@ -11,7 +11,7 @@
 //! does: hint bits, page LSN and checksum, unused space); visibility-map
 //! pages have only their LSN and checksum masked. The resource manager of a
 //! page is read from its special space (heap pages have none; btree, hash,
-//! GiST, SP-GiST, GIN, BRIN and sequence pages each have their own shape).
+//! `GiST`, SP-GiST, GIN, BRIN and sequence pages each have their own shape).
 //!
 //! Not compared, counted on lines of their own: unlogged and temporary
 //! relations; free-space-map forks (Postgres never WAL-logs them); all-zero
@@ -40,7 +40,7 @@ use crate::import::{import_datadir, read_control};
 use crate::ingest::{IngestStats, WalIngest, slru_key};
 
 /// Pages rebuilt per redo round trip.
-const BATCH: usize = 64;
+const BATCH: u32 = 64;
 /// Differences printed in full; the rest are only counted.
 const PRINTED_DIFFERENCES: u64 = 50;
 
@@ -95,7 +95,11 @@ pub async fn verify(
     let final_control = read_control(pgdata)?;
     let base_control = read_control(base)?;
     if final_control.system_identifier.get() != base_control.system_identifier.get() {
-        bail!("{} and {} are not the same cluster", base.display(), pgdata.display());
+        bail!(
+            "{} and {} are not the same cluster",
+            base.display(),
+            pgdata.display()
+        );
     }
     let end_checkpoint = final_control.checkpoint_lsn();
     let start = base_control.checkpoint_lsn();
@@ -129,11 +133,20 @@ pub async fn verify(
         out,
         "ingested {} records, {:.1} MB of WAL from {start} to {last} in {:.2} s ({:.1} MB/s)",
         report.ingest.records,
-        report.ingest.bytes as f64 / 1e6,
+        megabytes(report.ingest.bytes),
         report.ingest_time.as_secs_f64(),
-        report.ingest.bytes as f64 / 1e6 / report.ingest_time.as_secs_f64().max(1e-9),
+        megabytes(report.ingest.bytes) / report.ingest_time.as_secs_f64().max(1e-9),
     )?;
 
+    let stats = report.ingest;
+    writeln!(
+        out,
+        "records: {} need Postgres redo, {} carry only full-page images (no redo), {} become Rust redo (SLRU bits, visibility map), {} change no page",
+        stats.postgres_redo_records,
+        stats.image_records,
+        stats.rust_redo_records,
+        stats.other_records
+    )?;
     let files = datadir::scan(pgdata)?;
     for unlogged in &files.unlogged {
         report.skipped_unlogged += u64::from(unlogged.blocks()?);
@@ -172,6 +185,11 @@ pub async fn verify(
         checker.slru_segment(kind, segment, path).await?;
     }
     report.redo = pool.stats();
+    print_summary(&report, out)?;
+    Ok(report)
+}
+
+fn print_summary(report: &VerifyReport, out: &mut impl Write) -> Result<()> {
     writeln!(
         out,
         "skipped: {} pages of unlogged and temporary relations",
@@ -197,7 +215,7 @@ pub async fn verify(
         "verify: {} pages compared, {} identical, {} different",
         report.compared, report.identical, report.different
     )?;
-    Ok(report)
+    Ok(())
 }
 
 /// Ingests `pg_wal`'s records from `start` through the record at `until`;
@@ -223,9 +241,14 @@ async fn ingest_wal(ingest: &mut WalIngest, wal_dir: &Path, start: Lsn, until: L
         if seg_end.0 <= start.0 {
             continue;
         }
-        let decoder = decoder.get_or_insert_with(|| WalStreamDecoder::new(header.start, header.segment_size));
+        let decoder =
+            decoder.get_or_insert_with(|| WalStreamDecoder::new(header.start, header.segment_size));
         if decoder.position().0 < header.start.0 {
-            bail!("WAL segment {} is missing before {}", decoder.position(), path.display());
+            bail!(
+                "WAL segment {} is missing before {}",
+                decoder.position(),
+                path.display()
+            );
         }
         if decoder.position().0 >= seg_end.0 {
             continue;
@@ -237,7 +260,9 @@ async fn ingest_wal(ingest: &mut WalIngest, wal_dir: &Path, start: Lsn, until: L
                     if record.start.0 < start.0 {
                         continue;
                     }
-                    let end = ingest.ingest_record(record.start, record.end, record.bytes).await?;
+                    let end = ingest
+                        .ingest_record(record.start, record.end, record.bytes)
+                        .await?;
                     last_end = Some(end);
                     if record.start == until {
                         return Ok(end);
@@ -279,7 +304,12 @@ impl<W: Write> Checker<'_, W> {
         Ok(())
     }
 
-    async fn relation(&mut self, rel: RelTag, files: &RelationFiles, ours: Option<u32>) -> Result<()> {
+    async fn relation(
+        &mut self,
+        rel: RelTag,
+        files: &RelationFiles,
+        ours: Option<u32>,
+    ) -> Result<()> {
         let theirs = files.blocks()?;
         let ours_size = ours.unwrap_or(0);
         if ours.is_none() && theirs > 0 {
@@ -314,7 +344,7 @@ impl<W: Write> Checker<'_, W> {
         let common = ours_size.min(theirs);
         let mut block = 0;
         while block < common {
-            let end = (block + BATCH as u32).min(common);
+            let end = block.saturating_add(BATCH).min(common);
             self.compare_batch(rel, files, block..end).await?;
             block = end;
         }
@@ -327,7 +357,10 @@ impl<W: Write> Checker<'_, W> {
         files: &RelationFiles,
         blocks: std::ops::Range<u32>,
     ) -> Result<()> {
-        let keys: Vec<Key> = blocks.clone().map(|b| Key::rel_block(rel, BlockNo(b))).collect();
+        let keys: Vec<Key> = blocks
+            .clone()
+            .map(|b| Key::rel_block(rel, BlockNo(b)))
+            .collect();
         let ours = self.rebuild(&keys).await?;
         let mut masks: Vec<(usize, u8)> = Vec::new();
         let mut theirs = Vec::with_capacity(keys.len());
@@ -352,13 +385,17 @@ impl<W: Write> Checker<'_, W> {
             } else if let Some(rmid) = mask_rmgr(rel.fork, &page, our_page) {
                 masks.push((i, rmid));
             } else {
-                let vm = rel.fork == ForkNumber::VisibilityMap && !is_new(&page) && !is_new(our_page);
+                let vm =
+                    rel.fork == ForkNumber::VisibilityMap && !is_new(&page) && !is_new(our_page);
                 let masked_equal = vm && page[10..] == our_page[10..];
                 if vm
                     && !masked_equal
                     && self.vm_without_map.contains(&(rel, block))
                     && page[10..24] == our_page[10..24]
-                    && page[24..].iter().zip(&our_page[24..]).all(|(t, o)| o & !t == 0)
+                    && page[24..]
+                        .iter()
+                        .zip(&our_page[24..])
+                        .all(|(t, o)| o & !t == 0)
                 {
                     // Fewer bits than Postgres' file, none it lacks: the bits
                     // Postgres kept in memory but never WAL-logged.
@@ -375,19 +412,24 @@ impl<W: Write> Checker<'_, W> {
         }
         let mut to_mask: Vec<(u8, BlockNo, &[u8; BLCKSZ])> = Vec::with_capacity(masks.len() * 2);
         for &(i, rmid) in &masks {
-            let block = BlockNo(blocks.start + i as u32);
+            let block = BlockNo(blocks.start + index_u32(i));
             let Ok(our_page) = &ours[i] else { continue };
             to_mask.push((rmid, block, our_page));
             to_mask.push((rmid, block, &theirs[i]));
         }
         let masked = self.pool.mask_many(TENANT, &to_mask);
         for (n, &(i, rmid)) in masks.iter().enumerate() {
-            let block = blocks.start + i as u32;
+            let block = blocks.start + index_u32(i);
             let Ok(our_page) = &ours[i] else { continue };
             let equal = match &masked {
                 Ok(pages) => {
                     pages[2 * n][..] == pages[2 * n + 1][..]
-                        || self.equal_but_unlogged(rmid, BlockNo(block), &pages[2 * n], &pages[2 * n + 1])
+                        || self.equal_but_unlogged(
+                            rmid,
+                            BlockNo(block),
+                            &pages[2 * n],
+                            &pages[2 * n + 1],
+                        )
                 }
                 Err(what) => {
                     self.difference(&format!(
@@ -409,7 +451,13 @@ impl<W: Write> Checker<'_, W> {
     /// recovery, like Quire, yields the logged value) and the SP-GiST
     /// metapage's cache of last-used pages (`SpGistUpdateMetaPage` is not
     /// WAL-logged).
-    fn equal_but_unlogged(&mut self, rmid: u8, block: BlockNo, ours: &[u8; BLCKSZ], theirs: &[u8; BLCKSZ]) -> bool {
+    fn equal_but_unlogged(
+        &mut self,
+        rmid: u8,
+        block: BlockNo,
+        ours: &[u8; BLCKSZ],
+        theirs: &[u8; BLCKSZ],
+    ) -> bool {
         let mut ours = *ours;
         let mut theirs = *theirs;
         match rmid {
@@ -457,7 +505,11 @@ impl<W: Write> Checker<'_, W> {
             self.report.identical_after_mask += 1;
             return Ok(());
         }
-        let offset = theirs.iter().zip(ours.iter()).position(|(a, b)| a != b).unwrap_or(0);
+        let offset = theirs
+            .iter()
+            .zip(ours.iter())
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
         self.difference(&format!(
             "relation {} fork {} block {block}: first difference at offset {offset} (Postgres 0x{:02X}, Quire 0x{:02X}; masked as {})",
             rel_name(rel),
@@ -507,19 +559,23 @@ impl<W: Write> Checker<'_, W> {
         let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
         let first = segment * SLRU_PAGES_PER_SEGMENT;
         let keys: Vec<Key> = (0..bytes.len() / BLCKSZ)
-            .map(|i| slru_key(kind, first + i as u32))
+            .map(|i| slru_key(kind, first + index_u32(i)))
             .collect();
         let ours = self.rebuild(&keys).await?;
         for (i, theirs) in bytes.chunks_exact(BLCKSZ).enumerate() {
             self.report.slru_pages += 1;
-            let page = first + i as u32;
+            let page = first + index_u32(i);
             match &ours[i] {
                 Ok(our_page) if our_page[..] == *theirs => {
                     self.report.compared += 1;
                     self.report.identical += 1;
                 }
                 Ok(our_page) => {
-                    let offset = theirs.iter().zip(our_page.iter()).position(|(a, b)| a != b).unwrap_or(0);
+                    let offset = theirs
+                        .iter()
+                        .zip(our_page.iter())
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
                     self.difference(&format!(
                         "{} page {page}: first difference at offset {offset} (Postgres 0x{:02X}, Quire 0x{:02X})",
                         kind.directory(),
@@ -552,7 +608,7 @@ fn sequence_data(page: &[u8; BLCKSZ]) -> Option<usize> {
     (data + 17 <= BLCKSZ).then_some(data)
 }
 
-/// `PageIsNew`: pd_upper is zero.
+/// `PageIsNew`: `pd_upper` is zero.
 fn is_new(page: &[u8; BLCKSZ]) -> bool {
     page[14..16] == [0, 0]
 }
@@ -585,6 +641,17 @@ fn mask_rmgr(fork: ForkNumber, theirs: &[u8; BLCKSZ], ours: &[u8; BLCKSZ]) -> Op
         },
         _ => RM_GENERIC_ID,
     })
+}
+
+/// A position in a batch or segment (at most 2^17 entries).
+fn index_u32(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+/// Megabytes, for reports.
+#[allow(clippy::cast_precision_loss, reason = "a rate for people to read")]
+fn megabytes(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
 }
 
 /// `spc/db/relfilenumber`.

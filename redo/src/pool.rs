@@ -335,11 +335,11 @@ impl RedoPool {
             let pages = self.rebuild_pages(tenant, &requests);
             for ((i, _), page) in batch.iter().zip(pages) {
                 let (key, lsn, _) = items[*i];
-                results[*i] = Some(page.map(|p| p.to_vec()).map_err(|what| RedoError {
-                    key,
-                    lsn,
-                    what,
-                }));
+                results[*i] =
+                    Some(
+                        page.map(|p| p.to_vec())
+                            .map_err(|what| RedoError { key, lsn, what }),
+                    );
             }
         }
         results
@@ -376,7 +376,9 @@ impl RedoPool {
                     return Err(format!("{key} is not a relation block: no Postgres redo"));
                 };
                 if page.is_none() && !steps[i].0 {
-                    return Err("no base image and the first record does not initialise the page".into());
+                    return Err(
+                        "no base image and the first record does not initialise the page".into(),
+                    );
                 }
                 let request = PageRequest {
                     rel,
@@ -393,11 +395,18 @@ impl RedoPool {
                         .collect(),
                 };
                 let rebuilt = self.rebuild_pages(tenant, std::slice::from_ref(&request));
-                page = Some(rebuilt.into_iter().next().unwrap_or_else(|| Err("no reply".into()))?);
+                page = Some(
+                    rebuilt
+                        .into_iter()
+                        .next()
+                        .unwrap_or_else(|| Err("no reply".into()))?,
+                );
                 i = run_end;
             } else {
                 if page.is_none() && !steps[i].0 {
-                    return Err("no base image and the first record does not initialise the page".into());
+                    return Err(
+                        "no base image and the first record does not initialise the page".into(),
+                    );
                 }
                 let target = page.get_or_insert_with(|| Box::new([0u8; BLCKSZ]));
                 rust_redo::apply(target, &steps[i].1).map_err(|e| e.to_string())?;
@@ -405,7 +414,8 @@ impl RedoPool {
                 i += 1;
             }
         }
-        page.map(|p| p.to_vec()).ok_or_else(|| "nothing to rebuild".into())
+        page.map(|p| p.to_vec())
+            .ok_or_else(|| "nothing to rebuild".into())
     }
 
     /// The `Redo` of one tenant, for the storage engine.

@@ -54,7 +54,10 @@ impl RedoProcessError {
     /// Whether the same request may succeed on a fresh process (the process
     /// failed, not the request).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, RedoProcessError::Died(_) | RedoProcessError::TimedOut(_))
+        matches!(
+            self,
+            RedoProcessError::Died(_) | RedoProcessError::TimedOut(_)
+        )
     }
 }
 
@@ -93,9 +96,9 @@ impl RedoProcess {
             }
             command.uid(uid).gid(gid);
         }
-        let mut child = command.spawn().map_err(|e| {
-            RedoProcessError::Spawn(format!("{}: {e}", config.postgres.display()))
-        })?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| RedoProcessError::Spawn(format!("{}: {e}", config.postgres.display())))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -196,8 +199,10 @@ impl RedoProcess {
                         // have arrived together with the end of file.
                         let used = parse_replies(&self.unread, &mut replies).unwrap_or(0);
                         self.unread.drain(..used);
-                        if let Some(Reply::Error(message)) =
-                            replies.iter().find(|r| matches!(r, Reply::Error(_))).cloned()
+                        if let Some(Reply::Error(message)) = replies
+                            .iter()
+                            .find(|r| matches!(r, Reply::Error(_)))
+                            .cloned()
                         {
                             replies.retain(|r| matches!(r, Reply::Ok(_)));
                             self.reap();

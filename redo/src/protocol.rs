@@ -91,7 +91,11 @@ pub fn rebuild(out: &mut Vec<u8>, pages: &[PageRequest<'_>]) {
         for (start, end, record) in &page.records {
             out.extend_from_slice(&start.0.to_le_bytes());
             out.extend_from_slice(&end.0.to_le_bytes());
-            out.extend_from_slice(&u32::try_from(record.len()).unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(
+                &u32::try_from(record.len())
+                    .unwrap_or(u32::MAX)
+                    .to_le_bytes(),
+            );
             out.extend_from_slice(record);
         }
     }

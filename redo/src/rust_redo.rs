@@ -105,7 +105,11 @@ mod tests {
         let mut page = [0u8; BLCKSZ];
         let record = RedoRecord::ClogSetStatus {
             status: 1,
-            xids: vec![TransactionId(4), TransactionId(7), TransactionId(32_768 + 5)],
+            xids: vec![
+                TransactionId(4),
+                TransactionId(7),
+                TransactionId(32_768 + 5),
+            ],
         };
         apply(&mut page, &record).expect("applies");
         // xid 4: byte 1, bits 0-1; xid 7: byte 1, bits 6-7; xid 32773: byte 1, bits 2-3.

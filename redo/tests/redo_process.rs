@@ -1,0 +1,243 @@
+//! The redo pool against real `postgres --wal-redo quire_walredo` processes:
+//! images and round trips, the sandbox, malformed records, and processes
+//! killed in the middle of a request.
+//!
+//! Page-level correctness of Postgres redo is `cli/tests/verify_oracle.rs`'s
+//! job; these tests are about the process's life and its refusals.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use quire_cluster::{PgInstall, RunAs};
+use quire_postgres::Lsn;
+use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, RelTag};
+use quire_postgres::wal::stream::record_crc;
+use quire_redo::protocol::{self, PageRequest, Reply};
+use quire_redo::{RedoConfig, RedoPool};
+
+const TENANT: u128 = 7;
+
+fn pool(dir: &tempfile::TempDir) -> Result<Rc<RedoPool>> {
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let install = PgInstall::locate()?;
+    let config = RedoConfig {
+        postgres: install.bin("postgres"),
+        run_as: RunAs::detect()?.ids(),
+        scratch_root: dir.path().join("redo"),
+        timeout: Duration::from_secs(20),
+    };
+    RedoPool::new(config, 1, Duration::from_secs(60)).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn rel() -> RelTag {
+    RelTag {
+        spc_oid: 1663,
+        db_oid: 5,
+        rel_number: 16_384,
+        fork: ForkNumber::Main,
+    }
+}
+
+/// A valid empty heap page whose contents name `n`.
+fn page(n: u32) -> Vec<u8> {
+    let mut page = vec![0u8; BLCKSZ];
+    page[12..14].copy_from_slice(&24u16.to_le_bytes()); // pd_lower
+    page[14..16].copy_from_slice(&8192u16.to_le_bytes()); // pd_upper
+    page[16..18].copy_from_slice(&8192u16.to_le_bytes()); // pd_special
+    page[18..20].copy_from_slice(&0x2004u16.to_le_bytes()); // version 4, 8 KiB
+    page[100..104].copy_from_slice(&n.to_le_bytes());
+    page
+}
+
+/// A WAL record with a correct CRC: header, then `body`.
+fn record(rmid: u8, info: u8, body: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0u8; 24];
+    let len = u32::try_from(24 + body.len()).expect("small");
+    bytes[0..4].copy_from_slice(&len.to_le_bytes());
+    bytes[4..8].copy_from_slice(&700u32.to_le_bytes());
+    bytes[16] = info;
+    bytes[17] = rmid;
+    bytes.extend_from_slice(body);
+    let crc = record_crc(&bytes);
+    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+/// Block reference 0 to `rel()` block 0 carrying `data`.
+fn block_ref_with_data(data: &[u8], claimed_len: u16) -> Vec<u8> {
+    let mut body = vec![0u8, 0x20]; // id 0; fork 0 | BKPBLOCK_HAS_DATA
+    body.extend_from_slice(&claimed_len.to_le_bytes());
+    for v in [1663u32, 5, 16_384, 0] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    body.extend_from_slice(data);
+    body
+}
+
+#[test]
+fn images_round_trip_and_pings_answer() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pool = pool(&dir)?;
+    pool.ping(TENANT).map_err(anyhow::Error::msg)?;
+    let images: Vec<Vec<u8>> = (0..40).map(page).collect();
+    let requests: Vec<PageRequest<'_>> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| PageRequest {
+            rel: rel(),
+            block: BlockNo(u32::try_from(i).expect("small")),
+            image: Some(image),
+            records: Vec::new(),
+        })
+        .collect();
+    for (result, image) in pool
+        .rebuild_pages(TENANT, &requests)
+        .into_iter()
+        .zip(&images)
+    {
+        ensure!(
+            result.map_err(anyhow::Error::msg)?[..] == image[..],
+            "page changed"
+        );
+    }
+    ensure!(
+        pool.stats().spawned == 1,
+        "one process serves the tenant: {:?}",
+        pool.stats()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_sandbox_kills_a_process_that_opens_a_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pool = pool(&dir)?;
+    let mut request = Vec::new();
+    protocol::probe_sandbox(&mut request);
+    let error = pool
+        .exchange_raw(TENANT, &request, 1)
+        .expect_err("the process cannot answer");
+    ensure!(
+        error.contains("killed by signal 31"),
+        "not killed by seccomp: {error}"
+    );
+    pool.ping(TENANT).map_err(anyhow::Error::msg)?;
+    ensure!(pool.stats().failed == 1, "{:?}", pool.stats());
+    Ok(())
+}
+
+#[test]
+fn malformed_records_are_errors_never_pages() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pool = pool(&dir)?;
+    let base = page(1);
+    let heap = 10; // RM_HEAP_ID
+    let mut bad_crc = record(heap, 0, &block_ref_with_data(&[1, 2, 3], 3));
+    bad_crc[30] ^= 0x40;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad CRC", bad_crc, "wrong checksum"),
+        (
+            "data length past the end",
+            record(heap, 0, &block_ref_with_data(&[1, 2, 3], 300)),
+            "does not decode",
+        ),
+        (
+            "non-page resource manager",
+            record(1, 0, &[0xFF, 8, 0, 0, 0, 0, 0, 0, 0, 0]),
+            "changes no page",
+        ),
+        (
+            "heap insert without its tuple",
+            record(heap, 0, &block_ref_with_data(&[1, 2, 3], 3)),
+            "",
+        ),
+        (
+            "truncated header",
+            vec![40, 0, 0, 0, 1, 2],
+            "invalid length",
+        ),
+    ];
+    for (name, wal, expected) in cases {
+        let request = PageRequest {
+            rel: rel(),
+            block: BlockNo(0),
+            image: Some(&base),
+            records: vec![(Lsn(0x100_0000), Lsn(0x100_0000 + 64), &wal[..])],
+        };
+        let result = pool.rebuild_pages(TENANT, &[request]);
+        let [Err(error)] = &result[..] else {
+            anyhow::bail!("{name}: expected one error, got {result:?}");
+        };
+        ensure!(error.contains(expected), "{name}: unexpected error {error}");
+        // The next request is served by a fresh process.
+        pool.ping(TENANT)
+            .map_err(anyhow::Error::msg)
+            .context(name)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_process_killed_mid_request_is_retried_and_the_next_request_succeeds() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pool = pool(&dir)?;
+    pool.ping(TENANT).map_err(anyhow::Error::msg)?;
+    let pid = pool
+        .tenant_pid(TENANT)
+        .context("the tenant has a process")?;
+    // 20,000 pages (160 MB) take long enough to kill the process mid-way.
+    let images: Vec<Vec<u8>> = (0..20_000).map(page).collect();
+    let requests: Vec<PageRequest<'_>> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| PageRequest {
+            rel: rel(),
+            block: BlockNo(u32::try_from(i).expect("small")),
+            image: Some(image),
+            records: Vec::new(),
+        })
+        .collect();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        Command::new("kill").args(["-9", &pid.to_string()]).status()
+    });
+    let started = Instant::now();
+    let results = pool.rebuild_pages(TENANT, &requests);
+    ensure!(
+        killer.join().expect("killer thread")?.success(),
+        "kill failed"
+    );
+    for (i, (result, image)) in results.iter().zip(&images).enumerate() {
+        let page = result
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("page {i}: {e}"))?;
+        ensure!(page[..] == image[..], "page {i} changed");
+    }
+    let stats = pool.stats();
+    ensure!(
+        stats.failed == 1 && stats.spawned == 2,
+        "the killed process was replaced once: {stats:?} after {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        pool.tenant_pid(TENANT) != Some(pid),
+        "a new process serves the tenant"
+    );
+    pool.ping(TENANT).map_err(anyhow::Error::msg)?;
+    let replies = pool
+        .exchange_raw(
+            TENANT,
+            &{
+                let mut r = Vec::new();
+                protocol::ping(&mut r);
+                r
+            },
+            1,
+        )
+        .map_err(anyhow::Error::msg)?;
+    ensure!(replies == vec![Reply::Ok(Vec::new())], "{replies:?}");
+    Ok(())
+}
