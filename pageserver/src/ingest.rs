@@ -272,6 +272,20 @@ impl WalIngest {
         self.put_rust(key, lsn, record, init).await
     }
 
+    /// An SLRU page zeroed (`ZEROPAGE` records): a page of zeros.
+    async fn zero_slru_page(&mut self, slru: SlruKind, page: i64, lsn: Lsn) -> Result<()> {
+        let page = u32::try_from(page).context("SLRU page number past 2^32")?;
+        self.note_slru_page(slru, page, lsn).await?;
+        self.timeline
+            .put(
+                slru_key(slru, page),
+                lsn,
+                Value::Image(Rc::from(&[0u8; BLCKSZ][..])),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Records that an SLRU page exists; true if it is new.
     async fn note_slru_page(&mut self, kind: SlruKind, page: u32, lsn: Lsn) -> Result<bool> {
         if !self.slru_pages.insert((kind, page)) {
@@ -307,15 +321,7 @@ impl WalIngest {
                 main,
                 vm,
                 fsm: _,
-            } => {
-                let main_tag = RelTag::new(rel, ForkNumber::Main);
-                if main && self.sizes.get(&main_tag).is_some_and(|&s| s > blocks) {
-                    self.set_size(main_tag, blocks, lsn).await?;
-                }
-                if vm {
-                    return self.truncate_vm(rel, blocks, lsn).await;
-                }
-            }
+            } => return self.truncate_relation(rel, blocks, main, vm, lsn).await,
             Effect::RelDrop(locators) => {
                 for locator in locators {
                     for fork in ALL_FORKS {
@@ -338,7 +344,7 @@ impl WalIngest {
                 }
             }
             Effect::DbDrop { db_oid, spc_oids } => {
-                self.drop_database(db_oid, &spc_oids, lsn).await?
+                self.drop_database(db_oid, &spc_oids, lsn).await?;
             }
             Effect::RelMapUpdate {
                 db_oid,
@@ -376,17 +382,7 @@ impl WalIngest {
                 self.multixact_create(mid.0, offset, &members, lsn).await?;
                 return Ok(true);
             }
-            Effect::SlruZeroPage { slru, page } => {
-                let page = u32::try_from(page).context("SLRU page number past 2^32")?;
-                self.note_slru_page(slru, page, lsn).await?;
-                self.timeline
-                    .put(
-                        slru_key(slru, page),
-                        lsn,
-                        Value::Image(Rc::from(&[0u8; BLCKSZ][..])),
-                    )
-                    .await?;
-            }
+            Effect::SlruZeroPage { slru, page } => self.zero_slru_page(slru, page, lsn).await?,
             Effect::VmClear {
                 rel,
                 heap_block,
@@ -457,6 +453,26 @@ impl WalIngest {
                 .await?;
         }
         Ok(())
+    }
+
+    /// `XLOG_SMGR_TRUNCATE`: the main fork's new size, and the visibility
+    /// map cut to match (the FSM fork is left as it is: never compared).
+    async fn truncate_relation(
+        &mut self,
+        rel: RelFileLocator,
+        blocks: u32,
+        main: bool,
+        vm: bool,
+        lsn: Lsn,
+    ) -> Result<bool> {
+        let main_tag = RelTag::new(rel, ForkNumber::Main);
+        if main && self.sizes.get(&main_tag).is_some_and(|&s| s > blocks) {
+            self.set_size(main_tag, blocks, lsn).await?;
+        }
+        if vm {
+            return self.truncate_vm(rel, blocks, lsn).await;
+        }
+        Ok(false)
     }
 
     /// Visibility-map bits a heap record cleared without referencing the
