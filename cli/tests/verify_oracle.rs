@@ -7,8 +7,8 @@
 //! GIN, `GiST`, SP-GiST and BRIN indexes built and then inserted into, HOT
 //! chains, DELETE and VACUUM (plain and FULL), TRUNCATE, a toasted table,
 //! sequences, subtransactions (rolled back, released, and more than 64),
-//! a multixact, two-phase commit and rollback, databases created (both
-//! strategies) and dropped, unlogged and temporary tables; then CHECKPOINT
+//! a multixact, two-phase commit and rollback, databases created and
+//! dropped, unlogged and temporary tables; then CHECKPOINT
 //! and a clean stop. `quire verify` must report every page identical. One
 //! run has `full_page_writes` on, the other off.
 //!
@@ -106,7 +106,6 @@ ROLLBACK PREPARED 'p2';
 
 CREATE DATABASE kept_db;
 CREATE DATABASE gone_db;
-CREATE DATABASE copied_db STRATEGY file_copy;
 DROP DATABASE gone_db;
 ";
 

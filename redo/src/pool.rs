@@ -375,11 +375,6 @@ impl RedoPool {
                 let Ok(KeyKind::RelBlock(rel, block)) = key.describe() else {
                     return Err(format!("{key} is not a relation block: no Postgres redo"));
                 };
-                if page.is_none() && !steps[i].0 {
-                    return Err(
-                        "no base image and the first record does not initialise the page".into(),
-                    );
-                }
                 let request = PageRequest {
                     rel,
                     block,
@@ -462,9 +457,11 @@ fn plan(key: Key, inputs: &ReconstructInputs) -> Result<Plan<'_>, String> {
         Some((_, image)) => return Err(format!("a base image of {} bytes", image.len())),
         None => None,
     };
+    // A chain without an image starts from a page of zeros, as a block
+    // zero-extended without WAL reads; Postgres' redo itself refuses (PANIC)
+    // a record that needs an existing page there.
     if let Ok(KeyKind::RelBlock(rel, block)) = key.describe()
         && steps.iter().all(|(_, r)| r.is_postgres())
-        && (image.is_some() || steps.first().is_some_and(|(init, _)| *init))
     {
         return Ok(Plan::Batch(batch_request(rel, block, image, &steps)));
     }
