@@ -398,11 +398,6 @@ impl RedoPool {
                 );
                 i = run_end;
             } else {
-                if page.is_none() && !steps[i].0 {
-                    return Err(
-                        "no base image and the first record does not initialise the page".into(),
-                    );
-                }
                 let target = page.get_or_insert_with(|| Box::new([0u8; BLCKSZ]));
                 rust_redo::apply(target, &steps[i].1).map_err(|e| e.to_string())?;
                 self.count(|s| s.rust_records += 1);
