@@ -136,7 +136,9 @@ static void
 inmem_extend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 			 const void *buffer, bool skipFsync)
 {
-	inmem_put_page(reln->smgr_rlocator.locator, forknum, blocknum, buffer);
+	const void *one[1] = {buffer};
+
+	inmem_writev(reln, forknum, blocknum, one, 1, skipFsync);
 }
 
 static void
@@ -169,13 +171,20 @@ inmem_readv(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 	}
 }
 
+/*
+ * Only the target survives eviction: every other page redo touched is a
+ * scratch page (a rejected block, an FSM page) whose contents nobody reads.
+ */
 static void
 inmem_writev(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 			 const void **buffers, BlockNumber nblocks, bool skipFsync)
 {
 	for (BlockNumber i = 0; i < nblocks; i++)
-		inmem_put_page(reln->smgr_rlocator.locator, forknum, blocknum + i,
-					   buffers[i]);
+		if (redo_target.valid &&
+			RelFileLocatorEquals(reln->smgr_rlocator.locator, redo_target.rlocator) &&
+			forknum == redo_target.forknum && blocknum + i == redo_target.blkno)
+			inmem_put_page(reln->smgr_rlocator.locator, forknum, blocknum + i,
+						   buffers[i]);
 }
 
 static void
