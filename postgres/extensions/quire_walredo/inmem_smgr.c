@@ -42,6 +42,10 @@ static Oid *inmem_dbs = NULL;
 static int	inmem_ndbs = 0;
 static int	inmem_dbs_capacity = 0;
 
+static void inmem_writev(SMgrRelation reln, ForkNumber forknum,
+						 BlockNumber blocknum, const void **buffers,
+						 BlockNumber nblocks, bool skipFsync);
+
 static InmemPage *
 inmem_find(RelFileLocator rlocator, ForkNumber forknum, BlockNumber blkno)
 {
