@@ -114,24 +114,10 @@ pub fn scan(pgdata: &Path) -> Result<DataDirectory> {
         } else {
             &mut dir.relations
         };
-        target
-            .entry(rel)
-            .or_insert_with(|| RelationFiles {
-                rel,
-                segments: Vec::new(),
-            })
-            .segments
-            .push((segment, path));
+        add_segment(target, rel, segment, path);
     }
     for (rel, segment, path) in temp {
-        unlogged_forks
-            .entry(rel)
-            .or_insert_with(|| RelationFiles {
-                rel,
-                segments: Vec::new(),
-            })
-            .segments
-            .push((segment, path));
+        add_segment(&mut unlogged_forks, rel, segment, path);
     }
     for files in dir
         .relations
@@ -160,6 +146,22 @@ pub fn scan(pgdata: &Path) -> Result<DataDirectory> {
         }
     }
     Ok(dir)
+}
+
+fn add_segment(
+    forks: &mut BTreeMap<RelTag, RelationFiles>,
+    rel: RelTag,
+    segment: u32,
+    path: PathBuf,
+) {
+    forks
+        .entry(rel)
+        .or_insert_with(|| RelationFiles {
+            rel,
+            segments: Vec::new(),
+        })
+        .segments
+        .push((segment, path));
 }
 
 fn numbered_entries(dir: &Path) -> Result<Vec<(Oid, PathBuf)>> {

@@ -52,6 +52,20 @@ fn page(n: u32) -> Vec<u8> {
     page
 }
 
+/// One request per image, block `i` for image `i`, no records.
+fn image_requests(images: &[Vec<u8>]) -> Vec<PageRequest<'_>> {
+    images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| PageRequest {
+            rel: rel(),
+            block: BlockNo(u32::try_from(i).expect("small")),
+            image: Some(image),
+            records: Vec::new(),
+        })
+        .collect()
+}
+
 /// A WAL record with a correct CRC: header, then `body`.
 fn record(rmid: u8, info: u8, body: &[u8]) -> Vec<u8> {
     let mut bytes = vec![0u8; 24];
@@ -83,16 +97,7 @@ fn images_round_trip_and_pings_answer() -> Result<()> {
     let pool = pool(&dir)?;
     pool.ping(TENANT).map_err(anyhow::Error::msg)?;
     let images: Vec<Vec<u8>> = (0..40).map(page).collect();
-    let requests: Vec<PageRequest<'_>> = images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| PageRequest {
-            rel: rel(),
-            block: BlockNo(u32::try_from(i).expect("small")),
-            image: Some(image),
-            records: Vec::new(),
-        })
-        .collect();
+    let requests = image_requests(&images);
     for (result, image) in pool
         .rebuild_pages(TENANT, &requests)
         .into_iter()
@@ -190,16 +195,7 @@ fn a_process_killed_mid_request_is_retried_and_the_next_request_succeeds() -> Re
         .context("the tenant has a process")?;
     // 20,000 pages (160 MB) take long enough to kill the process mid-way.
     let images: Vec<Vec<u8>> = (0..20_000).map(page).collect();
-    let requests: Vec<PageRequest<'_>> = images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| PageRequest {
-            rel: rel(),
-            block: BlockNo(u32::try_from(i).expect("small")),
-            image: Some(image),
-            records: Vec::new(),
-        })
-        .collect();
+    let requests = image_requests(&images);
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(30));
         Command::new("kill").args(["-9", &pid.to_string()]).status()
