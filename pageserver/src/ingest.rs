@@ -157,15 +157,22 @@ impl WalIngest {
             let key = Key::rel_block(page.rel, page.block);
             if page.rel.fork == ForkNumber::VisibilityMap {
                 // A map page logged as a standard page leaves its map out as
-                // the page's hole (CREATE DATABASE ... STRATEGY wal_log).
-                let map_lost = block_ref
-                    .image
-                    .as_ref()
-                    .is_some_and(|i| i.is_applied() && i.hole_length > 0);
-                if map_lost {
-                    self.vm_map_not_in_wal.insert((page.rel, page.block.0));
-                } else {
-                    self.vm_map_not_in_wal.remove(&(page.rel, page.block.0));
+                // the page's hole (CREATE DATABASE ... STRATEGY wal_log). The
+                // bits stay lost until a whole image or a re-initialisation
+                // replaces the page: later records (bit clears, with
+                // full_page_writes off) only change what they name.
+                let applied_image = block_ref.image.as_ref().filter(|i| i.is_applied());
+                match applied_image {
+                    Some(image) if image.hole_length > 0 => {
+                        self.vm_map_not_in_wal.insert((page.rel, page.block.0));
+                    }
+                    Some(_) => {
+                        self.vm_map_not_in_wal.remove(&(page.rel, page.block.0));
+                    }
+                    None if block_ref.will_init => {
+                        self.vm_map_not_in_wal.remove(&(page.rel, page.block.0));
+                    }
+                    None => {}
                 }
             }
             let value = match &page.update {
