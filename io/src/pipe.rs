@@ -73,3 +73,16 @@ pub fn wait_ready(
         writable: fds[1].revents & (libc::POLLOUT | done) != 0,
     })
 }
+
+/// Asks for a pipe buffer of `bytes` (`F_SETPIPE_SZ`, rounded up by the
+/// kernel to a power of two pages) and returns what the pipe got. A large
+/// buffer lets a whole batch of pages cross in one wake-up instead of one
+/// per 64 KiB; `/proc/sys/fs/pipe-max-size` caps what an unprivileged
+/// process may ask for, and the pipe keeps its old size on refusal.
+pub fn set_pipe_capacity(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
+    let wanted = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl on a pipe descriptor the caller keeps open for the call;
+    // F_SETPIPE_SZ changes only the pipe's buffer size.
+    let got = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, wanted) };
+    usize::try_from(got).map_err(|_| io::Error::last_os_error())
+}

@@ -61,6 +61,9 @@ struct PoolState {
     next_slot: usize,
 }
 
+/// Pages per `R` message of a batch (see `rebuild_pages`).
+const PAGES_PER_MESSAGE: usize = 8;
+
 /// A core's redo processes.
 pub struct RedoPool {
     config: RedoConfig,
@@ -227,7 +230,12 @@ impl RedoPool {
         let mut request = Vec::new();
         while !todo.is_empty() {
             request.clear();
-            protocol::rebuild(&mut request, todo);
+            // Several small `R` messages rather than one: the process
+            // starts on the first while the rest are still being written,
+            // and its replies flow back while it works on the next.
+            for group in todo.chunks(PAGES_PER_MESSAGE) {
+                protocol::rebuild(&mut request, group);
+            }
             let (replies, failure) = match self.exchange(tenant, &request, todo.len()) {
                 Ok(replies) => (replies, None),
                 Err((replies, error)) => (replies, Some(error)),

@@ -13,9 +13,13 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use quire_io::pipe::{set_nonblocking, wait_ready};
+use quire_io::pipe::{set_nonblocking, set_pipe_capacity, wait_ready};
 
 use crate::protocol::{Reply, parse_replies};
+
+/// Bytes asked for each pipe's buffer: a batch of 64 pages and their
+/// records crosses in a few wake-ups rather than one per 64 KiB.
+const PIPE_CAPACITY: usize = 1024 * 1024;
 
 /// How to start redo processes.
 #[derive(Clone, Debug)]
@@ -66,7 +70,10 @@ pub struct RedoProcess {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: ChildStdout,
-    unread: Vec<u8>,
+    /// Reply bytes read: `inbox[..unread]` is what no reply has consumed
+    /// yet (a partial reply at most, between reads). Allocated once.
+    inbox: Box<[u8]>,
+    unread: usize,
     timeout: Duration,
     alive: bool,
     slot: usize,
@@ -106,12 +113,16 @@ impl RedoProcess {
         };
         for fd in [stdin.as_fd(), stdout.as_fd()] {
             set_nonblocking(fd).map_err(|e| RedoProcessError::Spawn(format!("pipe: {e}")))?;
+            // A refusal (a lowered pipe-max-size) only costs more wake-ups
+            // per batch: the pipe keeps its default size.
+            let _ = set_pipe_capacity(fd, PIPE_CAPACITY);
         }
         Ok(RedoProcess {
             child,
             stdin: Some(stdin),
             stdout,
-            unread: Vec::with_capacity(64 * 1024),
+            inbox: vec![0u8; PIPE_CAPACITY].into_boxed_slice(),
+            unread: 0,
             timeout: config.timeout,
             alive: true,
             slot,
@@ -147,12 +158,11 @@ impl RedoProcess {
         }
         let deadline = Instant::now() + self.timeout;
         let mut written = 0;
-        let mut chunk = vec![0u8; 256 * 1024];
         loop {
-            let used = parse_replies(&self.unread, &mut replies)
+            let used = parse_replies(&self.inbox[..self.unread], &mut replies)
                 .map_err(|e| (Vec::new(), RedoProcessError::Protocol(e)))
                 .inspect_err(|_| self.kill())?;
-            self.unread.drain(..used);
+            self.consume(used);
             if let Some(pos) = replies.iter().position(|r| matches!(r, Reply::Error(_))) {
                 let Reply::Error(message) = replies.remove(pos) else {
                     unreachable!("position found an error reply");
@@ -193,12 +203,13 @@ impl RedoProcess {
                 }
             }
             if ready.readable {
-                match self.stdout.read(&mut chunk) {
+                match self.stdout.read(&mut self.inbox[self.unread..]) {
                     Ok(0) => {
                         // Let the replies parse once more: an error reply may
                         // have arrived together with the end of file.
-                        let used = parse_replies(&self.unread, &mut replies).unwrap_or(0);
-                        self.unread.drain(..used);
+                        let used =
+                            parse_replies(&self.inbox[..self.unread], &mut replies).unwrap_or(0);
+                        self.consume(used);
                         if let Some(Reply::Error(message)) = replies
                             .iter()
                             .find(|r| matches!(r, Reply::Error(_)))
@@ -211,7 +222,7 @@ impl RedoProcess {
                         let status = self.reap();
                         return Err((replies, RedoProcessError::Died(status)));
                     }
-                    Ok(n) => self.unread.extend_from_slice(&chunk[..n]),
+                    Ok(n) => self.unread += n,
                     Err(e)
                         if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
                     Err(e) => {
@@ -221,6 +232,13 @@ impl RedoProcess {
                 }
             }
         }
+    }
+
+    /// Forgets the first `used` unread bytes (whole replies), moving the
+    /// partial reply after them to the front of the inbox.
+    fn consume(&mut self, used: usize) {
+        self.inbox.copy_within(used..self.unread, 0);
+        self.unread -= used;
     }
 
     /// Kills the process (a timeout, or a test) and waits for it.

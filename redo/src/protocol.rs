@@ -128,6 +128,10 @@ pub enum Reply {
     Error(String),
 }
 
+/// The longest reply body a process may send: a page, or an error message
+/// (Postgres' own messages are far shorter).
+pub const MAX_REPLY: usize = 64 * 1024;
+
 /// Splits replies off the front of `buf`; returns how many bytes they used.
 pub fn parse_replies(buf: &[u8], replies: &mut Vec<Reply>) -> Result<usize, String> {
     let mut at = 0;
@@ -135,6 +139,11 @@ pub fn parse_replies(buf: &[u8], replies: &mut Vec<Reply>) -> Result<usize, Stri
         let mut len = [0u8; 4];
         len.copy_from_slice(&buf[at + 1..at + 5]);
         let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_REPLY {
+            return Err(format!(
+                "reply of {len} bytes is over the {MAX_REPLY}-byte limit"
+            ));
+        }
         if buf.len() - at - 5 < len {
             break;
         }

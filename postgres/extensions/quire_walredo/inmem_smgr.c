@@ -33,15 +33,6 @@ typedef struct InmemPage
 static InmemPage inmem_pages[INMEM_MAX_PAGES];
 static int	inmem_npages = 0;
 
-/*
- * Every database a relation was ever opened in.  SMgrRelations live until
- * the end of a transaction, which never comes here, so every buffer redo
- * filled belongs to one of these databases.
- */
-static Oid *inmem_dbs = NULL;
-static int	inmem_ndbs = 0;
-static int	inmem_dbs_capacity = 0;
-
 static void inmem_writev(SMgrRelation reln, ForkNumber forknum,
 						 BlockNumber blocknum, const void **buffers,
 						 BlockNumber nblocks, bool skipFsync);
@@ -87,32 +78,9 @@ inmem_reset(void)
 	inmem_npages = 0;
 }
 
-/* The databases whose buffers may hold pages redo read or wrote. */
-const Oid *
-inmem_opened_databases(int *ndbs)
-{
-	*ndbs = inmem_ndbs;
-	return inmem_dbs;
-}
-
 static void
 inmem_open(SMgrRelation reln)
 {
-	Oid			db = reln->smgr_rlocator.locator.dbOid;
-
-	for (int i = 0; i < inmem_ndbs; i++)
-		if (inmem_dbs[i] == db)
-			return;
-	if (inmem_ndbs == inmem_dbs_capacity)
-	{
-		int			capacity = Max(8, inmem_dbs_capacity * 2);
-
-		inmem_dbs = inmem_dbs == NULL ?
-			MemoryContextAlloc(TopMemoryContext, sizeof(Oid) * capacity) :
-			repalloc(inmem_dbs, sizeof(Oid) * capacity);
-		inmem_dbs_capacity = capacity;
-	}
-	inmem_dbs[inmem_ndbs++] = db;
 }
 
 static void

@@ -37,6 +37,7 @@
 #include "miscadmin.h"
 #include "port/pg_crc32c.h"
 #include "quire_walredo.h"
+#include "storage/buf_internals.h"
 #include "storage/bufmgr.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
@@ -222,13 +223,43 @@ expect_end(Cursor *c, char kind)
 						kind, c->len - c->pos)));
 }
 
-/* Drops every buffer and stored page of the previous rebuild. */
+/*
+ * Drops every buffer and stored page of the previous rebuild.  Only the
+ * databases of buffers that hold a page are dropped: a rebuild touches one
+ * or two, and DropDatabaseBuffers of a database no buffer holds is a scan
+ * of the descriptors and nothing more.  (Dropping database 0, where shared
+ * catalogs live, also matches the free buffers, whose cleared tags say 0;
+ * that costs a hash per buffer, so it happens only when a shared page was
+ * rebuilt.)
+ */
 static void
 end_page(void)
 {
-	int			ndbs;
-	const Oid  *dbs = inmem_opened_databases(&ndbs);
+	Oid			dbs[8];
+	int			ndbs = 0;
 
+	for (int i = 0; i < NBuffers; i++)
+	{
+		BufferDesc *desc = GetBufferDescriptor(i);
+		uint32		state = pg_atomic_read_u32(&desc->state);
+		Oid			db = desc->tag.dbOid;
+		bool		seen = false;
+
+		/* One process, no concurrent change: the unlocked read is exact. */
+		if ((state & BM_TAG_VALID) == 0)
+			continue;
+		for (int j = 0; j < ndbs && !seen; j++)
+			seen = dbs[j] == db;
+		if (seen)
+			continue;
+		if (ndbs == lengthof(dbs))
+		{
+			/* Many databases in one rebuild: drop this one right away. */
+			DropDatabaseBuffers(db);
+			continue;
+		}
+		dbs[ndbs++] = db;
+	}
 	for (int i = 0; i < ndbs; i++)
 		DropDatabaseBuffers(dbs[i]);
 	inmem_reset();
@@ -454,6 +485,8 @@ handle_message(char kind, Cursor *c)
 			break;
 		case MSG_REBUILD:
 			rebuild_message(c);
+			/* The pool reads these pages while we start on the next. */
+			flush_output();
 			break;
 		case MSG_MASK:
 			mask_message(c);
@@ -620,7 +653,9 @@ WalRedoMain(int argc, char *argv[])
 
 		MemoryContextSwitchTo(TopMemoryContext);
 		edata = CopyErrorData();
-		reply(REPLY_ERROR, edata->message, (uint32) strlen(edata->message));
+		/* The pool refuses replies over 64 kB; a message is far shorter. */
+		reply(REPLY_ERROR, edata->message,
+			  (uint32) Min(strlen(edata->message), 4096));
 		flush_output();
 		EmitErrorReport();
 		proc_exit(1);

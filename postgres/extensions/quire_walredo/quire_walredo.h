@@ -27,7 +27,6 @@ extern const f_smgr inmem_smgr;
 extern void inmem_reset(void);
 extern void inmem_put_page(RelFileLocator rlocator, ForkNumber forknum,
 						   BlockNumber blkno, const char *page);
-extern const Oid *inmem_opened_databases(int *ndbs);
 
 /* redo_sandbox.c: closes inherited descriptors and enters seccomp. */
 extern void redo_enter_sandbox(void);
