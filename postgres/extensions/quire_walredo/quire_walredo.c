@@ -138,6 +138,22 @@ reply(char status, const char *body, uint32 len)
 	out_len += 5 + len;
 }
 
+/* Room for a reply of len bytes (at most out_cap - 5) in the output. */
+static char *
+reply_space(char status, uint32 len)
+{
+	char	   *body;
+
+	Assert(5 + (size_t) len <= out_cap);
+	if (out_len + 5 + len > out_cap)
+		flush_output();
+	out_buf[out_len] = status;
+	memcpy(out_buf + out_len + 1, &len, 4);
+	body = out_buf + out_len + 5;
+	out_len += 5 + len;
+	return body;
+}
+
 /* Reads exactly len bytes from stdin; false at a clean end of input. */
 static bool
 read_exact(char *dst, size_t len)
@@ -390,16 +406,15 @@ static void
 get_page(void)
 {
 	Buffer		buf;
-	PGIOAlignedBlock page;
 
 	require_target("a page request");
 	buf = ReadBufferWithoutRelcache(redo_target.rlocator, redo_target.forknum,
 									redo_target.blkno, RBM_NORMAL, NULL, true);
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
-	memcpy(page.data, BufferGetPage(buf), BLCKSZ);
+	/* Straight into the output: one copy of the page. */
+	memcpy(reply_space(REPLY_OK, BLCKSZ), BufferGetPage(buf), BLCKSZ);
 	UnlockReleaseBuffer(buf);
 	end_page();
-	reply(REPLY_OK, page.data, BLCKSZ);
 }
 
 static void
@@ -530,6 +545,19 @@ serve(void)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROTOCOL_VIOLATION),
 					 errmsg("redo request of %u bytes is over the limit", len)));
+		if (in_end - in_start >= len)
+		{
+			/*
+			 * The whole body is buffered: read it in place.  Handling a
+			 * message never reads more input, so in_buf stays put.
+			 */
+			c.data = in_buf + in_start;
+			c.len = len;
+			c.pos = 0;
+			in_start += len;
+			handle_message(header[0], &c);
+			continue;
+		}
 		if (len > msg_cap)
 		{
 			msg_cap = Max((size_t) len, msg_cap * 2);
