@@ -42,6 +42,55 @@ fn percent(part: u64, whole: u64) -> f64 {
     100.0 * part as f64 / whole.max(1) as f64
 }
 
+/// `pageserver::verify` on one executor pinned to CPU 0: its report and
+/// what it printed.
+fn verify_on_one_core(
+    install: &PgInstall,
+    base: &std::path::Path,
+    datadir: &std::path::Path,
+) -> Result<(VerifyReport, String)> {
+    let work = tempfile::Builder::new()
+        .prefix("quire-bench-ingest-")
+        .tempdir()?;
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let config = RedoConfig {
+        postgres: install.bin("postgres"),
+        run_as: RunAs::detect()?.ids(),
+        scratch_root: work.path().join("redo"),
+        timeout: Duration::from_secs(60),
+    };
+    let executor = ExecutorConfig {
+        cpus: vec![0],
+        io_memory_bytes: 2 * 1024 * 1024,
+        name: "quire-bench-ingest".into(),
+    };
+    let (work_path, base_path, data_path) =
+        (work.path().to_owned(), base.to_owned(), datadir.to_owned());
+    let (_, mut results) = run_per_core(&executor, move |_| {
+        let (config, work, base, data) = (
+            config.clone(),
+            work_path.clone(),
+            base_path.clone(),
+            data_path.clone(),
+        );
+        async move {
+            let pool =
+                RedoPool::new(config, 1, Duration::from_secs(60)).map_err(|e| anyhow!("{e}"))?;
+            let mut out = Vec::new();
+            let report =
+                quire_pageserver::verify::verify(&base, &data, &work, pool, &mut out).await?;
+            anyhow::Ok((report, out))
+        }
+    })
+    .map_err(|e| anyhow!("{e}"))?;
+    let (report, out): (VerifyReport, Vec<u8>) =
+        results.pop().context("no result from the executor")??;
+    Ok((report, String::from_utf8_lossy(&out).into_owned()))
+}
+
 fn main() -> Result<()> {
     let seconds = seconds();
     let install = PgInstall::locate()?;
@@ -74,46 +123,9 @@ fn main() -> Result<()> {
     pg.psql("postgres", "CHECKPOINT")?;
     pg.stop()?;
 
-    let work = tempfile::Builder::new()
-        .prefix("quire-bench-ingest-")
-        .tempdir()?;
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
-    let config = RedoConfig {
-        postgres: install.bin("postgres"),
-        run_as: RunAs::detect()?.ids(),
-        scratch_root: work.path().join("redo"),
-        timeout: Duration::from_secs(60),
-    };
-    let executor = ExecutorConfig {
-        cpus: vec![0],
-        io_memory_bytes: 2 * 1024 * 1024,
-        name: "quire-bench-ingest".into(),
-    };
-    let (work_path, base_path, data_path) = (work.path().to_owned(), base.clone(), datadir.clone());
-    let (_, mut results) = run_per_core(&executor, move |_| {
-        let (config, work, base, data) = (
-            config.clone(),
-            work_path.clone(),
-            base_path.clone(),
-            data_path.clone(),
-        );
-        async move {
-            let pool =
-                RedoPool::new(config, 1, Duration::from_secs(60)).map_err(|e| anyhow!("{e}"))?;
-            let mut out = Vec::new();
-            let report =
-                quire_pageserver::verify::verify(&base, &data, &work, pool, &mut out).await?;
-            anyhow::Ok((report, out))
-        }
-    })
-    .map_err(|e| anyhow!("{e}"))?;
+    let verified = verify_on_one_core(&install, &base, &datadir);
     let _ = std::fs::remove_dir_all(&base);
-    let (report, out): (VerifyReport, Vec<u8>) =
-        results.pop().context("no result from the executor")??;
-    let text = String::from_utf8_lossy(&out);
+    let (report, text) = verified?;
     let ingest = report.ingest;
     let ingest_rate = ingest.bytes as f64 / 1e6 / report.ingest_time.as_secs_f64();
     println!(
@@ -135,6 +147,13 @@ fn main() -> Result<()> {
         percent(ingest.rust_redo_records, ingest.records),
         percent(ingest.image_records, ingest.records),
         percent(ingest.other_records, ingest.records)
+    );
+    let page_updates = ingest.page_images + ingest.page_records + ingest.rust_page_records;
+    println!(
+        "page updates: {:.1}% full-page images (Rust), {:.1}% Postgres records, {:.1}% Rust records (visibility-map clears)",
+        percent(ingest.page_images, page_updates),
+        percent(ingest.page_records, page_updates),
+        percent(ingest.rust_page_records, page_updates)
     );
     let last = text.lines().last().unwrap_or_default();
     println!("{last}");

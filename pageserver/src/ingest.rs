@@ -23,9 +23,10 @@ use anyhow::{Context, Result, bail};
 use quire_postgres::key::SlruKind;
 use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, Oid, RelFileLocator, RelTag};
 use quire_postgres::wal::effects::{
-    DbCreateStrategy, Effect, PageUpdate, XactStatus, page_effects, record_effects,
+    DbCreateStrategy, Effect, PageEffect, PageUpdate, XactStatus, page_effects, record_effects,
 };
-use quire_postgres::wal::record::decode_record;
+use quire_postgres::wal::record::{BlockRef, DecodedRecord, decode_record};
+use quire_postgres::wal::vm::{VmPageClear, vm_page_clears};
 use quire_postgres::{Key, Lsn};
 use quire_redo::rust_redo::{
     CLOG_XACTS_PER_PAGE, MULTIXACT_MEMBERS_PER_PAGE, MULTIXACT_OFFSETS_PER_PAGE,
@@ -60,6 +61,8 @@ pub struct IngestStats {
     pub page_images: u64,
     /// Postgres redo records stored (one per block reference).
     pub page_records: u64,
+    /// Rust records stored on relation pages (visibility-map clears).
+    pub rust_page_records: u64,
     /// Layers flushed.
     pub flushes: u64,
 }
@@ -138,11 +141,13 @@ impl WalIngest {
         self.stats.bytes += bytes.len() as u64;
 
         let mut grown: BTreeMap<RelTag, u32> = BTreeMap::new();
-        let mut any_postgres = false;
-        let stored: Rc<[u8]> = if pages
+        let vm_clears = rust_vm_clears(&record, &pages);
+        let any_postgres = pages
             .iter()
-            .any(|p| matches!(p.update, PageUpdate::Apply { .. }))
-        {
+            .zip(&vm_clears)
+            .any(|(p, vm)| matches!(p.update, PageUpdate::Apply { .. }) && vm.is_none());
+        let mut any_rust_page = false;
+        let stored: Rc<[u8]> = if any_postgres {
             RedoRecord::Postgres {
                 start,
                 end,
@@ -153,35 +158,31 @@ impl WalIngest {
         } else {
             Rc::from(Vec::new())
         };
-        for (page, block_ref) in pages.iter().zip(&record.blocks) {
+        for ((page, block_ref), vm_clear) in pages.iter().zip(&record.blocks).zip(vm_clears) {
             let key = Key::rel_block(page.rel, page.block);
             if page.rel.fork == ForkNumber::VisibilityMap {
-                // A map page logged as a standard page leaves its map out as
-                // the page's hole (CREATE DATABASE ... STRATEGY wal_log). The
-                // bits stay lost until a whole image or a re-initialisation
-                // replaces the page: later records (bit clears, with
-                // full_page_writes off) only change what they name.
-                let applied_image = block_ref.image.as_ref().filter(|i| i.is_applied());
-                match applied_image {
-                    Some(image) if image.hole_length > 0 => {
-                        self.vm_map_not_in_wal.insert((page.rel, page.block.0));
-                    }
-                    Some(_) => {
-                        self.vm_map_not_in_wal.remove(&(page.rel, page.block.0));
-                    }
-                    None if block_ref.will_init => {
-                        self.vm_map_not_in_wal.remove(&(page.rel, page.block.0));
-                    }
-                    None => {}
-                }
+                self.note_vm_map_source(page.rel, page.block.0, block_ref);
             }
-            let value = match &page.update {
-                PageUpdate::Image(image) => {
+            let value = match (&page.update, vm_clear) {
+                (PageUpdate::Image(image), _) => {
                     self.stats.page_images += 1;
                     Value::Image(Rc::from(&image[..]))
                 }
-                PageUpdate::Apply { will_init } => {
-                    any_postgres = true;
+                (PageUpdate::Apply { .. }, Some(clear)) => {
+                    any_rust_page = true;
+                    self.stats.rust_page_records += 1;
+                    Value::Record {
+                        will_init: false,
+                        bytes: RedoRecord::VmClearLogged {
+                            lsn: end,
+                            heap_blocks: clear.heap_blocks.to_vec(),
+                            bits: clear.bits,
+                        }
+                        .encode()
+                        .into(),
+                    }
+                }
+                (PageUpdate::Apply { will_init }, None) => {
                     self.stats.page_records += 1;
                     Value::Record {
                         will_init: *will_init,
@@ -206,6 +207,8 @@ impl WalIngest {
         }
         if any_postgres {
             self.stats.postgres_redo_records += 1;
+        } else if any_rust_page {
+            self.stats.rust_redo_records += 1;
         } else if !pages.is_empty() {
             self.stats.image_records += 1;
         } else if rust {
@@ -218,6 +221,26 @@ impl WalIngest {
             self.flush().await?;
         }
         Ok(end)
+    }
+
+    /// A map page logged as a standard page leaves its map out as the
+    /// page's hole (CREATE DATABASE ... STRATEGY `wal_log`). The bits stay
+    /// lost until a whole image or a re-initialisation replaces the page:
+    /// later records (bit clears, with `full_page_writes` off) only change
+    /// what they name.
+    fn note_vm_map_source(&mut self, rel: RelTag, block: u32, block_ref: &BlockRef<'_>) {
+        match block_ref.image.as_ref().filter(|i| i.is_applied()) {
+            Some(image) if image.hole_length > 0 => {
+                self.vm_map_not_in_wal.insert((rel, block));
+            }
+            Some(_) => {
+                self.vm_map_not_in_wal.remove(&(rel, block));
+            }
+            None if block_ref.will_init => {
+                self.vm_map_not_in_wal.remove(&(rel, block));
+            }
+            None => {}
+        }
     }
 
     /// Writes the open layer to disk.
@@ -643,4 +666,21 @@ pub fn slru_key(kind: SlruKind, page: u32) -> Key {
         page / SLRU_PAGES_PER_SEGMENT,
         page % SLRU_PAGES_PER_SEGMENT,
     )
+}
+
+/// For each page update: the Rust form of a visibility-map page change a
+/// heap record names (bit clears only), or `None` (an image, or Postgres).
+fn rust_vm_clears(record: &DecodedRecord<'_>, pages: &[PageEffect]) -> Vec<Option<VmPageClear>> {
+    pages
+        .iter()
+        .zip(&record.blocks)
+        .map(|(page, block_ref)| match page.update {
+            PageUpdate::Apply { will_init: false }
+                if page.rel.fork == ForkNumber::VisibilityMap =>
+            {
+                vm_page_clears(record, block_ref.id)
+            }
+            _ => None,
+        })
+        .collect()
 }

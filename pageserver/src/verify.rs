@@ -138,15 +138,7 @@ pub async fn verify(
         megabytes(report.ingest.bytes) / report.ingest_time.as_secs_f64().max(1e-9),
     )?;
 
-    let stats = report.ingest;
-    writeln!(
-        out,
-        "records: {} need Postgres redo, {} carry only full-page images (no redo), {} become Rust redo (SLRU bits, visibility map), {} change no page",
-        stats.postgres_redo_records,
-        stats.image_records,
-        stats.rust_redo_records,
-        stats.other_records
-    )?;
+    print_ingest_split(&report.ingest, out)?;
     let files = datadir::scan(pgdata)?;
     for unlogged in &files.unlogged {
         report.skipped_unlogged += u64::from(unlogged.blocks()?);
@@ -187,6 +179,23 @@ pub async fn verify(
     report.redo = pool.stats();
     print_summary(&report, out)?;
     Ok(report)
+}
+
+fn print_ingest_split(stats: &IngestStats, out: &mut impl Write) -> Result<()> {
+    writeln!(
+        out,
+        "records: {} need Postgres redo, {} carry only full-page images (no redo), {} become Rust redo (SLRU bits, visibility map), {} change no page",
+        stats.postgres_redo_records,
+        stats.image_records,
+        stats.rust_redo_records,
+        stats.other_records
+    )?;
+    writeln!(
+        out,
+        "page updates: {} full-page images, {} Postgres records, {} Rust records (visibility-map clears)",
+        stats.page_images, stats.page_records, stats.rust_page_records
+    )?;
+    Ok(())
 }
 
 fn print_summary(report: &VerifyReport, out: &mut impl Write) -> Result<()> {

@@ -15,6 +15,7 @@ const TAG_MULTIXACT_OFFSETS: u8 = 3;
 const TAG_MULTIXACT_MEMBERS: u8 = 4;
 const TAG_VM_CLEAR: u8 = 5;
 const TAG_VM_TRUNCATE: u8 = 6;
+const TAG_VM_CLEAR_LOGGED: u8 = 7;
 
 /// A record kept for redo.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +45,17 @@ pub enum RedoRecord<'a> {
         /// Heap blocks whose bits are cleared.
         heap_blocks: Vec<u32>,
         /// Bits to clear (0x01 all-visible, 0x02 all-frozen).
+        bits: u8,
+    },
+    /// Clear visibility-map bits of heap blocks on a map page that the WAL
+    /// record names (17.x logs map clears): as redo does, the page LSN
+    /// becomes `lsn` if any bit changed.
+    VmClearLogged {
+        /// The record's end (rounded up to 8 bytes).
+        lsn: Lsn,
+        /// Heap blocks whose bits are cleared, all on this map page.
+        heap_blocks: Vec<u32>,
+        /// Bits to clear (0x03 both, or 0x02 all-frozen alone).
         bits: u8,
     },
     /// The map page that a relation truncated to `heap_blocks` ends in: clear
@@ -105,6 +117,18 @@ impl RedoRecord<'_> {
                     out.extend_from_slice(&block.to_le_bytes());
                 }
             }
+            RedoRecord::VmClearLogged {
+                lsn,
+                heap_blocks,
+                bits,
+            } => {
+                out.push(TAG_VM_CLEAR_LOGGED);
+                out.extend_from_slice(&lsn.0.to_le_bytes());
+                out.push(*bits);
+                for block in heap_blocks {
+                    out.extend_from_slice(&block.to_le_bytes());
+                }
+            }
             RedoRecord::VmTruncate { heap_blocks } => {
                 out.push(TAG_VM_TRUNCATE);
                 out.extend_from_slice(&heap_blocks.to_le_bytes());
@@ -153,6 +177,20 @@ impl RedoRecord<'_> {
                         .map(|c| u32_at(c, 0))
                         .collect(),
                     bits,
+                })
+            }
+            TAG_VM_CLEAR_LOGGED => {
+                if body.len() < 9 {
+                    return Err(BadRedoRecord(
+                        "logged map clear shorter than its LSN and bits",
+                    ));
+                }
+                Ok(RedoRecord::VmClearLogged {
+                    lsn: Lsn(u64_at(body, 0)),
+                    bits: body[8],
+                    heap_blocks: chunks(&body[9..], 4, "block list")?
+                        .map(|c| u32_at(c, 0))
+                        .collect(),
                 })
             }
             TAG_VM_TRUNCATE => {
@@ -216,6 +254,11 @@ mod tests {
                 bits: 3,
             },
             RedoRecord::VmTruncate { heap_blocks: 77 },
+            RedoRecord::VmClearLogged {
+                lsn: Lsn(0x1_2345_6788),
+                heap_blocks: vec![3, 32_671],
+                bits: 0x02,
+            },
         ];
         for record in records {
             let bytes = record.encode();

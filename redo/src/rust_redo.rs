@@ -10,6 +10,7 @@
 //! page Postgres wrote.
 
 use quire_postgres::types::BLCKSZ;
+use quire_postgres::wal::effects::set_page_lsn;
 
 const _: () = assert!(BLCKSZ == 8192, "the page layouts below assume 8 KiB pages");
 
@@ -26,7 +27,7 @@ pub const MULTIXACT_MEMBERS_PER_PAGE: u32 = MEMBER_GROUPS_PER_PAGE * 4;
 /// Where the map starts on a visibility-map page (after the page header).
 const VM_MAP_START: usize = 24;
 /// Heap blocks per visibility-map page (2 bits each).
-pub const VM_HEAP_BLOCKS_PER_PAGE: u32 = (8192 - 24) * 4;
+pub use quire_postgres::wal::vm::VM_HEAP_BLOCKS_PER_PAGE;
 
 /// A Rust record that cannot be applied as given.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +81,30 @@ pub fn apply(page: &mut [u8; BLCKSZ], record: &RedoRecord<'_>) -> Result<(), Rus
             }
             Ok(())
         }
+        RedoRecord::VmClearLogged {
+            lsn,
+            heap_blocks,
+            bits,
+        } => {
+            if *bits != 0b11 && *bits != 0b10 {
+                return Err(RustRedoError(format!("visibility bits 0x{bits:02X}")));
+            }
+            // visibilitymap_clear_locked: a block counts as changed when any
+            // of its bits under the mask was set; the LSN moves only then.
+            let mut changed = false;
+            for block in heap_blocks {
+                let (byte, shift) = vm_position(*block);
+                let mask = bits << shift;
+                if page[byte] & mask != 0 {
+                    page[byte] &= !mask;
+                    changed = true;
+                }
+            }
+            if changed {
+                set_page_lsn(page, *lsn);
+            }
+            Ok(())
+        }
         RedoRecord::VmTruncate { heap_blocks } => {
             let (byte, shift) = vm_position(*heap_blocks);
             page[byte + 1..].fill(0);
@@ -99,6 +124,34 @@ fn vm_position(heap_block: u32) -> (usize, u32) {
 mod tests {
     use super::*;
     use quire_postgres::types::TransactionId;
+
+    #[test]
+    fn logged_map_clears_move_the_lsn_only_when_a_bit_changes() {
+        let mut page = [0u8; BLCKSZ];
+        page[VM_MAP_START] = 0b1111_0011; // heap blocks 0 (both bits), 2, 3
+        let lsn = quire_postgres::Lsn(0x2_0000_0040);
+        let frozen_only = RedoRecord::VmClearLogged {
+            lsn,
+            heap_blocks: vec![1],
+            bits: 0b10,
+        };
+        apply(&mut page, &frozen_only).expect("applies");
+        assert_eq!(page[..8], [0; 8], "block 1 had no bits: no LSN");
+        let clear = RedoRecord::VmClearLogged {
+            lsn,
+            heap_blocks: vec![0, 3],
+            bits: 0b11,
+        };
+        apply(&mut page, &clear).expect("applies");
+        assert_eq!(page[VM_MAP_START], 0b0011_0000);
+        assert_eq!(page[..8], [2, 0, 0, 0, 0x40, 0, 0, 0]);
+        let all_visible_alone = RedoRecord::VmClearLogged {
+            lsn,
+            heap_blocks: vec![2],
+            bits: 0b01,
+        };
+        assert!(apply(&mut page, &all_visible_alone).is_err());
+    }
 
     #[test]
     fn clog_bits_follow_postgres_layout() {
