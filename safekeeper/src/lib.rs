@@ -1,8 +1,16 @@
 //! Safekeepers: quorum-durable WAL.
 //!
-//! This crate will own the Paxos-style acceptor state machine (pure: term,
-//! vote, term history, flush and commit LSN), the durable control file, WAL
-//! segment storage with group commit, divergent-tail truncation, peer
-//! recovery, and the streaming-replication client that takes WAL from the
-//! compute and reports only fsynced flush positions.
+//! Pure parts, driven identically by the server and by the deterministic
+//! simulation (`tests/simulation/`): term histories (`history`), the
+//! acceptor state machine (`acceptor`: votes, election announcements with
+//! divergent-tail truncation, appends acknowledged only once flushed, peer
+//! recovery checks, the commit LSN), the proposer's election and quorum
+//! commit (`election`), and the control file codec with its atomic
+//! replacement (`control_file`). docs/safekeeper-protocol.md states the
+//! rules and why they are safe.
 #![forbid(unsafe_code)]
+
+pub mod acceptor;
+pub mod control_file;
+pub mod election;
+pub mod history;

@@ -1,0 +1,445 @@
+//! The acceptor: one safekeeper's consensus state, as a pure state machine.
+//!
+//! It takes requests and returns what the host must do, in order: truncate
+//! the WAL (durably), persist the control state (durably), write bytes
+//! (buffered; an fsync later makes them durable), then send the reply. It
+//! does no I/O, reads no clock and draws no random numbers, so the
+//! simulation drives the very code the server runs.
+//!
+//! The rules (docs/safekeeper-protocol.md argues why they are safe):
+//! - **Vote** for term T only if T is above every term seen; persist the
+//!   term before answering; answer with the log's flush LSN and history.
+//! - **Elected** (the winner of term T ≥ ours announces its history, which
+//!   ends with `(T, start)`): cut the WAL where it stops agreeing with that
+//!   history, persist the history, and from then on take WAL for T only.
+//!   A log that ends below `start` is filled by **peer recovery**: bytes
+//!   fetched from a peer whose log agrees with the history on that range.
+//! - **Append** bytes only in the current term, after its history is ours,
+//!   contiguous with what was written; acknowledge only flushed (fsynced)
+//!   positions, tagged with the current term, so a proposer of an older
+//!   term never counts an acceptor that has moved on.
+//! - **Commit LSN**: the highest LSN a majority (this acceptor and its
+//!   peers' reported flush positions in the same term) has flushed.
+
+use quire_postgres::Lsn;
+
+use crate::history::{Term, TermHistory};
+
+/// The state that must survive a crash (the control file's contents).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DurableState {
+    /// The highest term this acceptor has voted in or accepted.
+    pub term: Term,
+    /// The history of the log it holds; its last term is the term whose
+    /// WAL it takes (when equal to `term`).
+    pub history: TermHistory,
+    /// Where the timeline's WAL begins.
+    pub wal_start: Lsn,
+    /// The highest commit LSN known (advisory; recomputed from peers).
+    pub commit_lsn: Lsn,
+    /// WAL below this the pageserver has persisted: removable.
+    pub removable_before: Lsn,
+}
+
+impl DurableState {
+    /// A new acceptor of a timeline whose WAL begins at `wal_start`.
+    pub fn new(wal_start: Lsn) -> DurableState {
+        DurableState {
+            term: 0,
+            history: TermHistory::default(),
+            wal_start,
+            commit_lsn: wal_start,
+            removable_before: wal_start,
+        }
+    }
+}
+
+/// A request to an acceptor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A proposer asks for a vote in `term`.
+    Vote {
+        /// The proposed term.
+        term: Term,
+    },
+    /// The winner of `term` announces the history it writes with (its
+    /// last entry is `(term, start)`).
+    Elected {
+        /// The elected term.
+        term: Term,
+        /// The chosen log's history, then `(term, start)`.
+        history: TermHistory,
+    },
+    /// WAL bytes at `begin` (`len` of them, passed beside the request), in
+    /// `term`: from the compute of that term, or from a peer (recovery).
+    Append {
+        /// The sender's term.
+        term: Term,
+        /// The LSN of the first byte.
+        begin: Lsn,
+        /// How many bytes.
+        len: u64,
+    },
+    /// A peer's flush LSN in its term (for the commit LSN).
+    PeerFlush {
+        /// Which peer (any stable id).
+        peer: u32,
+        /// Its term.
+        term: Term,
+        /// Its flush LSN.
+        flush: Lsn,
+    },
+}
+
+/// An acceptor's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The answer to a vote request.
+    Vote {
+        /// The acceptor's term after the request.
+        term: Term,
+        /// Whether the vote went to the requested term.
+        granted: bool,
+        /// Its log's flush LSN.
+        flush: Lsn,
+        /// Its log's history.
+        history: TermHistory,
+    },
+    /// Flushed WAL, in `term` (after an election announcement, an append,
+    /// or an fsync).
+    Flushed {
+        /// The acceptor's term (its history's last term).
+        term: Term,
+        /// Its flush LSN.
+        flush: Lsn,
+        /// The commit LSN it knows.
+        commit: Lsn,
+    },
+    /// The request's term is not the acceptor's current one.
+    Refused {
+        /// The acceptor's term.
+        term: Term,
+        /// Why, for logs.
+        why: &'static str,
+    },
+}
+
+/// What the host does for one request, in this order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actions {
+    /// Cut the WAL at this LSN, durably, before anything else.
+    pub truncate: Option<Lsn>,
+    /// Persist this state, durably, before replying.
+    pub persist: Option<DurableState>,
+    /// Write this many of the request's bytes, skipping `skip`, at `at`.
+    pub write: Option<Write>,
+    /// Send this back.
+    pub reply: Option<Response>,
+}
+
+/// Bytes of an append to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Write {
+    /// Where the first written byte goes.
+    pub at: Lsn,
+    /// Bytes of the request to skip (already written).
+    pub skip: u64,
+    /// Bytes to write.
+    pub len: u64,
+}
+
+/// What an fsync covers: taken when it starts, given back when it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushTicket {
+    lsn: Lsn,
+    epoch: u64,
+}
+
+impl FlushTicket {
+    /// The written LSN the fsync makes durable.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+}
+
+/// Peers tracked for the commit LSN (a cluster of up to this many acceptors).
+const MAX_PEERS: usize = 8;
+
+/// One safekeeper's consensus state.
+#[derive(Clone, Debug)]
+pub struct Acceptor {
+    durable: DurableState,
+    /// Written WAL end (may not be durable yet).
+    write: Lsn,
+    /// Durable WAL end.
+    flush: Lsn,
+    /// Bumped by every truncation: an fsync that started before one covers
+    /// nothing after it.
+    epoch: u64,
+    /// Acceptors in the cluster (for the majority).
+    members: usize,
+    /// Peers' flush LSNs in our term: `(peer, flush)`.
+    peers: Vec<(u32, Lsn)>,
+}
+
+impl Acceptor {
+    /// The acceptor after a (re)start: its persisted state and the end of
+    /// the WAL found on disk (everything there is durable by then).
+    /// `members` is the number of acceptors of the timeline (3).
+    pub fn restore(durable: DurableState, wal_end: Lsn, members: usize) -> Acceptor {
+        let wal_end = wal_end.max(durable.wal_start);
+        Acceptor {
+            durable,
+            write: wal_end,
+            flush: wal_end,
+            epoch: 0,
+            members: members.max(1),
+            peers: Vec::new(),
+        }
+    }
+
+    /// The persisted state.
+    pub fn durable(&self) -> &DurableState {
+        &self.durable
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.durable.term
+    }
+
+    /// Durable WAL end.
+    pub fn flush_lsn(&self) -> Lsn {
+        self.flush
+    }
+
+    /// Written WAL end.
+    pub fn write_lsn(&self) -> Lsn {
+        self.write
+    }
+
+    /// The commit LSN known.
+    pub fn commit_lsn(&self) -> Lsn {
+        self.durable.commit_lsn
+    }
+
+    /// Whether this acceptor takes WAL in its current term: it has adopted
+    /// that term's history.
+    pub fn is_elected_member(&self) -> bool {
+        self.durable.term > 0 && self.durable.history.last_term() == self.durable.term
+    }
+
+    /// The range this acceptor must fetch from a peer before the compute's
+    /// WAL can follow: from its log end to the start of the current term.
+    pub fn recovery_needed(&self) -> Option<(Lsn, Lsn)> {
+        if !self.is_elected_member() {
+            return None;
+        }
+        let start = self.durable.history.0.last()?.start;
+        (self.write < start).then_some((self.write, start))
+    }
+
+    /// Whether this acceptor can give a peer the bytes `[from, to)` of a
+    /// log with history `history`: it holds them durably and its own log
+    /// agrees with that history over them.
+    pub fn can_serve(&self, history: &TermHistory, from: Lsn, to: Lsn) -> bool {
+        from <= to
+            && to <= self.flush
+            && from >= self.durable.removable_before
+            && self
+                .durable
+                .history
+                .common_point(self.flush, history, self.durable.wal_start)
+                >= to
+    }
+
+    /// Handles one request.
+    pub fn handle(&mut self, request: &Request) -> Actions {
+        match request {
+            Request::Vote { term } => self.vote(*term),
+            Request::Elected { term, history } => self.elected(*term, history),
+            Request::Append { term, begin, len } => self.append(*term, *begin, *len),
+            Request::PeerFlush { peer, term, flush } => {
+                self.peer_flush(*peer, *term, *flush);
+                Actions::default()
+            }
+        }
+    }
+
+    /// An fsync starts: what it will make durable.
+    pub fn begin_flush(&self) -> FlushTicket {
+        FlushTicket {
+            lsn: self.write,
+            epoch: self.epoch,
+        }
+    }
+
+    /// An fsync that started with `ticket` finished: acknowledge what it
+    /// made durable (nothing if a truncation came in between).
+    pub fn flushed(&mut self, ticket: FlushTicket) -> Option<Response> {
+        if ticket.epoch != self.epoch || ticket.lsn <= self.flush {
+            return None;
+        }
+        self.flush = ticket.lsn.min(self.write);
+        self.recompute_commit();
+        self.flushed_response()
+    }
+
+    /// Records that WAL below `lsn` is persisted by the pageserver; returns
+    /// the state to persist when the horizon moved (the host persists it
+    /// lazily, then removes whole segments below it).
+    pub fn set_removable_before(&mut self, lsn: Lsn) -> Option<DurableState> {
+        let bounded = lsn.min(self.durable.commit_lsn).min(self.flush);
+        if bounded <= self.durable.removable_before {
+            return None;
+        }
+        self.durable.removable_before = bounded;
+        Some(self.durable.clone())
+    }
+
+    fn refused(&self, why: &'static str) -> Actions {
+        Actions {
+            reply: Some(Response::Refused {
+                term: self.durable.term,
+                why,
+            }),
+            ..Actions::default()
+        }
+    }
+
+    fn flushed_response(&self) -> Option<Response> {
+        self.is_elected_member().then(|| Response::Flushed {
+            term: self.durable.term,
+            flush: self.flush,
+            commit: self.durable.commit_lsn,
+        })
+    }
+
+    fn vote(&mut self, term: Term) -> Actions {
+        if term <= self.durable.term {
+            return Actions {
+                reply: Some(Response::Vote {
+                    term: self.durable.term,
+                    granted: false,
+                    flush: self.flush,
+                    history: self.durable.history.clone(),
+                }),
+                ..Actions::default()
+            };
+        }
+        self.durable.term = term;
+        self.peers.clear();
+        Actions {
+            persist: Some(self.durable.clone()),
+            reply: Some(Response::Vote {
+                term,
+                granted: true,
+                flush: self.flush,
+                history: self.durable.history.clone(),
+            }),
+            ..Actions::default()
+        }
+    }
+
+    fn elected(&mut self, term: Term, history: &TermHistory) -> Actions {
+        if term < self.durable.term {
+            return self.refused("election announcement of an older term");
+        }
+        if history.last_term() != term || history.validate().is_err() {
+            return self.refused("election announcement with a malformed history");
+        }
+        if term == self.durable.term && self.durable.history == *history {
+            // A repeated announcement: nothing changes.
+            return Actions {
+                reply: self.flushed_response(),
+                ..Actions::default()
+            };
+        }
+        if term == self.durable.term && self.is_elected_member() {
+            return self.refused("a second history for one term");
+        }
+        let cut = self
+            .durable
+            .history
+            .common_point(self.write, history, self.durable.wal_start);
+        let truncate = (cut < self.write).then_some(cut);
+        if truncate.is_some() {
+            self.write = cut;
+            self.flush = self.flush.min(cut);
+            self.epoch += 1;
+        }
+        if term > self.durable.term {
+            self.peers.clear();
+        }
+        self.durable.term = term;
+        self.durable.history = history.clone();
+        self.durable.commit_lsn = self.durable.commit_lsn.min(self.flush);
+        self.recompute_commit();
+        Actions {
+            truncate,
+            persist: Some(self.durable.clone()),
+            reply: self.flushed_response(),
+            ..Actions::default()
+        }
+    }
+
+    fn append(&mut self, term: Term, begin: Lsn, len: u64) -> Actions {
+        if term != self.durable.term || !self.is_elected_member() {
+            return self.refused("WAL of a term this acceptor is not in");
+        }
+        if begin > self.write {
+            // A gap: the sender resends from our write position.
+            return Actions {
+                reply: self.flushed_response(),
+                ..Actions::default()
+            };
+        }
+        let Some(end) = begin.checked_add(len) else {
+            return self.refused("WAL range past the end of the LSN space");
+        };
+        let write = (end > self.write).then(|| Write {
+            at: self.write,
+            skip: self.write.0 - begin.0,
+            len: end.0 - self.write.0,
+        });
+        if write.is_some() {
+            self.write = end;
+        }
+        Actions {
+            write,
+            reply: self.flushed_response(),
+            ..Actions::default()
+        }
+    }
+
+    fn peer_flush(&mut self, peer: u32, term: Term, flush: Lsn) {
+        if term != self.durable.term || !self.is_elected_member() {
+            return;
+        }
+        if let Some(entry) = self.peers.iter_mut().find(|(p, _)| *p == peer) {
+            entry.1 = entry.1.max(flush);
+        } else if self.peers.len() < MAX_PEERS {
+            self.peers.push((peer, flush));
+        }
+        self.recompute_commit();
+    }
+
+    /// Commit LSN: the highest flush a majority reached in this term (our
+    /// own flush counts once). Never moves back.
+    fn recompute_commit(&mut self) {
+        if !self.is_elected_member() {
+            return;
+        }
+        let mut flushes: Vec<Lsn> = self.peers.iter().map(|&(_, f)| f).collect();
+        flushes.push(self.flush);
+        flushes.sort_unstable_by(|a, b| b.cmp(a));
+        let majority = self.members / 2 + 1;
+        if let Some(&quorum) = flushes.get(majority - 1) {
+            // Only WAL of this term's log counts, and only what we hold.
+            let bounded = quorum.min(self.flush);
+            if bounded > self.durable.commit_lsn {
+                self.durable.commit_lsn = bounded;
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The safekeeper control file: an acceptor's durable state, checksummed,
+//! replaced atomically.
+//!
+//! Layout (little-endian; docs/safekeeper-protocol.md):
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 4 | magic `QSKC` |
+//! | 4 | 4 | format version (1) |
+//! | 8 | 16 | tenant id |
+//! | 24 | 16 | timeline id |
+//! | 40 | 8 | term |
+//! | 48 | 8 | WAL start LSN |
+//! | 56 | 8 | commit LSN |
+//! | 64 | 8 | removable-before LSN |
+//! | 72 | 4 | history entries N |
+//! | 76 | 16·N | `(term: u64, start: u64)` per entry |
+//! | 76+16·N | 4 | CRC-32C of every byte before it |
+//!
+//! A replacement is written to `control.tmp`, fsynced, renamed over
+//! `control`, and the directory fsynced: a crash leaves either the old or
+//! the new file whole. A `control` whose checksum fails is an error, never
+//! a reset: losing a vote or a term would break the protocol's safety.
+
+use std::fs::{self, File};
+use std::io::{self, Write as _};
+use std::path::Path;
+
+use quire_postgres::Lsn;
+
+use crate::acceptor::DurableState;
+use crate::history::{TermEntry, TermHistory};
+
+const MAGIC: &[u8; 4] = b"QSKC";
+const VERSION: u32 = 1;
+const HEADER: usize = 76;
+/// Entries a control file may hold (a term per compute start).
+const MAX_ENTRIES: usize = 1 << 20;
+
+/// The file name in a timeline's directory.
+pub const CONTROL_FILE: &str = "control";
+const CONTROL_TMP: &str = "control.tmp";
+
+/// What a control file says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlFile {
+    /// The tenant.
+    pub tenant: [u8; 16],
+    /// The timeline.
+    pub timeline: [u8; 16],
+    /// The acceptor's state.
+    pub state: DurableState,
+}
+
+/// A control file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlFileError {
+    /// Not a control file, a version we do not know, or damaged bytes.
+    #[error("control file is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// The file system failed.
+    #[error("control file: {0}")]
+    Io(#[from] io::Error),
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(raw)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut raw = [0u8; 4];
+    raw.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(raw)
+}
+
+impl ControlFile {
+    /// The file's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let entries = &self.state.history.0;
+        let mut out = Vec::with_capacity(HEADER + 16 * entries.len() + 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&self.tenant);
+        out.extend_from_slice(&self.timeline);
+        for value in [
+            self.state.term,
+            self.state.wal_start.0,
+            self.state.commit_lsn.0,
+            self.state.removable_before.0,
+        ] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_le_bytes());
+        for entry in entries {
+            out.extend_from_slice(&entry.term.to_le_bytes());
+            out.extend_from_slice(&entry.start.0.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Reads a file's bytes; any damage is an error.
+    pub fn decode(bytes: &[u8]) -> Result<ControlFile, ControlFileError> {
+        if bytes.len() < HEADER + 4 {
+            return Err(ControlFileError::Corrupt("shorter than its header"));
+        }
+        if &bytes[0..4] != MAGIC {
+            return Err(ControlFileError::Corrupt("wrong magic"));
+        }
+        if u32_at(bytes, 4) != VERSION {
+            return Err(ControlFileError::Corrupt("unknown format version"));
+        }
+        let count = u32_at(bytes, 72) as usize;
+        if count > MAX_ENTRIES || bytes.len() != HEADER + 16 * count + 4 {
+            return Err(ControlFileError::Corrupt(
+                "length does not match its history",
+            ));
+        }
+        let body = bytes.len() - 4;
+        if crc32c::crc32c(&bytes[..body]) != u32_at(bytes, body) {
+            return Err(ControlFileError::Corrupt("checksum mismatch"));
+        }
+        let mut tenant = [0u8; 16];
+        tenant.copy_from_slice(&bytes[8..24]);
+        let mut timeline = [0u8; 16];
+        timeline.copy_from_slice(&bytes[24..40]);
+        let history = TermHistory(
+            (0..count)
+                .map(|i| TermEntry {
+                    term: u64_at(bytes, HEADER + 16 * i),
+                    start: Lsn(u64_at(bytes, HEADER + 16 * i + 8)),
+                })
+                .collect(),
+        );
+        if history.validate().is_err() {
+            return Err(ControlFileError::Corrupt("term history out of order"));
+        }
+        Ok(ControlFile {
+            tenant,
+            timeline,
+            state: DurableState {
+                term: u64_at(bytes, 40),
+                history,
+                wal_start: Lsn(u64_at(bytes, 48)),
+                commit_lsn: Lsn(u64_at(bytes, 56)),
+                removable_before: Lsn(u64_at(bytes, 64)),
+            },
+        })
+    }
+
+    /// Replaces `dir/control` atomically and durably.
+    pub fn store(&self, dir: &Path) -> Result<(), ControlFileError> {
+        let tmp = dir.join(CONTROL_TMP);
+        let mut file = File::create(&tmp)?;
+        file.write_all(&self.encode())?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, dir.join(CONTROL_FILE))?;
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Reads `dir/control`; `None` when there is none yet. A leftover
+    /// `control.tmp` (a crash mid-replacement) is removed.
+    pub fn load(dir: &Path) -> Result<Option<ControlFile>, ControlFileError> {
+        match fs::remove_file(dir.join(CONTROL_TMP)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        match fs::read(dir.join(CONTROL_FILE)) {
+            Ok(bytes) => ControlFile::decode(&bytes).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ControlFile {
+        ControlFile {
+            tenant: [7; 16],
+            timeline: [9; 16],
+            state: DurableState {
+                term: 12,
+                history: TermHistory(vec![
+                    TermEntry {
+                        term: 1,
+                        start: Lsn(0x100_0028),
+                    },
+                    TermEntry {
+                        term: 12,
+                        start: Lsn(0x200_0000),
+                    },
+                ]),
+                wal_start: Lsn(0x100_0028),
+                commit_lsn: Lsn(0x1FF_F000),
+                removable_before: Lsn(0x180_0000),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_and_every_damaged_byte_is_refused() {
+        let file = sample();
+        let bytes = file.encode();
+        assert_eq!(ControlFile::decode(&bytes).expect("decodes"), file);
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x10;
+            assert!(
+                ControlFile::decode(&damaged).is_err(),
+                "flip at {at} accepted"
+            );
+        }
+        for len in 0..bytes.len() {
+            assert!(
+                ControlFile::decode(&bytes[..len]).is_err(),
+                "torn at {len} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn store_replaces_and_load_ignores_a_torn_replacement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(ControlFile::load(dir.path()).expect("empty dir").is_none());
+        let mut file = sample();
+        file.store(dir.path()).expect("store");
+        file.state.term = 13;
+        file.store(dir.path()).expect("store again");
+        // A crash mid-replacement leaves a torn temporary file behind.
+        let torn = file.encode();
+        fs::write(dir.path().join(CONTROL_TMP), &torn[..torn.len() / 2]).expect("write");
+        let loaded = ControlFile::load(dir.path())
+            .expect("load")
+            .expect("a file");
+        assert_eq!(loaded.state.term, 13);
+        assert!(!dir.path().join(CONTROL_TMP).exists());
+        // A damaged control file is an error, not a fresh start.
+        let mut bytes = fs::read(dir.path().join(CONTROL_FILE)).expect("read");
+        bytes[44] ^= 1;
+        fs::write(dir.path().join(CONTROL_FILE), &bytes).expect("write");
+        assert!(ControlFile::load(dir.path()).is_err());
+    }
+}
