@@ -308,7 +308,7 @@ impl Acceptor {
     }
 
     fn flushed_response(&self) -> Option<Response> {
-        self.is_elected_member().then(|| Response::Flushed {
+        self.is_elected_member().then_some(Response::Flushed {
             term: self.durable.term,
             flush: self.flush,
             commit: self.durable.commit_lsn,

@@ -72,6 +72,7 @@ impl TermHistory {
     /// The history a newly elected `term` writes with: this (the donor's)
     /// history up to its log end `flush`, then `(term, flush)`. Entries that
     /// start at or past `flush` wrote nothing the donor holds and go.
+    #[must_use]
     pub fn elect(&self, flush: Lsn, term: Term) -> TermHistory {
         let mut entries: Vec<TermEntry> =
             self.0.iter().copied().filter(|e| e.start < flush).collect();
@@ -93,9 +94,9 @@ impl TermHistory {
         if shared == 0 {
             return wal_start.min(flush);
         }
-        let end_here = self.0.get(shared).map_or(Lsn(u64::MAX), |e| e.start);
-        let end_there = other.0.get(shared).map_or(Lsn(u64::MAX), |e| e.start);
-        end_here.min(end_there).min(flush)
+        let mine_ends = self.0.get(shared).map_or(Lsn(u64::MAX), |e| e.start);
+        let theirs_end = other.0.get(shared).map_or(Lsn(u64::MAX), |e| e.start);
+        mine_ends.min(theirs_end).min(flush)
     }
 }
 

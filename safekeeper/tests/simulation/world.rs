@@ -1,0 +1,761 @@
+//! One simulated cluster: three acceptors (the real `Acceptor` state
+//! machine and control-file codec over a simulated disk), proposers (the
+//! real `Election` and `QuorumCommit`) playing computes that write WAL, and
+//! a network that drops, delays, reorders and partitions messages. Nodes
+//! crash (losing unflushed WAL, or part of it) and restart from what their
+//! disk kept; a crash in the middle of a control-file replacement leaves
+//! the old file. Everything is driven by one seeded generator and an event
+//! queue, so a seed replays exactly.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use quire_postgres::Lsn;
+use quire_safekeeper::acceptor::{Acceptor, DurableState, FlushTicket, Request, Response};
+use quire_safekeeper::control_file::ControlFile;
+use quire_safekeeper::election::{Election, QuorumCommit, Won};
+use quire_safekeeper::history::{Term, TermHistory};
+
+use crate::checker::Checker;
+use crate::rng::Rng;
+
+pub const ACCEPTORS: usize = 3;
+const WAL_START: u64 = 0x0100_0028;
+/// Ticks of the faulty phase; a calm phase follows.
+const FAULTY_UNTIL: u64 = 1500;
+const END: u64 = FAULTY_UNTIL + 900;
+const CHUNK: u64 = 200;
+const FIRST_PROPOSER: usize = 100;
+
+/// What happened, for the summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub messages: u64,
+    pub dropped: u64,
+    pub partitions: u64,
+    pub crashes: u64,
+    pub torn_control_writes: u64,
+    pub truncations: u64,
+    pub recovered_bytes: u64,
+    pub elections: u64,
+    pub proposer_deaths: u64,
+    pub fenced_proposers: u64,
+    pub commits: u64,
+}
+
+enum Payload {
+    /// A request, with an append's bytes.
+    Request(Request, Vec<u8>),
+    /// A response; a granted vote carries the voter's log up to its flush
+    /// LSN (for the checker only: the protocol never sends it).
+    Response(Response, Vec<u8>),
+    /// Peer recovery: send me `[from, to)` of a log with `history`.
+    Fetch {
+        term: Term,
+        history: TermHistory,
+        from: Lsn,
+        to: Lsn,
+    },
+}
+
+struct Message {
+    from: usize,
+    to: usize,
+    payload: Payload,
+}
+
+enum Event {
+    Deliver(Message),
+    AcceptorTick(usize),
+    FsyncDone { node: usize, incarnation: u64 },
+    Restart(usize),
+    ProposerTick(usize),
+    NewProposer,
+    Partition,
+    Heal(usize),
+}
+
+struct Node {
+    acceptor: Option<Acceptor>,
+    incarnation: u64,
+    /// The control file on disk.
+    control: Option<Vec<u8>>,
+    /// WAL bytes on disk from `WAL_START`; the first `durable` survive a
+    /// crash for certain, the rest in part.
+    wal: Vec<u8>,
+    durable: usize,
+    /// An fsync in flight: its ticket and how much of `wal` it covers.
+    fsync: Option<(FlushTicket, usize)>,
+    /// The proposer this node takes WAL from.
+    leader: Option<usize>,
+    next_peer: usize,
+    commit_seen: Lsn,
+}
+
+enum Phase {
+    Electing {
+        election: Election,
+        logs: Vec<(u32, Vec<u8>)>,
+        deadline: u64,
+    },
+    Running {
+        won: Won,
+        log: Vec<u8>,
+        quorum: QuorumCommit,
+        announced: [bool; ACCEPTORS],
+        committed: usize,
+    },
+}
+
+struct Proposer {
+    alive: bool,
+    phase: Phase,
+}
+
+pub struct World {
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: Vec<Option<Event>>,
+    nodes: Vec<Node>,
+    proposers: Vec<Proposer>,
+    isolated: Vec<usize>,
+    highest_term: Term,
+    checker: Checker,
+    calm: bool,
+    pub counts: Counts,
+    pub trace: bool,
+}
+
+fn offset(lsn: Lsn) -> usize {
+    usize::try_from(lsn.0 - WAL_START).unwrap_or(usize::MAX)
+}
+
+fn lsn_of(offset: usize) -> Lsn {
+    Lsn(WAL_START + offset as u64)
+}
+
+impl World {
+    pub fn new(seed: u64) -> World {
+        let nodes = (0..ACCEPTORS)
+            .map(|_| Node {
+                acceptor: Some(Acceptor::restore(
+                    DurableState::new(Lsn(WAL_START)),
+                    Lsn(WAL_START),
+                    ACCEPTORS,
+                )),
+                incarnation: 0,
+                control: None,
+                wal: Vec::new(),
+                durable: 0,
+                fsync: None,
+                leader: None,
+                next_peer: 0,
+                commit_seen: Lsn(WAL_START),
+            })
+            .collect();
+        let mut world = World {
+            rng: Rng::new(seed),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            nodes,
+            proposers: Vec::new(),
+            isolated: Vec::new(),
+            highest_term: 0,
+            checker: Checker::default(),
+            calm: false,
+            counts: Counts::default(),
+            trace: false,
+        };
+        for node in 0..ACCEPTORS {
+            world.schedule(1, Event::AcceptorTick(node));
+        }
+        world.schedule(1, Event::NewProposer);
+        let first_partition = world.rng.range(100, 400);
+        world.schedule(first_partition, Event::Partition);
+        world
+    }
+
+    fn faulty(&self) -> bool {
+        self.now < FAULTY_UNTIL
+    }
+
+    fn schedule(&mut self, after: u64, event: Event) {
+        self.seq += 1;
+        self.events.push(Some(event));
+        self.queue
+            .push(Reverse((self.now + after, self.seq, self.events.len() - 1)));
+    }
+
+    fn send(&mut self, from: usize, to: usize, payload: Payload) {
+        self.counts.messages += 1;
+        let cut_off = self.isolated.contains(&from) || self.isolated.contains(&to);
+        if cut_off || (self.faulty() && self.rng.chance(40)) {
+            self.counts.dropped += 1;
+            return;
+        }
+        let delay = self.rng.range(1, 12);
+        self.schedule(delay, Event::Deliver(Message { from, to, payload }));
+    }
+
+    /// Runs the seed to the end; the first broken invariant is the error.
+    pub fn run(&mut self) -> Result<(), String> {
+        while let Some(Reverse((time, _, index))) = self.queue.pop() {
+            if time > END {
+                break;
+            }
+            self.now = time;
+            let Some(event) = self.events[index].take() else {
+                continue;
+            };
+            if !self.calm && self.now >= FAULTY_UNTIL {
+                self.calm = true;
+                self.calm_down();
+            }
+            self.step(event)?;
+        }
+        self.final_checks()
+    }
+
+    fn step(&mut self, event: Event) -> Result<(), String> {
+        match event {
+            Event::Deliver(message) => self.deliver(message),
+            Event::AcceptorTick(node) => {
+                self.acceptor_tick(node);
+                Ok(())
+            }
+            Event::FsyncDone { node, incarnation } => self.fsync_done(node, incarnation),
+            Event::Restart(node) => self.restart(node),
+            Event::ProposerTick(id) => {
+                self.proposer_tick(id);
+                Ok(())
+            }
+            Event::NewProposer => {
+                self.start_proposer();
+                Ok(())
+            }
+            Event::Partition => {
+                if self.faulty() {
+                    let victim = if self.rng.chance(700) {
+                        self.rng.range(0, ACCEPTORS as u64 - 1) as usize
+                    } else {
+                        FIRST_PROPOSER + self.proposers.len().saturating_sub(1)
+                    };
+                    self.isolated.push(victim);
+                    self.counts.partitions += 1;
+                    let heal = self.rng.range(20, 250);
+                    self.schedule(heal, Event::Heal(victim));
+                    let next = self.rng.range(100, 400);
+                    self.schedule(next, Event::Partition);
+                }
+                Ok(())
+            }
+            Event::Heal(victim) => {
+                self.isolated.retain(|&v| v != victim);
+                Ok(())
+            }
+        }
+    }
+
+    /// The calm phase: heal the network, restart every node, retire every
+    /// proposer and elect a last one, which must then commit.
+    fn calm_down(&mut self) {
+        self.isolated.clear();
+        for node in 0..ACCEPTORS {
+            if self.nodes[node].acceptor.is_none() {
+                self.schedule(1, Event::Restart(node));
+            }
+        }
+        for proposer in &mut self.proposers {
+            proposer.alive = false;
+        }
+        self.schedule(20, Event::NewProposer);
+    }
+
+    fn final_checks(&mut self) -> Result<(), String> {
+        let last = self.proposers.last().ok_or("no proposer ever started")?;
+        let Phase::Running { won, committed, .. } = &last.phase else {
+            return Err("the last proposer was never elected in the calm phase".into());
+        };
+        if *committed <= offset(won.start) {
+            return Err(format!(
+                "the last proposer (term {}) committed nothing after its start {}",
+                won.term, won.start
+            ));
+        }
+        for (index, node) in self.nodes.iter().enumerate() {
+            let acceptor = node
+                .acceptor
+                .as_ref()
+                .ok_or_else(|| format!("acceptor {index} is down at the end"))?;
+            let flushed = offset(acceptor.flush_lsn()).min(self.checker.committed_len());
+            self.checker
+                .agrees(&format!("acceptor {index}'s WAL"), &node.wal, flushed)?;
+        }
+        self.counts.commits = self.checker.commits;
+        Ok(())
+    }
+
+    // ---- acceptors ----
+
+    fn acceptor_tick(&mut self, node: usize) {
+        let next = self.rng.range(1, 4);
+        self.schedule(next, Event::AcceptorTick(node));
+        let Some(acceptor) = &self.nodes[node].acceptor else {
+            return;
+        };
+        if self.faulty() && self.rng.chance(4) {
+            self.crash(node);
+            return;
+        }
+        let acceptor = acceptor.clone();
+        // Group commit: one fsync covers everything written so far.
+        if self.nodes[node].fsync.is_none() && acceptor.write_lsn() > acceptor.flush_lsn() {
+            let ticket = acceptor.begin_flush();
+            self.nodes[node].fsync = Some((ticket, offset(ticket.lsn())));
+            let incarnation = self.nodes[node].incarnation;
+            let after = self.rng.range(1, 6);
+            self.schedule(after, Event::FsyncDone { node, incarnation });
+        }
+        if let Some((from, to)) = acceptor.recovery_needed() {
+            let peer = (node + 1 + self.nodes[node].next_peer % (ACCEPTORS - 1)) % ACCEPTORS;
+            self.nodes[node].next_peer += 1;
+            let to = to.min(Lsn(from.0 + CHUNK));
+            let fetch = Payload::Fetch {
+                term: acceptor.term(),
+                history: acceptor.durable().history.clone(),
+                from,
+                to,
+            };
+            self.send(node, peer, fetch);
+        }
+        if acceptor.is_elected_member() {
+            for peer in (0..ACCEPTORS).filter(|&p| p != node) {
+                let gossip = Request::PeerFlush {
+                    peer: node as u32,
+                    term: acceptor.term(),
+                    flush: acceptor.flush_lsn(),
+                };
+                self.send(node, peer, Payload::Request(gossip, Vec::new()));
+            }
+        }
+    }
+
+    fn crash(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        n.acceptor = None;
+        n.incarnation += 1;
+        n.fsync = None;
+        n.leader = None;
+        // Unflushed bytes may partly have reached the disk.
+        let kept = n.durable + self.rng.range(0, (n.wal.len() - n.durable) as u64) as usize;
+        n.wal.truncate(kept);
+        n.durable = kept;
+        self.counts.crashes += 1;
+        let after = self.rng.range(10, 200);
+        self.schedule(after, Event::Restart(node));
+    }
+
+    fn restart(&mut self, node: usize) -> Result<(), String> {
+        let n = &mut self.nodes[node];
+        if n.acceptor.is_some() {
+            return Ok(());
+        }
+        let state = match &n.control {
+            Some(bytes) => {
+                ControlFile::decode(bytes)
+                    .map_err(|e| format!("acceptor {node} cannot read its control file: {e}"))?
+                    .state
+            }
+            None => DurableState::new(Lsn(WAL_START)),
+        };
+        let acceptor = Acceptor::restore(state, lsn_of(n.wal.len()), ACCEPTORS);
+        n.commit_seen = acceptor.commit_lsn();
+        n.acceptor = Some(acceptor);
+        if self.trace {
+            eprintln!(
+                "{:>5} acceptor {node} restarts at {}",
+                self.now,
+                lsn_of(n.wal.len())
+            );
+        }
+        Ok(())
+    }
+
+    fn fsync_done(&mut self, node: usize, incarnation: u64) -> Result<(), String> {
+        let n = &mut self.nodes[node];
+        if n.incarnation != incarnation {
+            return Ok(());
+        }
+        let Some((ticket, covers)) = n.fsync.take() else {
+            return Ok(());
+        };
+        n.durable = n.durable.max(covers.min(n.wal.len()));
+        let Some(acceptor) = n.acceptor.as_mut() else {
+            return Ok(());
+        };
+        let reply = acceptor.flushed(ticket);
+        let leader = n.leader;
+        self.note_commit(node)?;
+        if let (Some(reply), Some(leader)) = (reply, leader) {
+            self.send(node, leader, Payload::Response(reply, Vec::new()));
+        }
+        Ok(())
+    }
+
+    fn note_commit(&mut self, node: usize) -> Result<(), String> {
+        let n = &mut self.nodes[node];
+        let Some(acceptor) = &n.acceptor else {
+            return Ok(());
+        };
+        let commit = acceptor.commit_lsn();
+        if commit > n.commit_seen {
+            n.commit_seen = commit;
+            self.checker.commit(
+                &format!("acceptor {node}"),
+                &self.nodes[node].wal,
+                offset(commit),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, message: Message) -> Result<(), String> {
+        if message.to >= FIRST_PROPOSER {
+            if let Payload::Response(response, log) = message.payload {
+                return self.proposer_hears(message.to, message.from, &response, log);
+            }
+            return Ok(());
+        }
+        let node = message.to;
+        if self.nodes[node].acceptor.is_none() {
+            return Ok(());
+        }
+        match message.payload {
+            Payload::Request(request, bytes) => {
+                self.acceptor_hears(node, message.from, &request, &bytes)
+            }
+            Payload::Fetch {
+                term,
+                history,
+                from,
+                to,
+            } => {
+                let Some(acceptor) = &self.nodes[node].acceptor else {
+                    return Ok(());
+                };
+                if acceptor.can_serve(&history, from, to) {
+                    let bytes = self.nodes[node].wal[offset(from)..offset(to)].to_vec();
+                    let len = bytes.len() as u64;
+                    let append = Request::Append {
+                        term,
+                        begin: from,
+                        len,
+                    };
+                    self.send(node, message.from, Payload::Request(append, bytes));
+                }
+                Ok(())
+            }
+            Payload::Response(..) => Ok(()),
+        }
+    }
+
+    fn acceptor_hears(
+        &mut self,
+        node: usize,
+        from: usize,
+        request: &Request,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let Some(acceptor) = self.nodes[node].acceptor.as_mut() else {
+            return Ok(());
+        };
+        let commit_before = acceptor.commit_lsn();
+        let actions = acceptor.handle(request);
+        let member = acceptor.is_elected_member();
+        if let Some(cut) = actions.truncate {
+            if cut < commit_before {
+                return Err(format!(
+                    "acceptor {node} cut its WAL at {cut}, below its commit LSN {commit_before}"
+                ));
+            }
+            let at = offset(cut);
+            let n = &mut self.nodes[node];
+            n.wal.truncate(at);
+            n.durable = n.durable.min(at);
+            if let Some((_, covers)) = &mut n.fsync {
+                *covers = (*covers).min(at);
+            }
+            self.counts.truncations += 1;
+        }
+        if let Some(state) = actions.persist {
+            if self.faulty() && self.rng.chance(20) {
+                // Crash in the middle of the replacement: the temporary
+                // file is torn, `control` is still the old one.
+                self.counts.torn_control_writes += 1;
+                self.crash(node);
+                return Ok(());
+            }
+            let file = ControlFile {
+                tenant: [1; 16],
+                timeline: [2; 16],
+                state,
+            };
+            self.nodes[node].control = Some(file.encode());
+        }
+        if let Some(write) = actions.write {
+            let n = &mut self.nodes[node];
+            if offset(write.at) != n.wal.len() {
+                return Err(format!(
+                    "acceptor {node} writes at {} but its WAL ends at {}",
+                    write.at,
+                    lsn_of(n.wal.len())
+                ));
+            }
+            let skip = usize::try_from(write.skip).unwrap_or(usize::MAX);
+            let len = usize::try_from(write.len).unwrap_or(usize::MAX);
+            n.wal.extend_from_slice(&bytes[skip..skip + len]);
+            if from < FIRST_PROPOSER {
+                self.counts.recovered_bytes += write.len;
+            }
+        }
+        let from_proposer = from >= FIRST_PROPOSER;
+        if from_proposer
+            && member
+            && matches!(request, Request::Elected { .. } | Request::Append { .. })
+        {
+            self.nodes[node].leader = Some(from);
+        }
+        if self.trace
+            && let Request::Elected { term, .. } = request
+        {
+            eprintln!(
+                "{:>5} acceptor {node} takes term {term} (cut {:?})",
+                self.now, actions.truncate
+            );
+        }
+        self.note_commit(node)?;
+        if let Some(reply) = actions.reply
+            && from_proposer
+        {
+            let log = match &reply {
+                Response::Vote {
+                    granted: true,
+                    flush,
+                    ..
+                } => self.nodes[node].wal[..offset(*flush)].to_vec(),
+                _ => Vec::new(),
+            };
+            self.send(node, from, Payload::Response(reply, log));
+        }
+        Ok(())
+    }
+
+    // ---- proposers ----
+
+    fn start_proposer(&mut self) {
+        // A compute control picks a term above those it knows of; two
+        // starting at once may pick the same one (at most one can win it).
+        if self.rng.chance(700) || self.highest_term == 0 {
+            self.highest_term += 1;
+        }
+        let election = Election::new(self.highest_term, ACCEPTORS);
+        self.proposers.push(Proposer {
+            alive: true,
+            phase: Phase::Electing {
+                election,
+                logs: Vec::new(),
+                deadline: 0,
+            },
+        });
+        let id = FIRST_PROPOSER + self.proposers.len() - 1;
+        self.schedule(1, Event::ProposerTick(id));
+    }
+
+    fn proposer_tick(&mut self, id: usize) {
+        let index = id - FIRST_PROPOSER;
+        if !self.proposers[index].alive {
+            return;
+        }
+        let next = self.rng.range(1, 3);
+        self.schedule(next, Event::ProposerTick(id));
+        if self.faulty() && self.rng.chance(3) {
+            // The compute dies, or seems to; another starts (sometimes
+            // while this one lives on: it must be fenced, not trusted).
+            if self.rng.chance(600) {
+                self.proposers[index].alive = false;
+                self.counts.proposer_deaths += 1;
+            }
+            let after = self.rng.range(5, 60);
+            self.schedule(after, Event::NewProposer);
+        }
+        let now = self.now;
+        let mut sends: Vec<(usize, Payload)> = Vec::new();
+        match &mut self.proposers[index].phase {
+            Phase::Electing {
+                election,
+                logs,
+                deadline,
+            } => {
+                if now < *deadline {
+                    return;
+                }
+                if *deadline > 0 {
+                    // No majority in time: a new term above all seen.
+                    let term = election.highest_term_seen() + 1;
+                    self.highest_term = self.highest_term.max(term);
+                    *election = Election::new(term, ACCEPTORS);
+                    logs.clear();
+                }
+                *deadline = now + 60;
+                let term = election.term();
+                for node in 0..ACCEPTORS {
+                    sends.push((node, Payload::Request(Request::Vote { term }, Vec::new())));
+                }
+            }
+            Phase::Running {
+                won,
+                log,
+                quorum,
+                announced,
+                ..
+            } => {
+                if self.rng.chance(300) {
+                    let len = self.rng.range(1, 48) as usize;
+                    log.extend((0..len).map(|_| self.rng.byte()));
+                }
+                let log_end = lsn_of(log.len());
+                for (node, announced) in announced.iter().enumerate() {
+                    if !announced {
+                        let elected = Request::Elected {
+                            term: won.term,
+                            history: won.history.clone(),
+                        };
+                        sends.push((node, Payload::Request(elected, Vec::new())));
+                        continue;
+                    }
+                    let begin = quorum
+                        .flushed(node as u32)
+                        .unwrap_or(won.start)
+                        .max(won.start);
+                    if begin < log_end {
+                        let end = log_end.min(Lsn(begin.0 + CHUNK));
+                        let bytes = log[offset(begin)..offset(end)].to_vec();
+                        let append = Request::Append {
+                            term: won.term,
+                            begin,
+                            len: bytes.len() as u64,
+                        };
+                        sends.push((node, Payload::Request(append, bytes)));
+                    }
+                }
+            }
+        }
+        for (node, payload) in sends {
+            self.send(id, node, payload);
+        }
+    }
+
+    fn proposer_hears(
+        &mut self,
+        id: usize,
+        node: usize,
+        response: &Response,
+        voter_log: Vec<u8>,
+    ) -> Result<(), String> {
+        let index = id - FIRST_PROPOSER;
+        if !self.proposers[index].alive {
+            return Ok(());
+        }
+        let proposer = &mut self.proposers[index];
+        match &mut proposer.phase {
+            Phase::Electing { election, logs, .. } => {
+                election.on_response(node as u32, response);
+                if let Response::Vote {
+                    granted: true,
+                    term,
+                    ..
+                } = response
+                    && *term == election.term()
+                {
+                    logs.push((node as u32, voter_log));
+                }
+                let Some(won) = election.outcome() else {
+                    return Ok(());
+                };
+                let donor_log = logs
+                    .iter()
+                    .rev()
+                    .find(|(n, _)| *n == won.donor)
+                    .map(|(_, log)| log.clone())
+                    .ok_or("the donor's vote carried no log")?;
+                if donor_log.len() != offset(won.start) {
+                    return Err(format!(
+                        "donor {} voted with flush {} but holds {} bytes",
+                        won.donor,
+                        won.start,
+                        donor_log.len()
+                    ));
+                }
+                self.checker
+                    .elected(&format!("proposer {id} (term {})", won.term), &donor_log)?;
+                self.counts.elections += 1;
+                if self.trace {
+                    eprintln!(
+                        "{:>5} proposer {id} elected in term {} at {} (donor {})",
+                        self.now, won.term, won.start, won.donor
+                    );
+                }
+                proposer.phase = Phase::Running {
+                    quorum: QuorumCommit::new(won.term, ACCEPTORS),
+                    won,
+                    log: donor_log,
+                    announced: [false; ACCEPTORS],
+                    committed: 0,
+                };
+            }
+            Phase::Running {
+                won,
+                log,
+                quorum,
+                announced,
+                committed,
+            } => {
+                let newer = match response {
+                    Response::Vote { term, .. }
+                    | Response::Flushed { term, .. }
+                    | Response::Refused { term, .. } => *term > won.term,
+                };
+                if newer {
+                    // Fenced: a newer term was elected.
+                    proposer.alive = false;
+                    self.counts.fenced_proposers += 1;
+                    return Ok(());
+                }
+                if let Response::Flushed { term, flush, .. } = response
+                    && *term == won.term
+                {
+                    if offset(*flush) > log.len() {
+                        return Err(format!(
+                            "acceptor {node} acknowledged {flush}, past the proposer's log end {}",
+                            lsn_of(log.len())
+                        ));
+                    }
+                    announced[node] = true;
+                    quorum.on_response(node as u32, response);
+                    if let Some(commit) = quorum.commit_lsn()
+                        && offset(commit) > *committed
+                    {
+                        *committed = offset(commit);
+                        self.checker
+                            .commit(&format!("proposer {id}"), log, *committed)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
