@@ -149,6 +149,9 @@ impl BlockFileWriter {
         let mut temporary = destination.as_os_str().to_owned();
         temporary.push(".tmp");
         let temporary = PathBuf::from(temporary);
+        if let Some(dir) = temporary.parent() {
+            crate::direct_io_probe::prime_device_of(dir).await?;
+        }
         let file = DmaFile::create(&temporary)
             .await
             .map_err(|e| file_error("create", &temporary, e))?;

@@ -33,6 +33,9 @@ fn error(operation: &'static str, path: &Path, what: impl Into<std::io::Error>) 
 impl EphemeralFile {
     /// Creates (or truncates) the file at `path`.
     pub async fn create(path: &Path) -> Result<EphemeralFile, FileError> {
+        if let Some(dir) = path.parent() {
+            crate::direct_io_probe::prime_device_of(dir).await?;
+        }
         let file = glommio::io::OpenOptions::new()
             .read(true)
             .write(true)

@@ -425,7 +425,10 @@ impl Acceptor {
     }
 
     /// Commit LSN: the highest flush a majority reached in this term (our
-    /// own flush counts once). Never moves back.
+    /// own flush counts once). It may end inside a record; what is
+    /// committed is the whole records below it (Postgres commits at
+    /// records' ends), and only a partial record above those can be cut by
+    /// a later election.
     fn recompute_commit(&mut self) {
         if !self.is_elected_member() {
             return;

@@ -35,6 +35,25 @@ pub struct Won {
     pub donor: u32,
 }
 
+impl Won {
+    /// The same election with the new term starting at `start` instead of
+    /// the donor's flush LSN (at most that): a standby may hold a partial
+    /// record at its flush LSN, and a compute starts where the donor's
+    /// last whole record ends. The partial record was never committed
+    /// (Postgres commits at records' ends), and acceptors cut it.
+    #[must_use]
+    pub fn starting_at(&self, start: Lsn) -> Won {
+        let start = start.min(self.start);
+        let donor = TermHistory(self.history.0[..self.history.0.len().saturating_sub(1)].to_vec());
+        Won {
+            term: self.term,
+            history: donor.elect(start, self.term),
+            start,
+            donor: self.donor,
+        }
+    }
+}
+
 /// Collects votes for one term.
 #[derive(Clone, Debug)]
 pub struct Election {
@@ -191,6 +210,31 @@ mod tests {
                 term: 5,
                 start: Lsn(700)
             })
+        );
+    }
+
+    #[test]
+    fn a_start_below_the_donor_flush_cuts_its_history_there() {
+        let mut election = Election::new(5, 3);
+        election.on_response(0, &vote(5, 900, &[(1, 100), (3, 880)]));
+        election.on_response(1, &vote(5, 600, &[(1, 100)]));
+        let won = election
+            .outcome()
+            .expect("a majority")
+            .starting_at(Lsn(872));
+        assert_eq!(won.start, Lsn(872));
+        assert_eq!(
+            won.history.0,
+            vec![
+                TermEntry {
+                    term: 1,
+                    start: Lsn(100)
+                },
+                TermEntry {
+                    term: 5,
+                    start: Lsn(872)
+                }
+            ]
         );
     }
 

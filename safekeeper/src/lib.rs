@@ -6,7 +6,9 @@
 //! divergent-tail truncation, appends acknowledged only once flushed, peer
 //! recovery checks, the commit LSN), the proposer's election and quorum
 //! commit (`election`), and the control file codec with its atomic
-//! replacement (`control_file`). docs/safekeeper-protocol.md states the
+//! replacement (`control_file`). `wal_store` keeps a timeline's WAL in
+//! Postgres segment files with direct I/O and group commit (the one module
+//! here that does I/O, through `quire-io`). docs/safekeeper-protocol.md states the
 //! rules and why they are safe.
 #![forbid(unsafe_code)]
 
@@ -14,3 +16,4 @@ pub mod acceptor;
 pub mod control_file;
 pub mod election;
 pub mod history;
+pub mod wal_store;

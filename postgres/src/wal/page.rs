@@ -261,3 +261,41 @@ pub fn read_segment_header(first_page: &[u8]) -> Result<SegmentHeader, PageHeade
         timeline: header.timeline,
     })
 }
+/// Where the first record that begins in a WAL segment starts, given the
+/// segment's bytes from its first page on (as Postgres' `XLogFindNextRecord`
+/// finds it): past the continuation of a record from the previous segment
+/// that the pages' `xlp_rem_len` announce, rounded up to 8. `None` when the
+/// bytes hold no record start (one record's continuation fills them, or
+/// they end at a page never written).
+pub fn first_record_start(
+    segment: &[u8],
+    segment_start: Lsn,
+    segment_size: u32,
+) -> Result<Option<Lsn>, PageHeaderError> {
+    let page_size = XLOG_BLCKSZ as usize;
+    let mut page = 0usize;
+    while (page + 1) * page_size <= segment.len() {
+        let address = Lsn(segment_start.0 + (page * page_size) as u64);
+        let bytes = &segment[page * page_size..];
+        if bytes[0] == 0 && bytes[1] == 0 {
+            // A page never written: the WAL ends before it.
+            break;
+        }
+        let header = decode_page_header(bytes, address, segment_size)?;
+        let data_start = header.size();
+        let usable = page_size - data_start;
+        let remaining = if header.info & XLP_FIRST_IS_CONTRECORD != 0 {
+            header.remaining_length as usize
+        } else {
+            0
+        };
+        if remaining < usable {
+            let start = (page * page_size + data_start + remaining).next_multiple_of(8);
+            if start < (page + 1) * page_size {
+                return Ok(Some(Lsn(segment_start.0 + start as u64)));
+            }
+        }
+        page += 1;
+    }
+    Ok(None)
+}

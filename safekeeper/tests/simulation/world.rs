@@ -25,6 +25,15 @@ const WAL_START: u64 = 0x0100_0028;
 const FAULTY_UNTIL: u64 = 1500;
 const END: u64 = FAULTY_UNTIL + 900;
 const CHUNK: u64 = 200;
+/// WAL is written as records of this many bytes; a restarted safekeeper
+/// keeps its WAL up to the end of the last whole record (it finds its end
+/// by decoding), and Postgres counts a commit at a record's end.
+const RECORD: usize = 16;
+
+/// The end of the last whole record within the first `limit` bytes.
+fn whole_records(limit: usize) -> usize {
+    limit - limit % RECORD
+}
 const FIRST_PROPOSER: usize = 100;
 
 /// What happened, for the summary.
@@ -71,6 +80,7 @@ enum Event {
     Restart(usize),
     ProposerTick(usize),
     NewProposer,
+    FinalProposer,
     Partition,
     Heal(usize),
 }
@@ -234,7 +244,13 @@ impl World {
                 Ok(())
             }
             Event::NewProposer => {
-                self.start_proposer();
+                if self.faulty() {
+                    self.start_proposer(false);
+                }
+                Ok(())
+            }
+            Event::FinalProposer => {
+                self.start_proposer(true);
                 Ok(())
             }
             Event::Partition => {
@@ -272,7 +288,7 @@ impl World {
         for proposer in &mut self.proposers {
             proposer.alive = false;
         }
-        self.schedule(20, Event::NewProposer);
+        self.schedule(20, Event::FinalProposer);
     }
 
     fn final_checks(&mut self) -> Result<(), String> {
@@ -350,8 +366,10 @@ impl World {
         n.incarnation += 1;
         n.fsync = None;
         n.leader = None;
-        // Unflushed bytes may partly have reached the disk.
-        let kept = n.durable + self.rng.range(0, (n.wal.len() - n.durable) as u64) as usize;
+        // Unflushed bytes may partly have reached the disk; the restart
+        // keeps whole records only (it finds its WAL end by decoding).
+        let reached = n.durable + self.rng.range(0, (n.wal.len() - n.durable) as u64) as usize;
+        let kept = whole_records(reached);
         n.wal.truncate(kept);
         n.durable = kept;
         self.counts.crashes += 1;
@@ -417,7 +435,7 @@ impl World {
             self.checker.commit(
                 &format!("acceptor {node}"),
                 &self.nodes[node].wal,
-                offset(commit),
+                whole_records(offset(commit)),
             )?;
         }
         Ok(())
@@ -477,9 +495,11 @@ impl World {
         let actions = acceptor.handle(request);
         let member = acceptor.is_elected_member();
         if let Some(cut) = actions.truncate {
-            if cut < commit_before {
+            // The commit LSN may end inside a record (a majority holds
+            // those bytes); what was committed is the whole records below.
+            if offset(cut) < whole_records(offset(commit_before)) {
                 return Err(format!(
-                    "acceptor {node} cut its WAL at {cut}, below its commit LSN {commit_before}"
+                    "acceptor {node} cut its WAL at {cut}, below the whole records of its commit LSN {commit_before}"
                 ));
             }
             let at = offset(cut);
@@ -556,10 +576,10 @@ impl World {
 
     // ---- proposers ----
 
-    fn start_proposer(&mut self) {
+    fn start_proposer(&mut self, last: bool) {
         // A compute control picks a term above those it knows of; two
         // starting at once may pick the same one (at most one can win it).
-        if self.rng.chance(700) || self.highest_term == 0 {
+        if last || self.rng.chance(700) || self.highest_term == 0 {
             self.highest_term += 1;
         }
         let election = Election::new(self.highest_term, ACCEPTORS);
@@ -624,8 +644,8 @@ impl World {
                 ..
             } => {
                 if self.rng.chance(300) {
-                    let len = self.rng.range(1, 48) as usize;
-                    log.extend((0..len).map(|_| self.rng.byte()));
+                    let records = self.rng.range(1, 3) as usize;
+                    log.extend((0..records * RECORD).map(|_| self.rng.byte()));
                 }
                 let log_end = lsn_of(log.len());
                 for (node, announced) in announced.iter().enumerate() {
@@ -686,12 +706,16 @@ impl World {
                 let Some(won) = election.outcome() else {
                     return Ok(());
                 };
-                let donor_log = logs
+                // The new compute starts where the donor's last whole
+                // record ends.
+                let won = won.starting_at(lsn_of(whole_records(offset(won.start))));
+                let mut donor_log = logs
                     .iter()
                     .rev()
                     .find(|(n, _)| *n == won.donor)
                     .map(|(_, log)| log.clone())
                     .ok_or("the donor's vote carried no log")?;
+                donor_log.truncate(whole_records(donor_log.len()));
                 if donor_log.len() != offset(won.start) {
                     return Err(format!(
                         "donor {} voted with flush {} but holds {} bytes",
@@ -746,10 +770,11 @@ impl World {
                     }
                     announced[node] = true;
                     quorum.on_response(node as u32, response);
+                    // Postgres' commits end at records' ends.
                     if let Some(commit) = quorum.commit_lsn()
-                        && offset(commit) > *committed
+                        && whole_records(offset(commit)) > *committed
                     {
-                        *committed = offset(commit);
+                        *committed = whole_records(offset(commit));
                         self.checker
                             .commit(&format!("proposer {id}"), log, *committed)?;
                     }

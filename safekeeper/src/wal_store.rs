@@ -1,0 +1,389 @@
+//! A timeline's WAL on a safekeeper: Postgres segment files, written with
+//! direct I/O, made durable by group commit.
+//!
+//! Bytes are kept as Postgres wrote them, in segment files named as in
+//! `pg_wal` (so `pg_waldump` reads them and two safekeepers' copies compare
+//! byte for byte). Appends collect in memory; [`WalStore::flush`] writes
+//! every block they touch (the last one zero-filled past the end, and
+//! rewritten by the next flush, as Postgres does with its WAL pages) and
+//! `fdatasync`s: every append made before it started is durable when it
+//! returns, however many there were (group commit). Segments are created at
+//! full size and their names made durable when created.
+//!
+//! After a restart the WAL ends at the end of the last whole record found
+//! by decoding the last segment from its first record start (a partial
+//! record at the end was never committed: Postgres commits at records'
+//! ends). A cut ([`WalStore::truncate`]) zeroes the rest of its block,
+//! punches the rest of its segment and removes later segments, so nothing
+//! after it can be decoded again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use quire_io::{BLOCK_SIZE, FileError, SegmentFile, remove_file, sync_directory_of};
+use quire_postgres::Lsn;
+use quire_postgres::wal::page::first_record_start;
+use quire_postgres::wal::stream::WalStreamDecoder;
+
+/// Why the WAL store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WalStoreError {
+    /// A file operation.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Listing the directory.
+    #[error("list {path}: {source}")]
+    List {
+        /// The directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A request outside the WAL held.
+    #[error("{0}")]
+    Range(String),
+    /// A segment's first page does not parse.
+    #[error("segment {path} is damaged: {what}")]
+    Damaged {
+        /// The segment file.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+const BLOCK: u64 = BLOCK_SIZE as u64;
+
+/// A timeline's WAL segments.
+pub struct WalStore {
+    dir: PathBuf,
+    segment_size: u64,
+    timeline: u32,
+    wal_start: Lsn,
+    write_lsn: Lsn,
+    flush_lsn: Lsn,
+    /// Bytes from `pending_from` (block-aligned) to `write_lsn`: the last
+    /// partial block already on disk, then what was appended since.
+    pending: Vec<u8>,
+    pending_from: Lsn,
+    segments: BTreeMap<u64, SegmentFile>,
+}
+
+impl WalStore {
+    /// Opens (or starts) the WAL in `dir`, whose first byte is `wal_start`,
+    /// with segments of `segment_size` bytes of Postgres timeline
+    /// `timeline`; finds the end of the WAL held.
+    pub async fn open(
+        dir: &Path,
+        wal_start: Lsn,
+        segment_size: u32,
+        timeline: u32,
+    ) -> Result<WalStore, WalStoreError> {
+        let mut store = WalStore {
+            dir: dir.to_owned(),
+            segment_size: u64::from(segment_size),
+            timeline,
+            wal_start,
+            write_lsn: wal_start,
+            flush_lsn: wal_start,
+            pending: Vec::new(),
+            pending_from: Lsn(wal_start.0 - wal_start.0 % BLOCK),
+            segments: BTreeMap::new(),
+        };
+        let numbers = store.segment_numbers_on_disk()?;
+        let end = store.find_end(&numbers).await?;
+        store.write_lsn = end;
+        store.flush_lsn = end;
+        store.pending_from = Lsn(end.0 - end.0 % BLOCK);
+        store.pending = store.read_disk(store.pending_from, end).await?;
+        Ok(store)
+    }
+
+    /// Durable WAL end.
+    pub fn flush_lsn(&self) -> Lsn {
+        self.flush_lsn
+    }
+
+    /// Appended WAL end (durable after the next flush).
+    pub fn write_lsn(&self) -> Lsn {
+        self.write_lsn
+    }
+
+    fn segment_name(&self, number: u64) -> String {
+        let per_log = 0x1_0000_0000 / self.segment_size;
+        format!(
+            "{:08X}{:08X}{:08X}",
+            self.timeline,
+            number / per_log,
+            number % per_log
+        )
+    }
+
+    fn segment_numbers_on_disk(&self) -> Result<Vec<u64>, WalStoreError> {
+        let list_error = |source| WalStoreError::List {
+            path: self.dir.display().to_string(),
+            source,
+        };
+        let per_log = 0x1_0000_0000 / self.segment_size;
+        let mut numbers = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(list_error)? {
+            let name = entry.map_err(list_error)?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let field = |at: usize| u64::from_str_radix(&name[at..at + 8], 16).unwrap_or(0);
+            if field(0) == u64::from(self.timeline) {
+                numbers.push(field(8) * per_log + field(16));
+            }
+        }
+        numbers.sort_unstable();
+        Ok(numbers)
+    }
+
+    async fn segment(&mut self, number: u64) -> Result<&SegmentFile, WalStoreError> {
+        if !self.segments.contains_key(&number) {
+            let path = self.dir.join(self.segment_name(number));
+            let file = SegmentFile::open_or_create(&path, self.segment_size).await?;
+            self.segments.insert(number, file);
+        }
+        Ok(&self.segments[&number])
+    }
+
+    /// The end of the last whole record on disk. Decoding starts in the
+    /// segment before the last one (or earlier, when that holds no record
+    /// start), so a record that crosses into the last segment is checked
+    /// whole: a page header's `xlp_rem_len` only says where the next record
+    /// would begin, not that the bytes before it arrived.
+    async fn find_end(&mut self, numbers: &[u64]) -> Result<Lsn, WalStoreError> {
+        let first_segment = self.wal_start.0 / self.segment_size;
+        let numbers: Vec<u64> = numbers
+            .iter()
+            .copied()
+            .filter(|&n| n >= first_segment)
+            .collect();
+        let Some(last) = numbers.len().checked_sub(1) else {
+            return Ok(self.wal_start);
+        };
+        for index in (0..last.max(1)).rev() {
+            let number = numbers[index];
+            let start = if number == first_segment {
+                Some(self.wal_start)
+            } else {
+                let bytes = self.read_segment(number).await?;
+                let size = u32::try_from(self.segment_size).unwrap_or(u32::MAX);
+                first_record_start(&bytes, Lsn(number * self.segment_size), size).map_err(|e| {
+                    WalStoreError::Damaged {
+                        path: self.segment_name(number),
+                        what: e.to_string(),
+                    }
+                })?
+            };
+            if let Some(start) = start {
+                return self.decode_end(start, &numbers[index..]).await;
+            }
+        }
+        Ok(self.wal_start)
+    }
+
+    async fn decode_end(&mut self, start: Lsn, numbers: &[u64]) -> Result<Lsn, WalStoreError> {
+        let size = u32::try_from(self.segment_size).unwrap_or(u32::MAX);
+        let mut decoder = WalStreamDecoder::new(start, size);
+        let mut end = start;
+        let first = start.0 / self.segment_size;
+        for (expected, &number) in (first..).zip(numbers) {
+            if number != expected {
+                break;
+            }
+            let bytes = self.read_segment(number).await?;
+            let offset = if number == first {
+                usize::try_from(start.0 % self.segment_size).unwrap_or(usize::MAX)
+            } else {
+                0
+            };
+            decoder.feed(&bytes[offset..]);
+            loop {
+                match decoder.next_record() {
+                    Ok(Some(record)) => end = Lsn(record.end.0.next_multiple_of(8)),
+                    Ok(None) => break,
+                    Err(_) => return Ok(end),
+                }
+            }
+        }
+        Ok(end)
+    }
+
+    async fn read_segment(&mut self, number: u64) -> Result<Vec<u8>, WalStoreError> {
+        let blocks = u32::try_from(self.segment_size / BLOCK).unwrap_or(u32::MAX);
+        Ok(self.segment(number).await?.read_blocks(0, blocks).await?)
+    }
+
+    /// Reads `[from, to)` from disk (whole blocks, then cut).
+    async fn read_disk(&mut self, from: Lsn, to: Lsn) -> Result<Vec<u8>, WalStoreError> {
+        let mut out = Vec::with_capacity(usize::try_from(to.0 - from.0).unwrap_or(0));
+        let mut at = from.0;
+        while at < to.0 {
+            let number = at / self.segment_size;
+            let in_segment = at % self.segment_size;
+            let segment_end = (number + 1) * self.segment_size;
+            let until = to.0.min(segment_end);
+            let first_block = in_segment / BLOCK;
+            let last_block = (until - number * self.segment_size).div_ceil(BLOCK);
+            let blocks = self
+                .segment(number)
+                .await?
+                .read_blocks(
+                    u32::try_from(first_block).unwrap_or(u32::MAX),
+                    u32::try_from(last_block - first_block).unwrap_or(u32::MAX),
+                )
+                .await?;
+            let skip = usize::try_from(in_segment % BLOCK).unwrap_or(0);
+            let take = usize::try_from(until - at).unwrap_or(0);
+            out.extend_from_slice(&blocks[skip..skip + take]);
+            at = until;
+        }
+        Ok(out)
+    }
+
+    /// Appends `bytes` at `at`, which must be the write LSN.
+    pub fn append(&mut self, at: Lsn, bytes: &[u8]) -> Result<(), WalStoreError> {
+        if at != self.write_lsn {
+            return Err(WalStoreError::Range(format!(
+                "append at {at}, but the WAL ends at {}",
+                self.write_lsn
+            )));
+        }
+        self.pending.extend_from_slice(bytes);
+        self.write_lsn = Lsn(self.write_lsn.0 + bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Writes what was appended and `fdatasync`s; returns the durable end.
+    pub async fn flush(&mut self) -> Result<Lsn, WalStoreError> {
+        if self.write_lsn == self.flush_lsn {
+            return Ok(self.flush_lsn);
+        }
+        let end = self.write_lsn;
+        let mut image = std::mem::take(&mut self.pending);
+        let kept = image.len();
+        image.resize(kept.next_multiple_of(BLOCK_SIZE), 0);
+        let mut at = self.pending_from.0;
+        let mut offset = 0usize;
+        let mut touched = Vec::new();
+        while offset < image.len() {
+            let number = at / self.segment_size;
+            let room = usize::try_from((number + 1) * self.segment_size - at).unwrap_or(usize::MAX);
+            let len = room.min(image.len() - offset);
+            let block = u32::try_from((at % self.segment_size) / BLOCK).unwrap_or(u32::MAX);
+            self.segment(number)
+                .await?
+                .write_blocks(block, &image[offset..offset + len])
+                .await?;
+            touched.push(number);
+            offset += len;
+            at += len as u64;
+        }
+        for number in touched {
+            self.segment(number).await?.sync().await?;
+        }
+        // Keep the last partial block for the next flush to rewrite.
+        let new_from = end.0 - end.0 % BLOCK;
+        let drop = usize::try_from(new_from - self.pending_from.0).unwrap_or(0);
+        image.truncate(kept);
+        image.drain(..drop.min(image.len()));
+        self.pending = image;
+        self.pending_from = Lsn(new_from);
+        self.flush_lsn = end;
+        Ok(end)
+    }
+
+    /// Cuts the WAL at `at` (at most the write LSN), durably: nothing after
+    /// it remains readable or decodable.
+    pub async fn truncate(&mut self, at: Lsn) -> Result<(), WalStoreError> {
+        if at > self.write_lsn || at < self.wal_start {
+            return Err(WalStoreError::Range(format!(
+                "cut at {at} outside the WAL {}..{}",
+                self.wal_start, self.write_lsn
+            )));
+        }
+        let block_start = Lsn(at.0 - at.0 % BLOCK);
+        let mut head = if block_start >= self.pending_from {
+            let keep = usize::try_from(block_start.0 - self.pending_from.0).unwrap_or(0);
+            self.pending[keep.min(self.pending.len())..].to_vec()
+        } else {
+            let durable_end = self.flush_lsn.min(Lsn(block_start.0 + BLOCK));
+            self.read_disk(block_start, durable_end).await?
+        };
+        head.truncate(usize::try_from(at.0 - block_start.0).unwrap_or(0));
+        let mut block = head.clone();
+        block.resize(BLOCK_SIZE, 0);
+        let number = at.0 / self.segment_size;
+        let block_number = u32::try_from((at.0 % self.segment_size) / BLOCK).unwrap_or(u32::MAX);
+        let segment = self.segment(number).await?;
+        segment.write_blocks(block_number, &block).await?;
+        segment.punch_from(block_number + 1).await?;
+        segment.sync().await?;
+        let later: Vec<u64> = self
+            .segment_numbers_on_disk()?
+            .into_iter()
+            .filter(|&n| n > number)
+            .collect();
+        for n in later {
+            if let Some(file) = self.segments.remove(&n) {
+                file.close().await?;
+            }
+            remove_file(&self.dir.join(self.segment_name(n))).await?;
+        }
+        sync_directory_of(&self.dir.join(self.segment_name(number))).await?;
+        self.pending = head;
+        self.pending_from = block_start;
+        self.write_lsn = at;
+        self.flush_lsn = at;
+        Ok(())
+    }
+
+    /// The WAL `[from, to)`, durable or not yet.
+    pub async fn read(&mut self, from: Lsn, to: Lsn) -> Result<Vec<u8>, WalStoreError> {
+        if from > to || from < self.wal_start || to > self.write_lsn {
+            return Err(WalStoreError::Range(format!(
+                "read {from}..{to} outside the WAL {}..{}",
+                self.wal_start, self.write_lsn
+            )));
+        }
+        let mut out = if from < self.pending_from {
+            self.read_disk(from, to.min(self.pending_from)).await?
+        } else {
+            Vec::new()
+        };
+        if to > self.pending_from {
+            let skip = usize::try_from(from.0.saturating_sub(self.pending_from.0)).unwrap_or(0);
+            let take = usize::try_from(to.0 - self.pending_from.0).unwrap_or(0);
+            out.extend_from_slice(&self.pending[skip..take]);
+        }
+        Ok(out)
+    }
+
+    /// Removes whole segments that end at or below `before`.
+    pub async fn remove_segments_before(&mut self, before: Lsn) -> Result<u64, WalStoreError> {
+        let mut removed = 0;
+        for number in self.segment_numbers_on_disk()? {
+            if (number + 1) * self.segment_size > before.0 {
+                break;
+            }
+            if let Some(file) = self.segments.remove(&number) {
+                file.close().await?;
+            }
+            remove_file(&self.dir.join(self.segment_name(number))).await?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Closes every open segment.
+    pub async fn close(mut self) -> Result<(), WalStoreError> {
+        for (_, file) in std::mem::take(&mut self.segments) {
+            file.close().await?;
+        }
+        Ok(())
+    }
+}
