@@ -16,4 +16,6 @@ pub mod acceptor;
 pub mod control_file;
 pub mod election;
 pub mod history;
+pub mod pg_wire;
 pub mod wal_store;
+pub mod wire;

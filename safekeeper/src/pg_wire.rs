@@ -1,0 +1,362 @@
+//! The part of Postgres' frontend/backend protocol (version 3) a physical
+//! replication client speaks, as a pure codec: bytes in, values out.
+//!
+//! A safekeeper is a streaming-replication standby of the compute: it
+//! starts a `replication=true` session, runs `IDENTIFY_SYSTEM` and
+//! `START_REPLICATION SLOT s PHYSICAL X/Y TIMELINE t`, then exchanges
+//! `CopyData`: XLogData (`'w'`) and keepalives (`'k'`) in, standby status
+//! updates (`'r'`) out. Integers are big-endian. Messages longer than
+//! [`MAX_MESSAGE`] or shorter than their layout are errors, never panics.
+
+use quire_postgres::Lsn;
+
+/// The longest backend message accepted (a WAL chunk is at most 128 KiB
+/// from Postgres' walsender; errors and rows are far shorter).
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+/// Protocol version 3.0.
+const PROTOCOL_VERSION: u32 = 196_608;
+
+/// A message that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Shorter than its layout, or a length field that lies.
+    #[error("malformed {0} message")]
+    Malformed(&'static str),
+    /// Longer than [`MAX_MESSAGE`].
+    #[error("message of {0} bytes is over the limit")]
+    TooLong(usize),
+    /// An authentication method this client does not speak.
+    #[error("the server asks for authentication method {0}; only trust is supported")]
+    Authentication(u32),
+}
+
+/// A message from the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `AuthenticationOk`.
+    AuthenticationOk,
+    /// `ReadyForQuery`.
+    ReadyForQuery,
+    /// `RowDescription` (column names).
+    RowDescription(Vec<String>),
+    /// `DataRow` (text values; `None` is SQL NULL).
+    DataRow(Vec<Option<String>>),
+    /// `CommandComplete`.
+    CommandComplete(String),
+    /// `ErrorResponse`: its fields as (code, text), e.g. `('M', message)`.
+    Error(Vec<(u8, String)>),
+    /// `CopyBothResponse`: the replication stream begins.
+    CopyBoth,
+    /// `CopyData`: a replication message.
+    CopyData(Vec<u8>),
+    /// `CopyDone`.
+    CopyDone,
+    /// Anything else (`ParameterStatus`, `BackendKeyData`, `Notice`, ...).
+    Other(u8),
+}
+
+impl Backend {
+    /// The error's message field, for a readable error.
+    pub fn error_message(fields: &[(u8, String)]) -> String {
+        let field = |code: u8| {
+            fields
+                .iter()
+                .find(|(c, _)| *c == code)
+                .map_or("", |(_, text)| text.as_str())
+        };
+        format!("{}: {} ({})", field(b'S'), field(b'M'), field(b'C'))
+    }
+}
+
+/// A replication message inside `CopyData`, from the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replication<'a> {
+    /// `'w'`: WAL bytes starting at `start`; the server's WAL ends at `wal_end`.
+    XLogData {
+        /// LSN of the first byte.
+        start: Lsn,
+        /// The server's flushed WAL end.
+        wal_end: Lsn,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// `'k'`: keepalive; answer at once when `reply_requested`.
+    Keepalive {
+        /// The server's WAL end.
+        wal_end: Lsn,
+        /// Whether a status update is due now.
+        reply_requested: bool,
+    },
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let b = bytes.get(at..at + 8)?;
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(b);
+    Some(u64::from_be_bytes(raw))
+}
+
+/// The startup message of a physical replication session.
+pub fn startup(user: &str, application_name: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    for (key, value) in [
+        ("user", user),
+        ("replication", "true"),
+        ("application_name", application_name),
+    ] {
+        body.extend_from_slice(key.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(
+        &u32::try_from(body.len() + 4)
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(&body);
+    out
+}
+
+fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(kind);
+    out.extend_from_slice(
+        &u32::try_from(body.len() + 4)
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(body);
+    out
+}
+
+/// A simple query (`'Q'`).
+pub fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    message(b'Q', &body)
+}
+
+/// `Terminate`.
+pub fn terminate() -> Vec<u8> {
+    message(b'X', &[])
+}
+
+/// A standby status update (`'r'` in `CopyData`): written, flushed and
+/// applied positions all set to `flush`, the only position a safekeeper
+/// has (it applies nothing); `now_micros` is microseconds since
+/// 2000-01-01.
+pub fn status_update(flush: Lsn, now_micros: i64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(34);
+    body.push(b'r');
+    for _ in 0..3 {
+        body.extend_from_slice(&flush.0.to_be_bytes());
+    }
+    body.extend_from_slice(&now_micros.to_be_bytes());
+    body.push(0);
+    message(b'd', &body)
+}
+
+/// Splits one backend message off the front of `buf`: `Ok(None)` until it
+/// is whole; otherwise the message and the bytes it used.
+pub fn parse_backend(buf: &[u8]) -> Result<Option<(Backend, usize)>, WireError> {
+    let Some(len) = be_u32(buf, 1) else {
+        return Ok(None);
+    };
+    let len = len as usize;
+    if len < 4 {
+        return Err(WireError::Malformed("length"));
+    }
+    if len > MAX_MESSAGE {
+        return Err(WireError::TooLong(len));
+    }
+    let Some(body) = buf.get(5..1 + len) else {
+        return Ok(None);
+    };
+    let parsed = match buf[0] {
+        b'R' => match be_u32(body, 0) {
+            Some(0) => Backend::AuthenticationOk,
+            Some(method) => return Err(WireError::Authentication(method)),
+            None => return Err(WireError::Malformed("authentication")),
+        },
+        b'Z' => Backend::ReadyForQuery,
+        b'T' => Backend::RowDescription(parse_row_description(body)?),
+        b'D' => Backend::DataRow(parse_data_row(body)?),
+        b'C' => Backend::CommandComplete(c_string(body, "command complete")?.0),
+        b'E' => Backend::Error(parse_error_fields(body)?),
+        b'W' => Backend::CopyBoth,
+        b'd' => Backend::CopyData(body.to_vec()),
+        b'c' => Backend::CopyDone,
+        other => Backend::Other(other),
+    };
+    Ok(Some((parsed, 1 + len)))
+}
+
+fn c_string(bytes: &[u8], what: &'static str) -> Result<(String, usize), WireError> {
+    let end = bytes
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(WireError::Malformed(what))?;
+    Ok((String::from_utf8_lossy(&bytes[..end]).into_owned(), end + 1))
+}
+
+fn parse_row_description(body: &[u8]) -> Result<Vec<String>, WireError> {
+    let count = body
+        .get(0..2)
+        .ok_or(WireError::Malformed("row description"))?;
+    let count = u16::from_be_bytes([count[0], count[1]]);
+    let mut at = 2;
+    let mut names = Vec::new();
+    for _ in 0..count {
+        let (name, used) = c_string(body.get(at..).unwrap_or_default(), "row description")?;
+        at += used + 18;
+        if at > body.len() {
+            return Err(WireError::Malformed("row description"));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
+    let count = body.get(0..2).ok_or(WireError::Malformed("data row"))?;
+    let count = u16::from_be_bytes([count[0], count[1]]);
+    let mut at = 2;
+    let mut values = Vec::new();
+    for _ in 0..count {
+        let len = be_u32(body, at).ok_or(WireError::Malformed("data row"))?;
+        at += 4;
+        if len == u32::MAX {
+            values.push(None);
+            continue;
+        }
+        let value = body
+            .get(at..at + len as usize)
+            .ok_or(WireError::Malformed("data row"))?;
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+        at += len as usize;
+    }
+    Ok(values)
+}
+
+fn parse_error_fields(body: &[u8]) -> Result<Vec<(u8, String)>, WireError> {
+    let mut fields = Vec::new();
+    let mut at = 0;
+    while let Some(&code) = body.get(at) {
+        if code == 0 {
+            break;
+        }
+        let (text, used) = c_string(&body[at + 1..], "error")?;
+        fields.push((code, text));
+        at += 1 + used;
+    }
+    Ok(fields)
+}
+
+/// Reads a replication message from a `CopyData` body.
+pub fn parse_replication(body: &[u8]) -> Result<Replication<'_>, WireError> {
+    match body.first() {
+        Some(b'w') => {
+            let start = be_u64(body, 1).ok_or(WireError::Malformed("XLogData"))?;
+            let wal_end = be_u64(body, 9).ok_or(WireError::Malformed("XLogData"))?;
+            let data = body.get(25..).ok_or(WireError::Malformed("XLogData"))?;
+            Ok(Replication::XLogData {
+                start: Lsn(start),
+                wal_end: Lsn(wal_end),
+                data,
+            })
+        }
+        Some(b'k') => {
+            let wal_end = be_u64(body, 1).ok_or(WireError::Malformed("keepalive"))?;
+            let reply = *body.get(17).ok_or(WireError::Malformed("keepalive"))?;
+            Ok(Replication::Keepalive {
+                wal_end: Lsn(wal_end),
+                reply_requested: reply != 0,
+            })
+        }
+        _ => Err(WireError::Malformed("replication")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_updates_carry_the_flush_position_three_times() {
+        let bytes = status_update(Lsn(0x1_0000_0028), 7);
+        assert_eq!(bytes[0], b'd');
+        assert_eq!(be_u32(&bytes, 1), Some(38));
+        assert_eq!(bytes[5], b'r');
+        for i in 0..3 {
+            assert_eq!(be_u64(&bytes, 6 + 8 * i), Some(0x1_0000_0028));
+        }
+        assert_eq!(be_u64(&bytes, 30), Some(7));
+        assert_eq!(bytes.len(), 5 + 34);
+    }
+
+    #[test]
+    fn backend_messages_parse_and_partial_ones_wait() {
+        let mut row = vec![b'D'];
+        let body = [0, 2, 0, 0, 0, 3, b'a', b'b', b'c', 0xFF, 0xFF, 0xFF, 0xFF];
+        row.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        row.extend_from_slice(&body);
+        for cut in 0..row.len() {
+            assert_eq!(parse_backend(&row[..cut]), Ok(None));
+        }
+        let (message, used) = parse_backend(&row).unwrap().unwrap();
+        assert_eq!(used, row.len());
+        assert_eq!(message, Backend::DataRow(vec![Some("abc".into()), None]));
+        let lying = [b'D', 0, 0, 0, 6, 0, 1];
+        assert_eq!(parse_backend(&lying), Err(WireError::Malformed("data row")));
+        assert_eq!(
+            parse_backend(&[b'R', 0, 0, 0, 8, 0, 0, 0, 5]),
+            Err(WireError::Authentication(5))
+        );
+        assert!(matches!(
+            parse_backend(&[b'd', 0x7F, 0, 0, 0]),
+            Err(WireError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn replication_messages_parse_or_refuse() {
+        let mut w = vec![b'w'];
+        w.extend_from_slice(&0x10u64.to_be_bytes());
+        w.extend_from_slice(&0x20u64.to_be_bytes());
+        w.extend_from_slice(&0i64.to_be_bytes());
+        w.extend_from_slice(b"wal");
+        assert_eq!(
+            parse_replication(&w),
+            Ok(Replication::XLogData {
+                start: Lsn(0x10),
+                wal_end: Lsn(0x20),
+                data: b"wal"
+            })
+        );
+        assert!(parse_replication(&w[..20]).is_err());
+        let mut k = vec![b'k'];
+        k.extend_from_slice(&0x30u64.to_be_bytes());
+        k.extend_from_slice(&0i64.to_be_bytes());
+        k.push(1);
+        assert_eq!(
+            parse_replication(&k),
+            Ok(Replication::Keepalive {
+                wal_end: Lsn(0x30),
+                reply_requested: true
+            })
+        );
+        assert!(parse_replication(b"?").is_err());
+        assert!(parse_replication(&[]).is_err());
+    }
+}

@@ -1,0 +1,677 @@
+//! The safekeeper's own protocol (compute control, peers, pageserver), as a
+//! pure codec. docs/safekeeper-protocol.md ("Wire encoding") is the spec.
+//!
+//! A frame is `kind: u8`, `length: u32`, then `length` body bytes; integers
+//! are little-endian; a history is `count: u32` then `(term: u64, start:
+//! u64)` each; a string is `length: u32` then UTF-8. Requests name their
+//! timeline with a 16-byte tenant id and a 16-byte timeline id first.
+
+use quire_postgres::Lsn;
+
+use crate::history::{Term, TermEntry, TermHistory};
+
+/// The longest frame body accepted (a WAL chunk is at most 1 MiB).
+pub const MAX_FRAME: usize = 4 << 20;
+
+/// Which timeline a request is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TimelineKey {
+    /// The tenant.
+    pub tenant: [u8; 16],
+    /// The timeline.
+    pub timeline: [u8; 16],
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Create a timeline whose WAL begins at `wal_start` (a segment start)
+    /// for a cluster with `system_id`. Answer: `Ok` or `Error`.
+    CreateTimeline {
+        /// The timeline.
+        key: TimelineKey,
+        /// Where its WAL begins.
+        wal_start: Lsn,
+        /// WAL segment size.
+        segment_size: u32,
+        /// The Postgres cluster's system identifier.
+        system_id: u64,
+    },
+    /// Vote in `term`. Answer: `VoteReply`.
+    Vote {
+        /// The timeline.
+        key: TimelineKey,
+        /// The proposed term.
+        term: Term,
+    },
+    /// `term` was won with `history`; the compute streams from `compute`
+    /// (`host:port`). Answer: `Flushed` or `Refused`.
+    Elected {
+        /// The timeline.
+        key: TimelineKey,
+        /// The elected term.
+        term: Term,
+        /// Its history.
+        history: TermHistory,
+        /// Where the term's compute takes replication connections.
+        compute: String,
+    },
+    /// Peer recovery: `[from, to)` of a log with `history`. Answer: `Wal`
+    /// or `Refused`.
+    Fetch {
+        /// The timeline.
+        key: TimelineKey,
+        /// The requester's term.
+        term: Term,
+        /// The requester's history.
+        history: TermHistory,
+        /// First LSN wanted.
+        from: Lsn,
+        /// End wanted.
+        to: Lsn,
+    },
+    /// A peer's flush LSN in its term (no answer).
+    PeerFlush {
+        /// The timeline.
+        key: TimelineKey,
+        /// The peer's id.
+        peer: u32,
+        /// Its term.
+        term: Term,
+        /// Its flush LSN.
+        flush: Lsn,
+    },
+    /// The timeline's state. Answer: `Status`.
+    GetStatus {
+        /// The timeline.
+        key: TimelineKey,
+    },
+    /// Stream committed WAL from `from` (a record start): answers are
+    /// `Wal` and `Commit` frames until the connection closes; the client
+    /// sends `Persisted` as it makes WAL durable.
+    StreamWal {
+        /// The timeline.
+        key: TimelineKey,
+        /// Where to start.
+        from: Lsn,
+    },
+    /// The answer to a vote.
+    VoteReply {
+        /// The safekeeper's term.
+        term: Term,
+        /// Whether the vote was granted.
+        granted: bool,
+        /// Its flush LSN.
+        flush: Lsn,
+        /// Its history.
+        history: TermHistory,
+    },
+    /// Flushed WAL in `term`.
+    Flushed {
+        /// The term.
+        term: Term,
+        /// Flush LSN.
+        flush: Lsn,
+        /// Commit LSN.
+        commit: Lsn,
+    },
+    /// A request refused in `term`.
+    Refused {
+        /// The safekeeper's term.
+        term: Term,
+        /// Why.
+        why: String,
+    },
+    /// WAL bytes starting at `begin`.
+    Wal {
+        /// LSN of the first byte.
+        begin: Lsn,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// The commit LSN moved.
+    Commit {
+        /// The new commit LSN.
+        lsn: Lsn,
+    },
+    /// The pageserver has made WAL below `lsn` durable in its layers.
+    Persisted {
+        /// The LSN.
+        lsn: Lsn,
+    },
+    /// A timeline's state.
+    Status {
+        /// Term.
+        term: Term,
+        /// Flush LSN.
+        flush: Lsn,
+        /// Commit LSN.
+        commit: Lsn,
+        /// History.
+        history: TermHistory,
+    },
+    /// Done.
+    Ok,
+    /// A request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A frame that does not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// An unknown kind byte.
+    #[error("unknown frame kind 0x{0:02X}")]
+    UnknownKind(u8),
+    /// Longer than [`MAX_FRAME`].
+    #[error("frame of {0} bytes is over the limit")]
+    TooLong(usize),
+    /// A body shorter or longer than its layout.
+    #[error("malformed {0} frame")]
+    Malformed(&'static str),
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn key(&mut self, key: &TimelineKey) {
+        self.0.extend_from_slice(&key.tenant);
+        self.0.extend_from_slice(&key.timeline);
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.u32(u32::try_from(v.len()).unwrap_or(u32::MAX));
+        self.0.extend_from_slice(v);
+    }
+    fn history(&mut self, history: &TermHistory) {
+        self.u32(u32::try_from(history.0.len()).unwrap_or(u32::MAX));
+        for entry in &history.0 {
+            self.u64(entry.term);
+            self.u64(entry.start.0);
+        }
+    }
+}
+
+struct Reader<'a> {
+    body: &'a [u8],
+    at: usize,
+    what: &'static str,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], FrameError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .ok_or(FrameError::Malformed(self.what))?;
+        let bytes = self
+            .body
+            .get(self.at..end)
+            .ok_or(FrameError::Malformed(self.what))?;
+        self.at = end;
+        Ok(bytes)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(raw))
+    }
+    fn lsn(&mut self) -> Result<Lsn, FrameError> {
+        self.u64().map(Lsn)
+    }
+    fn key(&mut self) -> Result<TimelineKey, FrameError> {
+        let mut tenant = [0u8; 16];
+        tenant.copy_from_slice(self.take(16)?);
+        let mut timeline = [0u8; 16];
+        timeline.copy_from_slice(self.take(16)?);
+        Ok(TimelineKey { tenant, timeline })
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, FrameError> {
+        let len = self.u32()? as usize;
+        Ok(self.take(len)?.to_vec())
+    }
+    fn string(&mut self) -> Result<String, FrameError> {
+        String::from_utf8(self.bytes()?).map_err(|_| FrameError::Malformed(self.what))
+    }
+    fn history(&mut self) -> Result<TermHistory, FrameError> {
+        let count = self.u32()? as usize;
+        if count > (self.body.len() - self.at) / 16 {
+            return Err(FrameError::Malformed(self.what));
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            entries.push(TermEntry {
+                term: self.u64()?,
+                start: self.lsn()?,
+            });
+        }
+        let history = TermHistory(entries);
+        history
+            .validate()
+            .map_err(|_| FrameError::Malformed(self.what))?;
+        Ok(history)
+    }
+    fn end(&self) -> Result<(), FrameError> {
+        if self.at == self.body.len() {
+            Ok(())
+        } else {
+            Err(FrameError::Malformed(self.what))
+        }
+    }
+}
+
+impl Message {
+    /// The frame's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::new());
+        let kind = match self {
+            Message::CreateTimeline {
+                key,
+                wal_start,
+                segment_size,
+                system_id,
+            } => {
+                w.key(key);
+                w.u64(wal_start.0);
+                w.u32(*segment_size);
+                w.u64(*system_id);
+                b'C'
+            }
+            Message::Vote { key, term } => {
+                w.key(key);
+                w.u64(*term);
+                b'V'
+            }
+            Message::Elected {
+                key,
+                term,
+                history,
+                compute,
+            } => {
+                w.key(key);
+                w.u64(*term);
+                w.history(history);
+                w.bytes(compute.as_bytes());
+                b'E'
+            }
+            Message::Fetch {
+                key,
+                term,
+                history,
+                from,
+                to,
+            } => {
+                w.key(key);
+                w.u64(*term);
+                w.history(history);
+                w.u64(from.0);
+                w.u64(to.0);
+                b'F'
+            }
+            Message::PeerFlush {
+                key,
+                peer,
+                term,
+                flush,
+            } => {
+                w.key(key);
+                w.u32(*peer);
+                w.u64(*term);
+                w.u64(flush.0);
+                b'P'
+            }
+            Message::GetStatus { key } => {
+                w.key(key);
+                b'S'
+            }
+            Message::StreamWal { key, from } => {
+                w.key(key);
+                w.u64(from.0);
+                b'R'
+            }
+            Message::VoteReply {
+                term,
+                granted,
+                flush,
+                history,
+            } => {
+                w.u64(*term);
+                w.u8(u8::from(*granted));
+                w.u64(flush.0);
+                w.history(history);
+                b'v'
+            }
+            Message::Flushed {
+                term,
+                flush,
+                commit,
+            } => {
+                w.u64(*term);
+                w.u64(flush.0);
+                w.u64(commit.0);
+                b'f'
+            }
+            Message::Refused { term, why } => {
+                w.u64(*term);
+                w.bytes(why.as_bytes());
+                b'x'
+            }
+            Message::Wal { begin, bytes } => {
+                w.u64(begin.0);
+                w.0.extend_from_slice(bytes);
+                b'w'
+            }
+            Message::Commit { lsn } => {
+                w.u64(lsn.0);
+                b'c'
+            }
+            Message::Persisted { lsn } => {
+                w.u64(lsn.0);
+                b'p'
+            }
+            Message::Status {
+                term,
+                flush,
+                commit,
+                history,
+            } => {
+                w.u64(*term);
+                w.u64(flush.0);
+                w.u64(commit.0);
+                w.history(history);
+                b's'
+            }
+            Message::Ok => b'k',
+            Message::Error { message } => {
+                w.bytes(message.as_bytes());
+                b'e'
+            }
+        };
+        let body = w.0;
+        let mut out = Vec::with_capacity(body.len() + 5);
+        out.push(kind);
+        out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Splits one frame off the front of `buf`: `Ok(None)` until it is
+    /// whole; otherwise the message and the bytes it used.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
+        let Some(header) = buf.get(..5) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLong(len));
+        }
+        let Some(body) = buf.get(5..5 + len) else {
+            return Ok(None);
+        };
+        let kind = header[0];
+        let mut r = Reader {
+            body,
+            at: 0,
+            what: kind_name(kind).ok_or(FrameError::UnknownKind(kind))?,
+        };
+        let message = match kind {
+            b'C' => Message::CreateTimeline {
+                key: r.key()?,
+                wal_start: r.lsn()?,
+                segment_size: r.u32()?,
+                system_id: r.u64()?,
+            },
+            b'V' => Message::Vote {
+                key: r.key()?,
+                term: r.u64()?,
+            },
+            b'E' => Message::Elected {
+                key: r.key()?,
+                term: r.u64()?,
+                history: r.history()?,
+                compute: r.string()?,
+            },
+            b'F' => Message::Fetch {
+                key: r.key()?,
+                term: r.u64()?,
+                history: r.history()?,
+                from: r.lsn()?,
+                to: r.lsn()?,
+            },
+            b'P' => Message::PeerFlush {
+                key: r.key()?,
+                peer: r.u32()?,
+                term: r.u64()?,
+                flush: r.lsn()?,
+            },
+            b'S' => Message::GetStatus { key: r.key()? },
+            b'R' => Message::StreamWal {
+                key: r.key()?,
+                from: r.lsn()?,
+            },
+            b'v' => Message::VoteReply {
+                term: r.u64()?,
+                granted: r.u8()? != 0,
+                flush: r.lsn()?,
+                history: r.history()?,
+            },
+            b'f' => Message::Flushed {
+                term: r.u64()?,
+                flush: r.lsn()?,
+                commit: r.lsn()?,
+            },
+            b'x' => Message::Refused {
+                term: r.u64()?,
+                why: r.string()?,
+            },
+            b'w' => {
+                let begin = r.lsn()?;
+                let rest = r.body.len() - r.at;
+                Message::Wal {
+                    begin,
+                    bytes: r.take(rest)?.to_vec(),
+                }
+            }
+            b'c' => Message::Commit { lsn: r.lsn()? },
+            b'p' => Message::Persisted { lsn: r.lsn()? },
+            b's' => Message::Status {
+                term: r.u64()?,
+                flush: r.lsn()?,
+                commit: r.lsn()?,
+                history: r.history()?,
+            },
+            b'k' => Message::Ok,
+            _ => Message::Error {
+                message: r.string()?,
+            },
+        };
+        r.end()?;
+        Ok(Some((message, 5 + len)))
+    }
+}
+
+fn kind_name(kind: u8) -> Option<&'static str> {
+    Some(match kind {
+        b'C' => "create timeline",
+        b'V' => "vote",
+        b'E' => "elected",
+        b'F' => "fetch",
+        b'P' => "peer flush",
+        b'S' => "get status",
+        b'R' => "stream WAL",
+        b'v' => "vote reply",
+        b'f' => "flushed",
+        b'x' => "refused",
+        b'w' => "WAL",
+        b'c' => "commit",
+        b'p' => "persisted",
+        b's' => "status",
+        b'k' => "ok",
+        b'e' => "error",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> TimelineKey {
+        TimelineKey {
+            tenant: [1; 16],
+            timeline: [2; 16],
+        }
+    }
+
+    fn history() -> TermHistory {
+        TermHistory(vec![
+            TermEntry {
+                term: 1,
+                start: Lsn(0x100),
+            },
+            TermEntry {
+                term: 4,
+                start: Lsn(0x900),
+            },
+        ])
+    }
+
+    fn every_message() -> Vec<Message> {
+        vec![
+            Message::CreateTimeline {
+                key: key(),
+                wal_start: Lsn(1 << 24),
+                segment_size: 1 << 24,
+                system_id: 77,
+            },
+            Message::Vote {
+                key: key(),
+                term: 9,
+            },
+            Message::Elected {
+                key: key(),
+                term: 4,
+                history: history(),
+                compute: "127.0.0.1:5432".into(),
+            },
+            Message::Fetch {
+                key: key(),
+                term: 4,
+                history: history(),
+                from: Lsn(0x100),
+                to: Lsn(0x900),
+            },
+            Message::PeerFlush {
+                key: key(),
+                peer: 2,
+                term: 4,
+                flush: Lsn(0x950),
+            },
+            Message::GetStatus { key: key() },
+            Message::StreamWal {
+                key: key(),
+                from: Lsn(0x100),
+            },
+            Message::VoteReply {
+                term: 9,
+                granted: true,
+                flush: Lsn(0x950),
+                history: history(),
+            },
+            Message::Flushed {
+                term: 4,
+                flush: Lsn(0x950),
+                commit: Lsn(0x940),
+            },
+            Message::Refused {
+                term: 9,
+                why: "older term".into(),
+            },
+            Message::Wal {
+                begin: Lsn(0x900),
+                bytes: vec![1, 2, 3],
+            },
+            Message::Commit { lsn: Lsn(0x940) },
+            Message::Persisted { lsn: Lsn(0x800) },
+            Message::Status {
+                term: 4,
+                flush: Lsn(0x950),
+                commit: Lsn(0x940),
+                history: history(),
+            },
+            Message::Ok,
+            Message::Error {
+                message: "no such timeline".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_and_waits_when_partial() {
+        for message in every_message() {
+            let bytes = message.encode();
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    Message::decode(&bytes[..cut]),
+                    Ok(None),
+                    "{message:?} cut at {cut}"
+                );
+            }
+            let mut two = bytes.clone();
+            two.extend_from_slice(&bytes);
+            assert_eq!(
+                Message::decode(&two),
+                Ok(Some((message.clone(), bytes.len())))
+            );
+        }
+    }
+
+    #[test]
+    fn damaged_frames_are_errors_never_panics() {
+        for message in every_message() {
+            let bytes = message.encode();
+            for at in 0..bytes.len() {
+                for flip in [0x01, 0x80, 0xFF] {
+                    let mut damaged = bytes.clone();
+                    damaged[at] ^= flip;
+                    let _ = Message::decode(&damaged);
+                }
+            }
+        }
+        assert_eq!(
+            Message::decode(&[b'?', 0, 0, 0, 0]),
+            Err(FrameError::UnknownKind(b'?'))
+        );
+        assert!(matches!(
+            Message::decode(&[b'w', 0xFF, 0xFF, 0xFF, 0x7F]),
+            Err(FrameError::TooLong(_))
+        ));
+        // A history whose count claims more entries than the body holds.
+        let mut lying = Message::VoteReply {
+            term: 1,
+            granted: true,
+            flush: Lsn(1),
+            history: history(),
+        }
+        .encode();
+        lying[5 + 17] = 0xFF;
+        assert!(Message::decode(&lying).is_err());
+    }
+}
