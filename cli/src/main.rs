@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod safekeeper;
 mod verify;
 mod waldump;
 
@@ -29,6 +30,8 @@ enum Command {
     Waldump(waldump::WaldumpArgs),
     /// Rebuild every page of a cluster from its WAL and compare it with Postgres' files.
     Verify(verify::VerifyArgs),
+    /// Run a safekeeper: quorum-durable WAL streamed from the elected compute.
+    Safekeeper(safekeeper::SafekeeperArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -39,5 +42,6 @@ fn main() -> Result<ExitCode> {
             waldump::Outcome::Stopped => Ok(ExitCode::FAILURE),
         },
         Command::Verify(args) => verify::run(&args),
+        Command::Safekeeper(args) => safekeeper::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -13,9 +13,11 @@
 //! | 48 | 8 | WAL start LSN |
 //! | 56 | 8 | commit LSN |
 //! | 64 | 8 | removable-before LSN |
-//! | 72 | 4 | history entries N |
-//! | 76 | 16·N | `(term: u64, start: u64)` per entry |
-//! | 76+16·N | 4 | CRC-32C of every byte before it |
+//! | 72 | 8 | the Postgres cluster's system identifier |
+//! | 80 | 4 | WAL segment size |
+//! | 84 | 4 | history entries N |
+//! | 88 | 16·N | `(term: u64, start: u64)` per entry |
+//! | 88+16·N | 4 | CRC-32C of every byte before it |
 //!
 //! A replacement is written to `control.tmp`, fsynced, renamed over
 //! `control`, and the directory fsynced: a crash leaves either the old or
@@ -33,7 +35,7 @@ use crate::history::{TermEntry, TermHistory};
 
 const MAGIC: &[u8; 4] = b"QSKC";
 const VERSION: u32 = 1;
-const HEADER: usize = 76;
+const HEADER: usize = 88;
 /// Entries a control file may hold (a term per compute start).
 const MAX_ENTRIES: usize = 1 << 20;
 
@@ -48,6 +50,10 @@ pub struct ControlFile {
     pub tenant: [u8; 16],
     /// The timeline.
     pub timeline: [u8; 16],
+    /// The Postgres cluster whose WAL this is.
+    pub system_id: u64,
+    /// Its WAL segment size.
+    pub segment_size: u32,
     /// The acceptor's state.
     pub state: DurableState,
 }
@@ -92,6 +98,8 @@ impl ControlFile {
         ] {
             out.extend_from_slice(&value.to_le_bytes());
         }
+        out.extend_from_slice(&self.system_id.to_le_bytes());
+        out.extend_from_slice(&self.segment_size.to_le_bytes());
         let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&count.to_le_bytes());
         for entry in entries {
@@ -114,7 +122,7 @@ impl ControlFile {
         if u32_at(bytes, 4) != VERSION {
             return Err(ControlFileError::Corrupt("unknown format version"));
         }
-        let count = u32_at(bytes, 72) as usize;
+        let count = u32_at(bytes, 84) as usize;
         if count > MAX_ENTRIES || bytes.len() != HEADER + 16 * count + 4 {
             return Err(ControlFileError::Corrupt(
                 "length does not match its history",
@@ -142,6 +150,8 @@ impl ControlFile {
         Ok(ControlFile {
             tenant,
             timeline,
+            system_id: u64_at(bytes, 72),
+            segment_size: u32_at(bytes, 80),
             state: DurableState {
                 term: u64_at(bytes, 40),
                 history,
@@ -188,6 +198,8 @@ mod tests {
         ControlFile {
             tenant: [7; 16],
             timeline: [9; 16],
+            system_id: 7_300_000_000_000_000_001,
+            segment_size: 16 << 20,
             state: DurableState {
                 term: 12,
                 history: TermHistory(vec![
@@ -246,7 +258,7 @@ mod tests {
         assert!(!dir.path().join(CONTROL_TMP).exists());
         // A damaged control file is an error, not a fresh start.
         let mut bytes = fs::read(dir.path().join(CONTROL_FILE)).expect("read");
-        bytes[44] ^= 1;
+        bytes[44] ^= 1; // the term
         fs::write(dir.path().join(CONTROL_FILE), &bytes).expect("write");
         assert!(ControlFile::load(dir.path()).is_err());
     }

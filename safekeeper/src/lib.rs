@@ -13,9 +13,11 @@
 #![forbid(unsafe_code)]
 
 pub mod acceptor;
+pub mod compute_control;
 pub mod control_file;
 pub mod election;
 pub mod history;
 pub mod pg_wire;
+pub mod server;
 pub mod wal_store;
 pub mod wire;

@@ -4,7 +4,7 @@
 //! A safekeeper is a streaming-replication standby of the compute: it
 //! starts a `replication=true` session, runs `IDENTIFY_SYSTEM` and
 //! `START_REPLICATION SLOT s PHYSICAL X/Y TIMELINE t`, then exchanges
-//! `CopyData`: XLogData (`'w'`) and keepalives (`'k'`) in, standby status
+//! `CopyData`: `XLogData` (`'w'`) and keepalives (`'k'`) in, standby status
 //! updates (`'r'`) out. Integers are big-endian. Messages longer than
 //! [`MAX_MESSAGE`] or shorter than their layout are errors, never panics.
 

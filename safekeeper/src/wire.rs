@@ -281,7 +281,20 @@ impl Message {
     /// The frame's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::new());
-        let kind = match self {
+        let kind = self
+            .encode_request(&mut w)
+            .unwrap_or_else(|| self.encode_reply(&mut w));
+        let body = w.0;
+        let mut out = Vec::with_capacity(body.len() + 5);
+        out.push(kind);
+        out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// A request's body into `w`, and its kind; `None` for a reply.
+    fn encode_request(&self, w: &mut Writer) -> Option<u8> {
+        Some(match self {
             Message::CreateTimeline {
                 key,
                 wal_start,
@@ -346,6 +359,13 @@ impl Message {
                 w.u64(from.0);
                 b'R'
             }
+            _ => return None,
+        })
+    }
+
+    /// A reply's body into `w`, and its kind.
+    fn encode_reply(&self, w: &mut Writer) -> u8 {
+        match self {
             Message::VoteReply {
                 term,
                 granted,
@@ -403,13 +423,8 @@ impl Message {
                 w.bytes(message.as_bytes());
                 b'e'
             }
-        };
-        let body = w.0;
-        let mut out = Vec::with_capacity(body.len() + 5);
-        out.push(kind);
-        out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+            _ => unreachable!("requests are encoded by encode_request"),
+        }
     }
 
     /// Splits one frame off the front of `buf`: `Ok(None)` until it is

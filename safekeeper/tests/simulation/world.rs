@@ -522,6 +522,8 @@ impl World {
             let file = ControlFile {
                 tenant: [1; 16],
                 timeline: [2; 16],
+                system_id: 1,
+                segment_size: 16 << 20,
                 state,
             };
             self.nodes[node].control = Some(file.encode());

@@ -1,0 +1,84 @@
+//! `quire safekeeper`: runs one safekeeper until killed.
+//!
+//! It serves the safekeeper protocol (docs/safekeeper-protocol.md) on
+//! `--listen`, keeps its timelines under `--data`, talks to the other
+//! safekeepers named by `--peer ID=HOST:PORT`, and streams WAL from each
+//! timeline's elected compute as standby `sk<ID>`. One glommio executor,
+//! pinned to `--cpu` (default: the id modulo the CPUs).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use quire_io::{ExecutorConfig, run_per_core};
+use quire_safekeeper::server::peers::Peer;
+use quire_safekeeper::server::{Config, Server};
+
+/// Options of `quire safekeeper`.
+#[derive(Args, Clone)]
+pub struct SafekeeperArgs {
+    /// This safekeeper's id (its standby name is `sk<ID>`).
+    #[arg(long)]
+    id: u32,
+    /// `host:port` to listen on.
+    #[arg(long)]
+    listen: String,
+    /// Directory of its timelines.
+    #[arg(long)]
+    data: PathBuf,
+    /// Another safekeeper, `ID=HOST:PORT` (repeat).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Postgres user for replication connections.
+    #[arg(long, default_value = quire_cluster::SUPERUSER)]
+    pg_user: String,
+    /// CPU to run on.
+    #[arg(long)]
+    cpu: Option<usize>,
+}
+
+fn parse_peer(text: &str) -> Result<Peer> {
+    let (id, address) = text
+        .split_once('=')
+        .with_context(|| format!("--peer {text}: expected ID=HOST:PORT"))?;
+    Ok(Peer {
+        id: id
+            .parse()
+            .with_context(|| format!("--peer {text}: bad id"))?,
+        address: address.to_owned(),
+    })
+}
+
+pub fn run(args: &SafekeeperArgs) -> Result<()> {
+    let peers = args
+        .peers
+        .iter()
+        .map(|p| parse_peer(p))
+        .collect::<Result<Vec<_>>>()?;
+    let config = Config {
+        id: args.id,
+        listen: args.listen.clone(),
+        data: args.data.clone(),
+        peers,
+        pg_user: args.pg_user.clone(),
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let cpu = args.cpu.unwrap_or(args.id as usize % cpus);
+    let executor = ExecutorConfig {
+        cpus: vec![cpu],
+        io_memory_bytes: 4 << 20,
+        name: format!("quire-sk{}", args.id),
+    };
+    let (_, mut results) = run_per_core(&executor, move |_| {
+        let config = config.clone();
+        async move {
+            let server = Server::open(config).await.map_err(|e| anyhow!("{e}"))?;
+            server.serve().await.context("serve")
+        }
+    })
+    .map_err(|e| anyhow!("{e}"))?;
+    match results.pop() {
+        Some(result) => result,
+        None => bail!("the executor returned nothing"),
+    }
+}

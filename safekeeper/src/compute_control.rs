@@ -1,0 +1,260 @@
+//! The compute control's side: create a timeline on the safekeepers, and
+//! at every compute start run the election — bump the term on a majority,
+//! take the most advanced log, cut it at its last whole record, announce
+//! the new history and the compute's address — and report where the new
+//! compute's WAL begins.
+
+use std::time::Duration;
+
+use quire_postgres::Lsn;
+use quire_postgres::wal::page::first_record_start;
+use quire_postgres::wal::stream::WalStreamDecoder;
+
+use crate::acceptor::Response;
+use crate::election::{Election, Won};
+use crate::history::{Term, TermHistory};
+use crate::server::conn::FramedConn;
+use crate::wire::{Message, TimelineKey};
+
+/// Why the compute control failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Too few safekeepers answered.
+    #[error("{0}")]
+    NoMajority(String),
+    /// A safekeeper refused or failed.
+    #[error("safekeeper {address}: {what}")]
+    Safekeeper {
+        /// Which one.
+        address: String,
+        /// What it said.
+        what: String,
+    },
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn call(address: &str, message: &Message) -> Result<Message, String> {
+    let mut conn = FramedConn::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(CALL_TIMEOUT));
+    conn.call(message).await.map_err(|e| e.to_string())
+}
+
+/// Creates the timeline on every safekeeper (all must answer).
+pub async fn create_timeline(
+    safekeepers: &[String],
+    key: TimelineKey,
+    wal_start: Lsn,
+    segment_size: u32,
+    system_id: u64,
+) -> Result<(), ControlError> {
+    let request = Message::CreateTimeline {
+        key,
+        wal_start,
+        segment_size,
+        system_id,
+    };
+    for address in safekeepers {
+        match call(address, &request).await {
+            Ok(Message::Ok) => {}
+            Ok(other) => {
+                return Err(ControlError::Safekeeper {
+                    address: address.clone(),
+                    what: format!("{other:?}"),
+                });
+            }
+            Err(what) => {
+                return Err(ControlError::Safekeeper {
+                    address: address.clone(),
+                    what,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn as_response(message: Message) -> Option<Response> {
+    Some(match message {
+        Message::VoteReply {
+            term,
+            granted,
+            flush,
+            history,
+        } => Response::Vote {
+            term,
+            granted,
+            flush,
+            history,
+        },
+        Message::Flushed {
+            term,
+            flush,
+            commit,
+        } => Response::Flushed {
+            term,
+            flush,
+            commit,
+        },
+        Message::Refused { term, .. } => Response::Refused {
+            term,
+            why: "refused",
+        },
+        _ => return None,
+    })
+}
+
+/// Elects `compute` (`host:port`) for the timeline, whose WAL segments
+/// are `segment_size` bytes; returns the outcome, whose `start` is where
+/// the compute's WAL must begin.
+pub async fn elect(
+    safekeepers: &[String],
+    key: TimelineKey,
+    compute: &str,
+    segment_size: u32,
+) -> Result<Won, ControlError> {
+    let members = safekeepers.len();
+    let mut highest: Term = 0;
+    for address in safekeepers {
+        if let Ok(Message::Status { term, .. }) = call(address, &Message::GetStatus { key }).await {
+            highest = highest.max(term);
+        }
+    }
+    for _attempt in 0..10 {
+        let mut election = Election::new(highest + 1, members);
+        for (node, address) in safekeepers.iter().enumerate() {
+            let vote = Message::Vote {
+                key,
+                term: election.term(),
+            };
+            if let Some(response) = call(address, &vote).await.ok().and_then(as_response) {
+                election.on_response(u32::try_from(node).unwrap_or(u32::MAX), &response);
+            }
+        }
+        highest = highest.max(election.highest_term_seen());
+        let Some(won) = election.outcome() else {
+            continue;
+        };
+        let donor = &safekeepers[won.donor as usize];
+        let donor_history = TermHistory(won.history.0[..won.history.0.len() - 1].to_vec());
+        let record_end = last_record_end(
+            donor,
+            key,
+            election.term(),
+            &donor_history,
+            won.start,
+            u64::from(segment_size),
+        )
+        .await?;
+        let won = won.starting_at(record_end);
+        announce(safekeepers, key, &won, compute).await?;
+        return Ok(won);
+    }
+    Err(ControlError::NoMajority(format!(
+        "no majority of {members} safekeepers voted in 10 rounds (highest term seen {highest})"
+    )))
+}
+
+/// Where the donor's last whole record ends at or below `flush`: decodes
+/// its WAL from the first record start of the segment holding `flush`
+/// (or an earlier one).
+async fn last_record_end(
+    donor: &str,
+    key: TimelineKey,
+    term: Term,
+    history: &TermHistory,
+    flush: Lsn,
+    segment_size: u64,
+) -> Result<Lsn, ControlError> {
+    let failed = |what: String| ControlError::Safekeeper {
+        address: donor.to_owned(),
+        what,
+    };
+    let Message::Status { .. } = call(donor, &Message::GetStatus { key })
+        .await
+        .map_err(failed)?
+    else {
+        return Err(failed("no status".into()));
+    };
+    let wal_start = history.0.first().map_or(flush, |e| e.start);
+    let mut segment = flush.0.saturating_sub(1) / segment_size;
+    loop {
+        let segment_start = Lsn(segment * segment_size);
+        let from = segment_start.max(wal_start);
+        if from >= flush {
+            return Ok(flush);
+        }
+        let fetch = Message::Fetch {
+            key,
+            term,
+            history: history.clone(),
+            from,
+            to: flush,
+        };
+        let bytes = match call(donor, &fetch).await.map_err(failed)? {
+            Message::Wal { bytes, .. } => bytes,
+            other => return Err(failed(format!("fetch for the record end: {other:?}"))),
+        };
+        let start = if from == segment_start {
+            first_record_start(
+                &bytes,
+                segment_start,
+                u32::try_from(segment_size).unwrap_or(0),
+            )
+            .map_err(|e| failed(e.to_string()))?
+        } else {
+            Some(from)
+        };
+        let Some(start) = start else {
+            if segment == 0 || from == wal_start {
+                return Ok(from);
+            }
+            segment -= 1;
+            continue;
+        };
+        let mut decoder = WalStreamDecoder::new(start, u32::try_from(segment_size).unwrap_or(0));
+        let skip = usize::try_from(start.0 - from.0).unwrap_or(0);
+        decoder.feed(&bytes[skip.min(bytes.len())..]);
+        let mut end = start;
+        while let Ok(Some(record)) = decoder.next_record() {
+            end = Lsn(record.end.0.next_multiple_of(8));
+        }
+        return Ok(end.min(flush));
+    }
+}
+
+/// Announces the won term to every safekeeper; a majority must adopt it.
+async fn announce(
+    safekeepers: &[String],
+    key: TimelineKey,
+    won: &Won,
+    compute: &str,
+) -> Result<(), ControlError> {
+    let message = Message::Elected {
+        key,
+        term: won.term,
+        history: won.history.clone(),
+        compute: compute.to_owned(),
+    };
+    let mut adopted = 0;
+    let mut failures = Vec::new();
+    for address in safekeepers {
+        match call(address, &message).await {
+            Ok(Message::Flushed { term, .. }) if term == won.term => adopted += 1,
+            Ok(other) => failures.push(format!("{address}: {other:?}")),
+            Err(e) => failures.push(format!("{address}: {e}")),
+        }
+    }
+    if adopted * 2 > safekeepers.len() {
+        Ok(())
+    } else {
+        Err(ControlError::NoMajority(format!(
+            "term {} adopted by {adopted} of {} safekeepers ({})",
+            won.term,
+            safekeepers.len(),
+            failures.join("; ")
+        )))
+    }
+}

@@ -1,0 +1,442 @@
+//! The safekeeper server: timelines on disk, the protocol listener, and per
+//! timeline the replication stream from the term's compute, peer recovery
+//! and flush gossip. One glommio executor runs it all.
+
+pub mod conn;
+pub mod peers;
+pub mod replication;
+pub mod timeline;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+use quire_postgres::Lsn;
+
+use crate::acceptor::{Request, Response};
+use crate::history::Term;
+use crate::server::conn::{ConnError, FramedConn};
+use crate::server::peers::Peer;
+use crate::server::timeline::{Timeline, TimelineError, key_name};
+use crate::wire::{Message, TimelineKey};
+
+/// How a safekeeper runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Its id (1, 2, 3); its standby name is `sk<id>`.
+    pub id: u32,
+    /// Where it listens (`host:port`).
+    pub listen: String,
+    /// Where its timelines live.
+    pub data: PathBuf,
+    /// The other safekeepers.
+    pub peers: Vec<Peer>,
+    /// The Postgres user for replication connections.
+    pub pg_user: String,
+}
+
+/// A running safekeeper.
+pub struct Server {
+    config: Config,
+    peers: Rc<Vec<Peer>>,
+    timelines: RefCell<HashMap<TimelineKey, Rc<Timeline>>>,
+}
+
+fn parse_key(name: &str) -> Option<[u8; 16]> {
+    if name.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&name[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+impl Server {
+    /// Opens every timeline under the data directory.
+    pub async fn open(config: Config) -> Result<Rc<Server>, TimelineError> {
+        let error = |what: String| TimelineError {
+            key: "-".into(),
+            what,
+        };
+        std::fs::create_dir_all(&config.data).map_err(|e| error(e.to_string()))?;
+        let mut timelines = HashMap::new();
+        for tenant in std::fs::read_dir(&config.data).map_err(|e| error(e.to_string()))? {
+            let tenant = tenant.map_err(|e| error(e.to_string()))?;
+            let Some(tenant_id) = tenant.file_name().to_str().and_then(parse_key) else {
+                continue;
+            };
+            for timeline in std::fs::read_dir(tenant.path()).map_err(|e| error(e.to_string()))? {
+                let timeline = timeline.map_err(|e| error(e.to_string()))?;
+                let Some(timeline_id) = timeline.file_name().to_str().and_then(parse_key) else {
+                    continue;
+                };
+                let key = TimelineKey {
+                    tenant: tenant_id,
+                    timeline: timeline_id,
+                };
+                let opened = Timeline::open(&config.data, key).await?;
+                timelines.insert(key, Rc::new(opened));
+            }
+        }
+        let peers = Rc::new(config.peers.clone());
+        let server = Rc::new(Server {
+            config,
+            peers,
+            timelines: RefCell::new(timelines),
+        });
+        for timeline in server.timelines.borrow().values() {
+            server.start_gossip(timeline);
+            server.start_term(timeline);
+        }
+        Ok(server)
+    }
+
+    /// Peer recovery and streaming from the compute of the timeline's
+    /// current term.
+    fn start_term(&self, timeline: &Rc<Timeline>) {
+        let Some((term, compute)) = timeline.compute() else {
+            return;
+        };
+        glommio::spawn_local(peers::recover(
+            Rc::clone(timeline),
+            term,
+            Rc::clone(&self.peers),
+        ))
+        .detach();
+        glommio::spawn_local(follow_compute(
+            Rc::clone(timeline),
+            term,
+            compute,
+            self.config.pg_user.clone(),
+            format!("sk{}", self.config.id),
+        ))
+        .detach();
+    }
+
+    fn start_gossip(&self, timeline: &Rc<Timeline>) {
+        glommio::spawn_local(peers::gossip(
+            Rc::clone(timeline),
+            self.config.id,
+            Rc::clone(&self.peers),
+        ))
+        .detach();
+    }
+
+    fn timeline(&self, key: &TimelineKey) -> Result<Rc<Timeline>, String> {
+        self.timelines
+            .borrow()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| format!("no timeline {}", key_name(key)))
+    }
+
+    /// Accepts connections forever.
+    pub async fn serve(self: Rc<Server>) -> Result<(), std::io::Error> {
+        let listener = TcpListener::bind(&self.config.listen)?;
+        loop {
+            let stream = listener.accept().await?;
+            let server = Rc::clone(&self);
+            glommio::spawn_local(async move {
+                let _ = server.connection(FramedConn::new(stream)).await;
+            })
+            .detach();
+        }
+    }
+
+    async fn connection(self: Rc<Server>, mut conn: FramedConn) -> Result<(), ConnError> {
+        loop {
+            let request = conn.receive().await?;
+            if let Message::StreamWal { key, from } = request {
+                return self.stream_wal(conn, key, from).await;
+            }
+            if let Some(answer) = self.answer(request).await {
+                conn.send(&answer).await?;
+            }
+        }
+    }
+
+    async fn answer(self: &Rc<Server>, request: Message) -> Option<Message> {
+        let error = |message: String| Some(Message::Error { message });
+        match request {
+            Message::CreateTimeline {
+                key,
+                wal_start,
+                segment_size,
+                system_id,
+            } => Some(
+                self.create_timeline(key, wal_start, segment_size, system_id)
+                    .await,
+            ),
+            Message::Vote { key, term } => {
+                let timeline = match self.timeline(&key) {
+                    Ok(t) => t,
+                    Err(e) => return error(e),
+                };
+                match timeline.handle(&Request::Vote { term }, &[]).await {
+                    Ok(Some(reply)) => Some(to_wire(reply)),
+                    Ok(None) => error("no answer to a vote".into()),
+                    Err(e) => error(e.to_string()),
+                }
+            }
+            Message::Elected {
+                key,
+                term,
+                history,
+                compute,
+            } => self.elected(key, term, history, compute).await,
+            Message::Fetch {
+                key,
+                term,
+                history,
+                from,
+                to,
+            } => Some(self.fetch(key, term, &history, from, to).await),
+            Message::PeerFlush {
+                key,
+                peer,
+                term,
+                flush,
+            } => {
+                if let Ok(timeline) = self.timeline(&key) {
+                    let _ = timeline
+                        .handle(&Request::PeerFlush { peer, term, flush }, &[])
+                        .await;
+                }
+                None
+            }
+            Message::GetStatus { key } => {
+                let timeline = match self.timeline(&key) {
+                    Ok(t) => t,
+                    Err(e) => return error(e),
+                };
+                match timeline.status().await {
+                    Ok((term, flush, commit, history)) => Some(Message::Status {
+                        term,
+                        flush,
+                        commit,
+                        history,
+                    }),
+                    Err(e) => error(e.to_string()),
+                }
+            }
+            other => error(format!("not a request: {other:?}")),
+        }
+    }
+
+    async fn create_timeline(
+        self: &Rc<Server>,
+        key: TimelineKey,
+        wal_start: Lsn,
+        segment_size: u32,
+        system_id: u64,
+    ) -> Message {
+        if let Ok(existing) = self.timeline(&key) {
+            return if existing.system_id == system_id {
+                Message::Ok
+            } else {
+                Message::Error {
+                    message: format!("timeline {} exists for another cluster", key_name(&key)),
+                }
+            };
+        }
+        match Timeline::create(&self.config.data, key, wal_start, segment_size, system_id).await {
+            Ok(timeline) => {
+                let timeline = Rc::new(timeline);
+                self.start_gossip(&timeline);
+                self.timelines.borrow_mut().insert(key, timeline);
+                Message::Ok
+            }
+            Err(e) => Message::Error {
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// Peer recovery's source side: the bytes if our log agrees.
+    async fn fetch(
+        &self,
+        key: TimelineKey,
+        term: Term,
+        history: &crate::history::TermHistory,
+        from: Lsn,
+        to: Lsn,
+    ) -> Message {
+        let error = |message: String| Message::Error { message };
+        let timeline = match self.timeline(&key) {
+            Ok(t) => t,
+            Err(e) => return error(e),
+        };
+        let mut state = match timeline.lock().await {
+            Ok(state) => state,
+            Err(e) => return error(e.to_string()),
+        };
+        if !state.acceptor.can_serve(history, from, to) {
+            return Message::Refused {
+                term: state.acceptor.term(),
+                why: format!("cannot serve {from}..{to} of that history (term {term})"),
+            };
+        }
+        match state.wal.read(from, to).await {
+            Ok(bytes) => Message::Wal { begin: from, bytes },
+            Err(e) => error(e.to_string()),
+        }
+    }
+
+    async fn elected(
+        self: &Rc<Server>,
+        key: TimelineKey,
+        term: Term,
+        history: crate::history::TermHistory,
+        compute: String,
+    ) -> Option<Message> {
+        let timeline = match self.timeline(&key) {
+            Ok(t) => t,
+            Err(message) => return Some(Message::Error { message }),
+        };
+        let reply = match timeline
+            .handle(&Request::Elected { term, history }, &[])
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                return Some(Message::Error {
+                    message: e.to_string(),
+                });
+            }
+        };
+        if let Some(Response::Flushed { term: t, .. }) = &reply
+            && *t == term
+            && timeline
+                .compute()
+                .is_none_or(|(old, c)| old != term || c != compute)
+        {
+            if let Err(e) = timeline.set_compute(term, compute) {
+                return Some(Message::Error {
+                    message: e.to_string(),
+                });
+            }
+            self.start_term(&timeline);
+        }
+        reply.map(to_wire)
+    }
+
+    /// Sends committed WAL from `from` as it commits, and `Commit` frames.
+    async fn stream_wal(
+        self: Rc<Server>,
+        mut conn: FramedConn,
+        key: TimelineKey,
+        from: Lsn,
+    ) -> Result<(), ConnError> {
+        let timeline = match self.timeline(&key) {
+            Ok(t) => t,
+            Err(message) => return conn.send(&Message::Error { message }).await,
+        };
+        let mut sent = from;
+        let mut commit_sent = Lsn(0);
+        loop {
+            let chunk = {
+                let mut state = match timeline.lock().await {
+                    Ok(state) => state,
+                    Err(e) => {
+                        let message = e.to_string();
+                        return conn.send(&Message::Error { message }).await;
+                    }
+                };
+                let commit = state.acceptor.commit_lsn().min(state.acceptor.flush_lsn());
+                if commit > sent {
+                    let to = commit.min(Lsn(sent.0 + (1 << 20)));
+                    match state.wal.read(sent, to).await {
+                        Ok(bytes) => Some((commit, bytes)),
+                        Err(e) => {
+                            let message = e.to_string();
+                            return conn.send(&Message::Error { message }).await;
+                        }
+                    }
+                } else {
+                    None
+                }
+            };
+            match chunk {
+                Some((commit, bytes)) => {
+                    let begin = sent;
+                    sent = Lsn(sent.0 + bytes.len() as u64);
+                    conn.send(&Message::Wal { begin, bytes }).await?;
+                    if commit > commit_sent {
+                        commit_sent = commit;
+                        conn.send(&Message::Commit { lsn: commit }).await?;
+                    }
+                }
+                None => glommio::timer::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+}
+
+/// Streams from the term's compute, reconnecting after failures, until
+/// the term is over.
+async fn follow_compute(
+    timeline: Rc<Timeline>,
+    term: Term,
+    compute: String,
+    user: String,
+    name: String,
+) {
+    loop {
+        let still = timeline
+            .compute()
+            .is_some_and(|(t, c)| t == term && c == compute);
+        if !still {
+            return;
+        }
+        match replication::stream(
+            Rc::clone(&timeline),
+            term,
+            compute.clone(),
+            user.clone(),
+            name.clone(),
+        )
+        .await
+        {
+            Err(replication::StreamError::TermOver(_)) => return,
+            Err(e) => {
+                eprintln!("safekeeper {name}: streaming from {compute} in term {term}: {e}");
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+fn to_wire(response: Response) -> Message {
+    match response {
+        Response::Vote {
+            term,
+            granted,
+            flush,
+            history,
+        } => Message::VoteReply {
+            term,
+            granted,
+            flush,
+            history,
+        },
+        Response::Flushed {
+            term,
+            flush,
+            commit,
+        } => Message::Flushed {
+            term,
+            flush,
+            commit,
+        },
+        Response::Refused { term, why } => Message::Refused {
+            term,
+            why: why.into(),
+        },
+    }
+}

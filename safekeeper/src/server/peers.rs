@@ -1,0 +1,121 @@
+//! Talking to the other safekeepers: peer recovery (fetching the WAL an
+//! acceptor lacks below its term's start from a peer whose log agrees) and
+//! flush gossip (each acceptor tells its peers its flush LSN, from which
+//! every acceptor derives the commit LSN).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use quire_postgres::Lsn;
+
+use crate::acceptor::Request;
+use crate::history::Term;
+use crate::server::conn::FramedConn;
+use crate::server::timeline::{Timeline, TimelineError};
+use crate::wire::Message;
+
+/// Bytes asked for per fetch.
+const FETCH_CHUNK: u64 = 1 << 20;
+/// How often flush positions go to peers.
+pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A peer safekeeper.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// Its id.
+    pub id: u32,
+    /// Its `host:port`.
+    pub address: String,
+}
+
+/// Fills the acceptor's WAL up to its term's start from peers; returns
+/// when nothing is missing or the term moved on.
+pub async fn recover(timeline: Rc<Timeline>, term: Term, peers: Rc<Vec<Peer>>) {
+    let mut next = 0usize;
+    loop {
+        let need = match timeline.lock().await {
+            Ok(state) if state.acceptor.term() == term => state
+                .acceptor
+                .recovery_needed()
+                .map(|range| (range, state.acceptor.durable().history.clone())),
+            _ => return,
+        };
+        let Some(((from, to), history)) = need else {
+            return;
+        };
+        if peers.is_empty() {
+            return;
+        }
+        let peer = &peers[next % peers.len()];
+        next += 1;
+        let to = to.min(Lsn(from.0 + FETCH_CHUNK));
+        let fetch = Message::Fetch {
+            key: timeline.key,
+            term,
+            history,
+            from,
+            to,
+        };
+        let answer = match FramedConn::connect(&peer.address).await {
+            Ok(mut conn) => conn.call(&fetch).await.ok(),
+            Err(_) => None,
+        };
+        match answer {
+            Some(Message::Wal { begin, bytes }) if begin == from && !bytes.is_empty() => {
+                let append = Request::Append {
+                    term,
+                    begin,
+                    len: bytes.len() as u64,
+                };
+                let applied: Result<_, TimelineError> = async {
+                    timeline.handle(&append, &bytes).await?;
+                    timeline.flush().await
+                }
+                .await;
+                if applied.is_err() {
+                    return;
+                }
+            }
+            _ => glommio::timer::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Sends this acceptor's flush LSN to every peer, forever, over kept
+/// connections (reopened when they fail).
+pub async fn gossip(timeline: Rc<Timeline>, me: u32, peers: Rc<Vec<Peer>>) {
+    let mut conns: Vec<Option<FramedConn>> = peers.iter().map(|_| None).collect();
+    let mut last_sent: Option<(Term, Lsn)> = None;
+    let mut rounds = 0u64;
+    loop {
+        glommio::timer::sleep(GOSSIP_INTERVAL).await;
+        rounds += 1;
+        let Ok((term, flush, _, history)) = timeline.status().await else {
+            return;
+        };
+        if history.last_term() != term || term == 0 {
+            continue;
+        }
+        // Unchanged positions go out only now and then (a peer restarted).
+        if last_sent == Some((term, flush)) && !rounds.is_multiple_of(25) {
+            continue;
+        }
+        last_sent = Some((term, flush));
+        let message = Message::PeerFlush {
+            key: timeline.key,
+            peer: me,
+            term,
+            flush,
+        };
+        for (peer, conn) in peers.iter().zip(conns.iter_mut()) {
+            if conn.is_none() {
+                *conn = FramedConn::connect(&peer.address).await.ok();
+            }
+            if let Some(c) = conn
+                && c.send(&message).await.is_err()
+            {
+                *conn = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! One timeline on a safekeeper: the acceptor state machine, its control
+//! file and its WAL segments, with the I/O the acceptor asks for done in
+//! its order (cut, persist, write; replies after).
+//!
+//! Everything runs on the safekeeper's executor thread; the state sits
+//! behind an async mutex so a request's I/O finishes before the next
+//! request sees the state. An I/O failure stops the timeline (every later
+//! request gets an error): the acceptor's memory may be ahead of its disk
+//! then, and only a restart from disk is trustworthy.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use futures::lock::Mutex;
+use quire_postgres::Lsn;
+
+use crate::acceptor::{Acceptor, DurableState, Request, Response};
+use crate::control_file::ControlFile;
+use crate::history::{Term, TermHistory};
+use crate::wal_store::WalStore;
+use crate::wire::TimelineKey;
+
+/// Acceptors of a timeline.
+pub const MEMBERS: usize = 3;
+/// The file naming the current term's compute: `<term> <host:port>`.
+const COMPUTE_FILE: &str = "compute";
+
+/// A timeline's state and files.
+pub struct Timeline {
+    /// Which timeline.
+    pub key: TimelineKey,
+    dir: PathBuf,
+    /// The Postgres cluster.
+    pub system_id: u64,
+    /// WAL segment size.
+    pub segment_size: u32,
+    state: Mutex<State>,
+    broken: RefCell<Option<String>>,
+    /// The compute of the current term: `(term, host:port)`.
+    compute: RefCell<Option<(Term, String)>>,
+    /// Bumped whenever the flush or commit LSN may have moved.
+    progress: Cell<u64>,
+}
+
+/// What the mutex guards.
+pub struct State {
+    /// The consensus state.
+    pub acceptor: Acceptor,
+    /// The WAL.
+    pub wal: WalStore,
+}
+
+/// A timeline that cannot serve.
+#[derive(Debug, thiserror::Error)]
+#[error("timeline {key}: {what}")]
+pub struct TimelineError {
+    /// Which timeline (hex).
+    pub key: String,
+    /// Why.
+    pub what: String,
+}
+
+/// Hex of the timeline's ids, `tenant/timeline`.
+pub fn key_name(key: &TimelineKey) -> String {
+    let hex = |bytes: &[u8; 16]| {
+        bytes.iter().fold(String::with_capacity(32), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+    };
+    format!("{}/{}", hex(&key.tenant), hex(&key.timeline))
+}
+
+impl Timeline {
+    /// The directory of a timeline under the safekeeper's data directory.
+    pub fn dir_of(data: &Path, key: &TimelineKey) -> PathBuf {
+        data.join(key_name(key))
+    }
+
+    /// Creates a timeline whose WAL begins at `wal_start`.
+    pub async fn create(
+        data: &Path,
+        key: TimelineKey,
+        wal_start: Lsn,
+        segment_size: u32,
+        system_id: u64,
+    ) -> Result<Timeline, TimelineError> {
+        let dir = Timeline::dir_of(data, &key);
+        let error = |what: String| TimelineError {
+            key: key_name(&key),
+            what,
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| error(format!("create {}: {e}", dir.display())))?;
+        let file = ControlFile {
+            tenant: key.tenant,
+            timeline: key.timeline,
+            system_id,
+            segment_size,
+            state: DurableState::new(wal_start),
+        };
+        file.store(&dir).map_err(|e| error(e.to_string()))?;
+        Timeline::open(data, key).await
+    }
+
+    /// Opens a timeline from its control file and WAL.
+    pub async fn open(data: &Path, key: TimelineKey) -> Result<Timeline, TimelineError> {
+        let dir = Timeline::dir_of(data, &key);
+        let error = |what: String| TimelineError {
+            key: key_name(&key),
+            what,
+        };
+        let file = ControlFile::load(&dir)
+            .map_err(|e| error(e.to_string()))?
+            .ok_or_else(|| error(format!("no control file in {}", dir.display())))?;
+        if file.tenant != key.tenant || file.timeline != key.timeline {
+            return Err(error("the control file belongs to another timeline".into()));
+        }
+        let wal = WalStore::open(&dir, file.state.wal_start, file.segment_size, 1)
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        let acceptor = Acceptor::restore(file.state, wal.flush_lsn(), MEMBERS);
+        // The compute of the current term, if one was announced.
+        let compute = std::fs::read_to_string(dir.join(COMPUTE_FILE))
+            .ok()
+            .and_then(|text| {
+                let (term, address) = text.trim_end().split_once(' ')?;
+                Some((term.parse::<Term>().ok()?, address.to_owned()))
+            })
+            .filter(|(term, _)| *term == acceptor.term() && acceptor.is_elected_member());
+        Ok(Timeline {
+            key,
+            dir,
+            system_id: file.system_id,
+            segment_size: file.segment_size,
+            state: Mutex::new(State { acceptor, wal }),
+            broken: RefCell::new(None),
+            compute: RefCell::new(compute),
+            progress: Cell::new(0),
+        })
+    }
+
+    fn error(&self, what: impl Into<String>) -> TimelineError {
+        TimelineError {
+            key: key_name(&self.key),
+            what: what.into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), TimelineError> {
+        match &*self.broken.borrow() {
+            Some(why) => Err(self.error(format!("stopped after an I/O error: {why}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&self, why: String) -> TimelineError {
+        eprintln!("safekeeper: timeline {} stops: {why}", key_name(&self.key));
+        *self.broken.borrow_mut() = Some(why.clone());
+        self.error(why)
+    }
+
+    /// Locks the state (for reads such as status and fetches).
+    pub async fn lock(&self) -> Result<futures::lock::MutexGuard<'_, State>, TimelineError> {
+        self.check()?;
+        Ok(self.state.lock().await)
+    }
+
+    /// Runs a request through the acceptor, doing its I/O; `bytes` are an
+    /// append's.
+    pub async fn handle(
+        &self,
+        request: &Request,
+        bytes: &[u8],
+    ) -> Result<Option<Response>, TimelineError> {
+        let mut state = self.lock().await?;
+        let actions = state.acceptor.handle(request);
+        if let Some(cut) = actions.truncate {
+            state
+                .wal
+                .truncate(cut)
+                .await
+                .map_err(|e| self.stop(format!("cut at {cut}: {e}")))?;
+        }
+        if let Some(durable) = actions.persist {
+            let file = ControlFile {
+                tenant: self.key.tenant,
+                timeline: self.key.timeline,
+                system_id: self.system_id,
+                segment_size: self.segment_size,
+                state: durable,
+            };
+            file.store(&self.dir)
+                .map_err(|e| self.stop(format!("control file: {e}")))?;
+        }
+        if let Some(write) = actions.write {
+            let skip = usize::try_from(write.skip).unwrap_or(usize::MAX);
+            let len = usize::try_from(write.len).unwrap_or(usize::MAX);
+            let part = bytes
+                .get(skip..skip.saturating_add(len))
+                .ok_or_else(|| self.error("an append shorter than it says"))?;
+            state
+                .wal
+                .append(write.at, part)
+                .map_err(|e| self.stop(e.to_string()))?;
+        }
+        if matches!(request, Request::PeerFlush { .. }) {
+            self.progress.set(self.progress.get() + 1);
+        }
+        Ok(actions.reply)
+    }
+
+    /// Group commit: makes everything appended so far durable and returns
+    /// the acknowledgement (none when nothing was pending or a cut came in
+    /// between).
+    pub async fn flush(&self) -> Result<Option<Response>, TimelineError> {
+        let mut state = self.lock().await?;
+        if state.acceptor.write_lsn() <= state.acceptor.flush_lsn() {
+            return Ok(None);
+        }
+        let ticket = state.acceptor.begin_flush();
+        let flushed = state
+            .wal
+            .flush()
+            .await
+            .map_err(|e| self.stop(format!("flush: {e}")))?;
+        if flushed != ticket.lsn() {
+            return Err(self.stop(format!(
+                "the WAL flushed to {flushed}, the acceptor wrote to {}",
+                ticket.lsn()
+            )));
+        }
+        let reply = state.acceptor.flushed(ticket);
+        self.progress.set(self.progress.get() + 1);
+        Ok(reply)
+    }
+
+    /// A counter that moves when flush or commit may have.
+    pub fn progress(&self) -> u64 {
+        self.progress.get()
+    }
+
+    /// Records the compute of `term` (durably: a restarted safekeeper
+    /// streams from it again without a new announcement).
+    pub fn set_compute(&self, term: Term, compute: String) -> Result<(), TimelineError> {
+        let tmp = self.dir.join(format!("{COMPUTE_FILE}.tmp"));
+        let written = std::fs::File::create(&tmp)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, format!("{term} {compute}\n").as_bytes())?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(COMPUTE_FILE)))
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
+        written.map_err(|e| self.error(format!("record the compute: {e}")))?;
+        *self.compute.borrow_mut() = Some((term, compute));
+        Ok(())
+    }
+
+    /// The compute of the current term, if announced.
+    pub fn compute(&self) -> Option<(Term, String)> {
+        self.compute.borrow().clone()
+    }
+
+    /// `(term, flush, commit, history)` for status answers.
+    pub async fn status(&self) -> Result<(Term, Lsn, Lsn, TermHistory), TimelineError> {
+        let state = self.lock().await?;
+        let a = &state.acceptor;
+        Ok((
+            a.term(),
+            a.flush_lsn(),
+            a.commit_lsn(),
+            a.durable().history.clone(),
+        ))
+    }
+}
