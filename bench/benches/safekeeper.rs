@@ -2,10 +2,11 @@
 //! physical limit measured in the same run:
 //!
 //! - `WalStore` appends of 128 KiB, each followed by its group-commit
-//!   flush (direct I/O write + `fdatasync`), and of 8 KiB with one flush
-//!   per 16 appends (what group commit does under concurrent commits);
-//! - the same sizes written straight to a preallocated segment file with
-//!   direct I/O and `fdatasync` (no WAL store logic): the floor.
+//!   flush (direct `O_DSYNC` writes), and of 8 KiB with one flush per 16
+//!   appends (what group commit does under concurrent commits);
+//! - the same sizes written straight to a preallocated segment file
+//!   (direct, `O_DSYNC`, then `fdatasync`) with no WAL store logic: the
+//!   floor. Its "flush" latency is the `fdatasync` alone.
 //!
 //! Reported: MB/s and hdrhistogram percentiles of the flush latency.
 //! Run: `cargo bench -p quire-bench --bench safekeeper`.

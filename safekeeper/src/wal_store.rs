@@ -5,8 +5,8 @@
 //! `pg_wal` (so `pg_waldump` reads them and two safekeepers' copies compare
 //! byte for byte). Appends collect in memory; [`WalStore::flush`] writes
 //! every block they touch (the last one zero-filled past the end, and
-//! rewritten by the next flush, as Postgres does with its WAL pages) and
-//! `fdatasync`s: every append made before it started is durable when it
+//! rewritten by the next flush, as Postgres does with its WAL pages) with
+//! `O_DSYNC` direct writes: every append made before it started is durable when it
 //! returns, however many there were (group commit). Segments are created at
 //! full size and their names made durable when created.
 //!
@@ -258,7 +258,8 @@ impl WalStore {
         Ok(())
     }
 
-    /// Writes what was appended and `fdatasync`s; returns the durable end.
+    /// Writes what was appended (`O_DSYNC`: durable when written); returns
+    /// the durable end.
     pub async fn flush(&mut self) -> Result<Lsn, WalStoreError> {
         if self.write_lsn == self.flush_lsn {
             return Ok(self.flush_lsn);
@@ -269,7 +270,6 @@ impl WalStore {
         image.resize(kept.next_multiple_of(BLOCK_SIZE), 0);
         let mut at = self.pending_from.0;
         let mut offset = 0usize;
-        let mut touched = Vec::new();
         while offset < image.len() {
             let number = at / self.segment_size;
             let room = usize::try_from((number + 1) * self.segment_size - at).unwrap_or(usize::MAX);
@@ -279,13 +279,10 @@ impl WalStore {
                 .await?
                 .write_blocks(block, &image[offset..offset + len])
                 .await?;
-            touched.push(number);
             offset += len;
             at += len as u64;
         }
-        for number in touched {
-            self.segment(number).await?.sync().await?;
-        }
+        // Segment writes are O_DSYNC: each was durable when it completed.
         // Keep the last partial block for the next flush to rewrite.
         let new_from = end.0 - end.0 % BLOCK;
         let drop = usize::try_from(new_from - self.pending_from.0).unwrap_or(0);
