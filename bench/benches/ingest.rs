@@ -81,7 +81,7 @@ fn verify_on_one_core(
                 RedoPool::new(config, 1, Duration::from_secs(60)).map_err(|e| anyhow!("{e}"))?;
             let mut out = Vec::new();
             let report =
-                quire_pageserver::verify::verify(&base, &data, &work, pool, &mut out).await?;
+                quire_pageserver::verify::verify(&base, &data, &work, pool, None, &mut out).await?;
             anyhow::Ok((report, out))
         }
     })

@@ -16,7 +16,9 @@ use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use quire_cluster::{PgInstall, RunAs};
 use quire_io::{ExecutorConfig, run_per_core};
+use quire_pageserver::wal_receiver::WalSource;
 use quire_redo::{RedoConfig, RedoPool};
+use quire_safekeeper::wire::TimelineKey;
 
 /// Options of `quire verify`.
 #[derive(Args, Clone)]
@@ -31,6 +33,32 @@ pub struct VerifyArgs {
     /// temporary directory, removed afterwards).
     #[arg(long)]
     work: Option<PathBuf>,
+    /// Take the WAL from these safekeepers (`host:port,...`) through the
+    /// pageserver's WAL receiver instead of DIR's `pg_wal`.
+    #[arg(long, value_delimiter = ',')]
+    safekeepers: Vec<String>,
+    /// The timeline on the safekeepers: `TENANT/TIMELINE` (32 hex digits each).
+    #[arg(long)]
+    timeline: Option<String>,
+}
+
+fn parse_ids(text: &str) -> Result<TimelineKey> {
+    let hex = |part: &str| -> Result<[u8; 16]> {
+        anyhow::ensure!(part.len() == 32, "{part}: expected 32 hex digits");
+        let mut out = [0u8; 16];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&part[2 * i..2 * i + 2], 16)
+                .with_context(|| format!("{part}: not hex"))?;
+        }
+        Ok(out)
+    };
+    let (tenant, timeline) = text
+        .split_once('/')
+        .context("--timeline: expected TENANT/TIMELINE")?;
+    Ok(TimelineKey {
+        tenant: hex(tenant)?,
+        timeline: hex(timeline)?,
+    })
 }
 
 pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
@@ -44,6 +72,23 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
         scratch_root: work.join("redo"),
         timeout: Duration::from_secs(60),
     };
+    let source = if args.safekeepers.is_empty() {
+        None
+    } else {
+        let key = parse_ids(
+            args.timeline
+                .as_deref()
+                .context("--safekeepers needs --timeline")?,
+        )?;
+        let segment_size = quire_pageserver::import::read_control(&args.pgdata)?
+            .xlog_seg_size
+            .get();
+        Some(WalSource {
+            safekeepers: args.safekeepers.clone(),
+            key,
+            segment_size,
+        })
+    };
     let args = args.clone();
     let executor = ExecutorConfig {
         cpus: vec![0],
@@ -54,14 +99,21 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
         let config = config.clone();
         let args = args.clone();
         let work = work.clone();
+        let source = source.clone();
         async move {
             let pool =
                 RedoPool::new(config, 1, Duration::from_secs(60)).map_err(|e| anyhow!("{e}"))?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            let report =
-                quire_pageserver::verify::verify(&args.base, &args.pgdata, &work, pool, &mut out)
-                    .await?;
+            let report = quire_pageserver::verify::verify(
+                &args.base,
+                &args.pgdata,
+                &work,
+                pool,
+                source.as_ref(),
+                &mut out,
+            )
+            .await?;
             out.flush().context("write to standard output")?;
             anyhow::Ok(report.different)
         }

@@ -106,6 +106,11 @@ impl WalIngest {
         }
     }
 
+    /// The timeline ingested into.
+    pub fn timeline(&self) -> &Rc<Timeline> {
+        &self.timeline
+    }
+
     /// The counters.
     pub fn stats(&self) -> IngestStats {
         self.stats

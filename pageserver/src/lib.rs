@@ -18,3 +18,4 @@ pub mod datadir;
 pub mod import;
 pub mod ingest;
 pub mod verify;
+pub mod wal_receiver;

@@ -2,8 +2,9 @@
 //! it with the page Postgres wrote.
 //!
 //! A timeline is bootstrapped from BASE (the cluster right after initdb),
-//! the WAL in PGDATA's `pg_wal` from BASE's checkpoint to PGDATA's final
-//! shutdown checkpoint is ingested, and every block of every WAL-logged
+//! the WAL from BASE's checkpoint to PGDATA's final shutdown checkpoint is
+//! ingested (from PGDATA's `pg_wal`, or followed on the safekeepers through
+//! the WAL receiver), and every block of every WAL-logged
 //! relation fork and every `pg_xact` and multixact page is rebuilt at the
 //! final LSN and compared with PGDATA's files. Pages that differ byte for
 //! byte are compared again after Postgres' own masking (the resource
@@ -38,6 +39,7 @@ use quire_shard::{CoreContext, ReconstructInputs, Timeline};
 use crate::datadir::{self, RelationFiles, SLRU_PAGES_PER_SEGMENT};
 use crate::import::{import_datadir, read_control};
 use crate::ingest::{IngestStats, WalIngest, slru_key};
+use crate::wal_receiver::{WalSource, follow};
 
 /// Pages rebuilt per redo round trip.
 const BATCH: u32 = 64;
@@ -89,6 +91,7 @@ pub async fn verify(
     pgdata: &Path,
     work: &Path,
     pool: Rc<RedoPool>,
+    wal_from: Option<&WalSource>,
     out: &mut impl Write,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
@@ -125,7 +128,27 @@ pub async fn verify(
         Some((Rc::clone(&pool), TENANT)),
     );
     let began = Instant::now();
-    let last = ingest_wal(&mut ingest, &pgdata.join("pg_wal"), start, end_checkpoint).await?;
+    let last = match wal_from {
+        None => ingest_wal(&mut ingest, &pgdata.join("pg_wal"), start, end_checkpoint).await?,
+        Some(source) => {
+            let (last, stats) = follow(
+                &mut ingest,
+                source,
+                start,
+                end_checkpoint,
+                Duration::from_secs(600),
+            )
+            .await?;
+            writeln!(
+                out,
+                "WAL from the safekeepers: {} connections, {:.1} MB, disk-consistent LSN reported {} times",
+                stats.connections,
+                megabytes(stats.bytes),
+                stats.persisted_reports
+            )?;
+            last
+        }
+    };
     report.ingest_time = began.elapsed();
     report.ingest = ingest.stats();
     report.final_lsn = last;

@@ -288,8 +288,24 @@ impl Acceptor {
     /// Records that WAL below `lsn` is persisted by the pageserver; returns
     /// the state to persist when the horizon moved (the host persists it
     /// lazily, then removes whole segments below it).
+    ///
+    /// The horizon also stays below every member's flush LSN (as its peers
+    /// last reported it in this term): a lagging peer may still need that
+    /// WAL for recovery. Until every peer has reported, nothing moves.
     pub fn set_removable_before(&mut self, lsn: Lsn) -> Option<DurableState> {
-        let bounded = lsn.min(self.durable.commit_lsn).min(self.flush);
+        if self.peers.len() + 1 < self.members {
+            return None;
+        }
+        let slowest_peer = self
+            .peers
+            .iter()
+            .map(|&(_, f)| f)
+            .min()
+            .unwrap_or(self.flush);
+        let bounded = lsn
+            .min(self.durable.commit_lsn)
+            .min(self.flush)
+            .min(slowest_peer);
         if bounded <= self.durable.removable_before {
             return None;
         }

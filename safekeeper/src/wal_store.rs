@@ -67,6 +67,8 @@ pub struct WalStore {
     pending: Vec<u8>,
     pending_from: Lsn,
     segments: BTreeMap<u64, SegmentFile>,
+    /// WAL below this was removed (whole segments).
+    first_kept: Lsn,
 }
 
 impl WalStore {
@@ -89,8 +91,12 @@ impl WalStore {
             pending: Vec::new(),
             pending_from: Lsn(wal_start.0 - wal_start.0 % BLOCK),
             segments: BTreeMap::new(),
+            first_kept: wal_start,
         };
         let numbers = store.segment_numbers_on_disk()?;
+        if let Some(&first) = numbers.first() {
+            store.first_kept = store.first_kept.max(Lsn(first * store.segment_size));
+        }
         let end = store.find_end(&numbers).await?;
         store.write_lsn = end;
         store.flush_lsn = end;
@@ -341,10 +347,10 @@ impl WalStore {
 
     /// The WAL `[from, to)`, durable or not yet.
     pub async fn read(&mut self, from: Lsn, to: Lsn) -> Result<Vec<u8>, WalStoreError> {
-        if from > to || from < self.wal_start || to > self.write_lsn {
+        if from > to || from < self.first_kept || to > self.write_lsn {
             return Err(WalStoreError::Range(format!(
                 "read {from}..{to} outside the WAL {}..{}",
-                self.wal_start, self.write_lsn
+                self.first_kept, self.write_lsn
             )));
         }
         let mut out = if from < self.pending_from {
@@ -360,9 +366,11 @@ impl WalStore {
         Ok(out)
     }
 
-    /// Removes whole segments that end at or below `before`.
+    /// Removes whole segments that end at or below `before` (never the
+    /// one holding the write position).
     pub async fn remove_segments_before(&mut self, before: Lsn) -> Result<u64, WalStoreError> {
         let mut removed = 0;
+        let before = before.min(self.write_lsn);
         for number in self.segment_numbers_on_disk()? {
             if (number + 1) * self.segment_size > before.0 {
                 break;
@@ -372,6 +380,7 @@ impl WalStore {
             }
             remove_file(&self.dir.join(self.segment_name(number))).await?;
             removed += 1;
+            self.first_kept = self.first_kept.max(Lsn((number + 1) * self.segment_size));
         }
         Ok(removed)
     }

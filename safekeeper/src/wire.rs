@@ -95,6 +95,15 @@ pub enum Message {
         /// Where to start.
         from: Lsn,
     },
+    /// The pageserver has made the timeline's WAL below `lsn` durable in
+    /// its layers: WAL below it may go (once every safekeeper has it).
+    /// Answer: `Ok`.
+    ReportPersisted {
+        /// The timeline.
+        key: TimelineKey,
+        /// The pageserver's disk-consistent LSN.
+        lsn: Lsn,
+    },
     /// The answer to a vote.
     VoteReply {
         /// The safekeeper's term.
@@ -359,6 +368,11 @@ impl Message {
                 w.u64(from.0);
                 b'R'
             }
+            Message::ReportPersisted { key, lsn } => {
+                w.key(key);
+                w.u64(lsn.0);
+                b'D'
+            }
             _ => return None,
         })
     }
@@ -481,6 +495,10 @@ impl Message {
                 key: r.key()?,
                 from: r.lsn()?,
             },
+            b'D' => Message::ReportPersisted {
+                key: r.key()?,
+                lsn: r.lsn()?,
+            },
             b'v' => Message::VoteReply {
                 term: r.u64()?,
                 granted: r.u8()? != 0,
@@ -531,6 +549,7 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         b'P' => "peer flush",
         b'S' => "get status",
         b'R' => "stream WAL",
+        b'D' => "report persisted",
         b'v' => "vote reply",
         b'f' => "flushed",
         b'x' => "refused",

@@ -209,6 +209,13 @@ impl Server {
                 }
                 None
             }
+            Message::ReportPersisted { key, lsn } => match self.timeline(&key) {
+                Ok(timeline) => match timeline.remove_persisted(lsn).await {
+                    Ok(()) => Some(Message::Ok),
+                    Err(e) => error(e.to_string()),
+                },
+                Err(e) => error(e),
+            },
             Message::GetStatus { key } => {
                 let timeline = match self.timeline(&key) {
                     Ok(t) => t,
@@ -386,6 +393,7 @@ async fn follow_compute(
     user: String,
     name: String,
 ) {
+    let mut failures = 0u64;
     loop {
         let still = timeline
             .compute()
@@ -404,10 +412,16 @@ async fn follow_compute(
         {
             Err(replication::StreamError::TermOver(_)) => return,
             Err(e) => {
-                eprintln!("safekeeper {name}: streaming from {compute} in term {term}: {e}");
+                // The first failure, then one line a minute while it lasts.
+                if failures.is_multiple_of(300) {
+                    eprintln!(
+                        "safekeeper {name}: streaming from {compute} in term {term}: {e} (retrying every 200 ms)"
+                    );
+                }
+                failures += 1;
                 glommio::timer::sleep(Duration::from_millis(200)).await;
             }
-            Ok(()) => {}
+            Ok(()) => failures = 0,
         }
     }
 }

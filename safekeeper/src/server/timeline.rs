@@ -236,6 +236,31 @@ impl Timeline {
         Ok(reply)
     }
 
+    /// The pageserver persisted WAL below `lsn`: move the removal horizon
+    /// (bounded by the acceptor) and remove whole segments below it.
+    pub async fn remove_persisted(&self, lsn: Lsn) -> Result<(), TimelineError> {
+        let mut state = self.lock().await?;
+        let Some(durable) = state.acceptor.set_removable_before(lsn) else {
+            return Ok(());
+        };
+        let horizon = durable.removable_before;
+        let file = ControlFile {
+            tenant: self.key.tenant,
+            timeline: self.key.timeline,
+            system_id: self.system_id,
+            segment_size: self.segment_size,
+            state: durable,
+        };
+        file.store(&self.dir)
+            .map_err(|e| self.stop(format!("control file: {e}")))?;
+        state
+            .wal
+            .remove_segments_before(horizon)
+            .await
+            .map_err(|e| self.stop(format!("remove WAL below {horizon}: {e}")))?;
+        Ok(())
+    }
+
     /// A counter that moves when flush or commit may have.
     pub fn progress(&self) -> u64 {
         self.progress.get()
