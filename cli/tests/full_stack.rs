@@ -64,7 +64,7 @@ const FAULTS: [(f64, usize, bool); 6] = [
 fn run_faults(safekeepers: &mut [Safekeeper], seconds: u64, began: Instant) -> Result<Vec<f64>> {
     let mut at = Vec::new();
     for (fraction, index, up) in FAULTS {
-        let when = Duration::from_secs_f64(seconds as f64 * fraction);
+        let when = Duration::from_secs(seconds).mul_f64(fraction);
         if let Some(wait) = when.checked_sub(began.elapsed()) {
             std::thread::sleep(wait);
         }
@@ -143,44 +143,22 @@ fn check_ledger(pg: &PgCluster, logs: &Path) -> Result<usize> {
     Ok(acknowledged.len())
 }
 
-#[test]
-fn acknowledged_commits_survive_safekeeper_kills_and_the_pageserver_matches() -> Result<()> {
-    let scale = env_number("QUIRE_FULL_STACK_SCALE", 10)?;
-    let seconds = env_number("QUIRE_FULL_STACK_SECONDS", 60)?;
-    let install = pg_install()?;
-    let options = PgClusterOptions::default()
-        .setting("synchronous_standby_names", "'ANY 2 (sk1, sk2, sk3)'")
-        .setting("max_wal_senders", "10")
-        .setting("max_replication_slots", "10")
-        .setting("max_wal_size", "'4GB'");
-    let mut pg = PgCluster::create(&install, options)?;
-    let base = pg.datadir().with_file_name("base-copy");
-    run_checked(
-        Command::new("cp").arg("-a").arg(pg.datadir()).arg(&base),
-        Duration::from_secs(60),
-    )?;
-    let root = tempfile::tempdir()?;
-    let quire = Path::new(env!("CARGO_BIN_EXE_quire"));
-    let (mut safekeepers, addresses) = start_safekeepers(quire, root.path())?;
-    pg.start()?;
-    let won = bootstrap(&pg, &addresses)?;
-    println!("elected term {} at {}", won.term, won.start);
-    run_checked(
-        pg.client("pgbench")
-            .args(["-i", "-q", "-s", &scale.to_string()]),
-        Duration::from_secs(900),
-    )?;
-    pg.psql(
-        "postgres",
-        "CREATE TABLE ledger (client int, seq int, PRIMARY KEY (client, seq))",
-    )?;
-    let logs = root.path().join("logs");
-    std::fs::create_dir_all(&logs)?;
+/// TPC-B plus the ledger insert for `seconds`, while the fault schedule
+/// runs; checks that commits stopped with two safekeepers down and
+/// resumed after.
+fn pgbench_under_faults(
+    pg: &PgCluster,
+    safekeepers: &mut [Safekeeper],
+    logs: &Path,
+    scale: u64,
+    seconds: u64,
+) -> Result<()> {
+    std::fs::create_dir_all(logs)?;
     std::fs::write(logs.join("script.sql"), SCRIPT)?;
     let began = Instant::now();
     let bench = pg
         .client("pgbench")
-        .current_dir(&logs)
+        .current_dir(logs)
         .args([
             "-n",
             "-c",
@@ -196,7 +174,7 @@ fn acknowledged_commits_survive_safekeeper_kills_and_the_pageserver_matches() ->
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let faults = run_faults(&mut safekeepers, seconds, began)?;
+    let faults = run_faults(safekeepers, seconds, began)?;
     let output = bench.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(output.status.success(), "pgbench failed: {stderr}");
@@ -231,6 +209,118 @@ fn acknowledged_commits_survive_safekeeper_kills_and_the_pageserver_matches() ->
             .find(|l| l.starts_with("tps"))
             .unwrap_or("")
     );
+    Ok(())
+}
+
+/// `quire verify` with its WAL from the safekeepers; `victim` is killed
+/// while it runs. With `must_switch`, the receiver must have changed
+/// safekeeper.
+fn verify_through_safekeepers(
+    quire: &Path,
+    base: &Path,
+    pg: &PgCluster,
+    addresses: &[String],
+    victim: &mut Safekeeper,
+    must_switch: bool,
+) -> Result<()> {
+    // The pageserver follows the safekeepers; one dies under it.
+    let verify = Command::new(quire)
+        .arg("verify")
+        .arg("--base")
+        .arg(base)
+        .arg("--pgdata")
+        .arg(pg.datadir())
+        .arg("--safekeepers")
+        .arg(addresses.join(","))
+        .args(["--timeline", KEY_TEXT])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Its first line comes when the base is imported and the WAL stream
+    // starts; the victim dies half a second into the stream.
+    let mut verify = verify;
+    let reader = std::io::BufReader::new(verify.stdout.take().context("verify's stdout")?);
+    let (first_tx, first_rx) = std::sync::mpsc::channel();
+    let collector = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufRead::lines(reader).map_while(Result::ok) {
+            if lines.is_empty() {
+                let _ = first_tx.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let _ = first_rx.recv_timeout(Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(500));
+    victim.kill();
+    let output = run_bounded_wait(verify)?;
+    let stdout = collector
+        .join()
+        .map_err(|_| anyhow::anyhow!("the output reader panicked"))?
+        .join("\n");
+    println!("{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    ensure!(
+        output.status.success() && last.ends_with(" 0 different"),
+        "quire verify through the safekeepers: {last}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // At full size the stream outlasts the kill: the receiver must have
+    // moved to another safekeeper (sk1 is the first pick when all are
+    // equal, as they are after the compute stopped).
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("WAL from the safekeepers"))
+        .unwrap_or_default();
+    let connections: u64 = line
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if must_switch {
+        ensure!(
+            connections >= 2,
+            "the WAL receiver never switched safekeeper: {line}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn acknowledged_commits_survive_safekeeper_kills_and_the_pageserver_matches() -> Result<()> {
+    let scale = env_number("QUIRE_FULL_STACK_SCALE", 10)?;
+    let seconds = env_number("QUIRE_FULL_STACK_SECONDS", 60)?;
+    let install = pg_install()?;
+    let options = PgClusterOptions::default()
+        .setting("synchronous_standby_names", "'ANY 2 (sk1, sk2, sk3)'")
+        .setting("max_wal_senders", "10")
+        .setting("max_replication_slots", "10")
+        .setting("max_wal_size", "'4GB'");
+    let mut pg = PgCluster::create(&install, options)?;
+    let base = pg.datadir().with_file_name("base-copy");
+    run_checked(
+        Command::new("cp").arg("-a").arg(pg.datadir()).arg(&base),
+        Duration::from_secs(60),
+    )?;
+    let root = tempfile::tempdir()?;
+    let quire = Path::new(env!("CARGO_BIN_EXE_quire"));
+    let (mut safekeepers, addresses) = start_safekeepers(quire, root.path())?;
+    pg.start()?;
+    let won = bootstrap(&pg, &addresses)?;
+    println!("elected term {} at {}", won.term, won.start);
+    run_checked(
+        pg.client("pgbench")
+            .args(["-i", "-q", "-s", &scale.to_string()]),
+        Duration::from_secs(900),
+    )?;
+    pg.psql(
+        "postgres",
+        "CREATE TABLE ledger (client int, seq int, PRIMARY KEY (client, seq))",
+    )?;
+    let logs = root.path().join("logs");
+    pgbench_under_faults(&pg, &mut safekeepers, &logs, scale, seconds)?;
     check_ledger(&pg, &logs)?;
 
     pg.psql("postgres", "CHECKPOINT")?;
@@ -243,48 +333,14 @@ fn acknowledged_commits_survive_safekeeper_kills_and_the_pageserver_matches() ->
         won.start
     );
 
-    // The pageserver follows the safekeepers; one dies under it.
-    let verify = Command::new(quire)
-        .arg("verify")
-        .arg("--base")
-        .arg(&base)
-        .arg("--pgdata")
-        .arg(pg.datadir())
-        .arg("--safekeepers")
-        .arg(addresses.join(","))
-        .args(["--timeline", KEY_TEXT])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    std::thread::sleep(Duration::from_secs(4));
-    safekeepers[0].kill();
-    let output = run_bounded_wait(verify)?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    print!("{stdout}");
-    let last = stdout.lines().last().unwrap_or_default();
-    ensure!(
-        output.status.success() && last.ends_with(" 0 different"),
-        "quire verify through the safekeepers: {last}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    // At full size the stream outlasts the kill: the receiver must have
-    // moved to another safekeeper (sk1 was the first pick: all equal).
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("WAL from the safekeepers"))
-        .unwrap_or_default();
-    let connections: u64 = line
-        .split(": ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    if scale >= 10 && seconds >= 60 {
-        ensure!(
-            connections >= 2,
-            "the WAL receiver never switched safekeeper: {line}"
-        );
-    }
+    verify_through_safekeepers(
+        quire,
+        &base,
+        &pg,
+        &addresses,
+        &mut safekeepers[0],
+        scale >= 10 && seconds >= 60,
+    )?;
     let _ = std::fs::remove_dir_all(&base);
     Ok(())
 }

@@ -128,27 +128,7 @@ pub async fn verify(
         Some((Rc::clone(&pool), TENANT)),
     );
     let began = Instant::now();
-    let last = match wal_from {
-        None => ingest_wal(&mut ingest, &pgdata.join("pg_wal"), start, end_checkpoint).await?,
-        Some(source) => {
-            let (last, stats) = follow(
-                &mut ingest,
-                source,
-                start,
-                end_checkpoint,
-                Duration::from_secs(600),
-            )
-            .await?;
-            writeln!(
-                out,
-                "WAL from the safekeepers: {} connections, {:.1} MB, disk-consistent LSN reported {} times",
-                stats.connections,
-                megabytes(stats.bytes),
-                stats.persisted_reports
-            )?;
-            last
-        }
-    };
+    let last = ingest_from(&mut ingest, pgdata, wal_from, start, end_checkpoint, out).await?;
     report.ingest_time = began.elapsed();
     report.ingest = ingest.stats();
     report.final_lsn = last;
@@ -202,6 +182,36 @@ pub async fn verify(
     report.redo = pool.stats();
     print_summary(&report, out)?;
     Ok(report)
+}
+
+/// Ingests from `pg_wal`, or from the safekeepers through the WAL receiver.
+async fn ingest_from(
+    ingest: &mut WalIngest,
+    pgdata: &Path,
+    wal_from: Option<&WalSource>,
+    start: Lsn,
+    end_checkpoint: Lsn,
+    out: &mut impl Write,
+) -> Result<Lsn> {
+    let Some(source) = wal_from else {
+        return ingest_wal(ingest, &pgdata.join("pg_wal"), start, end_checkpoint).await;
+    };
+    let (last, stats) = follow(
+        ingest,
+        source,
+        start,
+        end_checkpoint,
+        Duration::from_secs(600),
+    )
+    .await?;
+    writeln!(
+        out,
+        "WAL from the safekeepers: {} connections, {:.1} MB, disk-consistent LSN reported {} times",
+        stats.connections,
+        megabytes(stats.bytes),
+        stats.persisted_reports
+    )?;
+    Ok(last)
 }
 
 fn print_ingest_split(stats: &IngestStats, out: &mut impl Write) -> Result<()> {

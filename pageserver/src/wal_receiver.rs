@@ -132,10 +132,9 @@ pub async fn follow(
         let mut decoder = WalStreamDecoder::new(resume, source.segment_size);
         let mut fed = resume;
         loop {
-            let message = match conn.receive().await {
-                Ok(message) => message,
-                // A stall or a dead safekeeper: look again.
-                Err(_) => break,
+            // A stall or a dead safekeeper: look again.
+            let Ok(message) = conn.receive().await else {
+                break;
             };
             match message {
                 Message::Wal { begin, bytes } if begin == fed => {
