@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod elect;
 mod safekeeper;
 mod verify;
 mod waldump;
@@ -32,6 +33,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Run a safekeeper: quorum-durable WAL streamed from the elected compute.
     Safekeeper(safekeeper::SafekeeperArgs),
+    /// Elect a compute on the safekeepers (at compute start) and print where its WAL begins.
+    Elect(elect::ElectArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -43,5 +46,6 @@ fn main() -> Result<ExitCode> {
         },
         Command::Verify(args) => verify::run(&args),
         Command::Safekeeper(args) => safekeeper::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Elect(args) => elect::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }

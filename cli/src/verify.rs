@@ -42,25 +42,6 @@ pub struct VerifyArgs {
     timeline: Option<String>,
 }
 
-fn parse_ids(text: &str) -> Result<TimelineKey> {
-    let hex = |part: &str| -> Result<[u8; 16]> {
-        anyhow::ensure!(part.len() == 32, "{part}: expected 32 hex digits");
-        let mut out = [0u8; 16];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&part[2 * i..2 * i + 2], 16)
-                .with_context(|| format!("{part}: not hex"))?;
-        }
-        Ok(out)
-    };
-    let (tenant, timeline) = text
-        .split_once('/')
-        .context("--timeline: expected TENANT/TIMELINE")?;
-    Ok(TimelineKey {
-        tenant: hex(tenant)?,
-        timeline: hex(timeline)?,
-    })
-}
-
 pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     let install = PgInstall::locate()?;
     let run_as = RunAs::detect()?;
@@ -75,11 +56,12 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     let source = if args.safekeepers.is_empty() {
         None
     } else {
-        let key = parse_ids(
-            args.timeline
-                .as_deref()
-                .context("--safekeepers needs --timeline")?,
-        )?;
+        let key: TimelineKey = args
+            .timeline
+            .as_deref()
+            .context("--safekeepers needs --timeline")?
+            .parse()
+            .map_err(|e: String| anyhow!("--timeline {e}"))?;
         let segment_size = quire_pageserver::import::read_control(&args.pgdata)?
             .xlog_seg_size
             .get();

@@ -2,18 +2,21 @@
 //! `synchronous_standby_names = 'ANY 2 (sk1, sk2, sk3)'`: after the
 //! election the safekeepers stream the compute's WAL, commits return with
 //! two of three up, wait with two down and resume when one returns; a
-//! safekeeper killed with SIGKILL catches up after its restart; at the end
-//! every safekeeper's WAL is byte-identical to the compute's own `pg_wal`.
+//! safekeeper killed with SIGKILL catches up after its restart; every
+//! safekeeper's WAL is byte-identical to the compute's own `pg_wal`; once
+//! `quire elect` elects a newer term for another compute, the old
+//! compute's commits no longer complete; and a safekeeper that was down
+//! fills its gap from its peers after the next election.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use quire_cluster::{PgCluster, PgClusterOptions};
 use quire_postgres::Lsn;
 use quire_tests::pg_install;
 use quire_tests::safekeepers::{
-    KEY, Safekeeper, bootstrap, check_identical_wal, start_safekeepers,
+    KEY, KEY_TEXT, Safekeeper, bootstrap, check_identical_wal, start_safekeepers, status, wal_bytes,
 };
 
 fn insert(pg: &PgCluster, from: u32, count: u32) -> Result<Duration> {
@@ -58,6 +61,107 @@ fn commit_waits_for_a_second_safekeeper(pg: &PgCluster, down: &mut Safekeeper) -
     println!(
         "a commit waited 2 s with 1 of 3 up and returned {:?} after sk2 was started again",
         began.elapsed()
+    );
+    Ok(())
+}
+
+/// `quire elect` for a compute at `127.0.0.1:9` (nothing listens there);
+/// returns what it printed.
+fn elect_elsewhere(addresses: &[String]) -> Result<String> {
+    let elect = std::process::Command::new(env!("CARGO_BIN_EXE_quire"))
+        .arg("elect")
+        .arg("--safekeepers")
+        .arg(addresses.join(","))
+        .args(["--timeline", KEY_TEXT])
+        .args(["--compute", "127.0.0.1:9"])
+        .output()?;
+    let said = String::from_utf8_lossy(&elect.stdout).trim().to_owned();
+    ensure!(
+        elect.status.success(),
+        "quire elect ({:?}): {said}{}",
+        elect.status,
+        String::from_utf8_lossy(&elect.stderr)
+    );
+    println!("{said}");
+    Ok(said)
+}
+
+/// With sk3 down, commits go on; then a newer term elected for another
+/// compute fences this one (its commits no longer complete). With the
+/// compute stopped, sk3 comes back behind; a third election makes it fill
+/// its gap by peer recovery, after which its WAL equals sk1's.
+fn fence_and_recover(
+    pg: &mut PgCluster,
+    safekeepers: &mut [Safekeeper],
+    addresses: &[String],
+) -> Result<()> {
+    safekeepers[2].kill();
+    insert(pg, 3000, 20)?;
+    let behind: Lsn = pg
+        .psql("postgres", "SELECT pg_current_wal_flush_lsn()")?
+        .trim()
+        .parse()?;
+    ensure!(
+        elect_elsewhere(addresses)?.contains("elected term 2"),
+        "expected term 2"
+    );
+    let mut fenced = pg
+        .client("psql")
+        .args([
+            "--no-psqlrc",
+            "--quiet",
+            "--command",
+            "INSERT INTO ledger VALUES (9000)",
+        ])
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let committed = fenced.try_wait()?.is_some();
+    let _ = fenced.kill();
+    let _ = fenced.wait();
+    ensure!(
+        !committed,
+        "the old compute committed after a newer term was elected"
+    );
+    println!(
+        "after term 2 was elected for another compute, the old compute's commit waited 2 s and never returned"
+    );
+    pg.stop()?;
+
+    safekeepers[2].start()?;
+    let (_, sk3_flush, _) = status(&safekeepers[2].address, KEY)?;
+    let said = elect_elsewhere(addresses)?;
+    ensure!(said.contains("elected term 3"), "expected term 3: {said}");
+    let start: Lsn = said
+        .rsplit(' ')
+        .next()
+        .context("the start LSN")?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    ensure!(
+        sk3_flush < behind && behind <= start,
+        "sk3 was not behind: {sk3_flush} vs {behind}..{start}"
+    );
+    let began = Instant::now();
+    loop {
+        let (term, flush, _) = status(&safekeepers[2].address, KEY)?;
+        if term == 3 && flush >= start {
+            break;
+        }
+        ensure!(
+            began.elapsed() < Duration::from_secs(30),
+            "sk3 stays at {flush} (term {term}), short of {start}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let theirs = wal_bytes(&safekeepers[2].data.join(KEY_TEXT), sk3_flush, start)?;
+    let reference = wal_bytes(&safekeepers[0].data.join(KEY_TEXT), sk3_flush, start)?;
+    ensure!(
+        theirs == reference,
+        "sk3's recovered WAL differs from sk1's"
+    );
+    println!(
+        "sk3 came back at {sk3_flush} and recovered {} bytes up to {start} from its peers",
+        start.0 - sk3_flush.0
     );
     Ok(())
 }
@@ -113,6 +217,7 @@ fn commits_need_two_of_three_safekeepers_and_their_wal_matches_the_compute() -> 
         wal_start,
         flushed,
     )?;
-    pg.stop()?;
+
+    fence_and_recover(&mut pg, &mut safekeepers, &addresses)?;
     Ok(())
 }

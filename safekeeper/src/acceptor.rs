@@ -462,3 +462,136 @@ impl Acceptor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::TermEntry;
+
+    fn elected_acceptor() -> Acceptor {
+        let mut acceptor = Acceptor::restore(DurableState::new(Lsn(100)), Lsn(100), 3);
+        acceptor.handle(&Request::Vote { term: 1 });
+        let history = TermHistory(vec![TermEntry {
+            term: 1,
+            start: Lsn(100),
+        }]);
+        acceptor.handle(&Request::Elected { term: 1, history });
+        acceptor.handle(&Request::Append {
+            term: 1,
+            begin: Lsn(100),
+            len: 900,
+        });
+        let ticket = acceptor.begin_flush();
+        acceptor.flushed(ticket);
+        acceptor
+    }
+
+    #[test]
+    fn votes_persist_before_they_answer_and_never_repeat_a_term() {
+        let mut acceptor = Acceptor::restore(DurableState::new(Lsn(100)), Lsn(100), 3);
+        let actions = acceptor.handle(&Request::Vote { term: 4 });
+        assert_eq!(actions.persist.map(|s| s.term), Some(4));
+        assert!(matches!(
+            actions.reply,
+            Some(Response::Vote { granted: true, .. })
+        ));
+        let again = acceptor.handle(&Request::Vote { term: 4 });
+        assert!(again.persist.is_none());
+        assert!(matches!(
+            again.reply,
+            Some(Response::Vote {
+                granted: false,
+                term: 4,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unflushed_appends_are_not_acknowledged() {
+        let mut acceptor = elected_acceptor();
+        let actions = acceptor.handle(&Request::Append {
+            term: 1,
+            begin: Lsn(1000),
+            len: 50,
+        });
+        assert_eq!(
+            actions.write,
+            Some(Write {
+                at: Lsn(1000),
+                skip: 0,
+                len: 50
+            })
+        );
+        assert!(matches!(
+            actions.reply,
+            Some(Response::Flushed {
+                flush: Lsn(1000),
+                ..
+            })
+        ));
+        let ticket = acceptor.begin_flush();
+        assert!(matches!(
+            acceptor.flushed(ticket),
+            Some(Response::Flushed {
+                flush: Lsn(1050),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_new_history_cuts_the_divergent_tail_first() {
+        let mut acceptor = elected_acceptor();
+        acceptor.handle(&Request::Vote { term: 3 });
+        let history = TermHistory(vec![
+            TermEntry {
+                term: 1,
+                start: Lsn(100),
+            },
+            TermEntry {
+                term: 3,
+                start: Lsn(600),
+            },
+        ]);
+        let actions = acceptor.handle(&Request::Elected { term: 3, history });
+        assert_eq!(actions.truncate, Some(Lsn(600)));
+        assert_eq!(actions.persist.map(|s| s.history.last_term()), Some(3));
+        assert_eq!(acceptor.flush_lsn(), Lsn(600));
+        // WAL of the old term is refused now.
+        let old = acceptor.handle(&Request::Append {
+            term: 1,
+            begin: Lsn(600),
+            len: 10,
+        });
+        assert!(matches!(old.reply, Some(Response::Refused { term: 3, .. })));
+    }
+
+    #[test]
+    fn wal_is_removable_only_below_every_members_flush() {
+        let mut acceptor = elected_acceptor();
+        for (peer, flush) in [(2, 700), (3, 400)] {
+            acceptor.handle(&Request::PeerFlush {
+                peer,
+                term: 1,
+                flush: Lsn(flush),
+            });
+        }
+        assert_eq!(acceptor.commit_lsn(), Lsn(700));
+        let state = acceptor.set_removable_before(Lsn(950)).expect("moves");
+        assert_eq!(
+            state.removable_before,
+            Lsn(400),
+            "the slowest member still needs it"
+        );
+        assert!(
+            acceptor.set_removable_before(Lsn(300)).is_none(),
+            "never back"
+        );
+        let fresh = &mut Acceptor::restore(DurableState::new(Lsn(100)), Lsn(500), 3);
+        assert!(
+            fresh.set_removable_before(Lsn(400)).is_none(),
+            "peers unknown: nothing goes"
+        );
+    }
+}

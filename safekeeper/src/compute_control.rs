@@ -153,7 +153,7 @@ pub async fn elect(
         return Ok(won);
     }
     Err(ControlError::NoMajority(format!(
-        "no majority of {members} safekeepers voted in 10 rounds (highest term seen {highest})"
+        "no majority of {members} safekeepers voted in 10 rounds (up to term {highest})"
     )))
 }
 
@@ -186,17 +186,7 @@ async fn last_record_end(
         if from >= flush {
             return Ok(flush);
         }
-        let fetch = Message::Fetch {
-            key,
-            term,
-            history: history.clone(),
-            from,
-            to: flush,
-        };
-        let bytes = match call(donor, &fetch).await.map_err(failed)? {
-            Message::Wal { bytes, .. } => bytes,
-            other => return Err(failed(format!("fetch for the record end: {other:?}"))),
-        };
+        let bytes = fetch_range(donor, key, term, history, from, flush).await?;
         let start = if from == segment_start {
             first_record_start(
                 &bytes,
@@ -223,6 +213,40 @@ async fn last_record_end(
         }
         return Ok(end.min(flush));
     }
+}
+
+/// The donor's WAL `[from, to)`, fetched a frame (at most 1 MiB) at a time.
+async fn fetch_range(
+    donor: &str,
+    key: TimelineKey,
+    term: Term,
+    history: &TermHistory,
+    from: Lsn,
+    to: Lsn,
+) -> Result<Vec<u8>, ControlError> {
+    let failed = |what: String| ControlError::Safekeeper {
+        address: donor.to_owned(),
+        what,
+    };
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let fetch = Message::Fetch {
+            key,
+            term,
+            history: history.clone(),
+            from: at,
+            to,
+        };
+        match call(donor, &fetch).await.map_err(failed)? {
+            Message::Wal { begin, bytes } if begin == at && !bytes.is_empty() => {
+                at = Lsn(at.0 + bytes.len() as u64);
+                out.extend_from_slice(&bytes);
+            }
+            other => return Err(failed(format!("fetch for the record end: {other:?}"))),
+        }
+    }
+    Ok(out)
 }
 
 /// Announces the won term to every safekeeper; a majority must adopt it.

@@ -22,6 +22,46 @@ pub struct TimelineKey {
     pub timeline: [u8; 16],
 }
 
+impl std::fmt::Display for TimelineKey {
+    /// `TENANT/TIMELINE`, 32 lower-case hex digits each.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in &self.tenant {
+            write!(f, "{byte:02x}")?;
+        }
+        f.write_str("/")?;
+        for byte in &self.timeline {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for TimelineKey {
+    type Err = String;
+
+    /// Reads `TENANT/TIMELINE` (32 hex digits each).
+    fn from_str(text: &str) -> Result<TimelineKey, String> {
+        let hex = |part: &str| -> Result<[u8; 16], String> {
+            if part.len() != 32 || !part.is_ascii() {
+                return Err(format!("{part}: expected 32 hex digits"));
+            }
+            let mut out = [0u8; 16];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(&part[2 * i..2 * i + 2], 16)
+                    .map_err(|_| format!("{part}: not hex"))?;
+            }
+            Ok(out)
+        };
+        let (tenant, timeline) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text}: expected TENANT/TIMELINE"))?;
+        Ok(TimelineKey {
+            tenant: hex(tenant)?,
+            timeline: hex(timeline)?,
+        })
+    }
+}
+
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -675,6 +715,24 @@ mod tests {
                 Ok(Some((message.clone(), bytes.len())))
             );
         }
+    }
+
+    #[test]
+    fn timeline_keys_print_and_parse() {
+        let text = key().to_string();
+        assert_eq!(text, format!("{}/{}", "01".repeat(16), "02".repeat(16)));
+        assert_eq!(text.parse::<TimelineKey>(), Ok(key()));
+        assert!("01/02".parse::<TimelineKey>().is_err());
+        assert!(
+            format!("{}/{}", "zz".repeat(16), "02".repeat(16))
+                .parse::<TimelineKey>()
+                .is_err()
+        );
+        assert!(
+            format!("{}/{}", "é".repeat(16), "02".repeat(16))
+                .parse::<TimelineKey>()
+                .is_err()
+        );
     }
 
     #[test]

@@ -282,6 +282,8 @@ impl Server {
             Ok(state) => state,
             Err(e) => return error(e.to_string()),
         };
+        // One frame carries at most 1 MiB; the requester asks again.
+        let to = to.min(Lsn(from.0.saturating_add(1 << 20)));
         if !state.acceptor.can_serve(history, from, to) {
             return Message::Refused {
                 term: state.acceptor.term(),

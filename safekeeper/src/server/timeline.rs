@@ -9,7 +9,6 @@
 //! then, and only a restart from disk is trustworthy.
 
 use std::cell::{Cell, RefCell};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use futures::lock::Mutex;
@@ -63,13 +62,7 @@ pub struct TimelineError {
 
 /// Hex of the timeline's ids, `tenant/timeline`.
 pub fn key_name(key: &TimelineKey) -> String {
-    let hex = |bytes: &[u8; 16]| {
-        bytes.iter().fold(String::with_capacity(32), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-    };
-    format!("{}/{}", hex(&key.tenant), hex(&key.timeline))
+    key.to_string()
 }
 
 impl Timeline {
