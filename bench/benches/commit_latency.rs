@@ -23,11 +23,8 @@ use anyhow::{Context, Result};
 use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use quire_cluster::{PgCluster, PgClusterOptions, PgInstall, run_checked};
-use quire_postgres::Lsn;
-use quire_safekeeper::compute_control;
 use quire_safekeeper::server::peers::Peer;
 use quire_safekeeper::server::{Config, Server};
-use quire_safekeeper::wire::TimelineKey;
 
 fn free_address() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -66,38 +63,6 @@ fn start_safekeepers(root: &std::path::Path) -> Vec<String> {
         }
     }
     addresses
-}
-
-fn elect(pg: &PgCluster, addresses: Vec<String>) -> Result<()> {
-    let system_id: u64 = pg
-        .psql(
-            "postgres",
-            "SELECT system_identifier FROM pg_control_system()",
-        )?
-        .trim()
-        .parse()?;
-    let insert: Lsn = pg
-        .psql("postgres", "SELECT pg_current_wal_insert_lsn()")?
-        .trim()
-        .parse()?;
-    let segment = 16u64 << 20;
-    let wal_start = Lsn(insert.0 / segment * segment);
-    let key = TimelineKey {
-        tenant: [1; 16],
-        timeline: [2; 16],
-    };
-    let compute = format!("127.0.0.1:{}", pg.port());
-    LocalExecutorBuilder::default()
-        .spawn(move || async move {
-            compute_control::create_timeline(&addresses, key, wal_start, 16 << 20, system_id)
-                .await?;
-            compute_control::elect(&addresses, key, &compute, 16 << 20).await?;
-            anyhow::Ok(())
-        })
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .join()
-        .map_err(|e| anyhow::anyhow!("{e}"))??;
-    Ok(())
 }
 
 /// One pgbench round; every transaction's latency (µs) from its log.
@@ -153,7 +118,7 @@ fn main() -> Result<()> {
         .setting("max_replication_slots", "10");
     let mut pg = PgCluster::create(&install, options)?;
     pg.start()?;
-    elect(&pg, addresses)?;
+    quire_tests::safekeepers::bootstrap(&pg, &addresses)?;
     run_checked(
         pg.client("pgbench").args(["-i", "-q", "-s", "1"]),
         Duration::from_secs(300),

@@ -154,6 +154,20 @@ impl Timeline {
         self.error(why)
     }
 
+    /// Replaces the control file with `durable`; a failure stops the
+    /// timeline.
+    fn store_control(&self, durable: DurableState) -> Result<(), TimelineError> {
+        let file = ControlFile {
+            tenant: self.key.tenant,
+            timeline: self.key.timeline,
+            system_id: self.system_id,
+            segment_size: self.segment_size,
+            state: durable,
+        };
+        file.store(&self.dir)
+            .map_err(|e| self.stop(format!("control file: {e}")))
+    }
+
     /// Locks the state (for reads such as status and fetches).
     pub async fn lock(&self) -> Result<futures::lock::MutexGuard<'_, State>, TimelineError> {
         self.check()?;
@@ -177,15 +191,7 @@ impl Timeline {
                 .map_err(|e| self.stop(format!("cut at {cut}: {e}")))?;
         }
         if let Some(durable) = actions.persist {
-            let file = ControlFile {
-                tenant: self.key.tenant,
-                timeline: self.key.timeline,
-                system_id: self.system_id,
-                segment_size: self.segment_size,
-                state: durable,
-            };
-            file.store(&self.dir)
-                .map_err(|e| self.stop(format!("control file: {e}")))?;
+            self.store_control(durable)?;
         }
         if let Some(write) = actions.write {
             let skip = usize::try_from(write.skip).unwrap_or(usize::MAX);
@@ -237,15 +243,7 @@ impl Timeline {
             return Ok(());
         };
         let horizon = durable.removable_before;
-        let file = ControlFile {
-            tenant: self.key.tenant,
-            timeline: self.key.timeline,
-            system_id: self.system_id,
-            segment_size: self.segment_size,
-            state: durable,
-        };
-        file.store(&self.dir)
-            .map_err(|e| self.stop(format!("control file: {e}")))?;
+        self.store_control(durable)?;
         state
             .wal
             .remove_segments_before(horizon)
