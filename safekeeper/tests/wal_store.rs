@@ -195,3 +195,41 @@ fn a_cut_stays_cut_across_a_reopen() {
         store.close().await.expect("close");
     });
 }
+
+#[test]
+fn removed_segments_are_gone_and_never_read_again() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let path = dir.path().to_owned();
+    on_executor(move || async move {
+        let (bytes, ends) = real_wal();
+        let end = *ends.last().expect("records");
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("open");
+        append_all(&mut store, &bytes, START, end, 64 << 10).await;
+        let second = Lsn(START.0 + u64::from(SEGMENT));
+        // Everything below the second segment's end goes: two whole segments.
+        let removed = store
+            .remove_segments_before(Lsn(second.0 + u64::from(SEGMENT) + 5))
+            .await
+            .expect("remove");
+        assert_eq!(removed, 2);
+        assert!(!Path::new(&path).join("000000010000000000000003").exists());
+        assert!(!Path::new(&path).join("000000010000000000000004").exists());
+        assert!(
+            store.read(START, second).await.is_err(),
+            "removed WAL is not served"
+        );
+        let kept = Lsn(second.0 + u64::from(SEGMENT));
+        let read = store.read(kept, end).await.expect("the rest reads");
+        assert!(read == slice(&bytes, kept, end));
+        store.close().await.expect("close");
+        // A reopen still finds the end, and does not bring removed WAL back.
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("reopen");
+        assert_eq!(store.flush_lsn(), end);
+        assert!(store.read(START, second).await.is_err());
+        store.close().await.expect("close");
+    });
+}
