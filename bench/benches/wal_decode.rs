@@ -58,8 +58,8 @@ fn decode(segments: &[Vec<u8>], start: Lsn, segment_size: u32) -> Result<(u64, L
     Ok((records, end))
 }
 
-/// Reads the files through one reused 1 MiB buffer (as `pg_waldump` reads
-/// through one page buffer) and decodes them.
+/// Reads the files 1 MiB at a time straight into the decoder's reused
+/// buffer (as `pg_waldump` reads into its page buffer) and decodes them.
 fn read_and_decode(
     paths: &[std::path::PathBuf],
     start: Lsn,
@@ -67,15 +67,18 @@ fn read_and_decode(
 ) -> Result<(u64, Lsn)> {
     let mut decoder = WalStreamDecoder::new(start, segment_size);
     let (mut records, mut end) = (0, start);
-    let mut chunk = vec![0u8; 1 << 20];
     for path in paths {
         let mut file = std::fs::File::open(path)?;
         loop {
-            let n = std::io::Read::read(&mut file, &mut chunk)?;
+            // Straight into the decoder's buffer: no copy after the read.
+            let n = decoder.fill_with(1 << 20, |room| {
+                let want = room.len().min(1 << 20);
+                std::io::Read::read(&mut file, &mut room[..want])
+            })?;
             if n == 0 {
                 break;
             }
-            if !drain(&mut decoder, &chunk[..n], &mut records, &mut end)? {
+            if !drain(&mut decoder, &[], &mut records, &mut end)? {
                 return Ok((records, end));
             }
         }

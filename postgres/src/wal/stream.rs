@@ -152,8 +152,10 @@ enum Found {
 #[derive(Debug)]
 pub struct WalStreamDecoder {
     segment_size: u32,
-    /// Input not consumed yet starts at `input[consumed]`, which is at `position`.
+    /// Input not consumed yet is `input[consumed..filled]`; `input[consumed]`
+    /// is at `position`. Past `filled` is room for the next bytes.
     input: Vec<u8>,
+    filled: usize,
     consumed: usize,
     position: Lsn,
     state: State,
@@ -172,6 +174,7 @@ impl WalStreamDecoder {
         WalStreamDecoder {
             segment_size,
             input: Vec::new(),
+            filled: 0,
             consumed: 0,
             position: start,
             state: State::Start,
@@ -215,24 +218,55 @@ impl WalStreamDecoder {
         self.system_id
     }
 
-    /// Appends the next bytes of WAL.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        if self.consumed > 0 && self.consumed * 2 >= self.input.len() {
-            self.input.drain(..self.consumed);
+    /// Moves what is not consumed yet to the front of the input buffer.
+    fn compact(&mut self) {
+        if self.consumed > 0 {
+            self.input.copy_within(self.consumed..self.filled, 0);
+            self.filled -= self.consumed;
             self.consumed = 0;
         }
-        self.input.extend_from_slice(bytes);
+    }
+
+    /// Appends the next bytes of WAL.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.compact();
+        let end = self.filled + bytes.len();
+        if end > self.input.len() {
+            self.input.resize(end, 0);
+        }
+        self.input[self.filled..end].copy_from_slice(bytes);
+        self.filled = end;
     }
 
     /// Appends the next bytes of WAL, without copying them when everything
     /// fed before has been consumed.
     pub fn feed_owned(&mut self, bytes: Vec<u8>) {
-        if self.consumed == self.input.len() {
+        if self.consumed == self.filled {
+            self.filled = bytes.len();
             self.input = bytes;
             self.consumed = 0;
         } else {
             self.feed(&bytes);
         }
+    }
+
+    /// Lets `read` put the next bytes of WAL straight into the decoder's
+    /// buffer (at least `room` bytes of space are offered; the buffer is
+    /// allocated once and reused, so nothing is copied or zeroed per
+    /// read); returns what `read` returned. `read` gives the number of
+    /// bytes it wrote.
+    pub fn fill_with<E>(
+        &mut self,
+        room: usize,
+        read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        self.compact();
+        if self.input.len() - self.filled < room {
+            self.input.resize(self.filled + room, 0);
+        }
+        let n = read(&mut self.input[self.filled..])?;
+        self.filled += n.min(self.input.len() - self.filled);
+        Ok(n)
     }
 
     /// The next whole record, `Ok(None)` if more input is needed first.
@@ -265,7 +299,7 @@ impl WalStreamDecoder {
     }
 
     fn available(&self) -> &[u8] {
-        &self.input[self.consumed..]
+        &self.input[self.consumed..self.filled]
     }
 
     fn advance(&mut self, bytes: usize) {
