@@ -10,7 +10,6 @@ use quire_postgres::Lsn;
 use quire_postgres::wal::page::first_record_start;
 use quire_postgres::wal::stream::WalStreamDecoder;
 
-use crate::acceptor::Response;
 use crate::election::{Election, Won};
 use crate::history::{Term, TermHistory};
 use crate::server::conn::FramedConn;
@@ -76,36 +75,6 @@ pub async fn create_timeline(
     Ok(())
 }
 
-fn as_response(message: Message) -> Option<Response> {
-    Some(match message {
-        Message::VoteReply {
-            term,
-            granted,
-            flush,
-            history,
-        } => Response::Vote {
-            term,
-            granted,
-            flush,
-            history,
-        },
-        Message::Flushed {
-            term,
-            flush,
-            commit,
-        } => Response::Flushed {
-            term,
-            flush,
-            commit,
-        },
-        Message::Refused { term, .. } => Response::Refused {
-            term,
-            why: "refused",
-        },
-        _ => return None,
-    })
-}
-
 /// Elects `compute` (`host:port`) for the timeline, whose WAL segments
 /// are `segment_size` bytes; returns the outcome, whose `start` is where
 /// the compute's WAL must begin.
@@ -129,7 +98,11 @@ pub async fn elect(
                 key,
                 term: election.term(),
             };
-            if let Some(response) = call(address, &vote).await.ok().and_then(as_response) {
+            if let Some(response) = call(address, &vote)
+                .await
+                .ok()
+                .and_then(Message::into_response)
+            {
                 election.on_response(u32::try_from(node).unwrap_or(u32::MAX), &response);
             }
         }

@@ -8,6 +8,7 @@
 
 use quire_postgres::Lsn;
 
+use crate::acceptor::Response;
 use crate::history::{Term, TermEntry, TermHistory};
 
 /// The longest frame body accepted (a WAL chunk is at most 1 MiB).
@@ -206,6 +207,72 @@ pub enum Message {
         /// Why.
         message: String,
     },
+}
+
+impl From<Response> for Message {
+    /// An acceptor's answer as it goes on the wire.
+    fn from(response: Response) -> Message {
+        match response {
+            Response::Vote {
+                term,
+                granted,
+                flush,
+                history,
+            } => Message::VoteReply {
+                term,
+                granted,
+                flush,
+                history,
+            },
+            Response::Flushed {
+                term,
+                flush,
+                commit,
+            } => Message::Flushed {
+                term,
+                flush,
+                commit,
+            },
+            Response::Refused { term, why } => Message::Refused {
+                term,
+                why: why.into(),
+            },
+        }
+    }
+}
+
+impl Message {
+    /// An acceptor's answer read back from the wire (`None` for any other
+    /// message); a refusal's reason stays on the wire.
+    pub fn into_response(self) -> Option<Response> {
+        Some(match self {
+            Message::VoteReply {
+                term,
+                granted,
+                flush,
+                history,
+            } => Response::Vote {
+                term,
+                granted,
+                flush,
+                history,
+            },
+            Message::Flushed {
+                term,
+                flush,
+                commit,
+            } => Response::Flushed {
+                term,
+                flush,
+                commit,
+            },
+            Message::Refused { term, .. } => Response::Refused {
+                term,
+                why: "refused",
+            },
+            _ => return None,
+        })
+    }
 }
 
 /// A frame that does not decode.
@@ -715,6 +782,33 @@ mod tests {
                 Ok(Some((message.clone(), bytes.len())))
             );
         }
+    }
+
+    #[test]
+    fn acceptor_answers_cross_the_wire_unchanged() {
+        let answers = [
+            Response::Vote {
+                term: 9,
+                granted: true,
+                flush: Lsn(0x950),
+                history: history(),
+            },
+            Response::Flushed {
+                term: 4,
+                flush: Lsn(0x950),
+                commit: Lsn(0x940),
+            },
+            Response::Refused {
+                term: 9,
+                why: "refused",
+            },
+        ];
+        for answer in answers {
+            let bytes = Message::from(answer.clone()).encode();
+            let (message, _) = Message::decode(&bytes).unwrap().unwrap();
+            assert_eq!(message.into_response(), Some(answer));
+        }
+        assert_eq!(Message::Ok.into_response(), None);
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl Server {
                     Err(e) => return error(e),
                 };
                 match timeline.handle(&Request::Vote { term }, &[]).await {
-                    Ok(Some(reply)) => Some(to_wire(reply)),
+                    Ok(Some(reply)) => Some(reply.into()),
                     Ok(None) => error("no answer to a vote".into()),
                     Err(e) => error(e.to_string()),
                 }
@@ -331,7 +331,7 @@ impl Server {
             }
             self.start_term(&timeline);
         }
-        reply.map(to_wire)
+        reply.map(Message::from)
     }
 
     /// Sends committed WAL from `from` as it commits, and `Commit` frames.
@@ -425,34 +425,5 @@ async fn follow_compute(
             }
             Ok(()) => failures = 0,
         }
-    }
-}
-
-fn to_wire(response: Response) -> Message {
-    match response {
-        Response::Vote {
-            term,
-            granted,
-            flush,
-            history,
-        } => Message::VoteReply {
-            term,
-            granted,
-            flush,
-            history,
-        },
-        Response::Flushed {
-            term,
-            flush,
-            commit,
-        } => Message::Flushed {
-            term,
-            flush,
-            commit,
-        },
-        Response::Refused { term, why } => Message::Refused {
-            term,
-            why: why.into(),
-        },
     }
 }
