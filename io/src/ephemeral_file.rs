@@ -65,7 +65,7 @@ impl EphemeralFile {
             if crcs.len() <= index {
                 crcs.resize(index + 1, None);
             }
-            crcs[index] = Some(crc32c::crc32c(block));
+            crcs[index] = Some(quire_checksum::crc32c(block));
         }
         Ok(())
     }
@@ -91,7 +91,7 @@ impl EphemeralFile {
                 std::io::Error::other("short read"),
             ));
         }
-        let actual = crc32c::crc32c(&read);
+        let actual = quire_checksum::crc32c(&read);
         if actual != expected {
             return Err(error(
                 "read",

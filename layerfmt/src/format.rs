@@ -256,5 +256,5 @@ impl LeafEntry {
 
 /// CRC-32C as the format uses it everywhere.
 pub fn crc(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(bytes)
+    quire_checksum::crc32c(bytes)
 }

@@ -255,7 +255,7 @@ impl ControlFileData {
     pub fn decode(bytes: &[u8]) -> Result<ControlFileData, ControlFileError> {
         let (control, _) = ControlFileData::read_from_prefix(bytes)
             .map_err(|_| ControlFileError::TooShort(bytes.len()))?;
-        let computed = crc32c::crc32c(&bytes[..CONTROL_CRC_OFFSET]);
+        let computed = quire_checksum::crc32c(&bytes[..CONTROL_CRC_OFFSET]);
         if computed != control.crc.get() {
             return Err(ControlFileError::BadChecksum {
                 stored: control.crc.get(),
@@ -288,7 +288,7 @@ impl ControlFileData {
     pub fn encode(&self) -> Vec<u8> {
         let mut bytes = vec![0u8; PG_CONTROL_FILE_SIZE];
         bytes[..size_of::<ControlFileData>()].copy_from_slice(self.as_bytes());
-        let crc = crc32c::crc32c(&bytes[..CONTROL_CRC_OFFSET]);
+        let crc = quire_checksum::crc32c(&bytes[..CONTROL_CRC_OFFSET]);
         bytes[CONTROL_CRC_OFFSET..CONTROL_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
         bytes
     }

@@ -394,7 +394,7 @@ impl Key {
         identity[0..4].copy_from_slice(&self.field1.to_le_bytes());
         identity[4..8].copy_from_slice(&self.field2.to_le_bytes());
         identity[8..12].copy_from_slice(&self.field3.to_le_bytes());
-        let relation_hash = crc32c::crc32c(&identity);
+        let relation_hash = quire_checksum::crc32c(&identity);
         let stripe = self.field5 / stripe_blocks.max(1);
         relation_hash.wrapping_add(stripe) % shard_count
     }

@@ -106,7 +106,7 @@ impl ControlFile {
             out.extend_from_slice(&entry.term.to_le_bytes());
             out.extend_from_slice(&entry.start.0.to_le_bytes());
         }
-        let crc = crc32c::crc32c(&out);
+        let crc = quire_checksum::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
@@ -129,7 +129,7 @@ impl ControlFile {
             ));
         }
         let body = bytes.len() - 4;
-        if crc32c::crc32c(&bytes[..body]) != u32_at(bytes, body) {
+        if quire_checksum::crc32c(&bytes[..body]) != u32_at(bytes, body) {
             return Err(ControlFileError::Corrupt("checksum mismatch"));
         }
         let mut tenant = [0u8; 16];

@@ -77,7 +77,7 @@ impl TimelineMetadata {
         bytes.extend_from_slice(&self.gc_cutoff_lsn.0.to_le_bytes());
         debug_assert_eq!(bytes.len(), HEADER_SIZE);
         bytes.extend_from_slice(names.as_bytes());
-        let crc = crc32c::crc32c(&bytes);
+        let crc = quire_checksum::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         bytes.resize(total.next_multiple_of(quire_io::BLOCK_SIZE), 0);
         bytes
@@ -112,7 +112,7 @@ impl TimelineMetadata {
             return Err(corrupt("length out of bounds"));
         }
         let stored = u32_at(total - 4).ok_or_else(|| corrupt("short"))?;
-        if crc32c::crc32c(&bytes[..total - 4]) != stored {
+        if quire_checksum::crc32c(&bytes[..total - 4]) != stored {
             return Err(corrupt("checksum mismatch"));
         }
         let disk_consistent_lsn = Lsn(u64_at(16).ok_or_else(|| corrupt("short"))?);

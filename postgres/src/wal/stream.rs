@@ -621,6 +621,5 @@ fn check_crc(record: &[u8]) -> Result<(), WalErrorKind> {
 
 /// The CRC-32C Postgres stores in `xl_crc` for a whole record.
 pub fn record_crc(record: &[u8]) -> u32 {
-    let body = crc32c::crc32c(&record[XLOG_RECORD_HEADER_SIZE..]);
-    crc32c::crc32c_append(body, &record[..20])
+    quire_checksum::crc32c_concat(&record[XLOG_RECORD_HEADER_SIZE..], &record[..20])
 }

@@ -58,7 +58,7 @@ pub(crate) fn xact_effects(
             }
             let prepared_xid = TransactionId(fields.u32(8)?);
             let mut file = data.to_vec();
-            file.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+            file.extend_from_slice(&quire_checksum::crc32c(data).to_le_bytes());
             Ok(vec![Effect::TwoPhasePrepare {
                 xid: prepared_xid,
                 file,
