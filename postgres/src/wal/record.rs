@@ -68,19 +68,17 @@ pub struct RecordHeader {
 impl RecordHeader {
     /// Reads the header from a record's first 24 bytes.
     pub fn decode(bytes: &[u8]) -> Result<RecordHeader, RecordError> {
-        let mut reader = Reader::new(bytes);
-        let header = RecordHeader {
-            total_length: reader.u32()?,
-            xid: TransactionId(reader.u32()?),
-            prev: Lsn(reader.u64()?),
-            info: reader.u8()?,
-            rmid: reader.u8()?,
-            crc: {
-                reader.skip(2)?;
-                reader.u32()?
-            },
+        let Some(fixed) = bytes.get(..XLOG_RECORD_HEADER_SIZE) else {
+            return Err(RecordError::Truncated(bytes.len()));
         };
-        Ok(header)
+        Ok(RecordHeader {
+            total_length: u32_at(fixed, 0),
+            xid: TransactionId(u32_at(fixed, 4)),
+            prev: Lsn(u64::from(u32_at(fixed, 8)) | (u64::from(u32_at(fixed, 12)) << 32)),
+            info: fixed[16],
+            rmid: fixed[17],
+            crc: u32_at(fixed, 20),
+        })
     }
 
     /// The resource manager's part of `xl_info`.
@@ -191,64 +189,162 @@ pub enum RecordError {
     },
 }
 
-/// Little-endian reading with bounds checks.
-struct Reader<'a> {
+/// Little-endian field reads at fixed offsets of a slice the caller has
+/// checked to be long enough.
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// The next `n` bytes of the fragment header run at `at`, or where it ends.
+fn fragment(bytes: &[u8], at: usize, n: usize) -> Result<&[u8], RecordError> {
+    bytes.get(at..at + n).ok_or(RecordError::Truncated(at))
+}
+
+/// Decodes a whole record (as [`crate::wal::stream::Record::bytes`]).
+///
+/// One pass over the fragment headers builds the block references (their
+/// image and data lengths kept aside); once the headers' lengths are known
+/// to add up to the record, a second pass over the (few) blocks only hands
+/// out the slices.
+pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
+    let header = RecordHeader::decode(bytes)?;
+    let record_len = (header.total_length as usize).min(bytes.len());
+    let bytes = &bytes[..record_len];
+    let mut at = XLOG_RECORD_HEADER_SIZE;
+    let mut blocks: SmallVec<[BlockRef<'_>; 2]> = SmallVec::new();
+    // (image length, data length) of each block, in block order.
+    let mut lengths = [(0u16, 0u16); XLR_MAX_BLOCK_ID as usize + 1];
+    let mut main_data_length: u32 = 0;
+    let mut origin = None;
+    let mut toplevel_xid = None;
+    let mut declared: u64 = 0;
+    let mut previous_rel: Option<RelFileLocator> = None;
+
+    while (record_len - at) as u64 > declared {
+        let id = bytes[at];
+        match id {
+            XLR_BLOCK_ID_DATA_SHORT => {
+                main_data_length = u32::from(fragment(bytes, at + 1, 1)?[0]);
+                declared += u64::from(main_data_length);
+                at += 2;
+            }
+            XLR_BLOCK_ID_DATA_LONG => {
+                main_data_length = u32_at(fragment(bytes, at + 1, 4)?, 0);
+                declared += u64::from(main_data_length);
+                at += 5;
+            }
+            XLR_BLOCK_ID_ORIGIN => {
+                origin = Some(u16_at(fragment(bytes, at + 1, 2)?, 0));
+                at += 3;
+            }
+            XLR_BLOCK_ID_TOPLEVEL_XID => {
+                toplevel_xid = Some(TransactionId(u32_at(fragment(bytes, at + 1, 4)?, 0)));
+                at += 5;
+            }
+            id if id <= XLR_MAX_BLOCK_ID => {
+                if let Some(previous) = blocks.last().filter(|previous| id <= previous.id) {
+                    return Err(RecordError::OutOfOrderBlock {
+                        id,
+                        previous: previous.id,
+                    });
+                }
+                let (block, image_length, data_length) =
+                    decode_block_header(bytes, &mut at, id, &mut previous_rel)?;
+                declared += u64::from(data_length) + u64::from(image_length);
+                lengths[blocks.len()] = (image_length, data_length);
+                blocks.push(block);
+            }
+            other => return Err(RecordError::InvalidBlockId(other)),
+        }
+    }
+    let actual = record_len - at;
+    if declared != actual as u64 {
+        return Err(RecordError::LengthMismatch { declared, actual });
+    }
+
+    // The lengths add up to exactly the rest of the record: no slice below
+    // can run past it.
+    for (block, &(image_length, data_length)) in blocks.iter_mut().zip(&lengths) {
+        if let Some(image) = &mut block.image {
+            image.bytes = &bytes[at..at + usize::from(image_length)];
+            at += usize::from(image_length);
+        }
+        block.data = &bytes[at..at + usize::from(data_length)];
+        at += usize::from(data_length);
+    }
+    let main_data = &bytes[at..at + main_data_length as usize];
+    Ok(DecodedRecord {
+        header,
+        blocks,
+        main_data,
+        origin,
+        toplevel_xid,
+    })
+}
+
+/// Reads the block header at `*at` (its id byte included) and moves past
+/// it. Returns the block (image and data slices still empty) with its
+/// image and data lengths.
+fn decode_block_header<'a>(
     bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Reader<'a> {
-        Reader { bytes, at: 0 }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .ok_or(RecordError::Truncated(self.at))?;
-        let slice = self
-            .bytes
-            .get(self.at..end)
-            .ok_or(RecordError::Truncated(self.at))?;
-        self.at = end;
-        Ok(slice)
-    }
-
-    fn skip(&mut self, n: usize) -> Result<(), RecordError> {
-        self.take(n).map(|_| ())
-    }
-
-    fn u8(&mut self) -> Result<u8, RecordError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, RecordError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self) -> Result<u32, RecordError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn u64(&mut self) -> Result<u64, RecordError> {
-        let low = u64::from(self.u32()?);
-        let high = u64::from(self.u32()?);
-        Ok((high << 32) | low)
-    }
-}
-
-/// A block reference's header fields, before its data is located.
-struct BlockHeader {
+    at: &mut usize,
     id: u8,
-    rel: RelFileLocator,
-    fork: ForkNumber,
-    block: BlockNo,
-    will_init: bool,
-    data_length: u16,
-    image: Option<ImageHeader>,
+    previous_rel: &mut Option<RelFileLocator>,
+) -> Result<(BlockRef<'a>, u16, u16), RecordError> {
+    // id, fork_flags, data_length.
+    let fixed = fragment(bytes, *at, 4)?;
+    let fork_flags = fixed[1];
+    let data_length = u16_at(fixed, 2);
+    *at += 4;
+    let fork_number = fork_flags & BKPBLOCK_FORK_MASK;
+    let fork = ForkNumber::from_u8(fork_number).ok_or(RecordError::InvalidFork(fork_number))?;
+    let has_data = fork_flags & BKPBLOCK_HAS_DATA != 0;
+    if has_data != (data_length != 0) {
+        return Err(RecordError::DataLengthMismatch {
+            id,
+            has_data,
+            length: data_length,
+        });
+    }
+    let image = if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
+        Some(decode_image_header(bytes, at, id)?)
+    } else {
+        None
+    };
+    let rel = if fork_flags & BKPBLOCK_SAME_REL != 0 {
+        previous_rel.ok_or(RecordError::NoPreviousRel(id))?
+    } else {
+        let locator = fragment(bytes, *at, 12)?;
+        *at += 12;
+        RelFileLocator {
+            spc_oid: u32_at(locator, 0),
+            db_oid: u32_at(locator, 4),
+            rel_number: u32_at(locator, 8),
+        }
+    };
+    *previous_rel = Some(rel);
+    let block = BlockNo(u32_at(fragment(bytes, *at, 4)?, 0));
+    *at += 4;
+    let image_length = image.map_or(0, |image| image.length);
+    let block = BlockRef {
+        id,
+        rel,
+        fork,
+        block,
+        will_init: fork_flags & BKPBLOCK_WILL_INIT != 0,
+        image: image.map(|image| BlockImage {
+            bytes: &[],
+            hole_offset: image.hole_offset,
+            hole_length: image.hole_length,
+            info: image.info,
+        }),
+        data: &[],
+    };
+    Ok((block, image_length, data_length))
 }
 
 #[derive(Clone, Copy)]
@@ -259,148 +355,27 @@ struct ImageHeader {
     info: u8,
 }
 
-/// Decodes a whole record (as [`crate::wal::stream::Record::bytes`]).
-pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
-    let header = RecordHeader::decode(bytes)?;
-    let mut reader = Reader::new(bytes);
-    reader.skip(XLOG_RECORD_HEADER_SIZE)?;
-    let record_len = (header.total_length as usize).min(bytes.len());
-    let mut headers: SmallVec<[BlockHeader; 2]> = SmallVec::new();
-    let mut main_data_length: u32 = 0;
-    let mut origin = None;
-    let mut toplevel_xid = None;
-    let mut declared: u64 = 0;
-    let mut previous_rel: Option<RelFileLocator> = None;
-
-    while (record_len - reader.at) as u64 > declared {
-        let id = reader.u8()?;
-        match id {
-            XLR_BLOCK_ID_DATA_SHORT => {
-                main_data_length = u32::from(reader.u8()?);
-                declared += u64::from(main_data_length);
-            }
-            XLR_BLOCK_ID_DATA_LONG => {
-                main_data_length = reader.u32()?;
-                declared += u64::from(main_data_length);
-            }
-            XLR_BLOCK_ID_ORIGIN => origin = Some(reader.u16()?),
-            XLR_BLOCK_ID_TOPLEVEL_XID => toplevel_xid = Some(TransactionId(reader.u32()?)),
-            id if id <= XLR_MAX_BLOCK_ID => {
-                if let Some(previous) = headers.last().filter(|previous| id <= previous.id) {
-                    return Err(RecordError::OutOfOrderBlock {
-                        id,
-                        previous: previous.id,
-                    });
-                }
-                let block = decode_block_header(&mut reader, id, &mut previous_rel)?;
-                declared += u64::from(block.data_length);
-                if let Some(image) = block.image {
-                    declared += u64::from(image.length);
-                }
-                headers.push(block);
-            }
-            other => return Err(RecordError::InvalidBlockId(other)),
-        }
-    }
-    let actual = record_len - reader.at;
-    if declared != actual as u64 {
-        return Err(RecordError::LengthMismatch { declared, actual });
-    }
-
-    let mut blocks = SmallVec::with_capacity(headers.len());
-    for block in headers {
-        let image = match block.image {
-            Some(image) => Some(BlockImage {
-                bytes: reader.take(usize::from(image.length))?,
-                hole_offset: image.hole_offset,
-                hole_length: image.hole_length,
-                info: image.info,
-            }),
-            None => None,
-        };
-        blocks.push(BlockRef {
-            id: block.id,
-            rel: block.rel,
-            fork: block.fork,
-            block: block.block,
-            will_init: block.will_init,
-            image,
-            data: reader.take(usize::from(block.data_length))?,
-        });
-    }
-    let main_data = reader.take(main_data_length as usize)?;
-    Ok(DecodedRecord {
-        header,
-        blocks,
-        main_data,
-        origin,
-        toplevel_xid,
-    })
-}
-
-fn decode_block_header(
-    reader: &mut Reader<'_>,
-    id: u8,
-    previous_rel: &mut Option<RelFileLocator>,
-) -> Result<BlockHeader, RecordError> {
-    let fork_flags = reader.u8()?;
-    let fork_number = fork_flags & BKPBLOCK_FORK_MASK;
-    let fork = ForkNumber::from_u8(fork_number).ok_or(RecordError::InvalidFork(fork_number))?;
-    let has_data = fork_flags & BKPBLOCK_HAS_DATA != 0;
-    let data_length = reader.u16()?;
-    if has_data != (data_length != 0) {
-        return Err(RecordError::DataLengthMismatch {
-            id,
-            has_data,
-            length: data_length,
-        });
-    }
-    let image = if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
-        Some(decode_image_header(reader, id)?)
-    } else {
-        None
-    };
-    let rel = if fork_flags & BKPBLOCK_SAME_REL != 0 {
-        previous_rel.ok_or(RecordError::NoPreviousRel(id))?
-    } else {
-        RelFileLocator {
-            spc_oid: reader.u32()?,
-            db_oid: reader.u32()?,
-            rel_number: reader.u32()?,
-        }
-    };
-    *previous_rel = Some(rel);
-    let block = BlockNo(reader.u32()?);
-    Ok(BlockHeader {
-        id,
-        rel,
-        fork,
-        block,
-        will_init: fork_flags & BKPBLOCK_WILL_INIT != 0,
-        data_length,
-        image,
-    })
-}
-
-fn decode_image_header(reader: &mut Reader<'_>, id: u8) -> Result<ImageHeader, RecordError> {
-    let length = reader.u16()?;
-    let hole_offset = reader.u16()?;
-    let info = reader.u8()?;
+fn decode_image_header(bytes: &[u8], at: &mut usize, id: u8) -> Result<ImageHeader, RecordError> {
+    let fixed = fragment(bytes, *at, 5)?;
+    let length = u16_at(fixed, 0);
+    let hole_offset = u16_at(fixed, 2);
+    let info = fixed[4];
+    *at += 5;
     let compressed =
         info & (BKPIMAGE_COMPRESS_PGLZ | BKPIMAGE_COMPRESS_LZ4 | BKPIMAGE_COMPRESS_ZSTD) != 0;
     let has_hole = info & BKPIMAGE_HAS_HOLE != 0;
     let page: u16 = 8192;
     debug_assert_eq!(usize::from(page), BLCKSZ);
     let hole_length = if compressed {
-        if has_hole { reader.u16()? } else { 0 }
+        if has_hole {
+            let hole = u16_at(fragment(bytes, *at, 2)?, 0);
+            *at += 2;
+            hole
+        } else {
+            0
+        }
     } else {
         page.wrapping_sub(length)
-    };
-    let bad = ImageHeader {
-        length,
-        hole_offset,
-        hole_length,
-        info,
     };
     let inconsistent = (has_hole && (hole_offset == 0 || hole_length == 0 || length == page))
         || (!has_hole && (hole_offset != 0 || hole_length != 0))
@@ -414,10 +389,15 @@ fn decode_image_header(reader: &mut Reader<'_>, id: u8) -> Result<ImageHeader, R
             length,
             hole_offset,
             hole_length,
-            info: bad.info,
+            info,
         });
     }
-    Ok(bad)
+    Ok(ImageHeader {
+        length,
+        hole_offset,
+        hole_length,
+        info,
+    })
 }
 
 /// Whether `bimg_info` asks redo to apply the image (not only to keep it for
