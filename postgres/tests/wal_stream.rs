@@ -237,7 +237,7 @@ fn end_of_wal(expected: &[(Lsn, Vec<u8>)]) -> WalErrorKind {
     let end = expected.last().map_or(0, |(lsn, bytes)| {
         (lsn.0 + bytes.len() as u64).next_multiple_of(8)
     });
-    if end % BLCKSZ as u64 == 0 {
+    if end.is_multiple_of(BLCKSZ as u64) {
         WalErrorKind::PageHeader(PageHeaderError::BadMagic(0))
     } else {
         WalErrorKind::InvalidRecordLength(0)
