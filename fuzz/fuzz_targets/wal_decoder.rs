@@ -4,8 +4,11 @@
 //! rest is WAL of 1 MiB segments, decoded from the address its first page
 //! header states when that is a page boundary (seeds are windows of real
 //! WAL), else from the second segment's start. Every record that comes
-//! out is decoded, its images restored and its effects extracted. Nothing
-//! may panic, hang or allocate without bound; errors are expected.
+//! out is decoded, its images restored and its effects extracted. The same
+//! bytes then go through `decode_slice` (records borrowed from the input)
+//! in pieces of another size, which must yield the same records and stop
+//! with the same error. Nothing may panic, hang or allocate without bound;
+//! errors are expected.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,7 +16,7 @@ use quire_postgres::Lsn;
 use quire_postgres::types::BLCKSZ;
 use quire_postgres::wal::effects::{page_effects, record_effects};
 use quire_postgres::wal::record::decode_record;
-use quire_postgres::wal::stream::WalStreamDecoder;
+use quire_postgres::wal::stream::{RawRecord, WalDecodeError, WalStreamDecoder};
 
 const SEGMENT: u32 = 1 << 20;
 
@@ -26,11 +29,14 @@ fuzz_target!(|input: &[u8]| {
     let start = if stated != 0 && stated % 8192 == 0 { Lsn(stated) } else { Lsn(u64::from(SEGMENT)) };
     let mut decoder = WalStreamDecoder::new(start, SEGMENT);
     let mut page = [0u8; BLCKSZ];
-    for piece in wal.chunks(chunk) {
+    let mut fed: Vec<RawRecord> = Vec::new();
+    let mut fed_error = None;
+    'pieces: for piece in wal.chunks(chunk) {
         decoder.feed(piece);
         loop {
             match decoder.next_record() {
                 Ok(Some(record)) => {
+                    fed.push(record.to_raw());
                     if let Ok(decoded) = decode_record(record.bytes) {
                         for block in &decoded.blocks {
                             if let Some(image) = &block.image {
@@ -42,8 +48,27 @@ fuzz_target!(|input: &[u8]| {
                     }
                 }
                 Ok(None) => break,
-                Err(_) => return,
+                Err(error) => {
+                    fed_error = Some(error);
+                    break 'pieces;
+                }
             }
         }
     }
+
+    let mut sliced: Vec<RawRecord> = Vec::new();
+    let mut sliced_error = None;
+    let mut decoder = WalStreamDecoder::new(start, SEGMENT);
+    for piece in wal.chunks(chunk * 3 + 5) {
+        let result = decoder.decode_slice(piece, |record| {
+            sliced.push(record.to_raw());
+            Ok::<(), WalDecodeError>(())
+        });
+        if let Err(error) = result {
+            sliced_error = Some(error);
+            break;
+        }
+    }
+    assert_eq!(fed, sliced, "records differ between feed and decode_slice");
+    assert_eq!(fed_error, sliced_error, "errors differ between feed and decode_slice");
 });

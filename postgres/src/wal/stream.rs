@@ -135,9 +135,22 @@ enum State {
     InRecord { start: Lsn, total: u32 },
 }
 
+/// The bytes being decoded, and how many of them are consumed:
+/// `bytes[consumed]` is at the decoder's position.
+struct Input<'a> {
+    bytes: &'a [u8],
+    consumed: usize,
+}
+
+impl Input<'_> {
+    fn rest(&self) -> &[u8] {
+        &self.bytes[self.consumed..]
+    }
+}
+
 /// Where a decoded record's bytes are.
 enum Found {
-    /// In `input[range]`: the record lay whole in one page of the input.
+    /// In `input.bytes[at..at + len]`: the record lay whole in one page of the input.
     InInput {
         start: Lsn,
         end: Lsn,
@@ -269,12 +282,88 @@ impl WalStreamDecoder {
         Ok(n)
     }
 
+    /// Decodes the next bytes of WAL where they lie: each whole record is
+    /// handed to `on_record`, borrowed straight from `bytes` when it lies
+    /// in one page of them (no copy), else reassembled. What `bytes` ends
+    /// with short of a whole record is kept for the next call (a record's
+    /// first pages in the reassembly buffer, or the few bytes of an
+    /// unfinished page header or record length), so any split of the WAL
+    /// into calls decodes the same. Stops at the first error, from the WAL
+    /// or from `on_record`.
+    pub fn decode_slice<E: From<WalDecodeError>>(
+        &mut self,
+        bytes: &[u8],
+        mut on_record: impl FnMut(Record<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut rest = bytes;
+        if self.consumed < self.filled {
+            // Bytes kept from before come first: a page of the new ones is
+            // enough to get past them.
+            let joined = rest.len().min(XLOG_BLCKSZ as usize);
+            self.feed(&rest[..joined]);
+            rest = &rest[joined..];
+            while let Some(record) = self.next_record()? {
+                on_record(record)?;
+            }
+            if self.consumed < self.filled {
+                self.feed(rest);
+                while let Some(record) = self.next_record()? {
+                    on_record(record)?;
+                }
+                return Ok(());
+            }
+        }
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone().into());
+        }
+        let mut input = Input {
+            bytes: rest,
+            consumed: 0,
+        };
+        loop {
+            match self.decode_next(&mut input) {
+                Ok(None) => break,
+                Ok(Some(Found::InInput {
+                    start,
+                    end,
+                    at,
+                    len,
+                })) => on_record(Record {
+                    start,
+                    end,
+                    bytes: &rest[at..at + len],
+                })?,
+                Ok(Some(Found::Assembled { start, end })) => on_record(Record {
+                    start,
+                    end,
+                    bytes: &self.assembly,
+                })?,
+                Err(failure) => {
+                    self.failure = Some(failure.clone());
+                    return Err(failure.into());
+                }
+            }
+        }
+        self.consumed = 0;
+        self.filled = 0;
+        self.feed(&rest[input.consumed..]);
+        Ok(())
+    }
+
     /// The next whole record, `Ok(None)` if more input is needed first.
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, WalDecodeError> {
         if let Some(failure) = &self.failure {
             return Err(failure.clone());
         }
-        match self.decode_next() {
+        let buffer = std::mem::take(&mut self.input);
+        let mut input = Input {
+            bytes: &buffer[..self.filled],
+            consumed: self.consumed,
+        };
+        let found = self.decode_next(&mut input);
+        self.consumed = input.consumed;
+        self.input = buffer;
+        match found {
             Ok(None) => Ok(None),
             Ok(Some(Found::InInput {
                 start,
@@ -298,44 +387,41 @@ impl WalStreamDecoder {
         }
     }
 
-    fn available(&self) -> &[u8] {
-        &self.input[self.consumed..self.filled]
-    }
-
-    fn advance(&mut self, bytes: usize) {
-        self.consumed += bytes;
+    /// Moves `bytes` further along `input`.
+    fn advance(&mut self, input: &mut Input<'_>, bytes: usize) {
+        input.consumed += bytes;
         self.position = Lsn(self.position.0 + bytes as u64);
     }
 
-    fn decode_next(&mut self) -> Result<Option<Found>, WalDecodeError> {
+    fn decode_next(&mut self, input: &mut Input<'_>) -> Result<Option<Found>, WalDecodeError> {
         loop {
             if let State::SkippingTo(target) = self.state {
                 let gap = target.0.saturating_sub(self.position.0);
                 let step = usize::try_from(gap)
                     .unwrap_or(usize::MAX)
-                    .min(self.available().len());
-                self.advance(step);
+                    .min(input.rest().len());
+                self.advance(input, step);
                 if self.position < target {
                     return Ok(None);
                 }
                 self.state = State::BetweenRecords;
             }
-            if self.position.page_offset(XLOG_BLCKSZ) == 0 && !self.read_page_header()? {
+            if self.position.page_offset(XLOG_BLCKSZ) == 0 && !self.read_page_header(input)? {
                 return Ok(None);
             }
             match &mut self.state {
-                State::Start | State::BetweenRecords => match self.start_record()? {
+                State::Start | State::BetweenRecords => match self.start_record(input)? {
                     Started::NeedInput => return Ok(None),
                     Started::Whole(found) => return Ok(Some(found)),
                     Started::Partial => {}
                 },
                 State::SkippingContinuation { left } => {
                     let left_now = *left;
-                    let step = self.step_within_page(left_now);
+                    let step = self.step_within_page(input, left_now);
                     if step == 0 {
                         return Ok(None);
                     }
-                    self.advance(step as usize);
+                    self.advance(input, step as usize);
                     let left_after = left_now - step;
                     if left_after == 0 {
                         self.state = self.align_after_record();
@@ -345,13 +431,13 @@ impl WalStreamDecoder {
                 }
                 State::SkippingTo(_) => {}
                 State::InRecord { .. } => {
-                    if let Some(record) = self.continue_record()? {
+                    if let Some(record) = self.continue_record(input)? {
                         return Ok(Some(record));
                     }
                     if !matches!(self.state, State::InRecord { .. }) {
                         continue;
                     }
-                    if self.available().is_empty() {
+                    if input.rest().is_empty() {
                         return Ok(None);
                     }
                 }
@@ -360,9 +446,9 @@ impl WalStreamDecoder {
     }
 
     /// How many of `wanted` bytes can be taken now without crossing a page.
-    fn step_within_page(&self, wanted: u32) -> u32 {
+    fn step_within_page(&self, input: &Input<'_>, wanted: u32) -> u32 {
         let page_left = XLOG_BLCKSZ - self.position.page_offset(XLOG_BLCKSZ);
-        let available = u32::try_from(self.available().len()).unwrap_or(u32::MAX);
+        let available = u32::try_from(input.rest().len()).unwrap_or(u32::MAX);
         wanted.min(page_left).min(available)
     }
 
@@ -376,17 +462,17 @@ impl WalStreamDecoder {
 
     /// Reads and checks the page header at the current (page-aligned)
     /// position. Returns false if more input is needed.
-    fn read_page_header(&mut self) -> Result<bool, WalDecodeError> {
+    fn read_page_header(&mut self, input: &mut Input<'_>) -> Result<bool, WalDecodeError> {
         let page = self.position;
         let size = if page.segment_offset(self.segment_size) == 0 {
             LONG_PAGE_HEADER_SIZE
         } else {
             SHORT_PAGE_HEADER_SIZE
         };
-        if self.available().len() < size {
+        if input.rest().len() < size {
             return Ok(false);
         }
-        let header = decode_page_header(&self.available()[..size], page, self.segment_size)
+        let header = decode_page_header(&input.rest()[..size], page, self.segment_size)
             .map_err(|e| error(page, e))?;
         if let Some(long) = header.long {
             match self.system_id {
@@ -467,20 +553,20 @@ impl WalStreamDecoder {
             }
             State::SkippingTo(_) => {}
         }
-        self.advance(size);
+        self.advance(input, size);
         Ok(true)
     }
 
     /// Begins the record at the current position: whole when it lies in
     /// one page of the input (no copy), else reassembly starts.
-    fn start_record(&mut self) -> Result<Started, WalDecodeError> {
+    fn start_record(&mut self, input: &mut Input<'_>) -> Result<Started, WalDecodeError> {
         let start = self.position;
         if !start.0.is_multiple_of(MAXALIGN) {
             return Err(error(start, WalErrorKind::UnalignedStart));
         }
         // Records start 8-aligned and a page holds a multiple of 8 bytes, so
         // xl_tot_len always lies on the record's first page.
-        let Some(length_bytes) = self.available().get(..4) else {
+        let Some(length_bytes) = input.rest().get(..4) else {
             return Ok(Started::NeedInput);
         };
         let total = u32::from_le_bytes([
@@ -494,13 +580,13 @@ impl WalStreamDecoder {
         }
         let page_left = XLOG_BLCKSZ - start.page_offset(XLOG_BLCKSZ);
         let len = total as usize;
-        if total <= page_left && self.available().len() >= len {
-            let at = self.consumed;
-            let bytes = &self.input[at..at + len];
+        if total <= page_left && input.rest().len() >= len {
+            let at = input.consumed;
+            let bytes = &input.bytes[at..at + len];
             self.check_header(start, bytes)?;
             check_crc(bytes).map_err(|kind| error(start, kind))?;
             let is_switch = is_switch(bytes);
-            self.advance(len);
+            self.advance(input, len);
             let end = self.position;
             self.finish_record(start, end, is_switch);
             return Ok(Started::Whole(Found::InInput {
@@ -518,19 +604,17 @@ impl WalStreamDecoder {
 
     /// Copies what is available of the current record into `assembly`;
     /// yields it when whole.
-    fn continue_record(&mut self) -> Result<Option<Found>, WalDecodeError> {
+    fn continue_record(&mut self, input: &mut Input<'_>) -> Result<Option<Found>, WalDecodeError> {
         let State::InRecord { start, total } = self.state else {
             return Ok(None);
         };
         let had = self.assembly.len();
-        let step = self.step_within_page(total - record_len(&self.assembly)) as usize;
+        let step = self.step_within_page(input, total - record_len(&self.assembly)) as usize;
         if step == 0 {
             return Ok(None);
         }
-        let chunk_start = self.consumed;
-        self.assembly
-            .extend_from_slice(&self.input[chunk_start..chunk_start + step]);
-        self.advance(step);
+        self.assembly.extend_from_slice(&input.rest()[..step]);
+        self.advance(input, step);
         if had < XLOG_RECORD_HEADER_SIZE && self.assembly.len() >= XLOG_RECORD_HEADER_SIZE {
             self.check_header(start, &self.assembly)?;
         }
