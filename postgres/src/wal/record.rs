@@ -215,12 +215,18 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
     let record_len = (header.total_length as usize).min(bytes.len());
     let bytes = &bytes[..record_len];
     let mut at = XLOG_RECORD_HEADER_SIZE;
-    let mut blocks: SmallVec<[BlockRef<'_>; 2]> = SmallVec::new();
+    // Built in place: the value is large, and moving it costs more than
+    // decoding a short record.
+    let mut record = DecodedRecord {
+        header,
+        blocks: SmallVec::new(),
+        main_data: &[],
+        origin: None,
+        toplevel_xid: None,
+    };
     // (image length, data length) of each block, in block order.
     let mut lengths = [(0u16, 0u16); XLR_MAX_BLOCK_ID as usize + 1];
     let mut main_data_length: u32 = 0;
-    let mut origin = None;
-    let mut toplevel_xid = None;
     let mut declared: u64 = 0;
     let mut previous_rel: Option<RelFileLocator> = None;
 
@@ -238,15 +244,15 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
                 at += 5;
             }
             XLR_BLOCK_ID_ORIGIN => {
-                origin = Some(u16_at(fragment(bytes, at + 1, 2)?, 0));
+                record.origin = Some(u16_at(fragment(bytes, at + 1, 2)?, 0));
                 at += 3;
             }
             XLR_BLOCK_ID_TOPLEVEL_XID => {
-                toplevel_xid = Some(TransactionId(u32_at(fragment(bytes, at + 1, 4)?, 0)));
+                record.toplevel_xid = Some(TransactionId(u32_at(fragment(bytes, at + 1, 4)?, 0)));
                 at += 5;
             }
             id if id <= XLR_MAX_BLOCK_ID => {
-                if let Some(previous) = blocks.last().filter(|previous| id <= previous.id) {
+                if let Some(previous) = record.blocks.last().filter(|previous| id <= previous.id) {
                     return Err(RecordError::OutOfOrderBlock {
                         id,
                         previous: previous.id,
@@ -255,8 +261,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
                 let (block, image_length, data_length) =
                     decode_block_header(bytes, &mut at, id, &mut previous_rel)?;
                 declared += u64::from(data_length) + u64::from(image_length);
-                lengths[blocks.len()] = (image_length, data_length);
-                blocks.push(block);
+                lengths[record.blocks.len()] = (image_length, data_length);
+                record.blocks.push(block);
             }
             other => return Err(RecordError::InvalidBlockId(other)),
         }
@@ -268,7 +274,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
 
     // The lengths add up to exactly the rest of the record: no slice below
     // can run past it.
-    for (block, &(image_length, data_length)) in blocks.iter_mut().zip(&lengths) {
+    for (block, &(image_length, data_length)) in record.blocks.iter_mut().zip(&lengths) {
         if let Some(image) = &mut block.image {
             image.bytes = &bytes[at..at + usize::from(image_length)];
             at += usize::from(image_length);
@@ -276,14 +282,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
         block.data = &bytes[at..at + usize::from(data_length)];
         at += usize::from(data_length);
     }
-    let main_data = &bytes[at..at + main_data_length as usize];
-    Ok(DecodedRecord {
-        header,
-        blocks,
-        main_data,
-        origin,
-        toplevel_xid,
-    })
+    record.main_data = &bytes[at..at + main_data_length as usize];
+    Ok(record)
 }
 
 /// Reads the block header at `*at` (its id byte included) and moves past
