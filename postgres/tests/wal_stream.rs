@@ -84,11 +84,11 @@ fn decode_with(
         let bytes = &wal[at..at + size];
         at += size;
         if matches!(api, Api::Slice) || (matches!(api, Api::Alternating) && chunk % 2 == 0) {
-            let decoded = decoder.decode_slice(bytes, |record| {
+            let outcome = decoder.decode_slice(bytes, |record| {
                 records.push(record.to_raw());
                 Ok::<(), quire_postgres::wal::stream::WalDecodeError>(())
             });
-            if let Err(error) = decoded {
+            if let Err(error) = outcome {
                 return (records, Some(error.kind));
             }
             continue;
