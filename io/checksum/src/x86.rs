@@ -131,7 +131,6 @@ fn fold_forward_wide(v: __m512i, constants: (u64, u64)) -> __m512i {
 /// As [`fold`], 128 bytes a step in two 512-bit accumulators (`bytes` at
 /// least 128 long); what is left is under 128 bytes.
 #[target_feature(enable = "sse4.2,pclmulqdq,avx512f,vpclmulqdq")]
-#[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)] // bit patterns; crc32_u64 leaves the upper half zero
 fn wide_fold(crc: u32, bytes: &[u8]) -> (u32, &[u8]) {
     let register = _mm512_set_epi64(0, 0, 0, 0, 0, 0, 0, i64::from(crc));
     let mut first = _mm512_xor_si512(load_wide(bytes, 0), register);
@@ -152,14 +151,7 @@ fn wide_fold(crc: u32, bytes: &[u8]) -> (u32, &[u8]) {
         _mm512_extracti32x4_epi32::<2>(merged),
         _mm512_extracti32x4_epi32::<3>(merged),
     ];
-    let mut folded = lanes[0];
-    for lane in &lanes[1..] {
-        folded = _mm_xor_si128(fold_forward(folded, FOLD_BY_1), *lane);
-    }
-    let low = _mm_cvtsi128_si64(folded) as u64;
-    let high = _mm_extract_epi64::<1>(folded) as u64;
-    let register = _mm_crc32_u64(_mm_crc32_u64(0, low), high);
-    (register as u32, &bytes[at..])
+    (merge_lanes(lanes), &bytes[at..])
 }
 
 #[target_feature(enable = "sse4.2,pclmulqdq")]
@@ -194,7 +186,6 @@ fn fold_forward(v: __m128i, constants: (u64, u64)) -> __m128i {
 /// Folds `bytes` (at least 64 long) 64 bytes at a time; returns the
 /// register after the folded part, and what is left (under 64 bytes).
 #[target_feature(enable = "sse4.2,pclmulqdq")]
-#[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)] // bit patterns; crc32_u64 leaves the upper half zero
 fn fold(crc: u32, bytes: &[u8]) -> (u32, &[u8]) {
     // The register joins the message: XOR it into the first four bytes.
     let mut lanes = [
@@ -210,15 +201,21 @@ fn fold(crc: u32, bytes: &[u8]) -> (u32, &[u8]) {
         }
         at += 64;
     }
+    (merge_lanes(lanes), &bytes[at..])
+}
+
+/// Folds four consecutive 16-byte lanes into one and checksums it: the
+/// register after the bytes the lanes stand for.
+#[target_feature(enable = "sse4.2,pclmulqdq")]
+#[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)] // bit patterns; crc32_u64 leaves the upper half zero
+fn merge_lanes(lanes: [__m128i; 4]) -> u32 {
     let mut merged = lanes[0];
     for lane in &lanes[1..] {
         merged = _mm_xor_si128(fold_forward(merged, FOLD_BY_1), *lane);
     }
     let low = _mm_cvtsi128_si64(merged) as u64;
     let high = _mm_extract_epi64::<1>(merged) as u64;
-    let register = _mm_crc32_u64(_mm_crc32_u64(0, low), high);
-    // crc32 on a 64-bit register leaves the upper half zero.
-    (register as u32, &bytes[at..])
+    _mm_crc32_u64(_mm_crc32_u64(0, low), high) as u32
 }
 
 /// The `crc32` instruction, eight bytes at a time.
