@@ -36,7 +36,7 @@ fn main() -> Result<()> {
             loop {
                 match decoder.next_record() {
                     Ok(Some(record)) => {
-                        blocks += decode_record(record.bytes)?.blocks.len();
+                        blocks += decode_record(record.bytes)?.block_count();
                         records += 1;
                     }
                     Ok(None) => break,

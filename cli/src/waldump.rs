@@ -109,10 +109,10 @@ pub fn format_record(record: &Record<'_>, line: &mut String) -> Result<(), Strin
         record.start,
         rmgr_name(decoded.header.rmid),
         decoded.header.total_length,
-        decoded.blocks.len()
+        decoded.block_count()
     );
     let mut page = [0u8; BLCKSZ];
-    for block in &decoded.blocks {
+    for block in decoded.blocks() {
         let tag = RelTag::new(block.rel, block.fork);
         let _ = write!(line, " blk={tag}:{}", block.block);
         if let Some(image) = &block.image {

@@ -7,7 +7,10 @@
 //! out is decoded, its images restored and its effects extracted. The same
 //! bytes then go through `decode_slice` (records borrowed from the input)
 //! in pieces of another size, which must yield the same records and stop
-//! with the same error. Nothing may panic, hang or allocate without bound;
+//! with the same error. The bytes are also decoded as one record on its
+//! own (no checksum to pass): the block references it hands out (read
+//! from its fragment headers only when asked for) must be as many as it
+//! counted, ascend by id and add up to no more than the record. Nothing may panic, hang or allocate without bound;
 //! errors are expected.
 #![no_main]
 
@@ -24,6 +27,7 @@ fuzz_target!(|input: &[u8]| {
     let [chunk_selector, wal @ ..] = input else {
         return;
     };
+    check_one_record(wal);
     let chunk = 1 + usize::from(*chunk_selector) * 37;
     let stated = wal.get(8..16).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
     let start = if stated != 0 && stated % 8192 == 0 { Lsn(stated) } else { Lsn(u64::from(SEGMENT)) };
@@ -38,7 +42,7 @@ fuzz_target!(|input: &[u8]| {
                 Ok(Some(record)) => {
                     fed.push(record.to_raw());
                     if let Ok(decoded) = decode_record(record.bytes) {
-                        for block in &decoded.blocks {
+                        for block in decoded.blocks() {
                             if let Some(image) = &block.image {
                                 let _ = image.restore(&mut page);
                             }
@@ -72,3 +76,21 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(fed, sliced, "records differ between feed and decode_slice");
     assert_eq!(fed_error, sliced_error, "errors differ between feed and decode_slice");
 });
+
+/// `bytes` decoded as one record: its block references agree with it.
+fn check_one_record(bytes: &[u8]) {
+    let Ok(decoded) = decode_record(bytes) else {
+        return;
+    };
+    let blocks: Vec<_> = decoded.blocks().collect();
+    assert_eq!(blocks.len(), decoded.block_count());
+    assert!(blocks.windows(2).all(|pair| pair[0].id < pair[1].id));
+    let payload: usize = blocks
+        .iter()
+        .map(|block| block.data.len() + block.image.map_or(0, |image| image.bytes.len()))
+        .sum();
+    assert!(24 + payload + decoded.main_data.len() <= bytes.len());
+    for block in &blocks {
+        assert_eq!(decoded.block(block.id).as_ref(), Some(block));
+    }
+}

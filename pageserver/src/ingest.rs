@@ -163,10 +163,10 @@ impl WalIngest {
         } else {
             Rc::from(Vec::new())
         };
-        for ((page, block_ref), vm_clear) in pages.iter().zip(&record.blocks).zip(vm_clears) {
+        for ((page, block_ref), vm_clear) in pages.iter().zip(record.blocks()).zip(vm_clears) {
             let key = Key::rel_block(page.rel, page.block);
             if page.rel.fork == ForkNumber::VisibilityMap {
-                self.note_vm_map_source(page.rel, page.block.0, block_ref);
+                self.note_vm_map_source(page.rel, page.block.0, &block_ref);
             }
             let value = match (&page.update, vm_clear) {
                 (PageUpdate::Image(image), _) => {
@@ -678,7 +678,7 @@ pub fn slru_key(kind: SlruKind, page: u32) -> Key {
 fn rust_vm_clears(record: &DecodedRecord<'_>, pages: &[PageEffect]) -> Vec<Option<VmPageClear>> {
     pages
         .iter()
-        .zip(&record.blocks)
+        .zip(record.blocks())
         .map(|(page, block_ref)| match page.update {
             PageUpdate::Apply { will_init: false }
                 if page.rel.fork == ForkNumber::VisibilityMap =>

@@ -244,21 +244,25 @@ fn blocks_images_and_holes_round_trip() {
         quire_postgres::wal::writer::build_record(10, 0, 9, Lsn(8), &blocks, b"main").unwrap();
     let decoded = decode_record(&record).unwrap();
     assert_eq!(decoded.main_data, b"main");
-    assert_eq!(decoded.blocks.len(), 2);
+    assert_eq!(decoded.block_count(), 2);
+    let decoded_blocks: Vec<_> = decoded.blocks().collect();
+    assert_eq!(decoded_blocks.len(), 2);
     assert_eq!(
         (
-            decoded.blocks[1].id,
-            decoded.blocks[1].rel,
-            decoded.blocks[1].will_init
+            decoded_blocks[1].id,
+            decoded_blocks[1].rel,
+            decoded_blocks[1].will_init
         ),
         (3, rel, true)
     );
-    for block in &decoded.blocks {
+    assert_eq!(decoded.block(3), Some(decoded_blocks[1].clone()));
+    assert_eq!(decoded.block(2), None);
+    for block in &decoded_blocks {
         let mut restored = [1u8; BLCKSZ];
         block.image.unwrap().restore(&mut restored).unwrap();
         assert_eq!(restored, page);
     }
-    assert_eq!(decoded.blocks[0].data, b"abc");
+    assert_eq!(decoded_blocks[0].data, b"abc");
 }
 
 /// Whether `error` is how the decoder must report where the written WAL

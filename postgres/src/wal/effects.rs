@@ -226,8 +226,7 @@ pub enum EffectError {
 /// The page updates of a record, one per block reference.
 pub fn page_effects(record: &DecodedRecord<'_>, end: Lsn) -> Result<Vec<PageEffect>, EffectError> {
     record
-        .blocks
-        .iter()
+        .blocks()
         .map(|block| {
             let update = match &block.image {
                 Some(image) if image.is_applied() => {
@@ -574,17 +573,12 @@ fn multixact_effects(info: u8, data: &[u8]) -> Result<Vec<Effect>, EffectError> 
 fn heap_vm_effects(record: &DecodedRecord<'_>) -> Vec<Effect> {
     const ALL_VISIBLE_AND_FROZEN: u8 = 0x03;
     const ALL_FROZEN: u8 = 0x02;
-    if record
-        .blocks
-        .iter()
-        .any(|b| b.fork == ForkNumber::VisibilityMap)
-    {
+    if record.blocks().any(|b| b.fork == ForkNumber::VisibilityMap) {
         return Vec::new();
     }
     let heap_block = |id: u8| {
         record
-            .blocks
-            .iter()
+            .blocks()
             .find(|b| b.id == id && b.fork == ForkNumber::Main)
     };
     let fields = Fields {

@@ -16,8 +16,6 @@
 //! ids, consistent data and image lengths, hole rules, and that the lengths
 //! add up exactly to the record.
 
-use smallvec::SmallVec;
-
 use crate::lsn::Lsn;
 use crate::types::{BLCKSZ, BlockNo, ForkNumber, RelFileLocator, TransactionId};
 use crate::wal::image::BlockImage;
@@ -44,6 +42,8 @@ const BKPIMAGE_APPLY: u8 = 0x02;
 const BKPIMAGE_COMPRESS_PGLZ: u8 = 0x04;
 const BKPIMAGE_COMPRESS_LZ4: u8 = 0x08;
 const BKPIMAGE_COMPRESS_ZSTD: u8 = 0x10;
+const BKPIMAGE_COMPRESSED: u8 =
+    BKPIMAGE_COMPRESS_PGLZ | BKPIMAGE_COMPRESS_LZ4 | BKPIMAGE_COMPRESS_ZSTD;
 
 /// `XLOG_SWITCH` (an info value of the `XLOG` resource manager).
 pub const XLOG_SWITCH: u8 = 0x40;
@@ -107,20 +107,154 @@ pub struct BlockRef<'a> {
 }
 
 /// A decoded record borrowing from the record's bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Decoding checks every fragment header once and keeps only where things
+/// are: block references are read again from their (checked) headers as
+/// [`DecodedRecord::blocks`] hands them out. That keeps the value small, so
+/// decoding a short record costs little more than reading its header.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct DecodedRecord<'a> {
     /// The fixed header.
     pub header: RecordHeader,
-    /// Block references in ascending id order (most records have one or
-    /// two, kept inline without an allocation).
-    pub blocks: SmallVec<[BlockRef<'a>; 2]>,
     /// The main data.
     pub main_data: &'a [u8],
     /// Replication origin, if recorded.
     pub origin: Option<u16>,
     /// Top-level transaction of a subtransaction's first record, if recorded.
     pub toplevel_xid: Option<TransactionId>,
+    /// The run of fragment headers after the fixed header.
+    fragment_headers: &'a [u8],
+    /// The blocks' images and data, in block order.
+    block_payload: &'a [u8],
+    block_count: u8,
 }
+
+impl<'a> DecodedRecord<'a> {
+    /// The block references in ascending id order.
+    pub fn blocks(&self) -> Blocks<'a> {
+        Blocks {
+            headers: self.fragment_headers,
+            at: 0,
+            payload: self.block_payload,
+            previous_rel: None,
+            left: self.block_count,
+        }
+    }
+
+    /// How many block references the record has.
+    pub fn block_count(&self) -> usize {
+        usize::from(self.block_count)
+    }
+
+    /// The block reference with id `id`, if the record has one.
+    pub fn block(&self, id: u8) -> Option<BlockRef<'a>> {
+        self.blocks().find(|block| block.id == id)
+    }
+}
+
+impl std::fmt::Debug for DecodedRecord<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodedRecord")
+            .field("header", &self.header)
+            .field("blocks", &self.blocks().collect::<Vec<_>>())
+            .field("main_data", &self.main_data)
+            .field("origin", &self.origin)
+            .field("toplevel_xid", &self.toplevel_xid)
+            .finish()
+    }
+}
+
+/// The block references of a [`DecodedRecord`], read from its fragment
+/// headers as they are asked for.
+#[derive(Clone, Debug)]
+pub struct Blocks<'a> {
+    headers: &'a [u8],
+    at: usize,
+    payload: &'a [u8],
+    previous_rel: Option<RelFileLocator>,
+    left: u8,
+}
+
+impl<'a> Iterator for Blocks<'a> {
+    type Item = BlockRef<'a>;
+
+    fn next(&mut self) -> Option<BlockRef<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        // The headers were checked when the record was decoded: the
+        // `None`s below cannot happen, and only end the iteration early.
+        loop {
+            let id = *self.headers.get(self.at)?;
+            let Some(skip) = special_fragment_size(id) else {
+                break;
+            };
+            self.at += skip;
+        }
+        let headers = self.headers;
+        let mut at = self.at;
+        let id = headers[at];
+        let fork_flags = *headers.get(at + 1)?;
+        let data_length = le_u16(headers, at + 2)?;
+        at += 4;
+        let image = if fork_flags & BKPBLOCK_HAS_IMAGE == 0 {
+            None
+        } else {
+            let length = le_u16(headers, at)?;
+            let hole_offset = le_u16(headers, at + 2)?;
+            let info = *headers.get(at + 4)?;
+            at += 5;
+            let hole_length = if info & BKPIMAGE_COMPRESSED == 0 {
+                8192u16.wrapping_sub(length)
+            } else if info & BKPIMAGE_HAS_HOLE != 0 {
+                at += 2;
+                le_u16(headers, at - 2)?
+            } else {
+                0
+            };
+            let (bytes, rest) = self.payload.split_at_checked(usize::from(length))?;
+            self.payload = rest;
+            Some(BlockImage {
+                bytes,
+                hole_offset,
+                hole_length,
+                info,
+            })
+        };
+        let rel = if fork_flags & BKPBLOCK_SAME_REL == 0 {
+            let rel = RelFileLocator {
+                spc_oid: le_u32(headers, at)?,
+                db_oid: le_u32(headers, at + 4)?,
+                rel_number: le_u32(headers, at + 8)?,
+            };
+            at += 12;
+            self.previous_rel = Some(rel);
+            rel
+        } else {
+            self.previous_rel?
+        };
+        let block = BlockNo(le_u32(headers, at)?);
+        self.at = at + 4;
+        let (data, rest) = self.payload.split_at_checked(usize::from(data_length))?;
+        self.payload = rest;
+        self.left -= 1;
+        Some(BlockRef {
+            id,
+            rel,
+            fork: ForkNumber::from_u8(fork_flags & BKPBLOCK_FORK_MASK)?,
+            block,
+            will_init: fork_flags & BKPBLOCK_WILL_INIT != 0,
+            image,
+            data,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (usize::from(self.left), Some(usize::from(self.left)))
+    }
+}
+
+impl ExactSizeIterator for Blocks<'_> {}
 
 /// What is wrong inside a record.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -199,36 +333,49 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
+/// A little-endian `u16` at `at`, if `bytes` reach that far.
+fn le_u16(bytes: &[u8], at: usize) -> Option<u16> {
+    bytes.get(at..at + 2).map(|b| u16_at(b, 0))
+}
+
+/// A little-endian `u32` at `at`, if `bytes` reach that far.
+fn le_u32(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes.get(at..at + 4).map(|b| u32_at(b, 0))
+}
+
 /// The next `n` bytes of the fragment header run at `at`, or where it ends.
 fn fragment(bytes: &[u8], at: usize, n: usize) -> Result<&[u8], RecordError> {
     bytes.get(at..at + n).ok_or(RecordError::Truncated(at))
 }
 
+/// The size of a special fragment header (`None` for a block id).
+fn special_fragment_size(id: u8) -> Option<usize> {
+    match id {
+        XLR_BLOCK_ID_DATA_SHORT => Some(2),
+        XLR_BLOCK_ID_DATA_LONG | XLR_BLOCK_ID_TOPLEVEL_XID => Some(5),
+        XLR_BLOCK_ID_ORIGIN => Some(3),
+        _ => None,
+    }
+}
+
 /// Decodes a whole record (as [`crate::wal::stream::Record::bytes`]).
 ///
-/// One pass over the fragment headers builds the block references (their
-/// image and data lengths kept aside); once the headers' lengths are known
-/// to add up to the record, a second pass over the (few) blocks only hands
-/// out the slices.
+/// One pass over the fragment headers checks them and adds up the lengths
+/// they declare; once those add up to exactly the record, the main data and
+/// the blocks' payload are located (and block references read from the
+/// headers only when asked for).
 pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
     let header = RecordHeader::decode(bytes)?;
     let record_len = (header.total_length as usize).min(bytes.len());
     let bytes = &bytes[..record_len];
     let mut at = XLOG_RECORD_HEADER_SIZE;
-    // Built in place: the value is large, and moving it costs more than
-    // decoding a short record.
-    let mut record = DecodedRecord {
-        header,
-        blocks: SmallVec::new(),
-        main_data: &[],
-        origin: None,
-        toplevel_xid: None,
-    };
-    // (image length, data length) of each block, in block order.
-    let mut lengths = [(0u16, 0u16); XLR_MAX_BLOCK_ID as usize + 1];
+    let mut origin = None;
+    let mut toplevel_xid = None;
     let mut main_data_length: u32 = 0;
+    let mut payload_length: u64 = 0;
     let mut declared: u64 = 0;
-    let mut previous_rel: Option<RelFileLocator> = None;
+    let mut previous_id: Option<u8> = None;
+    let mut block_count: u8 = 0;
 
     while (record_len - at) as u64 > declared {
         let id = bytes[at];
@@ -244,25 +391,25 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
                 at += 5;
             }
             XLR_BLOCK_ID_ORIGIN => {
-                record.origin = Some(u16_at(fragment(bytes, at + 1, 2)?, 0));
+                origin = Some(u16_at(fragment(bytes, at + 1, 2)?, 0));
                 at += 3;
             }
             XLR_BLOCK_ID_TOPLEVEL_XID => {
-                record.toplevel_xid = Some(TransactionId(u32_at(fragment(bytes, at + 1, 4)?, 0)));
+                toplevel_xid = Some(TransactionId(u32_at(fragment(bytes, at + 1, 4)?, 0)));
                 at += 5;
             }
             id if id <= XLR_MAX_BLOCK_ID => {
-                if let Some(previous) = record.blocks.last().filter(|previous| id <= previous.id) {
-                    return Err(RecordError::OutOfOrderBlock {
-                        id,
-                        previous: previous.id,
-                    });
+                if let Some(previous) = previous_id.filter(|&previous| id <= previous) {
+                    return Err(RecordError::OutOfOrderBlock { id, previous });
                 }
-                let (block, image_length, data_length) =
-                    decode_block_header(bytes, &mut at, id, &mut previous_rel)?;
-                declared += u64::from(data_length) + u64::from(image_length);
-                lengths[record.blocks.len()] = (image_length, data_length);
-                record.blocks.push(block);
+                let block = check_block_header(bytes, &mut at, id)?;
+                if !block.names_rel && previous_id.is_none() {
+                    return Err(RecordError::NoPreviousRel(id));
+                }
+                declared += u64::from(block.payload_length);
+                payload_length += u64::from(block.payload_length);
+                previous_id = Some(id);
+                block_count += 1;
             }
             other => return Err(RecordError::InvalidBlockId(other)),
         }
@@ -271,37 +418,42 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
     if declared != actual as u64 {
         return Err(RecordError::LengthMismatch { declared, actual });
     }
-
-    // The lengths add up to exactly the rest of the record: no slice below
-    // can run past it.
-    for (block, &(image_length, data_length)) in record.blocks.iter_mut().zip(&lengths) {
-        if let Some(image) = &mut block.image {
-            image.bytes = &bytes[at..at + usize::from(image_length)];
-            at += usize::from(image_length);
-        }
-        block.data = &bytes[at..at + usize::from(data_length)];
-        at += usize::from(data_length);
-    }
-    record.main_data = &bytes[at..at + main_data_length as usize];
-    Ok(record)
+    // The lengths add up to exactly the rest of the record: the slices
+    // below lie within it.
+    let headers_end = at;
+    #[allow(clippy::cast_possible_truncation)] // at most the record's length
+    let payload_end = headers_end + payload_length as usize;
+    Ok(DecodedRecord {
+        header,
+        main_data: &bytes[payload_end..payload_end + main_data_length as usize],
+        origin,
+        toplevel_xid,
+        fragment_headers: &bytes[XLOG_RECORD_HEADER_SIZE..headers_end],
+        block_payload: &bytes[headers_end..payload_end],
+        block_count,
+    })
 }
 
-/// Reads the block header at `*at` (its id byte included) and moves past
-/// it. Returns the block (image and data slices still empty) with its
-/// image and data lengths.
-fn decode_block_header<'a>(
-    bytes: &'a [u8],
-    at: &mut usize,
-    id: u8,
-    previous_rel: &mut Option<RelFileLocator>,
-) -> Result<(BlockRef<'a>, u16, u16), RecordError> {
+/// What checking a block's fragment header found.
+struct CheckedBlock {
+    /// Image and data bytes the block has in the record's payload.
+    payload_length: u32,
+    /// Whether it names its relation (else `SAME_REL`: the previous block's).
+    names_rel: bool,
+}
+
+/// Checks the block header at `*at` (its id byte included) and moves past
+/// it. (The block reference itself is read from it again by [`Blocks`].)
+fn check_block_header(bytes: &[u8], at: &mut usize, id: u8) -> Result<CheckedBlock, RecordError> {
     // id, fork_flags, data_length.
     let fixed = fragment(bytes, *at, 4)?;
     let fork_flags = fixed[1];
     let data_length = u16_at(fixed, 2);
     *at += 4;
     let fork_number = fork_flags & BKPBLOCK_FORK_MASK;
-    let fork = ForkNumber::from_u8(fork_number).ok_or(RecordError::InvalidFork(fork_number))?;
+    if ForkNumber::from_u8(fork_number).is_none() {
+        return Err(RecordError::InvalidFork(fork_number));
+    }
     let has_data = fork_flags & BKPBLOCK_HAS_DATA != 0;
     if has_data != (data_length != 0) {
         return Err(RecordError::DataLengthMismatch {
@@ -310,59 +462,31 @@ fn decode_block_header<'a>(
             length: data_length,
         });
     }
-    let image = if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
-        Some(decode_image_header(bytes, at, id)?)
+    let image_length = if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
+        check_image_header(bytes, at, id)?
     } else {
-        None
+        0
     };
-    let rel = if fork_flags & BKPBLOCK_SAME_REL != 0 {
-        previous_rel.ok_or(RecordError::NoPreviousRel(id))?
-    } else {
-        let locator = fragment(bytes, *at, 12)?;
-        *at += 12;
-        RelFileLocator {
-            spc_oid: u32_at(locator, 0),
-            db_oid: u32_at(locator, 4),
-            rel_number: u32_at(locator, 8),
-        }
-    };
-    *previous_rel = Some(rel);
-    let block = BlockNo(u32_at(fragment(bytes, *at, 4)?, 0));
-    *at += 4;
-    let image_length = image.map_or(0, |image| image.length);
-    let block = BlockRef {
-        id,
-        rel,
-        fork,
-        block,
-        will_init: fork_flags & BKPBLOCK_WILL_INIT != 0,
-        image: image.map(|image| BlockImage {
-            bytes: &[],
-            hole_offset: image.hole_offset,
-            hole_length: image.hole_length,
-            info: image.info,
-        }),
-        data: &[],
-    };
-    Ok((block, image_length, data_length))
+    let names_rel = fork_flags & BKPBLOCK_SAME_REL == 0;
+    // The relation (unless SAME_REL) and the block number.
+    let rest = if names_rel { 16 } else { 4 };
+    fragment(bytes, *at, rest)?;
+    *at += rest;
+    Ok(CheckedBlock {
+        payload_length: u32::from(image_length) + u32::from(data_length),
+        names_rel,
+    })
 }
 
-#[derive(Clone, Copy)]
-struct ImageHeader {
-    length: u16,
-    hole_offset: u16,
-    hole_length: u16,
-    info: u8,
-}
-
-fn decode_image_header(bytes: &[u8], at: &mut usize, id: u8) -> Result<ImageHeader, RecordError> {
+/// Checks the image header at `*at` and moves past it; returns the
+/// image's stored length.
+fn check_image_header(bytes: &[u8], at: &mut usize, id: u8) -> Result<u16, RecordError> {
     let fixed = fragment(bytes, *at, 5)?;
     let length = u16_at(fixed, 0);
     let hole_offset = u16_at(fixed, 2);
     let info = fixed[4];
     *at += 5;
-    let compressed =
-        info & (BKPIMAGE_COMPRESS_PGLZ | BKPIMAGE_COMPRESS_LZ4 | BKPIMAGE_COMPRESS_ZSTD) != 0;
+    let compressed = info & BKPIMAGE_COMPRESSED != 0;
     let has_hole = info & BKPIMAGE_HAS_HOLE != 0;
     let page: u16 = 8192;
     debug_assert_eq!(usize::from(page), BLCKSZ);
@@ -392,12 +516,7 @@ fn decode_image_header(bytes: &[u8], at: &mut usize, id: u8) -> Result<ImageHead
             info,
         });
     }
-    Ok(ImageHeader {
-        length,
-        hole_offset,
-        hole_length,
-        info,
-    })
+    Ok(length)
 }
 
 /// Whether `bimg_info` asks redo to apply the image (not only to keep it for

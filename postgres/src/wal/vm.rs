@@ -46,14 +46,13 @@ pub fn vm_block_of(heap_block: u32) -> u32 {
 /// without an image) gets from redo, or `None` when the record is not a map
 /// clear this module knows or does not parse.
 pub fn vm_page_clears(record: &DecodedRecord<'_>, block_id: u8) -> Option<VmPageClear> {
-    let vm = record.blocks.iter().find(|b| b.id == block_id)?;
+    let vm = record.block(block_id)?;
     if vm.fork != ForkNumber::VisibilityMap || vm.image.is_some() {
         return None;
     }
     let heap = |id: u8| {
         record
-            .blocks
-            .iter()
+            .blocks()
             .find(|b| b.id == id && b.fork == ForkNumber::Main && b.rel == vm.rel)
             .map(|b| b.block.0)
     };
