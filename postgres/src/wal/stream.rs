@@ -19,6 +19,10 @@ use crate::wal::page::{
 use crate::wal::record::{XLOG_RECORD_HEADER_SIZE, XLOG_RECORD_MAX_SIZE, XLOG_SWITCH};
 use crate::wal::rmgr::{RM_XLOG_ID, rmgr_id_is_valid};
 
+/// `MAXALIGN` as a byte count: records start at multiples of it.
+const RECORD_ALIGN: usize = 8;
+const _: () = assert!(RECORD_ALIGN as u64 == MAXALIGN);
+
 /// One whole record, borrowed from the decoder until its next call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -321,6 +325,13 @@ impl WalStreamDecoder {
             consumed: 0,
         };
         loop {
+            while let Some((start, at, len)) = self.next_in_page(&mut input) {
+                on_record(Record {
+                    start,
+                    end: Lsn(start.0 + len as u64),
+                    bytes: &rest[at..at + len],
+                })?;
+            }
             match self.decode_next(&mut input) {
                 Ok(None) => break,
                 Ok(Some(Found::InInput {
@@ -350,6 +361,51 @@ impl WalStreamDecoder {
         Ok(())
     }
 
+    /// The common case, taken without the general state machine: between
+    /// records, mid-page, the next record lies whole on this page of the
+    /// input with its padding, passes every check and is not
+    /// `XLOG_SWITCH`. Returns its start and where it is in the input, having
+    /// moved past it and its padding; `None` leaves everything else
+    /// (including every error) to [`Self::decode_next`].
+    #[inline]
+    fn next_in_page(&mut self, input: &mut Input<'_>) -> Option<(Lsn, usize, usize)> {
+        if !matches!(self.state, State::BetweenRecords) {
+            return None;
+        }
+        let start = self.position;
+        let page_offset = start.page_offset(XLOG_BLCKSZ);
+        if page_offset == 0 || !start.0.is_multiple_of(MAXALIGN) {
+            return None;
+        }
+        let at = input.consumed;
+        let rest = &input.bytes[at..];
+        let length_bytes = rest.get(..4)?;
+        let len = u32::from_le_bytes([
+            length_bytes[0],
+            length_bytes[1],
+            length_bytes[2],
+            length_bytes[3],
+        ]) as usize;
+        let padded = len.next_multiple_of(RECORD_ALIGN);
+        let page_left = (XLOG_BLCKSZ - page_offset) as usize;
+        if len < XLOG_RECORD_HEADER_SIZE || len > page_left || padded > rest.len() {
+            return None;
+        }
+        let bytes = &rest[..len];
+        let mut prev = [0u8; 8];
+        prev.copy_from_slice(&bytes[8..16]);
+        if !rmgr_id_is_valid(bytes[17])
+            || Some(Lsn(u64::from_le_bytes(prev))) != self.previous_record
+            || is_switch(bytes)
+            || check_crc(bytes).is_err()
+        {
+            return None;
+        }
+        self.advance(input, padded);
+        self.previous_record = Some(start);
+        Some((start, at, len))
+    }
+
     /// The next whole record, `Ok(None)` if more input is needed first.
     pub fn next_record(&mut self) -> Result<Option<Record<'_>>, WalDecodeError> {
         if let Some(failure) = &self.failure {
@@ -360,7 +416,15 @@ impl WalStreamDecoder {
             bytes: &buffer[..self.filled],
             consumed: self.consumed,
         };
-        let found = self.decode_next(&mut input);
+        let found = match self.next_in_page(&mut input) {
+            Some((start, at, len)) => Ok(Some(Found::InInput {
+                start,
+                end: Lsn(start.0 + len as u64),
+                at,
+                len,
+            })),
+            None => self.decode_next(&mut input),
+        };
         self.consumed = input.consumed;
         self.input = buffer;
         match found {
@@ -585,10 +649,19 @@ impl WalStreamDecoder {
             let bytes = &input.bytes[at..at + len];
             self.check_header(start, bytes)?;
             check_crc(bytes).map_err(|kind| error(start, kind))?;
-            let is_switch = is_switch(bytes);
-            self.advance(input, len);
-            let end = self.position;
-            self.finish_record(start, end, is_switch);
+            let end = Lsn(start.0 + u64::from(total));
+            // The padding to the next 8-byte boundary lies on the same page
+            // (a page holds a multiple of 8 bytes): when it is here too,
+            // step over it now.
+            let padded = len.next_multiple_of(RECORD_ALIGN);
+            if padded <= input.rest().len() && !is_switch(bytes) {
+                self.advance(input, padded);
+                self.previous_record = Some(start);
+                self.state = State::BetweenRecords;
+            } else {
+                self.advance(input, len);
+                self.finish_record(start, end, is_switch(bytes));
+            }
             return Ok(Started::Whole(Found::InInput {
                 start,
                 end,
@@ -694,6 +767,7 @@ enum Started {
 }
 
 /// Checks `xl_crc`: CRC-32C over the body, then the header up to the CRC.
+#[inline]
 fn check_crc(record: &[u8]) -> Result<(), WalErrorKind> {
     let stored = u32::from_le_bytes([record[20], record[21], record[22], record[23]]);
     let computed = record_crc(record);
@@ -704,6 +778,7 @@ fn check_crc(record: &[u8]) -> Result<(), WalErrorKind> {
 }
 
 /// The CRC-32C Postgres stores in `xl_crc` for a whole record.
+#[inline]
 pub fn record_crc(record: &[u8]) -> u32 {
     quire_checksum::crc32c_concat(&record[XLOG_RECORD_HEADER_SIZE..], &record[..20])
 }
