@@ -3,11 +3,15 @@
 //! The WAL is what Postgres 17 wrote under pgbench (see
 //! `quire_bench::real_wal`). Both sides are measured in this run, single
 //! threaded, over the same span of valid WAL read from the same (page
-//! cached) files: `pg_waldump --stats` decodes every record to count it;
-//! Quire reads the files through a reused buffer (256 KiB reads), reassembles and
-//! checks every record and decodes its block references. Criterion then
-//! measures Quire's decode of WAL already in memory, handed over in 1 MiB
-//! pieces (as it arrives from a safekeeper) and decoded where it lies.
+//! cached) files, doing the same work: every record reassembled, checked
+//! (CRC, links, lengths) and decoded (every fragment header read and
+//! checked, as Postgres' `DecodeXLogRecord` does), and per resource manager
+//! and record kind the records, their bytes and their full-page image
+//! bytes counted, which is what `pg_waldump --stats` prints. Quire's totals
+//! must equal the ones `pg_waldump` prints. Quire reads the files through
+//! a reused buffer (256 KiB reads); it also decodes the same WAL already in
+//! memory, handed over in 1 MiB pieces (as it arrives from a safekeeper) and
+//! decoded where it lies, which criterion then measures on its own.
 // Megabyte figures are for people; f64 precision is plenty.
 #![allow(clippy::cast_precision_loss)]
 
@@ -20,23 +24,72 @@ use criterion::{Criterion, Throughput};
 use quire_bench::real_wal::real_wal;
 use quire_postgres::Lsn;
 use quire_postgres::wal::page::read_segment_header;
-use quire_postgres::wal::record::decode_record;
+use quire_postgres::wal::record::{DecodedRecord, decode_record};
 use quire_postgres::wal::stream::{WalDecodeError, WalStreamDecoder};
 
+/// What `pg_waldump --stats` counts: per resource manager, and per
+/// resource manager and record kind (`xl_info >> 4`), the records, their
+/// bytes without images, and their image bytes.
+#[derive(Clone, PartialEq, Eq)]
+struct WalStats {
+    per_rmgr: Vec<[u64; 3]>,
+    per_kind: Vec<[u64; 3]>,
+    end: Lsn,
+}
+
+impl WalStats {
+    fn new(start: Lsn) -> WalStats {
+        WalStats {
+            per_rmgr: vec![[0; 3]; 256],
+            per_kind: vec![[0; 3]; 256 * 16],
+            end: start,
+        }
+    }
+
+    fn add(&mut self, record: &DecodedRecord<'_>) {
+        let images = u64::from(record.image_bytes());
+        let rest = u64::from(record.header.total_length) - images;
+        let rmgr = usize::from(record.header.rmid);
+        let kind = rmgr * 16 + usize::from(record.header.info >> 4);
+        for counts in [&mut self.per_rmgr[rmgr], &mut self.per_kind[kind]] {
+            counts[0] += 1;
+            counts[1] += rest;
+            counts[2] += images;
+        }
+    }
+
+    /// Records, record bytes (images excluded), image bytes, all bytes:
+    /// the `Total` line of `pg_waldump --stats`.
+    fn totals(&self) -> [u64; 4] {
+        let sum = |i: usize| self.per_rmgr.iter().map(|counts| counts[i]).sum::<u64>();
+        [sum(0), sum(1), sum(2), sum(1) + sum(2)]
+    }
+}
+
+/// The four figures of `pg_waldump --stats`'s `Total` line.
+fn waldump_totals(stdout: &str) -> Result<[u64; 4]> {
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("Total"))
+        .context("pg_waldump --stats printed no Total line")?;
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    match numbers[..] {
+        [records, bytes, images, all] => Ok([records, bytes, images, all]),
+        _ => bail!("unexpected Total line: {line}"),
+    }
+}
+
 /// Feeds `bytes` and decodes every whole record; `false` once the WAL ends.
-fn drain(
-    decoder: &mut WalStreamDecoder,
-    bytes: &[u8],
-    records: &mut u64,
-    end: &mut Lsn,
-) -> Result<bool> {
+fn drain(decoder: &mut WalStreamDecoder, bytes: &[u8], stats: &mut WalStats) -> Result<bool> {
     decoder.feed(bytes);
     loop {
         match decoder.next_record() {
             Ok(Some(record)) => {
-                black_box(decode_record(record.bytes)?);
-                *records += 1;
-                *end = record.end;
+                stats.add(&decode_record(record.bytes)?);
+                stats.end = record.end;
             }
             Ok(None) => return Ok(true),
             Err(_) => return Ok(false),
@@ -46,27 +99,26 @@ fn drain(
 
 /// Decodes in-memory segments in order, in 1 MiB pieces handed to the
 /// decoder where they lie (records are borrowed from them, as from a
-/// network buffer); returns (records, end of the last record).
-fn decode(segments: &[Vec<u8>], start: Lsn, segment_size: u32) -> Result<(u64, Lsn)> {
+/// network buffer).
+fn decode(segments: &[Vec<u8>], start: Lsn, segment_size: u32) -> Result<WalStats> {
     let mut decoder = WalStreamDecoder::new(start, segment_size);
-    let (mut records, mut end) = (0, start);
+    let mut stats = WalStats::new(start);
     for segment in segments {
         for piece in segment.chunks(1 << 20) {
             let outcome = decoder.decode_slice(piece, |record| {
-                black_box(decode_record(record.bytes)?);
-                records += 1;
-                end = record.end;
+                stats.add(&decode_record(record.bytes)?);
+                stats.end = record.end;
                 Ok::<(), anyhow::Error>(())
             });
             match outcome {
                 Ok(()) => {}
                 // The end of the valid WAL.
-                Err(error) if error.is::<WalDecodeError>() => return Ok((records, end)),
+                Err(error) if error.is::<WalDecodeError>() => return Ok(stats),
                 Err(error) => return Err(error),
             }
         }
     }
-    Ok((records, end))
+    Ok(stats)
 }
 
 /// Reads the files 256 KiB at a time straight into the decoder's reused
@@ -75,9 +127,9 @@ fn read_and_decode(
     paths: &[std::path::PathBuf],
     start: Lsn,
     segment_size: u32,
-) -> Result<(u64, Lsn)> {
+) -> Result<WalStats> {
     let mut decoder = WalStreamDecoder::new(start, segment_size);
-    let (mut records, mut end) = (0, start);
+    let mut stats = WalStats::new(start);
     for path in paths {
         let mut file = std::fs::File::open(path)?;
         loop {
@@ -89,12 +141,12 @@ fn read_and_decode(
             if n == 0 {
                 break;
             }
-            if !drain(&mut decoder, &[], &mut records, &mut end)? {
-                return Ok((records, end));
+            if !drain(&mut decoder, &[], &mut stats)? {
+                return Ok(stats);
             }
         }
     }
-    Ok((records, end))
+    Ok(stats)
 }
 
 /// Bytes per read: a piece that stays in the core's L2 cache between the
@@ -117,14 +169,16 @@ fn run() -> Result<()> {
 
     // Both sides: seven runs in turn, from the (page-cached) files and from
     // memory; the median counts.
-    let (records, end) = read_and_decode(&wal.segments, start, segment_size)?;
+    let stats = read_and_decode(&wal.segments, start, segment_size)?;
+    let end = stats.end;
+    let records = stats.totals()[0];
     let span_mb = (end.0 - start.0) as f64 / 1e6;
     let segments: Vec<Vec<u8>> = wal
         .segments
         .iter()
         .map(std::fs::read)
         .collect::<Result<_, _>>()?;
-    if decode(&segments, start, segment_size)? != (records, end) {
+    if decode(&segments, start, segment_size)? != stats {
         bail!("decoding from memory and from the files disagree");
     }
     let mut ours = Vec::new();
@@ -132,10 +186,10 @@ fn run() -> Result<()> {
     let mut theirs = Vec::new();
     for _ in 0..7 {
         let began = Instant::now();
-        read_and_decode(&wal.segments, start, segment_size)?;
+        black_box(read_and_decode(&wal.segments, start, segment_size)?);
         ours.push(began.elapsed());
         let began = Instant::now();
-        decode(&segments, start, segment_size)?;
+        black_box(decode(&segments, start, segment_size)?);
         in_memory.push(began.elapsed());
         let began = Instant::now();
         let output = Command::new(wal.install.bin("pg_waldump"))
@@ -146,10 +200,12 @@ fn run() -> Result<()> {
             .context("run pg_waldump --stats")?;
         theirs.push(began.elapsed());
         let stdout = String::from_utf8_lossy(&output.stdout);
-        if !stdout.contains("Total") {
+        let theirs_totals = waldump_totals(&stdout)
+            .with_context(|| format!("pg_waldump: {}", String::from_utf8_lossy(&output.stderr)))?;
+        if theirs_totals != stats.totals() {
             bail!(
-                "pg_waldump --stats printed no totals: {}",
-                String::from_utf8_lossy(&output.stderr)
+                "totals differ: pg_waldump {theirs_totals:?}, quire {:?}",
+                stats.totals()
             );
         }
     }
@@ -158,6 +214,10 @@ fn run() -> Result<()> {
         "real WAL: {records} records, {span_mb:.1} MB from {start} to {end} in {} segments of {} MiB",
         wal.segments.len(),
         segment_size >> 20
+    );
+    let [_, record_bytes, image_bytes, _] = stats.totals();
+    println!(
+        "both count {records} records: {record_bytes} record bytes, {image_bytes} image bytes (totals equal)"
     );
     println!(
         "pg_waldump --stats:         {:>8.1} ms  {:>7.1} MB/s",

@@ -90,6 +90,11 @@ fn check_one_record(bytes: &[u8]) {
         .map(|block| block.data.len() + block.image.map_or(0, |image| image.bytes.len()))
         .sum();
     assert!(24 + payload + decoded.main_data.len() <= bytes.len());
+    let images: usize = blocks
+        .iter()
+        .map(|block| block.image.map_or(0, |image| image.bytes.len()))
+        .sum();
+    assert_eq!(images, decoded.image_bytes() as usize);
     for block in &blocks {
         assert_eq!(decoded.block(block.id).as_ref(), Some(block));
     }

@@ -257,6 +257,12 @@ fn blocks_images_and_holes_round_trip() {
     );
     assert_eq!(decoded.block(3), Some(decoded_blocks[1].clone()));
     assert_eq!(decoded.block(2), None);
+    let stored: usize = decoded_blocks
+        .iter()
+        .map(|block| block.image.map_or(0, |image| image.bytes.len()))
+        .sum();
+    assert!(stored > 0);
+    assert_eq!(decoded.image_bytes() as usize, stored);
     for block in &decoded_blocks {
         let mut restored = [1u8; BLCKSZ];
         block.image.unwrap().restore(&mut restored).unwrap();

@@ -126,6 +126,7 @@ pub struct DecodedRecord<'a> {
     fragment_headers: &'a [u8],
     /// The blocks' images and data, in block order.
     block_payload: &'a [u8],
+    image_bytes: u32,
     block_count: u8,
 }
 
@@ -139,6 +140,12 @@ impl<'a> DecodedRecord<'a> {
             previous_rel: None,
             left: self.block_count,
         }
+    }
+
+    /// The stored bytes of the record's full-page images (what
+    /// `pg_waldump --stats` counts as FPI size).
+    pub fn image_bytes(&self) -> u32 {
+        self.image_bytes
     }
 
     /// How many block references the record has.
@@ -373,6 +380,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
     let mut toplevel_xid = None;
     let mut main_data_length: u32 = 0;
     let mut payload_length: u64 = 0;
+    let mut image_bytes: u32 = 0;
     let mut declared: u64 = 0;
     let mut previous_id: Option<u8> = None;
     let mut block_count: u8 = 0;
@@ -406,8 +414,10 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
                 if !block.names_rel && previous_id.is_none() {
                     return Err(RecordError::NoPreviousRel(id));
                 }
-                declared += u64::from(block.payload_length);
-                payload_length += u64::from(block.payload_length);
+                let length = u32::from(block.image_length) + u32::from(block.data_length);
+                declared += u64::from(length);
+                payload_length += u64::from(length);
+                image_bytes += u32::from(block.image_length);
                 previous_id = Some(id);
                 block_count += 1;
             }
@@ -430,14 +440,17 @@ pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
         toplevel_xid,
         fragment_headers: &bytes[XLOG_RECORD_HEADER_SIZE..headers_end],
         block_payload: &bytes[headers_end..payload_end],
+        image_bytes,
         block_count,
     })
 }
 
 /// What checking a block's fragment header found.
 struct CheckedBlock {
-    /// Image and data bytes the block has in the record's payload.
-    payload_length: u32,
+    /// Bytes of the block's image in the record's payload (0: none).
+    image_length: u16,
+    /// Bytes of the block's data after it.
+    data_length: u16,
     /// Whether it names its relation (else `SAME_REL`: the previous block's).
     names_rel: bool,
 }
@@ -473,7 +486,8 @@ fn check_block_header(bytes: &[u8], at: &mut usize, id: u8) -> Result<CheckedBlo
     fragment(bytes, *at, rest)?;
     *at += rest;
     Ok(CheckedBlock {
-        payload_length: u32::from(image_length) + u32::from(data_length),
+        image_length,
+        data_length,
         names_rel,
     })
 }
