@@ -271,6 +271,19 @@ fn blocks_images_and_holes_round_trip() {
     assert_eq!(decoded_blocks[0].data, b"abc");
 }
 
+#[test]
+fn a_record_shorter_than_its_header_is_an_error() {
+    // Found by fuzzing: `xl_tot_len` below 24 in bytes given to
+    // `decode_record` directly (the stream decoder never passes one).
+    let record = quire_postgres::wal::writer::build_record(10, 0, 9, Lsn(8), &[], b"main").unwrap();
+    for total in 0..24u32 {
+        let mut short = record.clone();
+        short[..4].copy_from_slice(&total.to_le_bytes());
+        assert!(decode_record(&short).is_err(), "xl_tot_len {total}");
+    }
+    assert!(decode_record(&record).is_ok());
+}
+
 /// Whether `error` is how the decoder must report where the written WAL
 /// ends: a zero record length, or, when the last record ends on a page
 /// boundary, possibly a zero page header (the writer may or may not have

@@ -374,6 +374,10 @@ fn special_fragment_size(id: u8) -> Option<usize> {
 pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
     let header = RecordHeader::decode(bytes)?;
     let record_len = (header.total_length as usize).min(bytes.len());
+    if record_len < XLOG_RECORD_HEADER_SIZE {
+        // `xl_tot_len` below the header's own size.
+        return Err(RecordError::Truncated(record_len));
+    }
     let bytes = &bytes[..record_len];
     let mut at = XLOG_RECORD_HEADER_SIZE;
     let mut origin = None;
