@@ -8,7 +8,8 @@
 //! bytes then go through `decode_slice` (records borrowed from the input)
 //! in pieces of another size, which must yield the same records and stop
 //! with the same error. The bytes are also decoded as one record on its
-//! own (no checksum to pass): the block references it hands out (read
+//! own (no checksum to pass): it must decode as the general pass does
+//! (without the shortcut for common layouts), and the block references it hands out (read
 //! from its fragment headers only when asked for) must be as many as it
 //! counted, ascend by id and add up to no more than the record. Nothing may panic, hang or allocate without bound;
 //! errors are expected.
@@ -18,7 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use quire_postgres::Lsn;
 use quire_postgres::types::BLCKSZ;
 use quire_postgres::wal::effects::{page_effects, record_effects};
-use quire_postgres::wal::record::decode_record;
+use quire_postgres::wal::record::{decode_record, decode_record_general};
 use quire_postgres::wal::stream::{RawRecord, WalDecodeError, WalStreamDecoder};
 
 const SEGMENT: u32 = 1 << 20;
@@ -79,6 +80,8 @@ fuzz_target!(|input: &[u8]| {
 
 /// `bytes` decoded as one record: its block references agree with it.
 fn check_one_record(bytes: &[u8]) {
+    // The shortcut for common layouts decides exactly as the general pass.
+    assert_eq!(decode_record(bytes), decode_record_general(bytes));
     let Ok(decoded) = decode_record(bytes) else {
         return;
     };

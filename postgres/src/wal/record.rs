@@ -371,8 +371,69 @@ fn special_fragment_size(id: u8) -> Option<usize> {
 /// they declare; once those add up to exactly the record, the main data and
 /// the blocks' payload are located (and block references read from the
 /// headers only when asked for).
+///
+/// The two commonest layouts (short main data alone; one block without an
+/// image and naming its relation, then short main data) are recognised
+/// directly, with the same checks; anything else takes the general pass.
 pub fn decode_record(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
     let header = RecordHeader::decode(bytes)?;
+    if let Some(record) = decode_common_layout(bytes, header) {
+        return Ok(record);
+    }
+    decode_any_layout(bytes, header)
+}
+
+/// [`decode_record`] without the shortcut for common layouts (fuzzing
+/// checks that both agree on every input).
+#[doc(hidden)]
+pub fn decode_record_general(bytes: &[u8]) -> Result<DecodedRecord<'_>, RecordError> {
+    decode_any_layout(bytes, RecordHeader::decode(bytes)?)
+}
+
+/// A record of one of the two commonest layouts, when it is one and passes
+/// every check; `None` sends it through the general pass.
+#[inline]
+fn decode_common_layout(bytes: &[u8], header: RecordHeader) -> Option<DecodedRecord<'_>> {
+    const HEADER: usize = XLOG_RECORD_HEADER_SIZE;
+    let record_len = header.total_length as usize;
+    let bytes = bytes.get(..record_len)?;
+    let record = |main_at: usize, headers_end: usize, block_count: u8| DecodedRecord {
+        header,
+        main_data: &bytes[main_at..],
+        origin: None,
+        toplevel_xid: None,
+        fragment_headers: &bytes[HEADER..headers_end],
+        block_payload: &bytes[headers_end..main_at],
+        image_bytes: 0,
+        block_count,
+    };
+    match *bytes.get(HEADER..HEADER + 2)? {
+        // Main data alone.
+        [XLR_BLOCK_ID_DATA_SHORT, length] if record_len == HEADER + 2 + usize::from(length) => {
+            Some(record(HEADER + 2, HEADER + 2, 0))
+        }
+        // One block (id, fork_flags, data_length, relation, block number),
+        // then the main data's header.
+        [id, fork_flags] if id <= XLR_MAX_BLOCK_ID => {
+            const PLAIN: u8 = BKPBLOCK_HAS_IMAGE | BKPBLOCK_SAME_REL;
+            let fixed = bytes.get(HEADER..HEADER + 22)?;
+            let data_length = usize::from(u16_at(fixed, 2));
+            let has_data = fork_flags & BKPBLOCK_HAS_DATA != 0;
+            let main_length = usize::from(fixed[21]);
+            let headers_end = HEADER + 22;
+            let fits = record_len == headers_end + data_length + main_length;
+            let plain = fork_flags & PLAIN == 0
+                && ForkNumber::from_u8(fork_flags & BKPBLOCK_FORK_MASK).is_some()
+                && has_data == (data_length != 0)
+                && fixed[20] == XLR_BLOCK_ID_DATA_SHORT;
+            (plain && fits).then(|| record(headers_end + data_length, headers_end, 1))
+        }
+        _ => None,
+    }
+}
+
+/// The general pass of [`decode_record`].
+fn decode_any_layout(bytes: &[u8], header: RecordHeader) -> Result<DecodedRecord<'_>, RecordError> {
     let record_len = (header.total_length as usize).min(bytes.len());
     if record_len < XLOG_RECORD_HEADER_SIZE {
         // `xl_tot_len` below the header's own size.
