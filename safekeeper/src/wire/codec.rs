@@ -404,27 +404,8 @@ fn kind_name(kind: u8) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{history, key};
     use super::*;
-
-    fn key() -> TimelineKey {
-        TimelineKey {
-            tenant: [1; 16],
-            timeline: [2; 16],
-        }
-    }
-
-    fn history() -> TermHistory {
-        TermHistory(vec![
-            TermEntry {
-                term: 1,
-                start: Lsn(0x100),
-            },
-            TermEntry {
-                term: 4,
-                start: Lsn(0x900),
-            },
-        ])
-    }
 
     fn every_message() -> Vec<Message> {
         vec![

@@ -283,18 +283,19 @@ impl Message {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    //! Also the sample values `codec`'s tests encode.
     use super::*;
     use crate::history::TermEntry;
 
-    fn key() -> TimelineKey {
+    pub(super) fn key() -> TimelineKey {
         TimelineKey {
             tenant: [1; 16],
             timeline: [2; 16],
         }
     }
 
-    fn history() -> TermHistory {
+    pub(super) fn history() -> TermHistory {
         TermHistory(vec![
             TermEntry {
                 term: 1,
