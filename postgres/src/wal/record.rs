@@ -207,25 +207,14 @@ impl<'a> Iterator for Blocks<'a> {
         let image = if fork_flags & BKPBLOCK_HAS_IMAGE == 0 {
             None
         } else {
-            let length = le_u16(headers, at)?;
-            let hole_offset = le_u16(headers, at + 2)?;
-            let info = *headers.get(at + 4)?;
-            at += 5;
-            let hole_length = if info & BKPIMAGE_COMPRESSED == 0 {
-                8192u16.wrapping_sub(length)
-            } else if info & BKPIMAGE_HAS_HOLE != 0 {
-                at += 2;
-                le_u16(headers, at - 2)?
-            } else {
-                0
-            };
-            let (bytes, rest) = self.payload.split_at_checked(usize::from(length))?;
+            let image = read_image_header(headers, &mut at).ok()?;
+            let (bytes, rest) = self.payload.split_at_checked(usize::from(image.length))?;
             self.payload = rest;
             Some(BlockImage {
                 bytes,
-                hole_offset,
-                hole_length,
-                info,
+                hole_offset: image.hole_offset,
+                hole_length: image.hole_length,
+                info: image.info,
             })
         };
         let rel = if fork_flags & BKPBLOCK_SAME_REL == 0 {
@@ -557,29 +546,51 @@ fn check_block_header(bytes: &[u8], at: &mut usize, id: u8) -> Result<CheckedBlo
     })
 }
 
+/// An image header as stored.
+struct ImageHeader {
+    length: u16,
+    hole_offset: u16,
+    hole_length: u16,
+    info: u8,
+}
+
+/// Reads the image header at `*at` (unchecked) and moves past it; where
+/// the run ends short, the offset of the missing field.
+fn read_image_header(bytes: &[u8], at: &mut usize) -> Result<ImageHeader, usize> {
+    let fixed = bytes.get(*at..*at + 5).ok_or(*at)?;
+    let (length, hole_offset, info) = (u16_at(fixed, 0), u16_at(fixed, 2), fixed[4]);
+    *at += 5;
+    let hole_length = if info & BKPIMAGE_COMPRESSED == 0 {
+        // Uncompressed: the image is the page without its hole.
+        8192u16.wrapping_sub(length)
+    } else if info & BKPIMAGE_HAS_HOLE != 0 {
+        let hole = bytes.get(*at..*at + 2).ok_or(*at)?;
+        *at += 2;
+        u16_at(hole, 0)
+    } else {
+        0
+    };
+    Ok(ImageHeader {
+        length,
+        hole_offset,
+        hole_length,
+        info,
+    })
+}
+
 /// Checks the image header at `*at` and moves past it; returns the
 /// image's stored length.
 fn check_image_header(bytes: &[u8], at: &mut usize, id: u8) -> Result<u16, RecordError> {
-    let fixed = fragment(bytes, *at, 5)?;
-    let length = u16_at(fixed, 0);
-    let hole_offset = u16_at(fixed, 2);
-    let info = fixed[4];
-    *at += 5;
+    let ImageHeader {
+        length,
+        hole_offset,
+        hole_length,
+        info,
+    } = read_image_header(bytes, at).map_err(RecordError::Truncated)?;
     let compressed = info & BKPIMAGE_COMPRESSED != 0;
     let has_hole = info & BKPIMAGE_HAS_HOLE != 0;
     let page: u16 = 8192;
     debug_assert_eq!(usize::from(page), BLCKSZ);
-    let hole_length = if compressed {
-        if has_hole {
-            let hole = u16_at(fragment(bytes, *at, 2)?, 0);
-            *at += 2;
-            hole
-        } else {
-            0
-        }
-    } else {
-        page.wrapping_sub(length)
-    };
     let inconsistent = (has_hole && (hole_offset == 0 || hole_length == 0 || length == page))
         || (!has_hole && (hole_offset != 0 || hole_length != 0))
         || (compressed && length == page)
