@@ -2,19 +2,20 @@
 #   make demo   run the most complete end-to-end path that exists
 #   make test   build everything (Postgres too, if the cache lacks it) and run every test
 #
-# The patched Postgres is built once per (version, patch hash) into
-# QUIRE_PG_HOME (default ~/.cache/quire) by postgres/build.sh, which prints its
-# install prefix; every target below asks it for that prefix.
+# The patched Postgres (the release pinned in postgres/source.pin) is built
+# once per (source, patch hash) into QUIRE_PG_HOME (default ~/.cache/quire) by
+# postgres/build.sh; postgres/extensions.sh installs our C extensions into a
+# copy of that build keyed by their sources and prints its prefix, which every
+# target below asks it for.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
-PG_PREFIX = $$(postgres/build.sh --prefix)
-EXTENSIONS := $(wildcard postgres/extensions/*/Makefile)
+PG_PREFIX = $$(postgres/extensions.sh --prefix)
 
-.PHONY: test demo postgres extensions check-postgres lint cargo-test fuzz
+.PHONY: test demo postgres extensions check-postgres check-build-scripts lint cargo-test fuzz
 
-test: extensions check-postgres lint cargo-test fuzz
+test: extensions check-postgres check-build-scripts lint cargo-test fuzz
 	@tests/summarize.sh target/cargo-test.log
 
 demo: extensions
@@ -24,16 +25,18 @@ demo: extensions
 postgres:
 	postgres/build.sh --prefix >/dev/null
 
-# Our C extensions, built with PGXS and installed into the patched build.
+# Our C extensions, built with PGXS and installed into a copy of the patched
+# build keyed by their sources (never into the shared build itself).
 extensions: postgres
-	prefix=$(PG_PREFIX); \
-	for makefile in $(EXTENSIONS); do \
-		$(MAKE) -s -C "$$(dirname "$$makefile")" PG_CONFIG="$$prefix/bin/pg_config" install; \
-	done
+	postgres/extensions.sh --prefix >/dev/null
 
 # Postgres' own regression suite on the patched build, once per build.
 check-postgres: postgres
 	postgres/regress.sh
+
+# The source pin and the build scripts' own checks (no download needed).
+check-build-scripts: postgres
+	postgres/tests/source_pin.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

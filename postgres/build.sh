@@ -1,34 +1,47 @@
 #!/usr/bin/env bash
 # Builds Postgres 17 with Quire's patch series into a cache outside the repo,
-# once per (Postgres version, patch hash), and prints the install prefix.
+# once per (source tarball, patch series, configure flags), and prints the
+# install prefix.
 #
-#   postgres/build.sh            build if the cache lacks it; print the prefix
-#   postgres/build.sh --prefix   same (the form the Makefile uses)
+#   postgres/build.sh                build if the cache lacks it; print the prefix
+#   postgres/build.sh --prefix       same (the form the Makefile uses)
+#   postgres/build.sh --source-only  obtain and check the source tarball only;
+#                                    print its path
 #
-# Environment:
-#   QUIRE_PG_HOME  cache root (default ~/.cache/quire)
-#   PG_SOURCE      a postgresql-17.x.tar.bz2 (or .tar.gz) to use instead of
-#                  Debian's source package
-#   QUIRE_PG_USER  unprivileged user that owns the build and runs Postgres
-#                  when this script runs as root (default quire)
-#
-# Source: PG_SOURCE if set; else the newest tarball already in the cache;
-# else Debian's postgresql-17 source package from trixie, fetched with apt
-# through a private sources list and lists directory, so nothing is added to
-# the machine's apt configuration. Debian's orig tarball is the pristine
-# upstream release.
+# The release is pinned in postgres/source.pin (version, Debian's orig
+# tarball, its SHA-256); postgres/source.sh says where the tarball is looked
+# for and checks it. Environment:
+#   QUIRE_PG_HOME        cache root (default ~/.cache/quire)
+#   PG_SOURCE            a postgresql-17.x tarball to build instead (checked
+#                        against the pin when it is the pinned version)
+#   QUIRE_PG_SOURCE_DIR  a directory holding the pinned tarball
+#   QUIRE_PG_USER        unprivileged user that owns the build and runs
+#                        Postgres when this script runs as root (default quire)
 #
 # Layout of the cache:
-#   $QUIRE_PG_HOME/src/postgresql-17.x.tar.bz2       pristine sources
-#   $QUIRE_PG_HOME/pg-17.x-<hash>/build/             patched, configured tree
-#   $QUIRE_PG_HOME/pg-17.x-<hash>/install/           what tests run
-#   $QUIRE_PG_HOME/pg-17.x-<hash>/install/.complete  written last: a build
-#                                                   without it is redone
+#   $QUIRE_PG_HOME/src/postgresql-17_17.x.orig.tar.bz2  pinned source, checked
+#   $QUIRE_PG_HOME/pg-17.x-<key>/build/             patched, configured tree
+#   $QUIRE_PG_HOME/pg-17.x-<key>/install/           what tests run
+#   $QUIRE_PG_HOME/pg-17.x-<key>/install/.complete  written last: a build
+#                                                  without it is redone
+#   $QUIRE_PG_HOME/pg-17.x-<key>.lock               held while building
+# (postgres/extensions.sh adds Quire's extensions in a copy of install/.)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_root=$(dirname "$here")
 # shellcheck source=postgres/lib.sh
 . "$here/lib.sh"
+# shellcheck source=postgres/source.sh
+. "$here/source.sh"
+
+mode=prefix
+case "${1:---prefix}" in
+--prefix) ;;
+--source-only) mode=source ;;
+*) die "usage: postgres/build.sh [--prefix | --source-only]" ;;
+esac
+
 configure_flags=(--enable-depend --enable-debug --with-lz4 --with-zstd --with-icu)
 build_deps_debian=(build-essential patch bison flex perl pkg-config libreadline-dev zlib1g-dev
     liblz4-dev libzstd-dev libicu-dev ccache acl)
@@ -53,58 +66,28 @@ install_build_deps() {
     fi
 }
 
-fetch_debian_source() {
-    command -v apt-get >/dev/null ||
-        die "no PG_SOURCE given and no apt-get here: set PG_SOURCE=/path/postgresql-17.x.tar.bz2"
-    local tmp
-    tmp=$(mktemp -d)
-    mkdir -p "$tmp/lists/partial" "$tmp/download"
-    cat >"$tmp/trixie-src.sources" <<EOF
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-    local apt_opts=(-o "Dir::Etc::sourcelist=$tmp/trixie-src.sources" -o "Dir::Etc::sourceparts=-"
-        -o "Dir::State::Lists=$tmp/lists" -o "APT::Sandbox::User=root")
-    log "fetching postgresql-17 source from Debian trixie"
-    apt-get "${apt_opts[@]}" update -qq >&2 || { rm -rf "$tmp"; die "apt-get update (deb-src trixie) failed"; }
-    (cd "$tmp/download" && apt-get "${apt_opts[@]}" source --download-only postgresql-17 >&2) ||
-        { rm -rf "$tmp"; die "apt-get source postgresql-17 failed"; }
-    local orig
-    orig=$(ls "$tmp"/download/postgresql-17_17.*.orig.tar.* 2>/dev/null | head -n 1)
-    [ -n "$orig" ] || { rm -rf "$tmp"; die "no orig tarball in Debian's source package"; }
-    local version
-    version=$(basename "$orig" | sed -E 's/^postgresql-17_(17\.[0-9]+)\.orig\.tar\..*$/\1/')
-    mkdir -p "$pg_home/src"
-    mv "$orig" "$pg_home/src/postgresql-$version.tar.${orig##*.tar.}"
-    rm -rf "$tmp"
-}
+# The pinned release's identity is known without reading the tarball, so a
+# complete build is found without the source (or the network); a tarball the
+# user names is identified by its content.
+if [ -n "${PG_SOURCE:-}" ]; then
+    source_from_user
+else
+    source_version=$pg_version
+    source_sha256=$pg_orig_sha256
+fi
 
-find_source() {
-    if [ -n "${PG_SOURCE:-}" ]; then
-        [ -f "$PG_SOURCE" ] || die "PG_SOURCE=$PG_SOURCE is not a file"
-        echo "$PG_SOURCE"
-        return
-    fi
-    local cached
-    cached=$(ls "$pg_home"/src/postgresql-17.*.tar.* 2>/dev/null | sort -V | tail -n 1 || true)
-    if [ -z "$cached" ]; then
-        fetch_debian_source
-        cached=$(ls "$pg_home"/src/postgresql-17.*.tar.* | sort -V | tail -n 1)
-    fi
-    echo "$cached"
-}
+if [ "$mode" = source ]; then
+    [ -n "${PG_SOURCE:-}" ] || resolve_source
+    log "source: Postgres $source_version, $source_tarball, SHA-256 $source_sha256$( [ "$source_version" = "$pg_version" ] && echo " verified against the pin")"
+    echo "$source_tarball"
+    exit 0
+fi
 
-source_tarball=$(find_source)
-pg_version=$(basename "$source_tarball" | sed -E 's/^postgresql-(17\.[0-9]+)\.tar\..*$/\1/')
-[[ "$pg_version" =~ ^17\.[0-9]+$ ]] || die "$source_tarball is not a postgresql-17.x tarball"
-
-# The key covers everything that changes the binaries: the patches and the
-# configure flags.
-patch_hash=$( (cat "$here"/patches/*.patch; echo "${configure_flags[*]}") | sha256sum | cut -c1-16)
-key_dir=$pg_home/pg-$pg_version-$patch_hash
+# The key covers everything that changes the binaries: the source tarball,
+# the patches and the configure flags.
+patch_hash=$( (echo "$source_sha256"; cat "$here"/patches/*.patch; echo "${configure_flags[*]}") |
+    sha256sum | cut -c1-16)
+key_dir=$pg_home/pg-$source_version-$patch_hash
 prefix=$key_dir/install
 
 if [ -f "$prefix/.complete" ]; then
@@ -113,19 +96,35 @@ if [ -f "$prefix/.complete" ]; then
     exit 0
 fi
 
+mkdir -p "$pg_home"
+# One build of a key at a time, across checkouts: the second waits, then
+# finds the first one's build complete.
+exec 9>"$key_dir.lock"
+if ! flock -n 9; then
+    log "another build of $key_dir is running; waiting for it"
+    flock 9
+fi
+if [ -f "$prefix/.complete" ]; then
+    touch "$prefix/.complete"
+    echo "$prefix"
+    exit 0
+fi
+
+[ -n "${PG_SOURCE:-}" ] || resolve_source
+log "source: Postgres $source_version, $source_tarball, SHA-256 $source_sha256$( [ "$source_version" = "$pg_version" ] && echo " verified against the pin")"
 install_build_deps
 ensure_pg_user
 started=$(date +%s)
-log "building Postgres $pg_version with patches $patch_hash into $key_dir"
+log "building Postgres $source_version with patches $patch_hash into $key_dir"
 rm -rf "$key_dir"
 mkdir -p "$key_dir"
 $as_root && chown "$pg_user:" "$key_dir"
 as_pg_user tar -xf "$source_tarball" -C "$key_dir"
-as_pg_user mv "$key_dir/postgresql-$pg_version" "$key_dir/build"
+as_pg_user mv "$key_dir/postgresql-$source_version" "$key_dir/build"
 for patch in "$here"/patches/*.patch; do
     log "applying $(basename "$patch")"
     as_pg_user patch -d "$key_dir/build" -p1 --forward --quiet <"$patch" ||
-        die "$(basename "$patch") does not apply to Postgres $pg_version"
+        die "$(basename "$patch") does not apply to Postgres $source_version"
 done
 
 # ccache keyed on paths relative to the build directory, so that a new patch
@@ -135,7 +134,7 @@ if command -v ccache >/dev/null; then
     build_env=(CC="ccache gcc" CCACHE_DIR="$pg_home/ccache" CCACHE_BASEDIR="$key_dir"
         CCACHE_NOHASHDIR=1)
     mkdir -p "$pg_home/ccache"
-    $as_root && chown "$pg_user:" "$pg_home/ccache"
+    $as_root && chown -R "$pg_user:" "$pg_home/ccache"
 fi
 jobs=$(nproc)
 (
@@ -148,15 +147,23 @@ jobs=$(nproc)
         die "make install-world-bin failed: see $key_dir/build.log"
 )
 as_pg_user touch "$prefix/.complete"
-log "built Postgres $pg_version in $(($(date +%s) - started)) s"
+log "built Postgres $source_version in $(($(date +%s) - started)) s"
 
-# Keep the builds_max most recently used builds (other checkouts may use
-# older patch series); each is about half a GiB.
+# Keep the builds_max most recently used builds; beyond them, remove a build
+# only when no checkout has asked for it in builds_idle_days (every make
+# target does, through this script) and nobody holds its lock. Each is about
+# half a GiB.
 builds_max=4
+builds_idle_days=7
 ls -1td "$pg_home"/pg-17.*/install/.complete 2>/dev/null | tail -n +$((builds_max + 1)) |
     while read -r stale; do
+        [ -n "$(find "$stale" -mtime +"$builds_idle_days")" ] || continue
         stale_dir=$(dirname "$(dirname "$stale")")
-        log "removing the least recently used build $stale_dir"
-        rm -rf "$stale_dir"
+        (
+            exec 8>"$stale_dir.lock"
+            flock -n 8 || exit 0
+            log "removing $stale_dir, unused for over $builds_idle_days days"
+            rm -rf "$stale_dir"
+        )
     done || true
 echo "$prefix"

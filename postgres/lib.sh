@@ -1,4 +1,4 @@
-# Shared by postgres/build.sh and postgres/regress.sh: the cache location and
+# Shared by postgres/build.sh, extensions.sh and regress.sh: the cache location and
 # the unprivileged user that owns the build and runs Postgres.
 # shellcheck shell=bash
 
@@ -26,8 +26,11 @@ ensure_pg_user() {
     $as_root || return 0
     if ! id -u "$pg_user" >/dev/null 2>&1; then
         log "creating unprivileged user $pg_user"
+        # Another checkout may create it at the same moment: only a user
+        # that still does not exist afterwards is an error.
         useradd --system --user-group --no-create-home --home-dir /nonexistent \
-            --shell /usr/sbin/nologin "$pg_user"
+            --shell /usr/sbin/nologin "$pg_user" 2>/dev/null ||
+            id -u "$pg_user" >/dev/null 2>&1 || die "could not create user $pg_user"
     fi
     mkdir -p "$pg_home"
     local dir=$pg_home

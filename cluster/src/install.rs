@@ -1,9 +1,11 @@
 //! Where the patched Postgres 17 build lives.
 //!
-//! `postgres/build.sh` builds Postgres once per (version, patch hash) into a
-//! cache outside the repository and prints the install prefix. The Makefile
-//! exports that prefix as `QUIRE_PG_PREFIX`; without it, we ask the script,
-//! which builds first if the cache lacks the build.
+//! `postgres/build.sh` builds the pinned Postgres once per (source, patch
+//! hash) into a cache outside the repository; `postgres/extensions.sh`
+//! installs Quire's extensions into a copy of that build and prints the
+//! copy's prefix. The Makefile exports that prefix as `QUIRE_PG_PREFIX`;
+//! without it, we ask the script, which builds first if the cache lacks the
+//! build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,18 +25,18 @@ pub struct PgInstall {
 }
 
 impl PgInstall {
-    /// The build named by `QUIRE_PG_PREFIX`, else the one `postgres/build.sh`
-    /// reports (building it if needed).
+    /// The build named by `QUIRE_PG_PREFIX`, else the one
+    /// `postgres/extensions.sh` reports (building it if needed).
     pub fn locate() -> Result<PgInstall> {
         let prefix = if let Some(prefix) = std::env::var_os("QUIRE_PG_PREFIX") {
             PathBuf::from(prefix)
         } else {
-            let script = repo_root().join("postgres/build.sh");
+            let script = repo_root().join("postgres/extensions.sh");
             let output = run_checked(Command::new(&script).arg("--prefix"), BUILD_TIMEOUT)
-                .context("build Postgres with postgres/build.sh")?;
-            let stdout = String::from_utf8(output.stdout).context("read build.sh output")?;
+                .context("build Postgres and its extensions with postgres/extensions.sh")?;
+            let stdout = String::from_utf8(output.stdout).context("read extensions.sh output")?;
             let Some(line) = stdout.lines().last() else {
-                bail!("postgres/build.sh printed no prefix");
+                bail!("postgres/extensions.sh printed no prefix");
             };
             PathBuf::from(line.trim())
         };
@@ -63,13 +65,17 @@ impl PgInstall {
     }
 
     /// The configured and built source tree this install came from, which
-    /// holds Postgres' regression suite (`src/test/regress`).
+    /// holds Postgres' regression suite (`src/test/regress`): beside the
+    /// install, or beside the base build whose copy (with the extensions) the
+    /// install is.
     pub fn build_tree(&self) -> Result<PathBuf> {
         let tree = self
             .prefix
-            .parent()
-            .map(|key_dir| key_dir.join("build"))
-            .filter(|tree| tree.join("src/test/regress/GNUmakefile").is_file());
+            .ancestors()
+            .skip(1)
+            .take(3)
+            .map(|dir| dir.join("build"))
+            .find(|tree| tree.join("src/test/regress/GNUmakefile").is_file());
         tree.with_context(|| {
             format!(
                 "no Postgres build tree beside {} (postgres/build.sh makes one)",

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Builds Quire's C extensions (postgres/extensions/*) with PGXS against the
+# patched Postgres and installs them into a copy of its install tree keyed by
+# the extensions' sources, then prints that copy's prefix: what every test
+# and the demo run.
+#
+#   postgres/extensions.sh [--prefix]
+#
+# The base build (postgres/build.sh) is shared by every checkout on the
+# machine and stays pristine: two checkouts with different extension sources
+# get different copies and never overwrite each other's .so files. Postgres
+# installs are relocatable (paths are found relative to the binaries), so the
+# copy runs as it is.
+#
+# Layout, beside the base build:
+#   $QUIRE_PG_HOME/pg-17.x-<key>/ext-<ext key>/install/            the copy
+#   $QUIRE_PG_HOME/pg-17.x-<key>/ext-<ext key>/install/.complete   written last
+#   $QUIRE_PG_HOME/pg-17.x-<key>/ext-<ext key>.lock                held while building
+#
+# QUIRE_WERROR=1 builds the extensions with -Werror (off by default: a newer
+# compiler's new warnings must not stop a fresh machine).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=postgres/lib.sh
+. "$here/lib.sh"
+
+[ "${1:---prefix}" = --prefix ] || die "usage: postgres/extensions.sh [--prefix]"
+
+base_prefix=$("$here/build.sh" --prefix)
+key_dir=$(dirname "$base_prefix")
+
+# Everything that changes what is installed: the extensions' files (names and
+# contents, build products excluded) and the warning setting.
+ext_hash=$(
+    cd "$here/extensions"
+    find . -type f ! -name '*.o' ! -name '*.so' ! -name '*.bc' ! -path '*/.deps/*' -print0 |
+        LC_ALL=C sort -z | xargs -0 sha256sum
+    echo "werror=${QUIRE_WERROR:-0}"
+)
+ext_hash=$(echo "$ext_hash" | sha256sum | cut -c1-16)
+ext_dir=$key_dir/ext-$ext_hash
+prefix=$ext_dir/install
+
+if [ -f "$prefix/.complete" ]; then
+    touch "$prefix/.complete"
+    echo "$prefix"
+    exit 0
+fi
+
+exec 9>"$ext_dir.lock"
+if ! flock -n 9; then
+    log "another checkout is installing extensions $ext_hash; waiting for it"
+    flock 9
+fi
+if [ -f "$prefix/.complete" ]; then
+    touch "$prefix/.complete"
+    echo "$prefix"
+    exit 0
+fi
+
+log "installing Quire's extensions ($ext_hash) into a copy of $base_prefix"
+rm -rf "$ext_dir"
+mkdir -p "$ext_dir"
+cp -a "$base_prefix" "$prefix"
+rm -f "$prefix/.complete"
+werror=()
+[ "${QUIRE_WERROR:-0}" = 1 ] && werror=(QUIRE_WERROR=1)
+for makefile in "$here"/extensions/*/Makefile; do
+    dir=$(dirname "$makefile")
+    # Objects in the checkout may come from another build's headers: start clean.
+    make -s -C "$dir" PG_CONFIG="$prefix/bin/pg_config" clean >/dev/null
+    make -s -C "$dir" PG_CONFIG="$prefix/bin/pg_config" "${werror[@]}" >&2 ||
+        die "building $(basename "$dir") failed"
+    make -s -C "$dir" PG_CONFIG="$prefix/bin/pg_config" install >&2 ||
+        die "installing $(basename "$dir") failed"
+done
+touch "$prefix/.complete"
+
+# Keep the ext_max most recently used copies of this build; an older one is
+# removed only when nobody holds its lock.
+ext_max=3
+ls -1td "$key_dir"/ext-*/install/.complete 2>/dev/null | tail -n +$((ext_max + 1)) |
+    while read -r stale; do
+        stale_dir=$(dirname "$(dirname "$stale")")
+        (
+            exec 8>"$stale_dir.lock"
+            flock -n 8 || exit 0
+            rm -rf "$stale_dir"
+        )
+    done || true
+echo "$prefix"
