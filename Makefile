@@ -38,7 +38,10 @@ check-postgres: postgres
 check-build-scripts: postgres
 	postgres/tests/source_pin.sh
 
+# rustfmt and clippy are rustup components a minimal toolchain may lack.
 lint:
+	$(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1 || \
+		rustup component add rustfmt clippy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
