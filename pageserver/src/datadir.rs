@@ -6,6 +6,8 @@
 //! up to 131,072 blocks. Temporary relations (`t<backend>_<number>`) and the
 //! forks of unlogged relations other than their init fork are never in the
 //! WAL: they are listed apart. SLRU segments are 32 pages, named in hex.
+//! `read_tail` sorts the pages past the end the WAL gave a fork into
+//! all-zero ones and written ones.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -257,9 +259,67 @@ pub fn read_block(files: &RelationFiles, block: u32, page: &mut [u8; 8192]) -> R
     }
 }
 
+/// Postgres' pages past the end the WAL gave a fork (all of a fork no WAL
+/// names): Postgres extends relations with zeroed pages it does not log
+/// (several heap pages at once, of which the WAL names those it fills; the
+/// visibility-map fork `visibilitymap_pin` creates while VACUUM can mark no
+/// page all-visible), and its own recovery would not have them either; a
+/// page with any byte set is one the WAL should have reached.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TailPages {
+    /// All-zero pages: not a difference.
+    pub zero: u64,
+    /// Blocks of the others.
+    pub written: Vec<u32>,
+}
+
+impl TailPages {
+    /// Counts block `block`, whose contents are `page`.
+    pub fn add(&mut self, block: u32, page: &[u8; 8192]) {
+        if page.iter().all(|&b| b == 0) {
+            self.zero += 1;
+        } else {
+            self.written.push(block);
+        }
+    }
+}
+
+/// Classifies the fork's pages in `blocks` (a block its files do not hold
+/// reads as zeros).
+pub fn read_tail(files: &RelationFiles, blocks: std::ops::Range<u32>) -> Result<TailPages> {
+    let mut tail = TailPages::default();
+    let mut page = Box::new([0u8; 8192]);
+    for block in blocks {
+        page.fill(0);
+        read_block(files, block, &mut page)?;
+        tail.add(block, &page);
+    }
+    Ok(tail)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_pages_are_zero_or_written() {
+        let mut tail = TailPages::default();
+        let mut page = [0u8; 8192];
+        tail.add(0, &page);
+        page[8191] = 1;
+        tail.add(1, &page);
+        page[8191] = 0;
+        page[0] = 0x80;
+        tail.add(2, &page);
+        tail.add(3, &[0u8; 8192]);
+        assert_eq!(
+            tail,
+            TailPages {
+                zero: 2,
+                written: vec![1, 2],
+            }
+        );
+    }
 
     #[test]
     fn relation_file_names() {

@@ -16,7 +16,11 @@
 //!
 //! Not compared, counted on lines of their own: unlogged and temporary
 //! relations; free-space-map forks (Postgres never WAL-logs them); all-zero
-//! pages Postgres extended a relation with but never WAL-logged.
+//! pages Postgres extended a relation with but never WAL-logged, past the
+//! end the WAL gave the fork or making up a fork no WAL names (a
+//! visibility-map fork created by VACUUM while nothing could be marked
+//! all-visible). A page with a byte set that the WAL never reached is a
+//! difference.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,7 +40,7 @@ use quire_postgres::{Key, Lsn};
 use quire_redo::{RedoPool, RedoStats};
 use quire_shard::{CoreContext, ReconstructInputs, Timeline};
 
-use crate::datadir::{self, RelationFiles, SLRU_PAGES_PER_SEGMENT};
+use crate::datadir::{self, RelationFiles, SLRU_PAGES_PER_SEGMENT, TailPages};
 use crate::import::{import_datadir, read_control};
 use crate::ingest::{IngestStats, WalIngest, slru_key};
 use crate::wal_receiver::{WalSource, follow};
@@ -67,7 +71,8 @@ pub struct VerifyReport {
     pub skipped_unlogged: u64,
     /// Free-space-map pages, skipped.
     pub skipped_fsm: u64,
-    /// All-zero pages past the end the WAL gave a relation, skipped.
+    /// All-zero pages past the end the WAL gave a relation fork (all of a
+    /// fork no WAL names), skipped.
     pub skipped_zero_tail: u64,
     /// Visibility-map pages whose map the WAL does not carry (their last
     /// image left it out) and that hold a subset of Postgres' bits, skipped.
@@ -354,27 +359,14 @@ impl<W: Write> Checker<'_, W> {
     ) -> Result<()> {
         let theirs = files.blocks()?;
         let ours_size = ours.unwrap_or(0);
-        if ours.is_none() && theirs > 0 {
-            self.difference(&format!(
-                "relation {} fork {}: {theirs} blocks in Postgres, unknown to Quire",
-                rel_name(rel),
-                rel.fork.name()
-            ))?;
-            self.report.compared += u64::from(theirs) - 1;
-            return Ok(());
+        let tail = datadir::read_tail(files, ours_size..theirs)?;
+        self.report.skipped_zero_tail += tail.zero;
+        for finding in tail_findings(rel, theirs, ours.is_some(), &tail) {
+            self.difference(&finding.line)?;
+            self.report.compared += finding.pages - 1;
         }
-        let mut postgres_page = Box::new([0u8; BLCKSZ]);
-        for block in ours_size..theirs {
-            datadir::read_block(files, block, &mut postgres_page)?;
-            if postgres_page.iter().all(|&b| b == 0) {
-                self.report.skipped_zero_tail += 1;
-            } else {
-                self.difference(&format!(
-                    "relation {} fork {} block {block}: Postgres has the page, the WAL never reached it",
-                    rel_name(rel),
-                    rel.fork.name()
-                ))?;
-            }
+        if ours.is_none() {
+            return Ok(());
         }
         if ours_size > theirs {
             self.difference(&format!(
@@ -635,6 +627,49 @@ impl<W: Write> Checker<'_, W> {
     }
 }
 
+/// A difference to report and how many pages it stands for (at least one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Finding {
+    line: String,
+    pages: u64,
+}
+
+/// The differences in a fork's tail: one per written page of a fork the WAL
+/// gave a size (`known`); one for a whole fork no WAL names, counting its
+/// written pages, if it has any.
+fn tail_findings(rel: RelTag, theirs: u32, known: bool, tail: &TailPages) -> Vec<Finding> {
+    if known {
+        return tail
+            .written
+            .iter()
+            .map(|block| Finding {
+                line: format!(
+                    "relation {} fork {} block {block}: Postgres has the page, the WAL never reached it",
+                    rel_name(rel),
+                    rel.fork.name()
+                ),
+                pages: 1,
+            })
+            .collect();
+    }
+    if tail.written.is_empty() {
+        return Vec::new();
+    }
+    let zero = if tail.zero > 0 {
+        format!(" ({} of them all-zero)", tail.zero)
+    } else {
+        String::new()
+    };
+    vec![Finding {
+        line: format!(
+            "relation {} fork {}: {theirs} blocks in Postgres{zero}, unknown to Quire",
+            rel_name(rel),
+            rel.fork.name()
+        ),
+        pages: u64::try_from(tail.written.len()).unwrap_or(u64::MAX),
+    }]
+}
+
 fn to_page(bytes: &[u8]) -> Result<Box<[u8; BLCKSZ]>, String> {
     Box::<[u8; BLCKSZ]>::try_from(bytes.to_vec().into_boxed_slice())
         .map_err(|b| format!("a page of {} bytes", b.len()))
@@ -699,4 +734,81 @@ fn megabytes(bytes: u64) -> f64 {
 /// `spc/db/relfilenumber`.
 fn rel_name(rel: RelTag) -> String {
     format!("{}/{}/{}", rel.spc_oid, rel.db_oid, rel.rel_number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm_fork() -> RelTag {
+        RelTag {
+            spc_oid: 1663,
+            db_oid: 5,
+            rel_number: 16_384,
+            fork: ForkNumber::VisibilityMap,
+        }
+    }
+
+    fn check(theirs: u32, known: bool, zero: u64, written: &[u32], expected: &[(&str, u64)]) {
+        let tail = TailPages {
+            zero,
+            written: written.to_vec(),
+        };
+        let found: Vec<(String, u64)> = tail_findings(vm_fork(), theirs, known, &tail)
+            .into_iter()
+            .map(|f| (f.line, f.pages))
+            .collect();
+        let expected: Vec<(String, u64)> =
+            expected.iter().map(|&(l, p)| (l.to_owned(), p)).collect();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn all_zero_pages_no_wal_names_are_no_difference() {
+        // The visibility-map fork VACUUM extends without WAL: one zero page.
+        check(1, false, 1, &[], &[]);
+        // Zero pages past a known fork's end.
+        check(5, true, 2, &[], &[]);
+        check(0, false, 0, &[], &[]);
+    }
+
+    #[test]
+    fn written_pages_no_wal_names_are_differences() {
+        check(
+            1,
+            false,
+            0,
+            &[0],
+            &[(
+                "relation 1663/5/16384 fork vm: 1 blocks in Postgres, unknown to Quire",
+                1,
+            )],
+        );
+        check(
+            3,
+            false,
+            2,
+            &[1],
+            &[(
+                "relation 1663/5/16384 fork vm: 3 blocks in Postgres (2 of them all-zero), unknown to Quire",
+                1,
+            )],
+        );
+        check(
+            6,
+            true,
+            1,
+            &[3, 5],
+            &[
+                (
+                    "relation 1663/5/16384 fork vm block 3: Postgres has the page, the WAL never reached it",
+                    1,
+                ),
+                (
+                    "relation 1663/5/16384 fork vm block 5: Postgres has the page, the WAL never reached it",
+                    1,
+                ),
+            ],
+        );
+    }
 }

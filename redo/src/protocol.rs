@@ -4,7 +4,8 @@
 //! A request is a kind byte, a little-endian u32 body length and the body;
 //! a reply is a status byte (`K` ok, `E` error), a u32 length and the body.
 //! Requests that answer: get page (`G`), each page of a rebuild batch (`R`),
-//! mask (`M`) and ping (`Y`). An error reply ends the process.
+//! mask (`M`), ping (`Y`) and a sandbox probe the sandbox lets through
+//! (`X`). An error reply ends the process.
 
 use quire_postgres::Lsn;
 use quire_postgres::types::{BLCKSZ, BlockNo, RelTag};
@@ -114,9 +115,34 @@ pub fn ping(out: &mut Vec<u8>) {
     header(out, b'Y', 0);
 }
 
-/// `X`: try to open a file; the sandbox kills the process.
-pub fn probe_sandbox(out: &mut Vec<u8>) {
-    header(out, b'X', 0);
+/// A call the sandbox decides on, made by an `X` request (tests only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SandboxProbe {
+    /// `open("/")`: always refused.
+    Open,
+    /// `kill(pid, 0)`: allowed for the process's own pid only.
+    Kill(i32),
+    /// `mmap` of an anonymous page with these protection bits: refused with
+    /// `PROT_EXEC`.
+    Map(u32),
+    /// `mprotect` of a fresh read-write page to these protection bits:
+    /// refused with `PROT_EXEC`.
+    Protect(u32),
+}
+
+/// `X`: make one call the sandbox decides on. A refused call kills the
+/// process (`SIGSYS`); one let through is answered with 4 bytes, its errno
+/// (0 for success).
+pub fn probe_sandbox(out: &mut Vec<u8>, probe: SandboxProbe) {
+    let (what, arg) = match probe {
+        SandboxProbe::Open => (b'o', 0),
+        SandboxProbe::Kill(pid) => (b'k', pid.cast_unsigned()),
+        SandboxProbe::Map(prot) => (b'm', prot),
+        SandboxProbe::Protect(prot) => (b'p', prot),
+    };
+    header(out, b'X', 5);
+    out.push(what);
+    out.extend_from_slice(&arg.to_le_bytes());
 }
 
 /// One reply.

@@ -15,7 +15,7 @@ use quire_cluster::{PgInstall, RunAs};
 use quire_postgres::Lsn;
 use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, RelTag};
 use quire_postgres::wal::stream::record_crc;
-use quire_redo::protocol::{self, PageRequest, Reply};
+use quire_redo::protocol::{self, PageRequest, Reply, SandboxProbe};
 use quire_redo::{RedoConfig, RedoPool};
 
 const TENANT: u128 = 7;
@@ -121,7 +121,7 @@ fn the_sandbox_kills_a_process_that_opens_a_file() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let pool = pool(&dir)?;
     let mut request = Vec::new();
-    protocol::probe_sandbox(&mut request);
+    protocol::probe_sandbox(&mut request, SandboxProbe::Open);
     let error = pool
         .exchange_raw(TENANT, &request, 1)
         .expect_err("the process cannot answer");
@@ -131,6 +131,95 @@ fn the_sandbox_kills_a_process_that_opens_a_file() -> Result<()> {
     );
     pool.ping(TENANT).map_err(anyhow::Error::msg)?;
     ensure!(pool.stats().failed == 1, "{:?}", pool.stats());
+    Ok(())
+}
+
+const PROT_READ: u32 = 1;
+const PROT_WRITE: u32 = 2;
+const PROT_EXEC: u32 = 4;
+
+/// Sends one sandbox probe: `Ok(errno)` if the call got through, `Err` with
+/// the pool's account of the process's end otherwise.
+fn probe(pool: &RedoPool, probe: SandboxProbe) -> Result<Result<i32, String>> {
+    let mut request = Vec::new();
+    protocol::probe_sandbox(&mut request, probe);
+    match pool.exchange_raw(TENANT, &request, 1) {
+        Ok(replies) => match &replies[..] {
+            [Reply::Ok(body)] if body.len() == 4 => Ok(Ok(i32::from_le_bytes(
+                body[..].try_into().context("four bytes")?,
+            ))),
+            other => anyhow::bail!("{probe:?}: unexpected replies {other:?}"),
+        },
+        Err(error) => Ok(Err(error)),
+    }
+}
+
+#[test]
+fn the_sandbox_allows_kill_only_of_itself_and_no_executable_memory() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pool = pool(&dir)?;
+    pool.ping(TENANT).map_err(anyhow::Error::msg)?;
+    let own = pool
+        .tenant_pid(TENANT)
+        .context("the tenant has a process")?;
+    let own = i32::try_from(own)?;
+    let parent = i32::try_from(std::process::id())?;
+    let allowed = [
+        SandboxProbe::Kill(own),
+        SandboxProbe::Map(PROT_READ | PROT_WRITE),
+        SandboxProbe::Map(PROT_READ),
+        SandboxProbe::Protect(PROT_READ),
+        SandboxProbe::Protect(0),
+    ];
+    for allowed in allowed {
+        ensure!(
+            probe(&pool, allowed)? == Ok(0),
+            "{allowed:?} did not succeed"
+        );
+    }
+    ensure!(
+        pool.tenant_pid(TENANT) == Some(u32::try_from(own)?),
+        "the allowed calls ran in one process"
+    );
+    // The parent (this test), the process group (pid 0, which holds the
+    // pool's owner), every process of the user (-1), init, and the group
+    // led by the process itself.
+    let refused = [
+        SandboxProbe::Kill(parent),
+        SandboxProbe::Kill(0),
+        SandboxProbe::Kill(-1),
+        SandboxProbe::Kill(1),
+        SandboxProbe::Kill(-own),
+        SandboxProbe::Map(PROT_READ | PROT_EXEC),
+        SandboxProbe::Map(PROT_EXEC),
+        SandboxProbe::Map(PROT_READ | PROT_WRITE | PROT_EXEC),
+        SandboxProbe::Protect(PROT_READ | PROT_EXEC),
+        SandboxProbe::Protect(PROT_EXEC),
+    ];
+    for (n, refused) in refused.into_iter().enumerate() {
+        match probe(&pool, refused)? {
+            Err(error) if error.contains("killed by signal 31") => {}
+            Err(error) => anyhow::bail!("{refused:?}: not killed by seccomp: {error}"),
+            Ok(errno) => anyhow::bail!("{refused:?} got through the sandbox (errno {errno})"),
+        }
+        ensure!(
+            pool.stats().failed == n as u64 + 1,
+            "{refused:?}: {:?}",
+            pool.stats()
+        );
+    }
+    // Each refusal cost one process; the next one serves redo as before.
+    let images: Vec<Vec<u8>> = (0..4).map(page).collect();
+    for (result, image) in pool
+        .rebuild_pages(TENANT, &image_requests(&images))
+        .into_iter()
+        .zip(&images)
+    {
+        ensure!(
+            result.map_err(anyhow::Error::msg)?[..] == image[..],
+            "page changed"
+        );
+    }
     Ok(())
 }
 

@@ -31,4 +31,11 @@ extern void inmem_put_page(RelFileLocator rlocator, ForkNumber forknum,
 /* redo_sandbox.c: closes inherited descriptors and enters seccomp. */
 extern void redo_enter_sandbox(void);
 
+/* The calls the `X` request can probe (docs/redo-protocol.md). */
+#define SANDBOX_PROBE_OPEN 'o'
+#define SANDBOX_PROBE_KILL 'k'
+#define SANDBOX_PROBE_MMAP 'm'
+#define SANDBOX_PROBE_MPROTECT 'p'
+extern int	redo_sandbox_probe(char what, uint32 arg);
+
 #endif							/* QUIRE_WALREDO_H */
