@@ -67,9 +67,7 @@ pub fn run(args: &ElectArgs) -> Result<()> {
         .context("election")?;
     println!(
         "elected term {} (donor safekeeper {}); the compute's WAL starts at {}",
-        won.term,
-        won.donor + 1,
-        won.start
+        won.term, won.donor.0, won.start
     );
     Ok(())
 }

@@ -20,10 +20,15 @@
 //!   term never counts an acceptor that has moved on.
 //! - **Commit LSN**: the highest LSN a majority (this acceptor and its
 //!   peers' reported flush positions in the same term) has flushed.
+//! - **Senders**: votes and announcements come only from a proposer, WAL
+//!   from a proposer or from this acceptor's own recovery, flush reports
+//!   only from a member of the timeline's set (`membership`) speaking for
+//!   itself; anything else is refused and counted.
 
 use quire_postgres::Lsn;
 
 use crate::history::{Term, TermHistory};
+use crate::membership::{Membership, NodeId, Sender};
 
 /// The state that must survive a crash (the control file's contents).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,17 +44,21 @@ pub struct DurableState {
     pub commit_lsn: Lsn,
     /// WAL below this the pageserver has persisted: removable.
     pub removable_before: Lsn,
+    /// The timeline's safekeepers: majorities are counted over them.
+    pub members: Membership,
 }
 
 impl DurableState {
-    /// A new acceptor of a timeline whose WAL begins at `wal_start`.
-    pub fn new(wal_start: Lsn) -> DurableState {
+    /// A new acceptor of a timeline whose WAL begins at `wal_start`, kept
+    /// by `members`.
+    pub fn new(wal_start: Lsn, members: Membership) -> DurableState {
         DurableState {
             term: 0,
             history: TermHistory::default(),
             wal_start,
             commit_lsn: wal_start,
             removable_before: wal_start,
+            members,
         }
     }
 }
@@ -162,9 +171,6 @@ impl FlushTicket {
     }
 }
 
-/// Peers tracked for the commit LSN (a cluster of up to this many acceptors).
-const MAX_PEERS: usize = 8;
-
 /// One safekeeper's consensus state.
 #[derive(Clone, Debug)]
 pub struct Acceptor {
@@ -176,26 +182,44 @@ pub struct Acceptor {
     /// Bumped by every truncation: an fsync that started before one covers
     /// nothing after it.
     epoch: u64,
-    /// Acceptors in the cluster (for the majority).
-    members: usize,
-    /// Peers' flush LSNs in our term: `(peer, flush)`.
-    peers: Vec<(u32, Lsn)>,
+    /// This acceptor's id in the member set.
+    me: NodeId,
+    /// Members' flush LSNs in our term: `(peer, flush)`, members only.
+    peers: Vec<(NodeId, Lsn)>,
+    /// Requests refused because of who sent them (not persisted).
+    refused_senders: u64,
 }
 
 impl Acceptor {
-    /// The acceptor after a (re)start: its persisted state and the end of
-    /// the WAL found on disk (everything there is durable by then).
-    /// `members` is the number of acceptors of the timeline (3).
-    pub fn restore(durable: DurableState, wal_end: Lsn, members: usize) -> Acceptor {
+    /// The acceptor `me` after a (re)start: its persisted state and the
+    /// end of the WAL found on disk (everything there is durable by then).
+    /// The host checks that `me` is one of `durable.members`.
+    pub fn restore(durable: DurableState, wal_end: Lsn, me: NodeId) -> Acceptor {
         let wal_end = wal_end.max(durable.wal_start);
         Acceptor {
             durable,
             write: wal_end,
             flush: wal_end,
             epoch: 0,
-            members: members.max(1),
+            me,
             peers: Vec::new(),
+            refused_senders: 0,
         }
+    }
+
+    /// This acceptor's id.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The timeline's member set.
+    pub fn members(&self) -> &Membership {
+        &self.durable.members
+    }
+
+    /// Requests refused since the start because of who sent them.
+    pub fn refused_senders(&self) -> u64 {
+        self.refused_senders
     }
 
     /// The persisted state.
@@ -253,14 +277,22 @@ impl Acceptor {
                 >= to
     }
 
-    /// Handles one request.
-    pub fn handle(&mut self, request: &Request) -> Actions {
+    /// Handles one request from `from`.
+    pub fn handle(&mut self, from: Sender, request: &Request) -> Actions {
+        if let Err(why) = self.authorize(from, request) {
+            self.refused_senders += 1;
+            return match request {
+                // A flush report has no answer: a refused one is only counted.
+                Request::PeerFlush { .. } => Actions::default(),
+                _ => self.refused(why),
+            };
+        }
         match request {
             Request::Vote { term } => self.vote(*term),
             Request::Elected { term, history } => self.elected(*term, history),
             Request::Append { term, begin, len } => self.append(*term, *begin, *len),
             Request::PeerFlush { peer, term, flush } => {
-                self.peer_flush(*peer, *term, *flush);
+                self.peer_flush(NodeId(*peer), *term, *flush);
                 Actions::default()
             }
         }
@@ -293,7 +325,7 @@ impl Acceptor {
     /// last reported it in this term): a lagging peer may still need that
     /// WAL for recovery. Until every peer has reported, nothing moves.
     pub fn set_removable_before(&mut self, lsn: Lsn) -> Option<DurableState> {
-        if self.peers.len() + 1 < self.members {
+        if self.peers.len() + 1 < self.durable.members.len() {
             return None;
         }
         let slowest_peer = self
@@ -311,6 +343,41 @@ impl Acceptor {
         }
         self.durable.removable_before = bounded;
         Some(self.durable.clone())
+    }
+
+    /// Whether `from` may send `request` (the senders rule above).
+    fn authorize(&self, from: Sender, request: &Request) -> Result<(), &'static str> {
+        match (request, from) {
+            (Request::Vote { .. } | Request::Elected { .. }, Sender::Proposer)
+            | (Request::Append { .. }, Sender::Proposer | Sender::Local) => Ok(()),
+            (Request::Vote { .. } | Request::Elected { .. }, _) => {
+                Err("only a compute control may run an election")
+            }
+            (Request::Append { .. }, Sender::Peer(_)) => Err("a peer may not write WAL here"),
+            (Request::PeerFlush { peer, .. }, Sender::Peer(id)) => {
+                if id.0 != *peer {
+                    Err("a flush report for another safekeeper")
+                } else if id == self.me || !self.durable.members.contains(id) {
+                    Err("a flush report from a safekeeper that is not a peer of this timeline")
+                } else {
+                    Ok(())
+                }
+            }
+            (Request::PeerFlush { .. }, _) => Err("a flush report not from a peer"),
+        }
+    }
+
+    /// Replaces the member set (an explicit operation the host logs): the
+    /// new set must hold this acceptor; flush reports start afresh. Returns
+    /// the state to persist before anything else is handled.
+    pub fn change_members(
+        &mut self,
+        members: Membership,
+    ) -> Result<DurableState, crate::membership::MembershipError> {
+        members.require(self.me)?;
+        self.durable.members = members;
+        self.peers.clear();
+        Ok(self.durable.clone())
     }
 
     fn refused(&self, why: &'static str) -> Actions {
@@ -428,13 +495,15 @@ impl Acceptor {
         }
     }
 
-    fn peer_flush(&mut self, peer: u32, term: Term, flush: Lsn) {
+    /// A member's flush report (`authorize` checked the sender).
+    fn peer_flush(&mut self, peer: NodeId, term: Term, flush: Lsn) {
         if term != self.durable.term || !self.is_elected_member() {
             return;
         }
         if let Some(entry) = self.peers.iter_mut().find(|(p, _)| *p == peer) {
             entry.1 = entry.1.max(flush);
-        } else if self.peers.len() < MAX_PEERS {
+        } else {
+            // Bounded by the member set: only members get here.
             self.peers.push((peer, flush));
         }
         self.recompute_commit();
@@ -452,7 +521,7 @@ impl Acceptor {
         let mut flushes: Vec<Lsn> = self.peers.iter().map(|&(_, f)| f).collect();
         flushes.push(self.flush);
         flushes.sort_unstable_by(|a, b| b.cmp(a));
-        let majority = self.members / 2 + 1;
+        let majority = self.durable.members.quorum();
         if let Some(&quorum) = flushes.get(majority - 1) {
             // Only WAL of this term's log counts, and only what we hold.
             let bounded = quorum.min(self.flush);
@@ -467,20 +536,38 @@ impl Acceptor {
 mod tests {
     use super::*;
     use crate::history::TermEntry;
+    use crate::membership::Member;
+
+    /// Safekeepers 1, 2 and 3.
+    fn three() -> Membership {
+        Membership::new(
+            (1..=3)
+                .map(|id| Member {
+                    id: NodeId(id),
+                    address: format!("127.0.0.1:{}", 5450 + id),
+                })
+                .collect(),
+        )
+        .expect("valid")
+    }
 
     fn elected_acceptor() -> Acceptor {
-        let mut acceptor = Acceptor::restore(DurableState::new(Lsn(100)), Lsn(100), 3);
-        acceptor.handle(&Request::Vote { term: 1 });
+        let mut acceptor =
+            Acceptor::restore(DurableState::new(Lsn(100), three()), Lsn(100), NodeId(1));
+        acceptor.handle(Sender::Proposer, &Request::Vote { term: 1 });
         let history = TermHistory(vec![TermEntry {
             term: 1,
             start: Lsn(100),
         }]);
-        acceptor.handle(&Request::Elected { term: 1, history });
-        acceptor.handle(&Request::Append {
-            term: 1,
-            begin: Lsn(100),
-            len: 900,
-        });
+        acceptor.handle(Sender::Proposer, &Request::Elected { term: 1, history });
+        acceptor.handle(
+            Sender::Proposer,
+            &Request::Append {
+                term: 1,
+                begin: Lsn(100),
+                len: 900,
+            },
+        );
         let ticket = acceptor.begin_flush();
         acceptor.flushed(ticket);
         acceptor
@@ -488,14 +575,15 @@ mod tests {
 
     #[test]
     fn votes_persist_before_they_answer_and_never_repeat_a_term() {
-        let mut acceptor = Acceptor::restore(DurableState::new(Lsn(100)), Lsn(100), 3);
-        let actions = acceptor.handle(&Request::Vote { term: 4 });
+        let mut acceptor =
+            Acceptor::restore(DurableState::new(Lsn(100), three()), Lsn(100), NodeId(1));
+        let actions = acceptor.handle(Sender::Proposer, &Request::Vote { term: 4 });
         assert_eq!(actions.persist.map(|s| s.term), Some(4));
         assert!(matches!(
             actions.reply,
             Some(Response::Vote { granted: true, .. })
         ));
-        let again = acceptor.handle(&Request::Vote { term: 4 });
+        let again = acceptor.handle(Sender::Proposer, &Request::Vote { term: 4 });
         assert!(again.persist.is_none());
         assert!(matches!(
             again.reply,
@@ -510,11 +598,14 @@ mod tests {
     #[test]
     fn unflushed_appends_are_not_acknowledged() {
         let mut acceptor = elected_acceptor();
-        let actions = acceptor.handle(&Request::Append {
-            term: 1,
-            begin: Lsn(1000),
-            len: 50,
-        });
+        let actions = acceptor.handle(
+            Sender::Proposer,
+            &Request::Append {
+                term: 1,
+                begin: Lsn(1000),
+                len: 50,
+            },
+        );
         assert_eq!(
             actions.write,
             Some(Write {
@@ -543,7 +634,7 @@ mod tests {
     #[test]
     fn a_new_history_cuts_the_divergent_tail_first() {
         let mut acceptor = elected_acceptor();
-        acceptor.handle(&Request::Vote { term: 3 });
+        acceptor.handle(Sender::Proposer, &Request::Vote { term: 3 });
         let history = TermHistory(vec![
             TermEntry {
                 term: 1,
@@ -554,16 +645,19 @@ mod tests {
                 start: Lsn(600),
             },
         ]);
-        let actions = acceptor.handle(&Request::Elected { term: 3, history });
+        let actions = acceptor.handle(Sender::Proposer, &Request::Elected { term: 3, history });
         assert_eq!(actions.truncate, Some(Lsn(600)));
         assert_eq!(actions.persist.map(|s| s.history.last_term()), Some(3));
         assert_eq!(acceptor.flush_lsn(), Lsn(600));
         // WAL of the old term is refused now.
-        let old = acceptor.handle(&Request::Append {
-            term: 1,
-            begin: Lsn(600),
-            len: 10,
-        });
+        let old = acceptor.handle(
+            Sender::Proposer,
+            &Request::Append {
+                term: 1,
+                begin: Lsn(600),
+                len: 10,
+            },
+        );
         assert!(matches!(old.reply, Some(Response::Refused { term: 3, .. })));
     }
 
@@ -571,11 +665,14 @@ mod tests {
     fn wal_is_removable_only_below_every_members_flush() {
         let mut acceptor = elected_acceptor();
         for (peer, flush) in [(2, 700), (3, 400)] {
-            acceptor.handle(&Request::PeerFlush {
-                peer,
-                term: 1,
-                flush: Lsn(flush),
-            });
+            acceptor.handle(
+                Sender::Peer(NodeId(peer)),
+                &Request::PeerFlush {
+                    peer,
+                    term: 1,
+                    flush: Lsn(flush),
+                },
+            );
         }
         assert_eq!(acceptor.commit_lsn(), Lsn(700));
         let state = acceptor.set_removable_before(Lsn(950)).expect("moves");
@@ -588,10 +685,100 @@ mod tests {
             acceptor.set_removable_before(Lsn(300)).is_none(),
             "never back"
         );
-        let fresh = &mut Acceptor::restore(DurableState::new(Lsn(100)), Lsn(500), 3);
+        let fresh =
+            &mut Acceptor::restore(DurableState::new(Lsn(100), three()), Lsn(500), NodeId(1));
         assert!(
             fresh.set_removable_before(Lsn(400)).is_none(),
             "peers unknown: nothing goes"
         );
+    }
+
+    #[test]
+    fn requests_are_taken_only_from_senders_allowed_to_send_them() {
+        let mut acceptor = elected_acceptor();
+        let term = acceptor.term();
+        let flush = acceptor.flush_lsn();
+        let forged = [
+            (Sender::Peer(NodeId(2)), Request::Vote { term: term + 1 }),
+            (Sender::Local, Request::Vote { term: term + 1 }),
+            (
+                Sender::Peer(NodeId(2)),
+                Request::Elected {
+                    term,
+                    history: acceptor.durable().history.clone(),
+                },
+            ),
+            (
+                Sender::Peer(NodeId(3)),
+                Request::Append {
+                    term,
+                    begin: flush,
+                    len: 10,
+                },
+            ),
+        ];
+        for (from, request) in &forged {
+            let actions = acceptor.handle(*from, request);
+            assert!(
+                matches!(actions.reply, Some(Response::Refused { .. })),
+                "{from:?} {request:?}"
+            );
+            assert!(
+                actions.persist.is_none() && actions.write.is_none() && actions.truncate.is_none()
+            );
+        }
+        assert_eq!(acceptor.term(), term);
+        // Flush reports: from a non-member, from ourselves, from a member
+        // speaking for another, from a proposer: none moves the commit LSN.
+        let high = Lsn(flush.0 + 10_000);
+        for (from, peer) in [
+            (Sender::Peer(NodeId(4)), 4),
+            (Sender::Peer(NodeId(1)), 1),
+            (Sender::Peer(NodeId(2)), 3),
+            (Sender::Proposer, 2),
+            (Sender::Local, 2),
+        ] {
+            let before = acceptor.commit_lsn();
+            let actions = acceptor.handle(
+                from,
+                &Request::PeerFlush {
+                    peer,
+                    term,
+                    flush: high,
+                },
+            );
+            assert_eq!(actions, Actions::default());
+            assert_eq!(acceptor.commit_lsn(), before, "{from:?} claiming {peer}");
+        }
+        assert_eq!(acceptor.refused_senders(), forged.len() as u64 + 5);
+        // A member speaking for itself counts.
+        acceptor.handle(
+            Sender::Peer(NodeId(2)),
+            &Request::PeerFlush {
+                peer: 2,
+                term,
+                flush: high,
+            },
+        );
+        assert_eq!(acceptor.commit_lsn(), flush);
+    }
+
+    #[test]
+    fn a_member_set_change_must_keep_this_acceptor() {
+        let mut acceptor = elected_acceptor();
+        let others = Membership::new(vec![Member {
+            id: NodeId(2),
+            address: "127.0.0.1:5452".into(),
+        }])
+        .expect("valid");
+        assert!(acceptor.change_members(others).is_err());
+        let alone = Membership::new(vec![Member {
+            id: NodeId(1),
+            address: "127.0.0.1:5451".into(),
+        }])
+        .expect("valid");
+        let state = acceptor.change_members(alone.clone()).expect("keeps us");
+        assert_eq!(state.members, alone);
+        assert_eq!(acceptor.members().quorum(), 1);
     }
 }

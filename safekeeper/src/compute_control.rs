@@ -12,6 +12,7 @@ use quire_postgres::wal::stream::WalStreamDecoder;
 
 use crate::election::{Election, Won};
 use crate::history::{Term, TermHistory};
+use crate::membership::{Member, Membership, NodeId};
 use crate::server::conn::FramedConn;
 use crate::wire::{Message, TimelineKey};
 
@@ -84,7 +85,19 @@ pub async fn elect(
     compute: &str,
     segment_size: u32,
 ) -> Result<Won, ControlError> {
-    let members = safekeepers.len();
+    // Safekeeper `i` of the list (from 0) is member `i + 1`, as its standby
+    // name `sk<i + 1>` says.
+    let members = Membership::new(
+        safekeepers
+            .iter()
+            .enumerate()
+            .map(|(i, address)| Member {
+                id: NodeId(u32::try_from(i + 1).unwrap_or(u32::MAX)),
+                address: address.clone(),
+            })
+            .collect(),
+    )
+    .map_err(|e| ControlError::NoMajority(format!("safekeepers: {e}")))?;
     let mut highest: Term = 0;
     for address in safekeepers {
         if let Ok(Message::Status { term, .. }) = call(address, &Message::GetStatus { key }).await {
@@ -92,8 +105,9 @@ pub async fn elect(
         }
     }
     for _attempt in 0..10 {
-        let mut election = Election::new(highest + 1, members);
-        for (node, address) in safekeepers.iter().enumerate() {
+        let mut election = Election::new(highest + 1, members.clone());
+        for member in members.members() {
+            let address = &member.address;
             let vote = Message::Vote {
                 key,
                 term: election.term(),
@@ -103,14 +117,16 @@ pub async fn elect(
                 .ok()
                 .and_then(Message::into_response)
             {
-                election.on_response(u32::try_from(node).unwrap_or(u32::MAX), &response);
+                election.on_response(member.id, &response);
             }
         }
         highest = highest.max(election.highest_term_seen());
         let Some(won) = election.outcome() else {
             continue;
         };
-        let donor = &safekeepers[won.donor as usize];
+        let Some(donor) = members.get(won.donor).map(|m| m.address.as_str()) else {
+            continue;
+        };
         let donor_history = TermHistory(won.history.0[..won.history.0.len() - 1].to_vec());
         let record_end = last_record_end(
             donor,
@@ -126,7 +142,8 @@ pub async fn elect(
         return Ok(won);
     }
     Err(ControlError::NoMajority(format!(
-        "no majority of {members} safekeepers voted in 10 rounds (up to term {highest})"
+        "no majority of {} safekeepers voted in 10 rounds (up to term {highest})",
+        members.len()
     )))
 }
 

@@ -6,7 +6,7 @@
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 4 | magic `QSKC` |
-//! | 4 | 4 | format version (1) |
+//! | 4 | 4 | format version (2) |
 //! | 8 | 16 | tenant id |
 //! | 24 | 16 | timeline id |
 //! | 40 | 8 | term |
@@ -17,7 +17,9 @@
 //! | 80 | 4 | WAL segment size |
 //! | 84 | 4 | history entries N |
 //! | 88 | 16·N | `(term: u64, start: u64)` per entry |
-//! | 88+16·N | 4 | CRC-32C of every byte before it |
+//! | 88+16·N | 4 | members M (1 to 7) |
+//! | then, M times | 4 + 2 + L | member id `u32`, address length L `u16`, address (UTF-8 `host:port`) |
+//! | last | 4 | CRC-32C of every byte before it |
 //!
 //! A replacement is written to `control.tmp`, fsynced, renamed over
 //! `control`, and the directory fsynced: a crash leaves either the old or
@@ -32,9 +34,10 @@ use quire_postgres::Lsn;
 
 use crate::acceptor::DurableState;
 use crate::history::{TermEntry, TermHistory};
+use crate::membership::{ADDRESS_BYTES_MAX, MEMBERS_MAX, Member, Membership, NodeId};
 
 const MAGIC: &[u8; 4] = b"QSKC";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const HEADER: usize = 88;
 /// Entries a control file may hold (a term per compute start).
 const MAX_ENTRIES: usize = 1 << 20;
@@ -106,6 +109,24 @@ impl ControlFile {
             out.extend_from_slice(&entry.term.to_le_bytes());
             out.extend_from_slice(&entry.start.0.to_le_bytes());
         }
+        let members = self.state.members.members();
+        // Invariant (Membership): at most MEMBERS_MAX members, addresses
+        // within ADDRESS_BYTES_MAX bytes, so both counts fit.
+        out.extend_from_slice(
+            &u32::try_from(members.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
+        for member in members {
+            out.extend_from_slice(&member.id.0.to_le_bytes());
+            let address = member.address.as_bytes();
+            out.extend_from_slice(
+                &u16::try_from(address.len())
+                    .unwrap_or(u16::MAX)
+                    .to_le_bytes(),
+            );
+            out.extend_from_slice(address);
+        }
         let crc = quire_checksum::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -123,7 +144,8 @@ impl ControlFile {
             return Err(ControlFileError::Corrupt("unknown format version"));
         }
         let count = u32_at(bytes, 84) as usize;
-        if count > MAX_ENTRIES || bytes.len() != HEADER + 16 * count + 4 {
+        let members_at = HEADER + 16 * count;
+        if count > MAX_ENTRIES || bytes.len() < members_at + 4 + 4 {
             return Err(ControlFileError::Corrupt(
                 "length does not match its history",
             ));
@@ -132,6 +154,7 @@ impl ControlFile {
         if quire_checksum::crc32c(&bytes[..body]) != u32_at(bytes, body) {
             return Err(ControlFileError::Corrupt("checksum mismatch"));
         }
+        let members = decode_members(&bytes[members_at..body])?;
         let mut tenant = [0u8; 16];
         tenant.copy_from_slice(&bytes[8..24]);
         let mut timeline = [0u8; 16];
@@ -158,6 +181,7 @@ impl ControlFile {
                 wal_start: Lsn(u64_at(bytes, 48)),
                 commit_lsn: Lsn(u64_at(bytes, 56)),
                 removable_before: Lsn(u64_at(bytes, 64)),
+                members,
             },
         })
     }
@@ -190,6 +214,44 @@ impl ControlFile {
     }
 }
 
+/// The member set at the end of the file (`bytes` ends before the CRC):
+/// exactly its members, nothing after them.
+fn decode_members(bytes: &[u8]) -> Result<Membership, ControlFileError> {
+    let corrupt = ControlFileError::Corrupt;
+    let (count, mut rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or(corrupt("no member count"))?;
+    let count = u32::from_le_bytes(*count) as usize;
+    if count == 0 || count > MEMBERS_MAX {
+        return Err(corrupt("member count out of range"));
+    }
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (id, after_id) = rest
+            .split_first_chunk::<4>()
+            .ok_or(corrupt("member cut short"))?;
+        let (len, after_len) = after_id
+            .split_first_chunk::<2>()
+            .ok_or(corrupt("member cut short"))?;
+        let len = usize::from(u16::from_le_bytes(*len));
+        if len > ADDRESS_BYTES_MAX || after_len.len() < len {
+            return Err(corrupt("member address length out of range"));
+        }
+        let (address, after) = after_len.split_at(len);
+        let address =
+            std::str::from_utf8(address).map_err(|_| corrupt("member address is not UTF-8"))?;
+        members.push(Member {
+            id: NodeId(u32::from_le_bytes(*id)),
+            address: address.to_owned(),
+        });
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(corrupt("bytes after the member set"));
+    }
+    Membership::new(members).map_err(|_| corrupt("invalid member set"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +277,15 @@ mod tests {
                 wal_start: Lsn(0x100_0028),
                 commit_lsn: Lsn(0x1FF_F000),
                 removable_before: Lsn(0x180_0000),
+                members: Membership::new(
+                    (1..=3)
+                        .map(|id| Member {
+                            id: NodeId(id),
+                            address: format!("10.0.0.{id}:5454"),
+                        })
+                        .collect(),
+                )
+                .expect("valid"),
             },
         }
     }

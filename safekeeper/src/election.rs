@@ -7,17 +7,19 @@
 //! up to its flush LSN, then `(term, flush)`. The new compute starts at that
 //! flush LSN. While it runs, WAL counts as committed up to the highest LSN
 //! a majority has acknowledged as flushed in this term, which is Postgres'
-//! own `ANY 2 (sk1, sk2, sk3)` rule.
+//! own `ANY 2 (sk1, sk2, sk3)` rule. Majorities are counted over the
+//! timeline's member set; an answer from anyone else is ignored and counted.
 
 use quire_postgres::Lsn;
 
 use crate::acceptor::Response;
 use crate::history::{Term, TermHistory};
+use crate::membership::{Membership, NodeId};
 
 /// A vote received.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Vote {
-    node: u32,
+    node: NodeId,
     flush: Lsn,
     history: TermHistory,
 }
@@ -32,7 +34,7 @@ pub struct Won {
     /// Where the new compute's WAL begins: the donor's flush LSN.
     pub start: Lsn,
     /// The voter whose log was chosen.
-    pub donor: u32,
+    pub donor: NodeId,
 }
 
 impl Won {
@@ -58,20 +60,27 @@ impl Won {
 #[derive(Clone, Debug)]
 pub struct Election {
     term: Term,
-    members: usize,
+    members: Membership,
     votes: Vec<Vote>,
     highest_term_seen: Term,
+    ignored: u64,
 }
 
 impl Election {
-    /// An election for `term` among `members` acceptors.
-    pub fn new(term: Term, members: usize) -> Election {
+    /// An election for `term` among `members`.
+    pub fn new(term: Term, members: Membership) -> Election {
         Election {
             term,
-            members: members.max(1),
+            members,
             votes: Vec::new(),
             highest_term_seen: term,
+            ignored: 0,
         }
+    }
+
+    /// Answers ignored because their sender is not a member.
+    pub fn ignored(&self) -> u64 {
+        self.ignored
     }
 
     /// The term asked for.
@@ -84,8 +93,13 @@ impl Election {
         self.highest_term_seen
     }
 
-    /// Takes an answer from `node`; ignores anything but a vote.
-    pub fn on_response(&mut self, node: u32, response: &Response) {
+    /// Takes an answer from `node`; ignores anything but a vote, and
+    /// anything from a non-member (whose term does not count either).
+    pub fn on_response(&mut self, node: NodeId, response: &Response) {
+        if !self.members.contains(node) {
+            self.ignored += 1;
+            return;
+        }
         match response {
             Response::Vote {
                 term,
@@ -110,7 +124,7 @@ impl Election {
 
     /// The outcome once a majority voted.
     pub fn outcome(&self) -> Option<Won> {
-        if self.votes.len() < self.members / 2 + 1 {
+        if self.votes.len() < self.members.quorum() {
             return None;
         }
         let donor = self.votes.iter().max_by(|a, b| {
@@ -131,22 +145,25 @@ impl Election {
 #[derive(Clone, Debug)]
 pub struct QuorumCommit {
     term: Term,
-    members: usize,
-    flushed: Vec<(u32, Lsn)>,
+    members: Membership,
+    flushed: Vec<(NodeId, Lsn)>,
 }
 
 impl QuorumCommit {
-    /// Tracks acknowledgements for `term` among `members` acceptors.
-    pub fn new(term: Term, members: usize) -> QuorumCommit {
+    /// Tracks acknowledgements for `term` among `members`.
+    pub fn new(term: Term, members: Membership) -> QuorumCommit {
         QuorumCommit {
             term,
-            members: members.max(1),
+            members,
             flushed: Vec::new(),
         }
     }
 
-    /// Takes an answer from `node`; only flushes in our term count.
-    pub fn on_response(&mut self, node: u32, response: &Response) {
+    /// Takes an answer from `node`; only members' flushes in our term count.
+    pub fn on_response(&mut self, node: NodeId, response: &Response) {
+        if !self.members.contains(node) {
+            return;
+        }
         if let Response::Flushed { term, flush, .. } = response
             && *term == self.term
         {
@@ -158,7 +175,7 @@ impl QuorumCommit {
     }
 
     /// What `node` has acknowledged as flushed in our term.
-    pub fn flushed(&self, node: u32) -> Option<Lsn> {
+    pub fn flushed(&self, node: NodeId) -> Option<Lsn> {
         self.flushed
             .iter()
             .find(|(n, _)| *n == node)
@@ -169,7 +186,7 @@ impl QuorumCommit {
     pub fn commit_lsn(&self) -> Option<Lsn> {
         let mut flushes: Vec<Lsn> = self.flushed.iter().map(|&(_, f)| f).collect();
         flushes.sort_unstable_by(|a, b| b.cmp(a));
-        flushes.get(self.members / 2).copied()
+        flushes.get(self.members.quorum() - 1).copied()
     }
 }
 
@@ -177,6 +194,20 @@ impl QuorumCommit {
 mod tests {
     use super::*;
     use crate::history::TermEntry;
+    use crate::membership::Member;
+
+    /// Safekeepers 1, 2 and 3.
+    fn three() -> Membership {
+        Membership::new(
+            (1..=3)
+                .map(|id| Member {
+                    id: NodeId(id),
+                    address: format!("127.0.0.1:{}", 5450 + id),
+                })
+                .collect(),
+        )
+        .expect("valid")
+    }
 
     fn vote(term: Term, flush: u64, history: &[(Term, u64)]) -> Response {
         Response::Vote {
@@ -197,13 +228,13 @@ mod tests {
 
     #[test]
     fn the_donor_is_the_highest_last_term_then_the_longest_log() {
-        let mut election = Election::new(5, 3);
-        election.on_response(0, &vote(5, 900, &[(1, 100)]));
+        let mut election = Election::new(5, three());
+        election.on_response(NodeId(1), &vote(5, 900, &[(1, 100)]));
         assert_eq!(election.outcome(), None);
-        // Node 1 has less WAL but of a later term: it wins.
-        election.on_response(1, &vote(5, 700, &[(1, 100), (3, 600)]));
+        // Safekeeper 2 has less WAL but of a later term: it wins.
+        election.on_response(NodeId(2), &vote(5, 700, &[(1, 100), (3, 600)]));
         let won = election.outcome().expect("a majority");
-        assert_eq!((won.donor, won.start), (1, Lsn(700)));
+        assert_eq!((won.donor, won.start), (NodeId(2), Lsn(700)));
         assert_eq!(
             won.history.0.last(),
             Some(&TermEntry {
@@ -215,9 +246,9 @@ mod tests {
 
     #[test]
     fn a_start_below_the_donor_flush_cuts_its_history_there() {
-        let mut election = Election::new(5, 3);
-        election.on_response(0, &vote(5, 900, &[(1, 100), (3, 880)]));
-        election.on_response(1, &vote(5, 600, &[(1, 100)]));
+        let mut election = Election::new(5, three());
+        election.on_response(NodeId(1), &vote(5, 900, &[(1, 100), (3, 880)]));
+        election.on_response(NodeId(2), &vote(5, 600, &[(1, 100)]));
         let won = election
             .outcome()
             .expect("a majority")
@@ -240,20 +271,20 @@ mod tests {
 
     #[test]
     fn a_history_entry_not_reached_does_not_count() {
-        let mut election = Election::new(9, 3);
-        // Node 0 adopted term 3 starting at 800 but holds only up to 700.
-        election.on_response(0, &vote(9, 700, &[(1, 100), (3, 800)]));
-        election.on_response(1, &vote(9, 750, &[(1, 100)]));
+        let mut election = Election::new(9, three());
+        // Safekeeper 1 adopted term 3 starting at 800 but holds only up to 700.
+        election.on_response(NodeId(1), &vote(9, 700, &[(1, 100), (3, 800)]));
+        election.on_response(NodeId(2), &vote(9, 750, &[(1, 100)]));
         let won = election.outcome().expect("a majority");
-        assert_eq!((won.donor, won.start), (1, Lsn(750)));
+        assert_eq!((won.donor, won.start), (NodeId(2), Lsn(750)));
     }
 
     #[test]
     fn refusals_and_other_terms_do_not_count_as_votes() {
-        let mut election = Election::new(4, 3);
-        election.on_response(0, &vote(4, 100, &[]));
+        let mut election = Election::new(4, three());
+        election.on_response(NodeId(1), &vote(4, 100, &[]));
         election.on_response(
-            1,
+            NodeId(2),
             &Response::Vote {
                 term: 6,
                 granted: false,
@@ -261,26 +292,66 @@ mod tests {
                 history: TermHistory::default(),
             },
         );
-        election.on_response(0, &vote(4, 100, &[]));
+        election.on_response(NodeId(1), &vote(4, 100, &[]));
         assert_eq!(election.outcome(), None);
         assert_eq!(election.highest_term_seen(), 6);
     }
 
     #[test]
     fn commit_is_the_majority_flush_in_our_term() {
-        let mut quorum = QuorumCommit::new(3, 3);
+        let mut quorum = QuorumCommit::new(3, three());
         let flushed = |term, flush| Response::Flushed {
             term,
             flush: Lsn(flush),
             commit: Lsn(0),
         };
-        quorum.on_response(0, &flushed(3, 500));
+        quorum.on_response(NodeId(1), &flushed(3, 500));
         assert_eq!(quorum.commit_lsn(), None);
-        quorum.on_response(1, &flushed(2, 900));
+        quorum.on_response(NodeId(2), &flushed(2, 900));
         assert_eq!(quorum.commit_lsn(), None);
-        quorum.on_response(1, &flushed(3, 400));
+        quorum.on_response(NodeId(2), &flushed(3, 400));
         assert_eq!(quorum.commit_lsn(), Some(Lsn(400)));
-        quorum.on_response(2, &flushed(3, 700));
+        quorum.on_response(NodeId(3), &flushed(3, 700));
         assert_eq!(quorum.commit_lsn(), Some(Lsn(500)));
+    }
+
+    #[test]
+    fn answers_from_outside_the_member_set_do_not_count() {
+        let mut election = Election::new(4, three());
+        for rogue in [0, 4, 99] {
+            election.on_response(NodeId(rogue), &vote(4, 10_000, &[(3, 100)]));
+            election.on_response(
+                NodeId(rogue),
+                &Response::Refused {
+                    term: 1000,
+                    why: "forged",
+                },
+            );
+        }
+        assert_eq!(election.outcome(), None);
+        assert_eq!(
+            election.highest_term_seen(),
+            4,
+            "a non-member's term is ignored"
+        );
+        assert_eq!(election.ignored(), 6);
+        election.on_response(NodeId(1), &vote(4, 500, &[(1, 100)]));
+        election.on_response(NodeId(3), &vote(4, 400, &[(1, 100)]));
+        let won = election.outcome().expect("a majority of members");
+        assert_eq!((won.donor, won.start), (NodeId(1), Lsn(500)));
+
+        let mut quorum = QuorumCommit::new(4, three());
+        let flushed = Response::Flushed {
+            term: 4,
+            flush: Lsn(9_000),
+            commit: Lsn(0),
+        };
+        quorum.on_response(NodeId(7), &flushed);
+        quorum.on_response(NodeId(2), &flushed);
+        assert_eq!(
+            quorum.commit_lsn(),
+            None,
+            "one member and a rogue are no majority"
+        );
     }
 }

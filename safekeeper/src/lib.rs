@@ -17,6 +17,7 @@ pub mod compute_control;
 pub mod control_file;
 pub mod election;
 pub mod history;
+pub mod membership;
 pub mod pg_wire;
 pub mod server;
 pub mod wal_store;

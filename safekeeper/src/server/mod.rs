@@ -18,6 +18,7 @@ use quire_postgres::Lsn;
 
 use crate::acceptor::{Request, Response};
 use crate::history::Term;
+use crate::membership::{Member, Membership, MembershipError, NodeId, Sender};
 use crate::server::conn::{ConnError, FramedConn};
 use crate::server::peers::Peer;
 use crate::server::timeline::{Timeline, TimelineError, key_name};
@@ -79,7 +80,7 @@ impl Server {
                     tenant: tenant_id,
                     timeline: timeline_id,
                 };
-                let opened = Timeline::open(&config.data, key).await?;
+                let opened = Timeline::open(&config.data, NodeId(config.id), key).await?;
                 timelines.insert(key, Rc::new(opened));
             }
         }
@@ -177,7 +178,10 @@ impl Server {
                     Ok(t) => t,
                     Err(e) => return error(e),
                 };
-                match timeline.handle(&Request::Vote { term }, &[]).await {
+                match timeline
+                    .handle(Sender::Proposer, &Request::Vote { term }, &[])
+                    .await
+                {
                     Ok(Some(reply)) => Some(reply.into()),
                     Ok(None) => error("no answer to a vote".into()),
                     Err(e) => error(e.to_string()),
@@ -203,8 +207,15 @@ impl Server {
                 flush,
             } => {
                 if let Ok(timeline) = self.timeline(&key) {
+                    // Without authenticated connections the sender is who
+                    // the report says it is; the acceptor still refuses
+                    // ids outside the timeline's member set.
                     let _ = timeline
-                        .handle(&Request::PeerFlush { peer, term, flush }, &[])
+                        .handle(
+                            Sender::Peer(NodeId(peer)),
+                            &Request::PeerFlush { peer, term, flush },
+                            &[],
+                        )
                         .await;
                 }
                 None
@@ -251,7 +262,25 @@ impl Server {
                 }
             };
         }
-        match Timeline::create(&self.config.data, key, wal_start, segment_size, system_id).await {
+        let members = match self.config_members() {
+            Ok(members) => members,
+            Err(e) => {
+                return Message::Error {
+                    message: format!("member set: {e}"),
+                };
+            }
+        };
+        match Timeline::create(
+            &self.config.data,
+            NodeId(self.config.id),
+            key,
+            wal_start,
+            segment_size,
+            system_id,
+            members,
+        )
+        .await
+        {
             Ok(timeline) => {
                 let timeline = Rc::new(timeline);
                 self.start_gossip(&timeline);
@@ -262,6 +291,20 @@ impl Server {
                 message: e.to_string(),
             },
         }
+    }
+
+    /// The member set a new timeline gets: this safekeeper and its
+    /// configured peers.
+    fn config_members(&self) -> Result<Membership, MembershipError> {
+        let mut members = vec![Member {
+            id: NodeId(self.config.id),
+            address: self.config.listen.clone(),
+        }];
+        members.extend(self.config.peers.iter().map(|peer| Member {
+            id: NodeId(peer.id),
+            address: peer.address.clone(),
+        }));
+        Membership::new(members)
     }
 
     /// Peer recovery's source side: the bytes if our log agrees.
@@ -308,7 +351,7 @@ impl Server {
             Err(message) => return Some(Message::Error { message }),
         };
         let reply = match timeline
-            .handle(&Request::Elected { term, history }, &[])
+            .handle(Sender::Proposer, &Request::Elected { term, history }, &[])
             .await
         {
             Ok(reply) => reply,

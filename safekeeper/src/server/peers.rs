@@ -10,6 +10,7 @@ use quire_postgres::Lsn;
 
 use crate::acceptor::Request;
 use crate::history::Term;
+use crate::membership::Sender;
 use crate::server::conn::FramedConn;
 use crate::server::timeline::{Timeline, TimelineError};
 use crate::wire::Message;
@@ -68,7 +69,7 @@ pub async fn recover(timeline: Rc<Timeline>, term: Term, peers: Rc<Vec<Peer>>) {
                     len: bytes.len() as u64,
                 };
                 let applied: Result<_, TimelineError> = async {
-                    timeline.handle(&append, &bytes).await?;
+                    timeline.handle(Sender::Local, &append, &bytes).await?;
                     timeline.flush().await
                 }
                 .await;

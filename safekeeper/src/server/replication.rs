@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::acceptor::{Request, Response};
 use crate::history::Term;
+use crate::membership::Sender;
 use crate::pg_wire::{self, Backend, Replication};
 use crate::server::conn::{ConnError, PgConn};
 use crate::server::timeline::Timeline;
@@ -164,7 +165,7 @@ pub async fn stream(
                                 len: data.len() as u64,
                             };
                             if let Some(Response::Refused { .. }) =
-                                timeline.handle(&append, data).await?
+                                timeline.handle(Sender::Proposer, &append, data).await?
                             {
                                 return Err(StreamError::TermOver(term));
                             }

@@ -17,11 +17,9 @@ use quire_postgres::Lsn;
 use crate::acceptor::{Acceptor, DurableState, Request, Response};
 use crate::control_file::ControlFile;
 use crate::history::{Term, TermHistory};
+use crate::membership::{Membership, NodeId, Sender};
 use crate::wal_store::WalStore;
 use crate::wire::TimelineKey;
-
-/// Acceptors of a timeline.
-pub const MEMBERS: usize = 3;
 /// The file naming the current term's compute: `<term> <host:port>`.
 const COMPUTE_FILE: &str = "compute";
 
@@ -71,13 +69,16 @@ impl Timeline {
         data.join(key_name(key))
     }
 
-    /// Creates a timeline whose WAL begins at `wal_start`.
+    /// Creates a timeline whose WAL begins at `wal_start`, kept by
+    /// `members`, on safekeeper `me` (one of them).
     pub async fn create(
         data: &Path,
+        me: NodeId,
         key: TimelineKey,
         wal_start: Lsn,
         segment_size: u32,
         system_id: u64,
+        members: Membership,
     ) -> Result<Timeline, TimelineError> {
         let dir = Timeline::dir_of(data, &key);
         let error = |what: String| TimelineError {
@@ -91,14 +92,18 @@ impl Timeline {
             timeline: key.timeline,
             system_id,
             segment_size,
-            state: DurableState::new(wal_start),
+            state: DurableState::new(wal_start, members),
         };
         file.store(&dir).map_err(|e| error(e.to_string()))?;
-        Timeline::open(data, key).await
+        Timeline::open(data, me, key).await
     }
 
-    /// Opens a timeline from its control file and WAL.
-    pub async fn open(data: &Path, key: TimelineKey) -> Result<Timeline, TimelineError> {
+    /// Opens a timeline of safekeeper `me` from its control file and WAL.
+    pub async fn open(
+        data: &Path,
+        me: NodeId,
+        key: TimelineKey,
+    ) -> Result<Timeline, TimelineError> {
         let dir = Timeline::dir_of(data, &key);
         let error = |what: String| TimelineError {
             key: key_name(&key),
@@ -113,7 +118,13 @@ impl Timeline {
         let wal = WalStore::open(&dir, file.state.wal_start, file.segment_size, 1)
             .await
             .map_err(|e| error(e.to_string()))?;
-        let acceptor = Acceptor::restore(file.state, wal.flush_lsn(), MEMBERS);
+        if !file.state.members.contains(me) {
+            return Err(error(format!(
+                "safekeeper {me} is not one of the timeline's members ({})",
+                file.state.members
+            )));
+        }
+        let acceptor = Acceptor::restore(file.state, wal.flush_lsn(), me);
         // The compute of the current term, if one was announced.
         let compute = std::fs::read_to_string(dir.join(COMPUTE_FILE))
             .ok()
@@ -174,15 +185,16 @@ impl Timeline {
         Ok(self.state.lock().await)
     }
 
-    /// Runs a request through the acceptor, doing its I/O; `bytes` are an
-    /// append's.
+    /// Runs a request from `from` through the acceptor, doing its I/O;
+    /// `bytes` are an append's.
     pub async fn handle(
         &self,
+        from: Sender,
         request: &Request,
         bytes: &[u8],
     ) -> Result<Option<Response>, TimelineError> {
         let mut state = self.lock().await?;
-        let actions = state.acceptor.handle(request);
+        let actions = state.acceptor.handle(from, request);
         if let Some(cut) = actions.truncate {
             state
                 .wal

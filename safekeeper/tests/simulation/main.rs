@@ -4,7 +4,8 @@
 //! seed then calms down and must elect a proposer that commits. Invariants
 //! (`checker.rs`): no two different bytes committed at one LSN; committed
 //! WAL never lost; at the end every safekeeper's WAL equals the committed
-//! WAL up to its flush LSN.
+//! WAL up to its flush LSN; every message a rogue non-member forges is
+//! refused.
 //!
 //! `QUIRE_SIM_SEEDS=N` runs seeds 0..N (default 5000); `QUIRE_SIM_SEED=S`
 //! replays one seed with a trace of elections, terms and restarts.
@@ -14,6 +15,7 @@
 
 mod checker;
 mod rng;
+mod rogue;
 mod world;
 
 use world::{Counts, World};
@@ -34,6 +36,7 @@ fn add(total: &mut Counts, one: &Counts) {
     total.proposer_deaths += one.proposer_deaths;
     total.fenced_proposers += one.fenced_proposers;
     total.commits += one.commits;
+    total.forgeries += one.forgeries;
 }
 
 #[test]
@@ -60,7 +63,7 @@ fn consensus_is_safe_under_faults() {
         add(&mut total, &world.counts);
     }
     println!(
-        "simulation: {seeds} seeds in {:.1} s; {} messages ({} dropped), {} partitions, {} crashes, {} torn control-file writes, {} WAL truncations, {} bytes by peer recovery, {} elections, {} proposer deaths, {} proposers fenced, {} commits",
+        "simulation: {seeds} seeds in {:.1} s; {} messages ({} dropped), {} partitions, {} crashes, {} torn control-file writes, {} WAL truncations, {} bytes by peer recovery, {} elections, {} proposer deaths, {} proposers fenced, {} commits, {} forgeries refused",
         started.elapsed().as_secs_f64(),
         total.messages,
         total.dropped,
@@ -72,7 +75,8 @@ fn consensus_is_safe_under_faults() {
         total.elections,
         total.proposer_deaths,
         total.fenced_proposers,
-        total.commits
+        total.commits,
+        total.forgeries
     );
     assert!(
         failures.is_empty(),

@@ -4,20 +4,25 @@
 //! a network that drops, delays, reorders and partitions messages. Nodes
 //! crash (losing unflushed WAL, or part of it) and restart from what their
 //! disk kept; a crash in the middle of a control-file replacement leaves
-//! the old file. Everything is driven by one seeded generator and an event
-//! queue, so a seed replays exactly.
+//! the old file. A rogue node outside the member set forges every message
+//! kind (`rogue.rs`); every forgery must be refused. Everything is driven by
+//! one seeded generator and an event queue, so a seed replays exactly.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use quire_postgres::Lsn;
-use quire_safekeeper::acceptor::{Acceptor, DurableState, FlushTicket, Request, Response};
+use quire_safekeeper::acceptor::{Acceptor, Actions, DurableState, FlushTicket, Request, Response};
 use quire_safekeeper::control_file::ControlFile;
 use quire_safekeeper::election::{Election, QuorumCommit, Won};
 use quire_safekeeper::history::{Term, TermHistory};
+use quire_safekeeper::membership::{Member, Membership, NodeId, Sender};
+
+mod proposers;
 
 use crate::checker::Checker;
 use crate::rng::Rng;
+use crate::rogue::{self, Forgery, ROGUE, ROGUE_ID};
 
 pub const ACCEPTORS: usize = 3;
 const WAL_START: u64 = 0x0100_0028;
@@ -36,6 +41,28 @@ fn whole_records(limit: usize) -> usize {
 }
 const FIRST_PROPOSER: usize = 100;
 
+/// The timeline's member set: safekeepers 1 to 3 (node `n` is id `n + 1`).
+fn members() -> Membership {
+    Membership::new(
+        (1..=ACCEPTORS as u32)
+            .map(|id| Member {
+                id: NodeId(id),
+                address: format!("sk{id}:5454"),
+            })
+            .collect(),
+    )
+    .expect("a valid member set")
+}
+
+/// The safekeeper id of node `node` as the network authenticates it.
+fn node_id(node: usize) -> NodeId {
+    if node == ROGUE {
+        NodeId(ROGUE_ID)
+    } else {
+        NodeId(node as u32 + 1)
+    }
+}
+
 /// What happened, for the summary.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counts {
@@ -50,6 +77,7 @@ pub struct Counts {
     pub proposer_deaths: u64,
     pub fenced_proposers: u64,
     pub commits: u64,
+    pub forgeries: u64,
 }
 
 enum Payload {
@@ -83,6 +111,7 @@ enum Event {
     FinalProposer,
     Partition,
     Heal(usize),
+    RogueTick,
 }
 
 struct Node {
@@ -105,7 +134,7 @@ struct Node {
 enum Phase {
     Electing {
         election: Election,
-        logs: Vec<(u32, Vec<u8>)>,
+        logs: Vec<(NodeId, Vec<u8>)>,
         deadline: u64,
     },
     Running {
@@ -139,21 +168,42 @@ pub struct World {
 }
 
 fn offset(lsn: Lsn) -> usize {
-    usize::try_from(lsn.0 - WAL_START).unwrap_or(usize::MAX)
+    usize::try_from(lsn.0.saturating_sub(WAL_START)).unwrap_or(usize::MAX)
 }
 
 fn lsn_of(offset: usize) -> Lsn {
     Lsn(WAL_START + offset as u64)
 }
 
+/// A forged request must have been refused, and done nothing.
+fn forgery_refused(
+    node: usize,
+    request: &Request,
+    actions: &Actions,
+    acceptor: &Acceptor,
+    refused_before: u64,
+) -> Result<(), String> {
+    let refused = acceptor.refused_senders() == refused_before + 1
+        && actions.truncate.is_none()
+        && actions.persist.is_none()
+        && actions.write.is_none();
+    if refused {
+        Ok(())
+    } else {
+        Err(format!(
+            "acceptor {node} took a forged {request:?}: {actions:?}"
+        ))
+    }
+}
+
 impl World {
     pub fn new(seed: u64) -> World {
         let nodes = (0..ACCEPTORS)
-            .map(|_| Node {
+            .map(|node| Node {
                 acceptor: Some(Acceptor::restore(
-                    DurableState::new(Lsn(WAL_START)),
+                    DurableState::new(Lsn(WAL_START), members()),
                     Lsn(WAL_START),
-                    ACCEPTORS,
+                    node_id(node),
                 )),
                 incarnation: 0,
                 control: None,
@@ -184,6 +234,7 @@ impl World {
             world.schedule(1, Event::AcceptorTick(node));
         }
         world.schedule(1, Event::NewProposer);
+        world.schedule(5, Event::RogueTick);
         let first_partition = world.rng.range(100, 400);
         world.schedule(first_partition, Event::Partition);
         world
@@ -273,6 +324,58 @@ impl World {
                 self.isolated.retain(|&v| v != victim);
                 Ok(())
             }
+            Event::RogueTick => {
+                self.rogue_tick();
+                Ok(())
+            }
+        }
+    }
+
+    /// The rogue forges one message at a random acceptor or at the newest
+    /// proposer, all through the faulty phase.
+    fn rogue_tick(&mut self) {
+        if !self.faulty() {
+            return;
+        }
+        let next = self.rng.range(1, 6);
+        self.schedule(next, Event::RogueTick);
+        let node = self.rng.range(0, ACCEPTORS as u64 - 1) as usize;
+        let Some(acceptor) = &self.nodes[node].acceptor else {
+            return;
+        };
+        let target = rogue::Target {
+            term: acceptor.term(),
+            history: &acceptor.durable().history.clone(),
+            flush: acceptor.flush_lsn(),
+        };
+        let ids: Vec<u32> = members().members().iter().map(|m| m.id.0).collect();
+        let forgery = rogue::forge(&mut self.rng, &target, &ids);
+        self.counts.forgeries += 1;
+        match forgery {
+            Forgery::ToAcceptor(request, bytes) => {
+                self.send(ROGUE, node, Payload::Request(request, bytes));
+            }
+            Forgery::Fetch {
+                term,
+                history,
+                from,
+                to,
+            } => self.send(
+                ROGUE,
+                node,
+                Payload::Fetch {
+                    term,
+                    history,
+                    from,
+                    to,
+                },
+            ),
+            Forgery::ToProposer(response, log) => {
+                if !self.proposers.is_empty() {
+                    let newest = FIRST_PROPOSER + self.proposers.len() - 1;
+                    self.send(ROGUE, newest, Payload::Response(response, log));
+                }
+            }
         }
     }
 
@@ -351,7 +454,7 @@ impl World {
         if acceptor.is_elected_member() {
             for peer in (0..ACCEPTORS).filter(|&p| p != node) {
                 let gossip = Request::PeerFlush {
-                    peer: node as u32,
+                    peer: node_id(node).0,
                     term: acceptor.term(),
                     flush: acceptor.flush_lsn(),
                 };
@@ -388,9 +491,9 @@ impl World {
                     .map_err(|e| format!("acceptor {node} cannot read its control file: {e}"))?
                     .state
             }
-            None => DurableState::new(Lsn(WAL_START)),
+            None => DurableState::new(Lsn(WAL_START), members()),
         };
-        let acceptor = Acceptor::restore(state, lsn_of(n.wal.len()), ACCEPTORS);
+        let acceptor = Acceptor::restore(state, lsn_of(n.wal.len()), node_id(node));
         n.commit_seen = acceptor.commit_lsn();
         n.acceptor = Some(acceptor);
         if self.trace {
@@ -465,6 +568,10 @@ impl World {
                 let Some(acceptor) = &self.nodes[node].acceptor else {
                     return Ok(());
                 };
+                // Only members are served (the host checks who asks).
+                if !acceptor.members().contains(node_id(message.from)) {
+                    return Ok(());
+                }
                 if acceptor.can_serve(&history, from, to) {
                     let bytes = self.nodes[node].wal[offset(from)..offset(to)].to_vec();
                     let len = bytes.len() as u64;
@@ -492,7 +599,21 @@ impl World {
             return Ok(());
         };
         let commit_before = acceptor.commit_lsn();
-        let actions = acceptor.handle(request);
+        // Who the request is from, as an authenticated connection would
+        // establish it: WAL from an acceptor is what this node fetched in
+        // recovery.
+        let sender = if from >= FIRST_PROPOSER {
+            Sender::Proposer
+        } else if from == ROGUE || matches!(request, Request::PeerFlush { .. }) {
+            Sender::Peer(node_id(from))
+        } else {
+            Sender::Local
+        };
+        let refused_before = acceptor.refused_senders();
+        let actions = acceptor.handle(sender, request);
+        if from == ROGUE {
+            return forgery_refused(node, request, &actions, acceptor, refused_before);
+        }
         let member = acceptor.is_elected_member();
         if let Some(cut) = actions.truncate {
             // The commit LSN may end inside a record (a majority holds
@@ -572,216 +693,6 @@ impl World {
                 _ => Vec::new(),
             };
             self.send(node, from, Payload::Response(reply, log));
-        }
-        Ok(())
-    }
-
-    // ---- proposers ----
-
-    fn start_proposer(&mut self, last: bool) {
-        // A compute control picks a term above those it knows of; two
-        // starting at once may pick the same one (at most one can win it).
-        if last || self.rng.chance(700) || self.highest_term == 0 {
-            self.highest_term += 1;
-        }
-        let election = Election::new(self.highest_term, ACCEPTORS);
-        self.proposers.push(Proposer {
-            alive: true,
-            phase: Phase::Electing {
-                election,
-                logs: Vec::new(),
-                deadline: 0,
-            },
-        });
-        let id = FIRST_PROPOSER + self.proposers.len() - 1;
-        self.schedule(1, Event::ProposerTick(id));
-    }
-
-    fn proposer_tick(&mut self, id: usize) {
-        let index = id - FIRST_PROPOSER;
-        if !self.proposers[index].alive {
-            return;
-        }
-        let next = self.rng.range(1, 3);
-        self.schedule(next, Event::ProposerTick(id));
-        if self.faulty() && self.rng.chance(3) {
-            // The compute dies, or seems to; another starts (sometimes
-            // while this one lives on: it must be fenced, not trusted).
-            if self.rng.chance(600) {
-                self.proposers[index].alive = false;
-                self.counts.proposer_deaths += 1;
-            }
-            let after = self.rng.range(5, 60);
-            self.schedule(after, Event::NewProposer);
-        }
-        let now = self.now;
-        let mut sends: Vec<(usize, Payload)> = Vec::new();
-        match &mut self.proposers[index].phase {
-            Phase::Electing {
-                election,
-                logs,
-                deadline,
-            } => {
-                if now < *deadline {
-                    return;
-                }
-                if *deadline > 0 {
-                    // No majority in time: a new term above all seen.
-                    let term = election.highest_term_seen() + 1;
-                    self.highest_term = self.highest_term.max(term);
-                    *election = Election::new(term, ACCEPTORS);
-                    logs.clear();
-                }
-                *deadline = now + 60;
-                let term = election.term();
-                for node in 0..ACCEPTORS {
-                    sends.push((node, Payload::Request(Request::Vote { term }, Vec::new())));
-                }
-            }
-            Phase::Running {
-                won,
-                log,
-                quorum,
-                announced,
-                ..
-            } => {
-                if self.rng.chance(300) {
-                    let records = self.rng.range(1, 3) as usize;
-                    log.extend((0..records * RECORD).map(|_| self.rng.byte()));
-                }
-                let log_end = lsn_of(log.len());
-                for (node, announced) in announced.iter().enumerate() {
-                    if !announced {
-                        let elected = Request::Elected {
-                            term: won.term,
-                            history: won.history.clone(),
-                        };
-                        sends.push((node, Payload::Request(elected, Vec::new())));
-                        continue;
-                    }
-                    let begin = quorum
-                        .flushed(node as u32)
-                        .unwrap_or(won.start)
-                        .max(won.start);
-                    if begin < log_end {
-                        let end = log_end.min(Lsn(begin.0 + CHUNK));
-                        let bytes = log[offset(begin)..offset(end)].to_vec();
-                        let append = Request::Append {
-                            term: won.term,
-                            begin,
-                            len: bytes.len() as u64,
-                        };
-                        sends.push((node, Payload::Request(append, bytes)));
-                    }
-                }
-            }
-        }
-        for (node, payload) in sends {
-            self.send(id, node, payload);
-        }
-    }
-
-    fn proposer_hears(
-        &mut self,
-        id: usize,
-        node: usize,
-        response: &Response,
-        voter_log: Vec<u8>,
-    ) -> Result<(), String> {
-        let index = id - FIRST_PROPOSER;
-        if !self.proposers[index].alive {
-            return Ok(());
-        }
-        let proposer = &mut self.proposers[index];
-        match &mut proposer.phase {
-            Phase::Electing { election, logs, .. } => {
-                election.on_response(node as u32, response);
-                if let Response::Vote {
-                    granted: true,
-                    term,
-                    ..
-                } = response
-                    && *term == election.term()
-                {
-                    logs.push((node as u32, voter_log));
-                }
-                let Some(won) = election.outcome() else {
-                    return Ok(());
-                };
-                // The new compute starts where the donor's last whole
-                // record ends.
-                let won = won.starting_at(lsn_of(whole_records(offset(won.start))));
-                let mut donor_log = logs
-                    .iter()
-                    .rev()
-                    .find(|(n, _)| *n == won.donor)
-                    .map(|(_, log)| log.clone())
-                    .ok_or("the donor's vote carried no log")?;
-                donor_log.truncate(whole_records(donor_log.len()));
-                if donor_log.len() != offset(won.start) {
-                    return Err(format!(
-                        "donor {} voted with flush {} but holds {} bytes",
-                        won.donor,
-                        won.start,
-                        donor_log.len()
-                    ));
-                }
-                self.checker
-                    .elected(&format!("proposer {id} (term {})", won.term), &donor_log)?;
-                self.counts.elections += 1;
-                if self.trace {
-                    eprintln!(
-                        "{:>5} proposer {id} elected in term {} at {} (donor {})",
-                        self.now, won.term, won.start, won.donor
-                    );
-                }
-                proposer.phase = Phase::Running {
-                    quorum: QuorumCommit::new(won.term, ACCEPTORS),
-                    won,
-                    log: donor_log,
-                    announced: [false; ACCEPTORS],
-                    committed: 0,
-                };
-            }
-            Phase::Running {
-                won,
-                log,
-                quorum,
-                announced,
-                committed,
-            } => {
-                let newer = match response {
-                    Response::Vote { term, .. }
-                    | Response::Flushed { term, .. }
-                    | Response::Refused { term, .. } => *term > won.term,
-                };
-                if newer {
-                    // Fenced: a newer term was elected.
-                    proposer.alive = false;
-                    self.counts.fenced_proposers += 1;
-                    return Ok(());
-                }
-                if let Response::Flushed { term, flush, .. } = response
-                    && *term == won.term
-                {
-                    if offset(*flush) > log.len() {
-                        return Err(format!(
-                            "acceptor {node} acknowledged {flush}, past the proposer's log end {}",
-                            lsn_of(log.len())
-                        ));
-                    }
-                    announced[node] = true;
-                    quorum.on_response(node as u32, response);
-                    // Postgres' commits end at records' ends.
-                    if let Some(commit) = quorum.commit_lsn()
-                        && whole_records(offset(commit)) > *committed
-                    {
-                        *committed = whole_records(offset(commit));
-                        self.checker
-                            .commit(&format!("proposer {id}"), log, *committed)?;
-                    }
-                }
-            }
         }
         Ok(())
     }
