@@ -5,4 +5,9 @@
 //! vectored GetPage, Nblocks, Exists, DbSize, SLRU segment), as a pure codec,
 //! and the page service that hands each connection to the core owning its
 //! shard once, at handshake.
+//!
+//! Today it owns the signed access tokens ([`token`]) that the safekeepers
+//! check and the page service will take at its handshake.
 #![forbid(unsafe_code)]
+
+pub mod token;
