@@ -77,11 +77,15 @@ for makefile in "$here"/extensions/*/Makefile; do
 done
 touch "$prefix/.complete"
 
-# Keep the ext_max most recently used copies of this build; an older one is
-# removed only when nobody holds its lock.
+# Keep the ext_max most recently used copies of this build; beyond them, a
+# copy goes only when no checkout has asked for it in ext_idle_hours (every
+# make target does, through this script; a test run in progress uses the copy
+# it asked for at its start) and nobody holds its lock. Each is about 100 MB.
 ext_max=3
+ext_idle_hours=24
 ls -1td "$key_dir"/ext-*/install/.complete 2>/dev/null | tail -n +$((ext_max + 1)) |
     while read -r stale; do
+        [ -n "$(find "$stale" -mmin +$((ext_idle_hours * 60)))" ] || continue
         stale_dir=$(dirname "$(dirname "$stale")")
         (
             exec 8>"$stale_dir.lock"

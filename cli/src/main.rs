@@ -8,6 +8,7 @@
 mod demo;
 mod elect;
 mod safekeeper;
+mod token;
 mod verify;
 mod waldump;
 
@@ -35,6 +36,8 @@ enum Command {
     Safekeeper(safekeeper::SafekeeperArgs),
     /// Elect a compute on the safekeepers (at compute start) and print where its WAL begins.
     Elect(elect::ElectArgs),
+    /// Make key pairs and signed access tokens for the servers' authentication.
+    Token(token::TokenArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -47,5 +50,6 @@ fn main() -> Result<ExitCode> {
         Command::Verify(args) => verify::run(&args),
         Command::Safekeeper(args) => safekeeper::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Elect(args) => elect::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Token(args) => token::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -175,13 +175,21 @@ impl TokenSigner {
         }
     }
 
-    /// The private key in PEM.
-    pub fn private_pem(&self) -> Result<String, TokenError> {
-        use ed25519_dalek::pkcs8::EncodePrivateKey as _;
-        self.key
-            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-            .map(|pem| pem.to_string())
-            .map_err(|_| TokenError::BadKey("private"))
+    /// The private key in PEM: PKCS#8 version 1 as RFC 8410 gives it for
+    /// Ed25519 (the form `openssl genpkey -algorithm ed25519` writes and
+    /// every openssl reads; version 2, which adds the public key, is not
+    /// read by openssl 3.0).
+    pub fn private_pem(&self) -> String {
+        /// SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING
+        /// { OCTET STRING (32 bytes) } }, up to the seed.
+        const PREFIX: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(&self.key.to_bytes());
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n")
     }
 
     /// The matching public key in PEM, for the servers.
@@ -238,8 +246,19 @@ mod tests {
         let claims = peer(2, Some(2_000));
         let token = signer.mint(&claims);
         assert_eq!(verifier.verify(&token, 1_000), Ok(claims));
-        let back = TokenSigner::from_pem(&signer.private_pem().expect("pem")).expect("private key");
+        let back = TokenSigner::from_pem(&signer.private_pem()).expect("private key");
         assert_eq!(back.mint(&peer(3, None)), signer.mint(&peer(3, None)));
+    }
+
+    #[test]
+    fn keys_in_openssl_forms_are_read() {
+        // `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout`.
+        let private = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIOdHlZ/e8xP3XDHIRsS3XrfwcvbkbmlBvAwZxReI4JJ6\n-----END PRIVATE KEY-----\n";
+        let signer = TokenSigner::from_pem(private).expect("openssl's private key");
+        assert_eq!(signer.private_pem(), private);
+        let verifier = TokenVerifier::from_pem(&signer.public_pem().expect("pem")).expect("public");
+        let token = signer.mint(&peer(1, None));
+        assert!(verifier.verify(&token, 0).is_ok());
     }
 
     #[test]
