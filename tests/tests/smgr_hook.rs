@@ -133,18 +133,14 @@ fn regression_suite_passes_through_the_smgr_hook() -> Result<()> {
         .arg("-C")
         .arg(&regress)
         .args(["-s", "installcheck-parallel"])
-        .arg(format!(
-            "EXTRA_REGRESS_OPTS=--outputdir={}",
-            outputs.path().display()
-        ))
+        .arg(format!("EXTRA_REGRESS_OPTS=--outputdir={}", outputs.path().display()))
         .env("PGHOST", "127.0.0.1")
         .env("PGPORT", pg.port().to_string())
         .env("PGUSER", quire_cluster::SUPERUSER);
     let output = run_bounded(&mut command, Duration::from_secs(900))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        let diffs =
-            std::fs::read_to_string(outputs.path().join("regression.diffs")).unwrap_or_default();
+        let diffs = std::fs::read_to_string(outputs.path().join("regression.diffs")).unwrap_or_default();
         bail!(
             "the regression suite failed through the smgr hook:\n{stdout}\n{}\n{}",
             String::from_utf8_lossy(&output.stderr),
