@@ -6,7 +6,7 @@
 //! hdrhistogram. The goal (issue 6): quorum commit at most 1.5× the local
 //! fsync latency.
 //!
-//! The safekeepers run in this process, one glommio executor thread each,
+//! The safekeepers run in this process, one executor thread each,
 //! exactly as `quire safekeeper` runs them.
 //! Run: `cargo bench -p quire-bench --bench commit_latency`
 //! (`QUIRE_BENCH_COMMIT_SECONDS` per round, default 10).
@@ -20,9 +20,9 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use quire_cluster::{PgCluster, PgClusterOptions, PgInstall, run_checked};
+use quire_io::{LocalConfig, spawn_executor};
 use quire_safekeeper::server::peers::Peer;
 use quire_safekeeper::server::{Config, Server};
 
@@ -48,14 +48,16 @@ fn start_safekeepers(root: &std::path::Path) -> Vec<String> {
             pg_user: quire_cluster::SUPERUSER.into(),
         };
         // Detached: the executors live until the process ends.
-        let _ = LocalExecutorBuilder::default()
-            .name(&format!("sk{}", i + 1))
-            .io_memory(4 << 20)
-            .spawn(move || async move {
-                let server = Server::open(config).await.unwrap();
-                server.serve().await.unwrap();
-            })
-            .unwrap();
+        let executor = LocalConfig {
+            cpu: None,
+            io_memory_bytes: 4 << 20,
+            name: format!("sk{}", i + 1),
+        };
+        let _ = spawn_executor(&executor, move || async move {
+            let server = Server::open(config).await.unwrap();
+            server.serve().await.unwrap();
+        })
+        .unwrap();
     }
     for address in &addresses {
         while std::net::TcpStream::connect(address).is_err() {

@@ -5,7 +5,8 @@
 //! - (a) a block-cache hit: the page's blocks are all cached;
 //! - (b) a cold image read: the page's block was never read, beside an
 //!   O_DIRECT 8 KiB read of a block of the same file through the same
-//!   io_uring (the two interleaved, sample by sample);
+//!   io_uring (`quire_io::BlockFile::read_blocks` on a handle of its own:
+//!   no cache, no checksum; the two interleaved, sample by sample);
 //! - (c) an image plus 1, 8 and 64 deltas, cache warm (inputs returned, not
 //!   applied: redo is the redo crate's cost);
 //! - blocks read per cold lookup against the B-tree's height;
@@ -22,9 +23,8 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
 
-use glommio::io::DmaFile;
-use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
+use quire_io::{BlockFile, LocalConfig, run_local};
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
 use quire_shard::layer_builder::LayerBuilder;
@@ -184,7 +184,9 @@ async fn cold_image_vs_pread(timeline: &Timeline, core: &CoreContext, at: Lsn) {
         .unwrap()
         .clone();
     let path = timeline.directory().join(image.name().to_string());
-    let raw = DmaFile::open(&path).await.unwrap();
+    // The peer: a bare O_DIRECT read of one block of the same file (its own
+    // handle, no cache, no checksum).
+    let raw = BlockFile::open(&path, u64::MAX).await.unwrap();
     let blocks = image.block_count();
     let (mut engine, mut direct) = (histogram(), histogram());
     let keys = permutation(IMAGE_KEYS, 7);
@@ -200,9 +202,9 @@ async fn cold_image_vs_pread(timeline: &Timeline, core: &CoreContext, at: Lsn) {
         misses_max = misses_max.max(misses);
         misses_total += misses;
 
-        let offset = u64::from(1 + raw_blocks[i] % (blocks - 1)) * 8192;
+        let block = 1 + raw_blocks[i] % (blocks - 1);
         let start = Instant::now();
-        let read = raw.read_at_aligned(offset, 8192).await.unwrap();
+        let read = raw.read_blocks(block, 1).await.unwrap();
         direct.record(start.elapsed().as_nanos() as u64).unwrap();
         assert_eq!(read.len(), 8192);
     }
@@ -340,27 +342,27 @@ fn main() {
     std::fs::create_dir_all(&root).unwrap();
     let dir = tempfile::tempdir_in(&root).unwrap();
     let path = dir.path().to_owned();
-    LocalExecutorBuilder::new(Placement::Fixed(0))
-        .io_memory(4 << 20)
-        .spawn(move || async move {
-            let core = CoreContext::new(32 << 20);
-            // First, while the allocator holds little free memory to reuse.
-            std::fs::create_dir_all(path.join("layers")).unwrap();
-            layer_map_memory(&path.join("layers"), &core).await;
-            let started = Instant::now();
-            let (timeline, at) = build(&path.join("timeline"), &core).await;
-            println!(
-                "built: {} layers in {:.1} s; image layer of {IMAGE_KEYS} pages; chains of {CHAIN_DEPTHS:?} records",
-                timeline.layer_map().len(),
-                started.elapsed().as_secs_f64()
-            );
-            hot(&timeline, at).await;
-            cold_image_vs_pread(&timeline, &core, at).await;
-            first_lookup_blocks(&path.join("timeline")).await;
-            chains(&timeline, at).await;
-
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    let executor = LocalConfig {
+        cpu: Some(0),
+        io_memory_bytes: 4 << 20,
+        name: "getpage".into(),
+    };
+    run_local(&executor, move || async move {
+        let core = CoreContext::new(32 << 20);
+        // First, while the allocator holds little free memory to reuse.
+        std::fs::create_dir_all(path.join("layers")).unwrap();
+        layer_map_memory(&path.join("layers"), &core).await;
+        let started = Instant::now();
+        let (timeline, at) = build(&path.join("timeline"), &core).await;
+        println!(
+            "built: {} layers in {:.1} s; image layer of {IMAGE_KEYS} pages; chains of {CHAIN_DEPTHS:?} records",
+            timeline.layer_map().len(),
+            started.elapsed().as_secs_f64()
+        );
+        hot(&timeline, at).await;
+        cold_image_vs_pread(&timeline, &core, at).await;
+        first_lookup_blocks(&path.join("timeline")).await;
+        chains(&timeline, at).await;
+    })
+    .unwrap();
 }

@@ -18,9 +18,9 @@
 
 use std::time::Instant;
 
-use glommio::LocalExecutorBuilder;
 use hdrhistogram::Histogram;
 use quire_io::SegmentFile;
+use quire_io::{LocalConfig, run_local};
 use quire_postgres::Lsn;
 use quire_safekeeper::wal_store::WalStore;
 
@@ -122,9 +122,12 @@ async fn raw_segments(dir: &std::path::Path, write: usize) -> Run {
 fn main() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let root = dir.path().to_owned();
-    LocalExecutorBuilder::default()
-        .io_memory(8 << 20)
-        .spawn(move || async move {
+    run_local(
+        &LocalConfig {
+            io_memory_bytes: 8 << 20,
+            ..LocalConfig::default()
+        },
+        move || async move {
             // Interleaved, so the shared machine's noise hits both alike.
             for round in 0..2 {
                 println!("round {}", round + 1);
@@ -134,8 +137,7 @@ fn main() {
                 report(&wal_store(&root.join("wal"), 8 << 10, 16).await);
                 report(&raw_segments(&root.join("raw8"), 8 << 10).await);
             }
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+        },
+    )
+    .unwrap();
 }

@@ -44,27 +44,24 @@ pub fn run(args: &ElectArgs) -> Result<()> {
         .parse()
         .map_err(|e: String| anyhow!("--timeline {e}"))?;
     let args = args.clone();
-    let won = glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move {
-            if let (Some(start), Some(system_id)) = (args.create_at, args.system_id) {
-                compute_control::create_timeline(
-                    &args.safekeepers,
-                    key,
-                    start,
-                    args.segment_size,
-                    system_id,
-                )
-                .await?;
-            }
-            anyhow::Ok(
-                compute_control::elect(&args.safekeepers, key, &args.compute, args.segment_size)
-                    .await?,
+    let won = quire_io::run_local(&quire_io::LocalConfig::default(), move || async move {
+        if let (Some(start), Some(system_id)) = (args.create_at, args.system_id) {
+            compute_control::create_timeline(
+                &args.safekeepers,
+                key,
+                start,
+                args.segment_size,
+                system_id,
             )
-        })
-        .map_err(|e| anyhow!("{e}"))?
-        .join()
-        .map_err(|e| anyhow!("{e}"))?
-        .context("election")?;
+            .await?;
+        }
+        anyhow::Ok(
+            compute_control::elect(&args.safekeepers, key, &args.compute, args.segment_size)
+                .await?,
+        )
+    })
+    .map_err(|e| anyhow!("{e}"))?
+    .context("election")?;
     println!(
         "elected term {} (donor safekeeper {}); the compute's WAL starts at {}",
         won.term, won.donor.0, won.start

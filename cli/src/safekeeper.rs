@@ -3,7 +3,7 @@
 //! It serves the safekeeper protocol (docs/safekeeper-protocol.md) on
 //! `--listen`, keeps its timelines under `--data`, talks to the other
 //! safekeepers named by `--peer ID=HOST:PORT`, and streams WAL from each
-//! timeline's elected compute as standby `sk<ID>`. One glommio executor,
+//! timeline's elected compute as standby `sk<ID>`. One executor,
 //! pinned to `--cpu` (default: the id modulo the CPUs).
 
 use std::path::PathBuf;

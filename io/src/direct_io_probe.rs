@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use glommio::io::DmaFile;
 
@@ -22,6 +23,10 @@ use crate::block_file::FileError;
 thread_local! {
     static PRIMED: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
 }
+
+/// Numbers the probe files of this process: executors on several threads
+/// may prime one directory at once, and each needs a file of its own.
+static PROBES: AtomicU64 = AtomicU64::new(0);
 
 fn error(operation: &'static str, path: &Path, source: impl Into<std::io::Error>) -> FileError {
     FileError {
@@ -40,7 +45,11 @@ pub async fn prime_device_of(dir: &Path) -> Result<(), FileError> {
     if PRIMED.with(|primed| primed.borrow().contains(&device)) {
         return Ok(());
     }
-    let probe = dir.join(format!(".quire-direct-io-probe-{}", std::process::id()));
+    let probe = dir.join(format!(
+        ".quire-direct-io-probe-{}-{}",
+        std::process::id(),
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    ));
     {
         let mut file = std::fs::File::create(&probe).map_err(|e| error("create", &probe, e))?;
         file.write_all(&[0x5A; 4096])

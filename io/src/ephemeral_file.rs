@@ -9,9 +9,10 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use glommio::io::{DmaFile, ReadResult};
+use glommio::io::DmaFile;
 
 use crate::block_file::{BLOCK_SIZE, FileError, write_whole_blocks};
+use crate::read_buf::ReadBuf;
 
 /// The file; see the module documentation.
 #[derive(Debug)]
@@ -71,7 +72,7 @@ impl EphemeralFile {
     }
 
     /// Reads block `block`, which must have been written, and checks it.
-    pub async fn read_block(&self, block: u32) -> Result<ReadResult, FileError> {
+    pub async fn read_block(&self, block: u32) -> Result<ReadBuf, FileError> {
         let Some(expected) = self.crcs.borrow().get(block as usize).copied().flatten() else {
             return Err(error(
                 "read",
@@ -101,7 +102,7 @@ impl EphemeralFile {
                 )),
             ));
         }
-        Ok(read)
+        Ok(ReadBuf::new(read))
     }
 
     /// Closes and deletes the file.

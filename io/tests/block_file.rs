@@ -1,6 +1,7 @@
 //! Direct-I/O block files on real executors: a file written block by block
 //! becomes durable under its final name and reads back byte for byte, in
-//! single, contiguous and scattered reads, on every core.
+//! single, contiguous and scattered reads (a contiguous read sliced into
+//! blocks without a copy), on every core.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::path::PathBuf;
@@ -49,7 +50,12 @@ fn blocks_written_durably_read_back_on_every_core() {
                     &run[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE],
                     pattern(10 + i as u32).as_slice()
                 );
+                // A block of the run, shared rather than copied.
+                let block = run.slice(i * BLOCK_SIZE, BLOCK_SIZE).unwrap();
+                assert_eq!(block.as_ptr(), run[i * BLOCK_SIZE..].as_ptr());
+                assert_eq!(&*block, pattern(10 + i as u32).as_slice());
             }
+            assert!(run.slice(4 * BLOCK_SIZE, BLOCK_SIZE + 1).is_none());
             let scattered = file.read_scattered(&[39, 3, 17]).await.unwrap();
             for (read, block) in scattered.iter().zip([39, 3, 17]) {
                 assert_eq!(&**read, pattern(block).as_slice());

@@ -108,7 +108,7 @@ pub async fn follow(
             bail!("WAL up to {until} did not arrive in {deadline:?} (ingested to {resume})");
         }
         let Some((index, _)) = most_advanced(source, avoid).await else {
-            glommio::timer::sleep(Duration::from_millis(100)).await;
+            quire_io::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let address = &source.safekeepers[index];

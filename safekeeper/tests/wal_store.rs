@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use glommio::LocalExecutorBuilder;
+use quire_io::{LocalConfig, run_local};
 use quire_postgres::Lsn;
 use quire_postgres::wal::writer::WalWriter;
 use quire_safekeeper::wal_store::WalStore;
@@ -42,12 +42,11 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    LocalExecutorBuilder::default()
-        .io_memory(2 << 20)
-        .spawn(f)
-        .expect("executor")
-        .join()
-        .expect("the test task");
+    let config = LocalConfig {
+        io_memory_bytes: 2 << 20,
+        ..LocalConfig::default()
+    };
+    run_local(&config, f).expect("the test task");
 }
 
 fn slice(bytes: &[u8], from: Lsn, to: Lsn) -> &[u8] {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 
-use glommio::LocalExecutorBuilder;
+use quire_io::{LocalConfig, run_local};
 use quire_layerfmt::LayerError;
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
@@ -194,10 +194,12 @@ async fn run(dir: &Path) {
 fn flipped_bits_are_reported_never_served() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().to_owned();
-    LocalExecutorBuilder::default()
-        .io_memory(2 << 20)
-        .spawn(move || async move { run(&path).await })
-        .unwrap()
-        .join()
-        .unwrap();
+    run_local(
+        &LocalConfig {
+            io_memory_bytes: 2 << 20,
+            ..LocalConfig::default()
+        },
+        move || async move { run(&path).await },
+    )
+    .unwrap();
 }

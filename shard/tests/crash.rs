@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::LocalExecutorBuilder;
+use quire_io::{LocalConfig, run_local};
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
 use quire_shard::{CoreContext, ImagePolicy, Timeline, Value, materialize};
@@ -199,12 +199,14 @@ async fn writer(dir: &Path) {
 #[ignore = "run by writer_survives_sigkill as its child process"]
 fn crash_writer() {
     let dir = std::env::var_os("QUIRE_CRASH_DIR").expect("QUIRE_CRASH_DIR");
-    LocalExecutorBuilder::default()
-        .io_memory(2 << 20)
-        .spawn(move || async move { writer(Path::new(&dir)).await })
-        .unwrap()
-        .join()
-        .unwrap();
+    run_local(
+        &LocalConfig {
+            io_memory_bytes: 2 << 20,
+            ..LocalConfig::default()
+        },
+        move || async move { writer(Path::new(&dir)).await },
+    )
+    .unwrap();
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use glommio::LocalExecutorBuilder;
+use quire_io::{LocalConfig, run_local};
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
 use quire_shard::{CoreContext, Timeline, Value};
@@ -44,9 +44,12 @@ fn ephemeral_files(dir: &std::path::Path) -> Vec<u64> {
 fn values_spill_to_the_ephemeral_file_and_read_back() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().to_owned();
-    LocalExecutorBuilder::default()
-        .io_memory(2 << 20)
-        .spawn(move || async move {
+    run_local(
+        &LocalConfig {
+            io_memory_bytes: 2 << 20,
+            ..LocalConfig::default()
+        },
+        move || async move {
             let core = CoreContext::new(1 << 20);
             let timeline = Timeline::create(&path, [1; 16], [2; 16], Lsn(10), core)
                 .await
@@ -81,8 +84,7 @@ fn values_spill_to_the_ephemeral_file_and_read_back() {
                 let got = timeline.get(key(i), Lsn(10_000)).await.unwrap();
                 assert_eq!(got.image.unwrap().1, value(i), "value {i} after the flush");
             }
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+        },
+    )
+    .unwrap();
 }

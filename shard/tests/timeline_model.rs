@@ -17,8 +17,8 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use glommio::LocalExecutorBuilder;
 use proptest::prelude::*;
+use quire_io::{LocalConfig, run_local};
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
 use quire_shard::keyspace::{dropped_value, size_value};
@@ -522,12 +522,14 @@ async fn run(ops: Vec<Op>, dir: &Path) {
 fn on_executor(ops: Vec<Op>) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().to_owned();
-    LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .spawn(move || async move { run(ops, &path).await })
-        .unwrap()
-        .join()
-        .unwrap();
+    run_local(
+        &LocalConfig {
+            io_memory_bytes: 1 << 20,
+            ..LocalConfig::default()
+        },
+        move || async move { run(ops, &path).await },
+    )
+    .unwrap();
 }
 
 proptest! {
@@ -564,29 +566,29 @@ fn the_model_test_exercises_images_gc_and_refusals() {
 fn stray_and_half_written_layers_are_removed_on_load() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().to_owned();
-    LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .spawn(move || async move {
-            let core = CoreContext::new(1 << 20);
-            let timeline = Timeline::create(&path, TENANT, TIMELINE, Lsn(10), core.clone()).await.unwrap();
-            timeline.put(key(1), Lsn(11), Value::Image(bytes(1, 8192))).await.unwrap();
-            timeline.freeze();
-            timeline.flush().await.unwrap();
-            drop(timeline);
-            std::fs::write(path.join("delta-garbage.tmp"), b"half a layer").unwrap();
-            std::fs::write(
-                path.join("delta-000000000000000000000000000000000000-ffffffffffffffffffffffffffffffffffff-0000000000000020-0000000000000030"),
-                vec![0u8; 8192],
-            )
-            .unwrap();
-            let timeline = Timeline::load(&path, TENANT, TIMELINE, core, None).await.unwrap();
-            let files: Vec<String> =
-                std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-            assert_eq!(files.len(), 2, "metadata and the one listed layer remain: {files:?}");
-            let got = timeline.get(key(1), Lsn(11)).await.unwrap();
-            assert_eq!(got.image.map(|(at, b)| (at, b.len())), Some((Lsn(11), 8192)));
-        })
-        .unwrap()
-        .join()
+    let config = LocalConfig {
+        io_memory_bytes: 1 << 20,
+        ..LocalConfig::default()
+    };
+    run_local(&config, move || async move {
+        let core = CoreContext::new(1 << 20);
+        let timeline = Timeline::create(&path, TENANT, TIMELINE, Lsn(10), core.clone()).await.unwrap();
+        timeline.put(key(1), Lsn(11), Value::Image(bytes(1, 8192))).await.unwrap();
+        timeline.freeze();
+        timeline.flush().await.unwrap();
+        drop(timeline);
+        std::fs::write(path.join("delta-garbage.tmp"), b"half a layer").unwrap();
+        std::fs::write(
+            path.join("delta-000000000000000000000000000000000000-ffffffffffffffffffffffffffffffffffff-0000000000000020-0000000000000030"),
+            vec![0u8; 8192],
+        )
         .unwrap();
+        let timeline = Timeline::load(&path, TENANT, TIMELINE, core, None).await.unwrap();
+        let files: Vec<String> =
+            std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(files.len(), 2, "metadata and the one listed layer remain: {files:?}");
+        let got = timeline.get(key(1), Lsn(11)).await.unwrap();
+        assert_eq!(got.image.map(|(at, b)| (at, b.len())), Some((Lsn(11), 8192)));
+    })
+    .unwrap();
 }

@@ -84,18 +84,14 @@ fn free_address() -> Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
-/// Runs `task` on a glommio executor (the safekeeper client is async).
+/// Runs `task` on a single executor (the safekeeper client is async).
 pub fn on_executor<T, F, Fut>(task: F) -> T
 where
     T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T> + 'static,
 {
-    glommio::LocalExecutorBuilder::default()
-        .spawn(task)
-        .expect("executor")
-        .join()
-        .expect("task")
+    quire_io::run_local(&quire_io::LocalConfig::default(), task).expect("task")
 }
 
 /// `(term, flush, commit)` of the test timeline on the safekeeper at `address`.

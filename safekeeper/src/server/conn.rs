@@ -1,10 +1,9 @@
-//! Connections over glommio TCP: framed safekeeper-protocol messages, and
-//! a Postgres replication session.
+//! Connections over TCP (`quire-io` streams): framed safekeeper-protocol
+//! messages, and a Postgres replication session.
 
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use quire_io::net::TcpStream;
 
 use crate::pg_wire::{self, Backend};
 use crate::wire::Message;
@@ -46,9 +45,7 @@ impl FramedConn {
 
     /// Connects to `address`.
     pub async fn connect(address: &str) -> Result<FramedConn, ConnError> {
-        let stream = TcpStream::connect(address)
-            .await
-            .map_err(std::io::Error::from)?;
+        let stream = TcpStream::connect(address).await?;
         Ok(FramedConn::new(stream))
     }
 
@@ -100,9 +97,7 @@ impl PgConn {
         user: &str,
         application_name: &str,
     ) -> Result<PgConn, ConnError> {
-        let stream = TcpStream::connect(address)
-            .await
-            .map_err(std::io::Error::from)?;
+        let stream = TcpStream::connect(address).await?;
         let _ = stream.set_nodelay(true);
         let mut conn = PgConn {
             stream,

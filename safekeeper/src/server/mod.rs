@@ -1,6 +1,6 @@
 //! The safekeeper server: timelines on disk, the protocol listener, and per
 //! timeline the replication stream from the term's compute, peer recovery
-//! and flush gossip. One glommio executor runs it all.
+//! and flush gossip. One executor (`quire-io`) runs it all.
 
 pub mod conn;
 pub mod peers;
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::net::TcpListener;
+use quire_io::net::TcpListener;
 use quire_postgres::Lsn;
 
 use crate::acceptor::{Request, Response};
@@ -103,13 +103,13 @@ impl Server {
         let Some((term, compute)) = timeline.compute() else {
             return;
         };
-        glommio::spawn_local(peers::recover(
+        quire_io::spawn_local(peers::recover(
             Rc::clone(timeline),
             term,
             Rc::clone(&self.peers),
         ))
         .detach();
-        glommio::spawn_local(follow_compute(
+        quire_io::spawn_local(follow_compute(
             Rc::clone(timeline),
             term,
             compute,
@@ -120,7 +120,7 @@ impl Server {
     }
 
     fn start_gossip(&self, timeline: &Rc<Timeline>) {
-        glommio::spawn_local(peers::gossip(
+        quire_io::spawn_local(peers::gossip(
             Rc::clone(timeline),
             self.config.id,
             Rc::clone(&self.peers),
@@ -140,9 +140,9 @@ impl Server {
     pub async fn serve(self: Rc<Server>) -> Result<(), std::io::Error> {
         let listener = TcpListener::bind(&self.config.listen)?;
         loop {
-            let stream = listener.accept().await?;
+            let (stream, _peer) = listener.accept().await?;
             let server = Rc::clone(&self);
-            glommio::spawn_local(async move {
+            quire_io::spawn_local(async move {
                 let _ = server.connection(FramedConn::new(stream)).await;
             })
             .detach();
@@ -423,7 +423,7 @@ impl Server {
                         conn.send(&Message::Commit { lsn: commit }).await?;
                     }
                 }
-                None => glommio::timer::sleep(Duration::from_millis(2)).await,
+                None => quire_io::sleep(Duration::from_millis(2)).await,
             }
         }
     }
@@ -464,7 +464,7 @@ async fn follow_compute(
                     );
                 }
                 failures += 1;
-                glommio::timer::sleep(Duration::from_millis(200)).await;
+                quire_io::sleep(Duration::from_millis(200)).await;
             }
             Ok(()) => failures = 0,
         }

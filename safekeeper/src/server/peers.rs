@@ -77,7 +77,7 @@ pub async fn recover(timeline: Rc<Timeline>, term: Term, peers: Rc<Vec<Peer>>) {
                     return;
                 }
             }
-            _ => glommio::timer::sleep(Duration::from_millis(50)).await,
+            _ => quire_io::sleep(Duration::from_millis(50)).await,
         }
     }
 }
@@ -89,7 +89,7 @@ pub async fn gossip(timeline: Rc<Timeline>, me: u32, peers: Rc<Vec<Peer>>) {
     let mut last_sent: Option<(Term, Lsn)> = None;
     let mut rounds = 0u64;
     loop {
-        glommio::timer::sleep(GOSSIP_INTERVAL).await;
+        quire_io::sleep(GOSSIP_INTERVAL).await;
         rounds += 1;
         let Ok((term, flush, _, history)) = timeline.status().await else {
             return;

@@ -113,7 +113,7 @@ async fn start_streaming(
             break state.acceptor.write_lsn();
         }
         drop(state);
-        glommio::timer::sleep(Duration::from_millis(10)).await;
+        quire_io::sleep(Duration::from_millis(10)).await;
     };
     conn.send(&pg_wire::query(&format!(
         "START_REPLICATION SLOT {slot} PHYSICAL {start} TIMELINE {pg_timeline}"

@@ -1,0 +1,256 @@
+//! TCP: a listener that accepts streams with their peer's address,
+//! streams (connect with or without a timeout, reads bounded by a timeout
+//! or a deadline), and the detached form a stream takes between cores.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+
+use super::resolve;
+
+/// A listening TCP socket on this core.
+///
+/// It is bound with `SO_REUSEPORT`, so each core may bind its own listener
+/// on one address and let the kernel spread connections among them.
+#[derive(Debug)]
+pub struct TcpListener {
+    inner: glommio::net::TcpListener,
+}
+
+impl TcpListener {
+    /// Binds to the first address `address` resolves to (port 0: any free
+    /// port; see [`local_addr`](Self::local_addr)).
+    pub fn bind(address: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        let first = resolve(address)?[0];
+        let inner = glommio::net::TcpListener::bind(first).map_err(io::Error::from)?;
+        Ok(TcpListener { inner })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr().map_err(io::Error::from)
+    }
+
+    /// Waits for the next connection: the stream and its peer's address.
+    /// A connection whose peer is gone before its address could be read is
+    /// closed and the next one awaited; an error of the listening socket
+    /// itself (out of descriptors, say) is returned.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        loop {
+            let inner = self.inner.accept().await.map_err(io::Error::from)?;
+            if let Ok(peer) = inner.peer_addr() {
+                return Ok((TcpStream { inner }, peer));
+            }
+        }
+    }
+}
+
+/// A connected TCP stream on this core (`!Send`: see [`detach`](Self::detach)).
+#[derive(Debug)]
+pub struct TcpStream {
+    inner: glommio::net::TcpStream,
+}
+
+impl TcpStream {
+    /// Connects to `address`, trying each address it resolves to in turn;
+    /// the last failure is returned if none answers.
+    pub async fn connect(address: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        let mut failure = None;
+        for candidate in resolve(address)? {
+            match glommio::net::TcpStream::connect(candidate).await {
+                Ok(inner) => return Ok(TcpStream { inner }),
+                Err(e) => failure = Some(io::Error::from(e)),
+            }
+        }
+        Err(failure.unwrap_or_else(|| io::Error::other("no address tried")))
+    }
+
+    /// [`connect`](Self::connect) bounded by `timeout` in all: a connection
+    /// not established in time fails with [`io::ErrorKind::TimedOut`].
+    pub async fn connect_timeout(
+        address: impl ToSocketAddrs,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        let deadline = Instant::now() + timeout;
+        let mut failure = None;
+        for candidate in resolve(address)? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out("connect"));
+            }
+            match glommio::net::TcpStream::connect_timeout(candidate, left).await {
+                Ok(inner) => return Ok(TcpStream { inner }),
+                Err(e) => failure = Some(io::Error::from(e)),
+            }
+        }
+        Err(failure.unwrap_or_else(|| timed_out("connect")))
+    }
+
+    /// Reads what is there (at least one byte, waiting for it), up to
+    /// `buf.len()`; `Ok(0)` when the peer has closed its side.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).await
+    }
+
+    /// Fills `buf`; a peer closing first is [`io::ErrorKind::UnexpectedEof`].
+    /// Under a read timeout each wait is bounded, and a timeout mid-way
+    /// leaves the bytes already read consumed: use it where a timeout ends
+    /// the connection.
+    pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact(buf).await
+    }
+
+    /// [`read`](Self::read) that fails with [`io::ErrorKind::TimedOut`]
+    /// (consuming nothing) if no byte has come by `deadline`. The stream's
+    /// own read timeout applies again afterwards.
+    pub async fn read_with_deadline(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Instant,
+    ) -> io::Result<usize> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out("read"));
+        }
+        let timeout = self.inner.read_timeout();
+        self.inner
+            .set_read_timeout(Some(left))
+            .map_err(io::Error::from)?;
+        let restore = RestoreReadTimeout {
+            stream: &mut self.inner,
+            timeout,
+        };
+        restore.stream.read(buf).await
+    }
+
+    /// [`read_with_deadline`](Self::read_with_deadline) `timeout` from now.
+    pub async fn read_with_timeout(
+        &mut self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> io::Result<usize> {
+        self.read_with_deadline(buf, Instant::now() + timeout).await
+    }
+
+    /// Writes some of `buf` (waiting for room); the bytes written.
+    pub async fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).await
+    }
+
+    /// Writes all of `buf`.
+    pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf).await
+    }
+
+    /// Shuts down reading, writing or both (the peer reads end of stream
+    /// once writing is shut down).
+    pub async fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.shutdown(how).await.map_err(io::Error::from)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr().map_err(io::Error::from)
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr().map_err(io::Error::from)
+    }
+
+    /// Sets `TCP_NODELAY` (small writes go out at once).
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.inner.set_nodelay(nodelay).map_err(io::Error::from)
+    }
+
+    /// Bounds every later read's wait (`None`: unbounded). A read that
+    /// waits longer fails with [`io::ErrorKind::TimedOut`], consuming
+    /// nothing; a zero duration is refused.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.inner
+            .set_read_timeout(timeout)
+            .map_err(io::Error::from)
+    }
+
+    /// The read timeout set, if any.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.inner.read_timeout()
+    }
+
+    /// Bounds every later write's wait for room (`None`: unbounded).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.inner
+            .set_write_timeout(timeout)
+            .map_err(io::Error::from)
+    }
+
+    /// Takes the connection off this core, to be sent to another one and
+    /// [`attach`](DetachedTcpStream::attach)ed there. This stream buffers
+    /// nothing, so no received byte is lost; timeouts are not carried over.
+    pub fn detach(self) -> io::Result<DetachedTcpStream> {
+        // SAFETY: the descriptor belongs to `self.inner`, which stays alive
+        // (and keeps it open) until the end of this function, after the
+        // duplicate has been made.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(self.inner.as_raw_fd()) };
+        let owned = borrowed.try_clone_to_owned()?;
+        // Closing this core's descriptor leaves the socket open through the
+        // duplicate.
+        drop(self.inner);
+        Ok(DetachedTcpStream {
+            stream: std::net::TcpStream::from(owned),
+        })
+    }
+}
+
+/// Puts a stream's read timeout back when a deadline read ends (or is
+/// dropped mid-way).
+struct RestoreReadTimeout<'a> {
+    stream: &'a mut glommio::net::TcpStream,
+    timeout: Option<Duration>,
+}
+
+impl Drop for RestoreReadTimeout<'_> {
+    fn drop(&mut self) {
+        // Only a zero duration is refused, and this one was accepted before.
+        let _ = self.stream.set_read_timeout(self.timeout);
+    }
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
+}
+
+/// A TCP connection between cores: `Send`, owned by no executor, doing no
+/// I/O until [`attach`](Self::attach)ed. A blocking `std` stream (accepted
+/// on a plain thread) converts into one too.
+#[derive(Debug)]
+pub struct DetachedTcpStream {
+    stream: std::net::TcpStream,
+}
+
+impl DetachedTcpStream {
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.stream.peer_addr()
+    }
+
+    /// Makes it a [`TcpStream`] of the current core (must run on an
+    /// executor).
+    pub fn attach(self) -> TcpStream {
+        let fd = self.stream.into_raw_fd();
+        // SAFETY: `fd` is an open connected TCP socket whose ownership
+        // `into_raw_fd` has just given up; the new stream takes it over
+        // and is its only owner.
+        let inner = unsafe { glommio::net::TcpStream::from_raw_fd(fd) };
+        TcpStream { inner }
+    }
+}
+
+impl From<std::net::TcpStream> for DetachedTcpStream {
+    fn from(stream: std::net::TcpStream) -> DetachedTcpStream {
+        DetachedTcpStream { stream }
+    }
+}
