@@ -27,7 +27,7 @@ pub struct TokenArgs {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Write a new key pair: auth_private.pem (0600) and auth_public.pem.
+    /// Write a new key pair: `auth_private.pem` (0600) and `auth_public.pem`.
     Keygen {
         /// Directory to write them to (created if missing).
         #[arg(long)]
