@@ -46,6 +46,8 @@ fn start_safekeepers(root: &std::path::Path) -> Vec<String> {
                 })
                 .collect(),
             pg_user: quire_cluster::SUPERUSER.into(),
+            auth: quire_safekeeper::server::auth::Auth::default(),
+            peer_token: None,
         };
         // Detached: the executors live until the process ends.
         let executor = LocalConfig {

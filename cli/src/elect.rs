@@ -36,6 +36,10 @@ pub struct ElectArgs {
     /// The cluster's system identifier (with `--create-at`).
     #[arg(long)]
     system_id: Option<u64>,
+    /// The token to show the safekeepers (scope `compute_control`), when
+    /// they check tokens.
+    #[arg(long)]
+    auth_token_file: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: &ElectArgs) -> Result<()> {
@@ -43,11 +47,13 @@ pub fn run(args: &ElectArgs) -> Result<()> {
         .timeline
         .parse()
         .map_err(|e: String| anyhow!("--timeline {e}"))?;
+    let token = crate::auth_files::read_token(args.auth_token_file.as_deref())?;
     let args = args.clone();
     let won = quire_io::run_local(&quire_io::LocalConfig::default(), move || async move {
         if let (Some(start), Some(system_id)) = (args.create_at, args.system_id) {
             compute_control::create_timeline(
                 &args.safekeepers,
+                token.as_deref(),
                 key,
                 start,
                 args.segment_size,
@@ -56,8 +62,14 @@ pub fn run(args: &ElectArgs) -> Result<()> {
             .await?;
         }
         anyhow::Ok(
-            compute_control::elect(&args.safekeepers, key, &args.compute, args.segment_size)
-                .await?,
+            compute_control::elect(
+                &args.safekeepers,
+                token.as_deref(),
+                key,
+                &args.compute,
+                args.segment_size,
+            )
+            .await?,
         )
     })
     .map_err(|e| anyhow!("{e}"))?

@@ -5,6 +5,7 @@
 //! dispatches.
 #![forbid(unsafe_code)]
 
+mod auth_files;
 mod demo;
 mod elect;
 mod safekeeper;

@@ -11,8 +11,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use quire_io::{ExecutorConfig, run_per_core};
+use quire_safekeeper::server::auth::Auth;
 use quire_safekeeper::server::peers::Peer;
 use quire_safekeeper::server::{Config, Server};
+
+use crate::auth_files::{read_token, read_verifier};
 
 /// Options of `quire safekeeper`.
 #[derive(Args, Clone)]
@@ -35,6 +38,26 @@ pub struct SafekeeperArgs {
     /// CPU to run on.
     #[arg(long)]
     cpu: Option<usize>,
+    /// Check every connection's token with this Ed25519 public key (PEM);
+    /// without it connections are not authenticated, which is allowed on a
+    /// loopback address only (see --allow-unauthenticated).
+    #[arg(long)]
+    auth_public_key: Option<PathBuf>,
+    /// The token this safekeeper shows its peers (scope `safekeeper_peer`,
+    /// naming its id), when they check tokens.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+    /// Serve without authentication on a non-loopback address.
+    #[arg(long)]
+    allow_unauthenticated: bool,
+}
+
+/// Whether `listen` binds only to the loopback interface.
+fn is_loopback(listen: &str) -> bool {
+    use std::net::ToSocketAddrs as _;
+    listen
+        .to_socket_addrs()
+        .is_ok_and(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
 }
 
 fn parse_peer(text: &str) -> Result<Peer> {
@@ -61,7 +84,21 @@ pub fn run(args: &SafekeeperArgs) -> Result<()> {
         data: args.data.clone(),
         peers,
         pg_user: args.pg_user.clone(),
+        auth: Auth::new(read_verifier(args.auth_public_key.as_deref())?),
+        peer_token: read_token(args.auth_token_file.as_deref())?,
     };
+    if !config.auth.required() {
+        if !is_loopback(&args.listen) && !args.allow_unauthenticated {
+            bail!(
+                "--listen {} is not a loopback address: give --auth-public-key (see `quire token`), or --allow-unauthenticated",
+                args.listen
+            );
+        }
+        eprintln!(
+            "safekeeper {}: authentication is off: any client that reaches {} can run elections and report flushes (give --auth-public-key to check tokens)",
+            args.id, args.listen
+        );
+    }
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let cpu = args.cpu.unwrap_or(args.id as usize % cpus);
     let executor = ExecutorConfig {

@@ -40,6 +40,10 @@ pub struct VerifyArgs {
     /// The timeline on the safekeepers: `TENANT/TIMELINE` (32 hex digits each).
     #[arg(long)]
     timeline: Option<String>,
+    /// The token to show the safekeepers (scope `pageserver`), when they
+    /// check tokens.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
 }
 
 pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
@@ -69,6 +73,7 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
             safekeepers: args.safekeepers.clone(),
             key,
             segment_size,
+            token: crate::auth_files::read_token(args.auth_token_file.as_deref())?,
         })
     };
     let args = args.clone();

@@ -32,6 +32,9 @@ pub struct WalSource {
     pub key: TimelineKey,
     /// The cluster's WAL segment size.
     pub segment_size: u32,
+    /// The token to show the safekeepers (scope `pageserver`), when they
+    /// check tokens.
+    pub token: Option<String>,
 }
 
 /// What following did.
@@ -45,8 +48,8 @@ pub struct ReceiveStats {
     pub persisted_reports: u64,
 }
 
-async fn status(address: &str, key: TimelineKey) -> Option<Lsn> {
-    let mut conn = FramedConn::connect(address).await.ok()?;
+async fn status(address: &str, token: Option<&str>, key: TimelineKey) -> Option<Lsn> {
+    let mut conn = FramedConn::connect_as(address, token).await.ok()?;
     conn.set_read_timeout(Some(Duration::from_secs(2)));
     match conn.call(&Message::GetStatus { key }).await.ok()? {
         Message::Status { commit, .. } => Some(commit),
@@ -60,7 +63,7 @@ async fn most_advanced(source: &WalSource, avoid: Option<usize>) -> Option<(usiz
     let mut best: Option<(usize, Lsn)> = None;
     let mut fallback = None;
     for (index, address) in source.safekeepers.iter().enumerate() {
-        let Some(commit) = status(address, source.key).await else {
+        let Some(commit) = status(address, source.token.as_deref(), source.key).await else {
             continue;
         };
         if Some(index) == avoid {
@@ -76,7 +79,7 @@ async fn most_advanced(source: &WalSource, avoid: Option<usize>) -> Option<(usiz
 
 async fn report_persisted(source: &WalSource, lsn: Lsn) {
     for address in &source.safekeepers {
-        if let Ok(mut conn) = FramedConn::connect(address).await {
+        if let Ok(mut conn) = FramedConn::connect_as(address, source.token.as_deref()).await {
             conn.set_read_timeout(Some(Duration::from_secs(2)));
             let _ = conn
                 .call(&Message::ReportPersisted {
@@ -112,7 +115,7 @@ pub async fn follow(
             continue;
         };
         let address = &source.safekeepers[index];
-        let Ok(mut conn) = FramedConn::connect(address).await else {
+        let Ok(mut conn) = FramedConn::connect_as(address, source.token.as_deref()).await else {
             avoid = Some(index);
             continue;
         };

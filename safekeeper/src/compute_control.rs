@@ -34,8 +34,9 @@ pub enum ControlError {
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn call(address: &str, message: &Message) -> Result<Message, String> {
-    let mut conn = FramedConn::connect(address)
+/// One request on a new connection, authenticated with `token` when given.
+async fn call(address: &str, token: Option<&str>, message: &Message) -> Result<Message, String> {
+    let mut conn = FramedConn::connect_as(address, token)
         .await
         .map_err(|e| e.to_string())?;
     conn.set_read_timeout(Some(CALL_TIMEOUT));
@@ -45,6 +46,7 @@ async fn call(address: &str, message: &Message) -> Result<Message, String> {
 /// Creates the timeline on every safekeeper (all must answer).
 pub async fn create_timeline(
     safekeepers: &[String],
+    token: Option<&str>,
     key: TimelineKey,
     wal_start: Lsn,
     segment_size: u32,
@@ -57,7 +59,7 @@ pub async fn create_timeline(
         system_id,
     };
     for address in safekeepers {
-        match call(address, &request).await {
+        match call(address, token, &request).await {
             Ok(Message::Ok) => {}
             Ok(other) => {
                 return Err(ControlError::Safekeeper {
@@ -81,6 +83,7 @@ pub async fn create_timeline(
 /// the compute's WAL must begin.
 pub async fn elect(
     safekeepers: &[String],
+    token: Option<&str>,
     key: TimelineKey,
     compute: &str,
     segment_size: u32,
@@ -100,7 +103,9 @@ pub async fn elect(
     .map_err(|e| ControlError::NoMajority(format!("safekeepers: {e}")))?;
     let mut highest: Term = 0;
     for address in safekeepers {
-        if let Ok(Message::Status { term, .. }) = call(address, &Message::GetStatus { key }).await {
+        if let Ok(Message::Status { term, .. }) =
+            call(address, token, &Message::GetStatus { key }).await
+        {
             highest = highest.max(term);
         }
     }
@@ -112,7 +117,7 @@ pub async fn elect(
                 key,
                 term: election.term(),
             };
-            if let Some(response) = call(address, &vote)
+            if let Some(response) = call(address, token, &vote)
                 .await
                 .ok()
                 .and_then(Message::into_response)
@@ -130,6 +135,7 @@ pub async fn elect(
         let donor_history = TermHistory(won.history.0[..won.history.0.len() - 1].to_vec());
         let record_end = last_record_end(
             donor,
+            token,
             key,
             election.term(),
             &donor_history,
@@ -138,7 +144,7 @@ pub async fn elect(
         )
         .await?;
         let won = won.starting_at(record_end);
-        announce(safekeepers, key, &won, compute).await?;
+        announce(safekeepers, token, key, &won, compute).await?;
         return Ok(won);
     }
     Err(ControlError::NoMajority(format!(
@@ -152,6 +158,7 @@ pub async fn elect(
 /// (or an earlier one).
 async fn last_record_end(
     donor: &str,
+    token: Option<&str>,
     key: TimelineKey,
     term: Term,
     history: &TermHistory,
@@ -162,7 +169,7 @@ async fn last_record_end(
         address: donor.to_owned(),
         what,
     };
-    let Message::Status { .. } = call(donor, &Message::GetStatus { key })
+    let Message::Status { .. } = call(donor, token, &Message::GetStatus { key })
         .await
         .map_err(failed)?
     else {
@@ -176,7 +183,7 @@ async fn last_record_end(
         if from >= flush {
             return Ok(flush);
         }
-        let bytes = fetch_range(donor, key, term, history, from, flush).await?;
+        let bytes = fetch_range(donor, token, key, term, history, from, flush).await?;
         let start = if from == segment_start {
             first_record_start(
                 &bytes,
@@ -208,6 +215,7 @@ async fn last_record_end(
 /// The donor's WAL `[from, to)`, fetched a frame (at most 1 MiB) at a time.
 async fn fetch_range(
     donor: &str,
+    token: Option<&str>,
     key: TimelineKey,
     term: Term,
     history: &TermHistory,
@@ -228,7 +236,7 @@ async fn fetch_range(
             from: at,
             to,
         };
-        match call(donor, &fetch).await.map_err(failed)? {
+        match call(donor, token, &fetch).await.map_err(failed)? {
             Message::Wal { begin, bytes } if begin == at && !bytes.is_empty() => {
                 at = Lsn(at.0 + bytes.len() as u64);
                 out.extend_from_slice(&bytes);
@@ -242,6 +250,7 @@ async fn fetch_range(
 /// Announces the won term to every safekeeper; a majority must adopt it.
 async fn announce(
     safekeepers: &[String],
+    token: Option<&str>,
     key: TimelineKey,
     won: &Won,
     compute: &str,
@@ -255,7 +264,7 @@ async fn announce(
     let mut adopted = 0;
     let mut failures = Vec::new();
     for address in safekeepers {
-        match call(address, &message).await {
+        match call(address, token, &message).await {
             Ok(Message::Flushed { term, .. }) if term == won.term => adopted += 1,
             Ok(other) => failures.push(format!("{address}: {other:?}")),
             Err(e) => failures.push(format!("{address}: {e}")),

@@ -35,6 +35,8 @@ pub struct Safekeeper {
     /// Its data directory.
     pub data: PathBuf,
     peers: Vec<String>,
+    /// More `quire safekeeper` arguments (authentication, limits).
+    pub extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -51,6 +53,7 @@ impl Safekeeper {
         for peer in &self.peers {
             command.args(["--peer", peer]);
         }
+        command.args(&self.extra_args);
         self.child = Some(command.spawn().context("start a safekeeper")?);
         let began = Instant::now();
         while std::net::TcpStream::connect(&self.address).is_err() {
@@ -96,9 +99,17 @@ where
 
 /// `(term, flush, commit)` of the test timeline on the safekeeper at `address`.
 pub fn status(address: &str, key: TimelineKey) -> Result<(u64, Lsn, Lsn)> {
+    status_as(address, key, None)
+}
+
+/// `status`, authenticating with `token`.
+pub fn status_as(address: &str, key: TimelineKey, token: Option<&str>) -> Result<(u64, Lsn, Lsn)> {
     let address = address.to_owned();
+    let token = token.map(str::to_owned);
     on_executor(move || async move {
-        let mut conn = quire_safekeeper::server::conn::FramedConn::connect(&address).await?;
+        let mut conn =
+            quire_safekeeper::server::conn::FramedConn::connect_as(&address, token.as_deref())
+                .await?;
         match conn.call(&Message::GetStatus { key }).await? {
             Message::Status {
                 term,
@@ -131,6 +142,16 @@ pub fn wal_bytes(dir: &Path, from: Lsn, to: Lsn) -> Result<Vec<u8>> {
 /// Three safekeepers (the `quire` binary at `binary`) on free loopback
 /// ports, each naming the others.
 pub fn start_safekeepers(binary: &Path, root: &Path) -> Result<(Vec<Safekeeper>, Vec<String>)> {
+    start_safekeepers_with(binary, root, |_| Vec::new())
+}
+
+/// `start_safekeepers`, giving safekeeper `id` the extra arguments
+/// `extra_args(id)`.
+pub fn start_safekeepers_with(
+    binary: &Path,
+    root: &Path,
+    extra_args: impl Fn(u32) -> Vec<String>,
+) -> Result<(Vec<Safekeeper>, Vec<String>)> {
     let addresses: Vec<String> = (0..3).map(|_| free_address()).collect::<Result<_>>()?;
     let mut safekeepers: Vec<Safekeeper> = (0..3)
         .map(|i| Safekeeper {
@@ -142,6 +163,7 @@ pub fn start_safekeepers(binary: &Path, root: &Path) -> Result<(Vec<Safekeeper>,
                 .filter(|&j| j != i)
                 .map(|j| format!("{}={}", j + 1, addresses[j as usize]))
                 .collect(),
+            extra_args: extra_args(i + 1),
             child: None,
         })
         .collect();
@@ -198,6 +220,11 @@ pub fn check_identical_wal(
 /// segment holding Postgres' insert position and elects `pg` (which must
 /// list `sk1`..`sk3` in `synchronous_standby_names`); returns the outcome.
 pub fn bootstrap(pg: &PgCluster, addresses: &[String]) -> Result<Won> {
+    bootstrap_as(pg, addresses, None)
+}
+
+/// `bootstrap`, authenticating with `token` (scope `compute_control`).
+pub fn bootstrap_as(pg: &PgCluster, addresses: &[String], token: Option<&str>) -> Result<Won> {
     let system_id: u64 = pg
         .psql(
             "postgres",
@@ -212,9 +239,12 @@ pub fn bootstrap(pg: &PgCluster, addresses: &[String]) -> Result<Won> {
     let wal_start = Lsn(insert_lsn.0 / SEGMENT * SEGMENT);
     let compute = format!("127.0.0.1:{}", pg.port());
     let addresses = addresses.to_vec();
+    let token = token.map(str::to_owned);
     let won = on_executor(move || async move {
-        compute_control::create_timeline(&addresses, KEY, wal_start, 16 << 20, system_id).await?;
-        anyhow::Ok(compute_control::elect(&addresses, KEY, &compute, 16 << 20).await?)
+        let token = token.as_deref();
+        compute_control::create_timeline(&addresses, token, KEY, wal_start, 16 << 20, system_id)
+            .await?;
+        anyhow::Ok(compute_control::elect(&addresses, token, KEY, &compute, 16 << 20).await?)
     })?;
     ensure!(
         won.start == wal_start,

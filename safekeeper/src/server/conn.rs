@@ -27,6 +27,9 @@ pub enum ConnError {
     /// A frame that does not decode.
     #[error("{0}")]
     Frame(#[from] crate::wire::FrameError),
+    /// The server refused the connection's authentication.
+    #[error("refused: {0}")]
+    Refused(String),
     /// A Postgres message that does not decode, or an error from Postgres.
     #[error("Postgres: {0}")]
     Postgres(String),
@@ -47,6 +50,29 @@ impl FramedConn {
     pub async fn connect(address: &str) -> Result<FramedConn, ConnError> {
         let stream = TcpStream::connect(address).await?;
         Ok(FramedConn::new(stream))
+    }
+
+    /// Connects to `address` and, with a token, authenticates with it
+    /// (`Hello`; the safekeeper answers `Ok` or closes).
+    pub async fn connect_as(address: &str, token: Option<&str>) -> Result<FramedConn, ConnError> {
+        let mut conn = FramedConn::connect(address).await?;
+        if let Some(token) = token {
+            match conn
+                .call(&Message::Hello {
+                    token: token.to_owned(),
+                })
+                .await?
+            {
+                Message::Ok => {}
+                Message::Error { message } => return Err(ConnError::Refused(message)),
+                other => {
+                    return Err(ConnError::Refused(format!(
+                        "unexpected answer to Hello: {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(conn)
     }
 
     /// Sends one message.

@@ -2,12 +2,13 @@
 //! timeline the replication stream from the term's compute, peer recovery
 //! and flush gossip. One executor (`quire-io`) runs it all.
 
+pub mod auth;
 pub mod conn;
 pub mod peers;
 pub mod replication;
 pub mod timeline;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -19,6 +20,7 @@ use quire_postgres::Lsn;
 use crate::acceptor::{Request, Response};
 use crate::history::Term;
 use crate::membership::{Member, Membership, MembershipError, NodeId, Sender};
+use crate::server::auth::{Auth, Identity, Permit};
 use crate::server::conn::{ConnError, FramedConn};
 use crate::server::peers::Peer;
 use crate::server::timeline::{Timeline, TimelineError, key_name};
@@ -37,13 +39,26 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// The Postgres user for replication connections.
     pub pg_user: String,
+    /// Whether and how connections authenticate.
+    pub auth: Auth,
+    /// The token this safekeeper shows its peers (scope `safekeeper_peer`,
+    /// naming its id), when they check tokens.
+    pub peer_token: Option<String>,
 }
 
 /// A running safekeeper.
 pub struct Server {
     config: Config,
-    peers: Rc<Vec<Peer>>,
+    peer_token: Rc<Option<String>>,
     timelines: RefCell<HashMap<TimelineKey, Rc<Timeline>>>,
+    /// Requests refused for who sent them (bad tokens, wrong scopes).
+    refused: Cell<u64>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn parse_key(name: &str) -> Option<[u8; 16]> {
@@ -84,11 +99,12 @@ impl Server {
                 timelines.insert(key, Rc::new(opened));
             }
         }
-        let peers = Rc::new(config.peers.clone());
+        let peer_token = Rc::new(config.peer_token.clone());
         let server = Rc::new(Server {
             config,
-            peers,
+            peer_token,
             timelines: RefCell::new(timelines),
+            refused: Cell::new(0),
         });
         for timeline in server.timelines.borrow().values() {
             server.start_gossip(timeline);
@@ -106,7 +122,7 @@ impl Server {
         quire_io::spawn_local(peers::recover(
             Rc::clone(timeline),
             term,
-            Rc::clone(&self.peers),
+            Rc::clone(&self.peer_token),
         ))
         .detach();
         quire_io::spawn_local(follow_compute(
@@ -122,8 +138,7 @@ impl Server {
     fn start_gossip(&self, timeline: &Rc<Timeline>) {
         quire_io::spawn_local(peers::gossip(
             Rc::clone(timeline),
-            self.config.id,
-            Rc::clone(&self.peers),
+            Rc::clone(&self.peer_token),
         ))
         .detach();
     }
@@ -150,19 +165,64 @@ impl Server {
     }
 
     async fn connection(self: Rc<Server>, mut conn: FramedConn) -> Result<(), ConnError> {
+        let mut identity = self.config.auth.initial();
         loop {
             let request = conn.receive().await?;
+            if let Message::Hello { token } = &request {
+                match self.config.auth.hello(token, unix_now()) {
+                    Ok(proved) => {
+                        identity = proved;
+                        conn.send(&Message::Ok).await?;
+                        continue;
+                    }
+                    Err(why) => {
+                        self.refuse(&why);
+                        conn.send(&Message::Error { message: why }).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            let permit = match auth::permit(&identity, &request) {
+                Ok(permit) => permit,
+                Err(why) => {
+                    self.refuse(&why);
+                    conn.send(&Message::Error { message: why }).await?;
+                    if identity == Identity::Unauthenticated {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
             if let Message::StreamWal { key, from } = request {
                 return self.stream_wal(conn, key, from).await;
             }
-            if let Some(answer) = self.answer(request).await {
+            if let Some(answer) = self.answer(request, permit, &identity).await {
                 conn.send(&answer).await?;
             }
         }
     }
 
-    async fn answer(self: &Rc<Server>, request: Message) -> Option<Message> {
+    /// Counts a refused request; logs the first and then every power of
+    /// two, so a flood cannot fill the log.
+    fn refuse(&self, why: &str) {
+        let count = self.refused.get() + 1;
+        self.refused.set(count);
+        if count.is_power_of_two() {
+            eprintln!("safekeeper: refused a request ({count} so far): {why}");
+        }
+    }
+
+    async fn answer(
+        self: &Rc<Server>,
+        request: Message,
+        permit: Permit,
+        identity: &Identity,
+    ) -> Option<Message> {
         let error = |message: String| Some(Message::Error { message });
+        let sender = match permit {
+            Permit::As(sender) => sender,
+            Permit::Plain => Sender::Proposer,
+        };
         match request {
             Message::CreateTimeline {
                 key,
@@ -178,10 +238,7 @@ impl Server {
                     Ok(t) => t,
                     Err(e) => return error(e),
                 };
-                match timeline
-                    .handle(Sender::Proposer, &Request::Vote { term }, &[])
-                    .await
-                {
+                match timeline.handle(sender, &Request::Vote { term }, &[]).await {
                     Ok(Some(reply)) => Some(reply.into()),
                     Ok(None) => error("no answer to a vote".into()),
                     Err(e) => error(e.to_string()),
@@ -199,7 +256,19 @@ impl Server {
                 history,
                 from,
                 to,
-            } => Some(self.fetch(key, term, &history, from, to).await),
+            } => {
+                // A token naming a safekeeper must name a member.
+                if let Some(peer) = auth::peer_of(identity)
+                    && let Ok(timeline) = self.timeline(&key)
+                    && !timeline.is_member(peer).await
+                {
+                    self.refuse("a fetch from a safekeeper that is not a member");
+                    return error(format!(
+                        "safekeeper {peer} is not a member of this timeline"
+                    ));
+                }
+                Some(self.fetch(key, term, &history, from, to).await)
+            }
             Message::PeerFlush {
                 key,
                 peer,
@@ -207,15 +276,12 @@ impl Server {
                 flush,
             } => {
                 if let Ok(timeline) = self.timeline(&key) {
-                    // Without authenticated connections the sender is who
-                    // the report says it is; the acceptor still refuses
-                    // ids outside the timeline's member set.
+                    // The sender is the token's node, or without
+                    // authentication who the report says it is; the
+                    // acceptor refuses ids outside the member set and a
+                    // report for another id than the sender's.
                     let _ = timeline
-                        .handle(
-                            Sender::Peer(NodeId(peer)),
-                            &Request::PeerFlush { peer, term, flush },
-                            &[],
-                        )
+                        .handle(sender, &Request::PeerFlush { peer, term, flush }, &[])
                         .await;
                 }
                 None

@@ -1,8 +1,11 @@
 //! Talking to the other safekeepers: peer recovery (fetching the WAL an
 //! acceptor lacks below its term's start from a peer whose log agrees) and
 //! flush gossip (each acceptor tells its peers its flush LSN, from which
-//! every acceptor derives the commit LSN).
+//! every acceptor derives the commit LSN). The peers are the timeline's
+//! other members, at the addresses its member set records; connections to
+//! them show this safekeeper's token when it has one.
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -10,7 +13,7 @@ use quire_postgres::Lsn;
 
 use crate::acceptor::Request;
 use crate::history::Term;
-use crate::membership::Sender;
+use crate::membership::{Member, NodeId, Sender};
 use crate::server::conn::FramedConn;
 use crate::server::timeline::{Timeline, TimelineError};
 use crate::wire::Message;
@@ -20,7 +23,8 @@ const FETCH_CHUNK: u64 = 1 << 20;
 /// How often flush positions go to peers.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(20);
 
-/// A peer safekeeper.
+/// A peer safekeeper, as configured (a new timeline's member set is this
+/// safekeeper and its configured peers).
 #[derive(Clone, Debug)]
 pub struct Peer {
     /// Its id.
@@ -31,9 +35,10 @@ pub struct Peer {
 
 /// Fills the acceptor's WAL up to its term's start from peers; returns
 /// when nothing is missing or the term moved on.
-pub async fn recover(timeline: Rc<Timeline>, term: Term, peers: Rc<Vec<Peer>>) {
+pub async fn recover(timeline: Rc<Timeline>, term: Term, token: Rc<Option<String>>) {
     let mut next = 0usize;
     loop {
+        let peers = timeline.peers().await;
         let need = match timeline.lock().await {
             Ok(state) if state.acceptor.term() == term => state
                 .acceptor
@@ -57,7 +62,7 @@ pub async fn recover(timeline: Rc<Timeline>, term: Term, peers: Rc<Vec<Peer>>) {
             from,
             to,
         };
-        let answer = match FramedConn::connect(&peer.address).await {
+        let answer = match FramedConn::connect_as(&peer.address, token.as_deref()).await {
             Ok(mut conn) => conn.call(&fetch).await.ok(),
             Err(_) => None,
         };
@@ -84,8 +89,9 @@ pub async fn recover(timeline: Rc<Timeline>, term: Term, peers: Rc<Vec<Peer>>) {
 
 /// Sends this acceptor's flush LSN to every peer, forever, over kept
 /// connections (reopened when they fail).
-pub async fn gossip(timeline: Rc<Timeline>, me: u32, peers: Rc<Vec<Peer>>) {
-    let mut conns: Vec<Option<FramedConn>> = peers.iter().map(|_| None).collect();
+pub async fn gossip(timeline: Rc<Timeline>, token: Rc<Option<String>>) {
+    let me = timeline.me();
+    let mut conns: HashMap<NodeId, FramedConn> = HashMap::new();
     let mut last_sent: Option<(Term, Lsn)> = None;
     let mut rounds = 0u64;
     loop {
@@ -104,18 +110,22 @@ pub async fn gossip(timeline: Rc<Timeline>, me: u32, peers: Rc<Vec<Peer>>) {
         last_sent = Some((term, flush));
         let message = Message::PeerFlush {
             key: timeline.key,
-            peer: me,
+            peer: me.0,
             term,
             flush,
         };
-        for (peer, conn) in peers.iter().zip(conns.iter_mut()) {
-            if conn.is_none() {
-                *conn = FramedConn::connect(&peer.address).await.ok();
-            }
-            if let Some(c) = conn
-                && c.send(&message).await.is_err()
+        let peers: Vec<Member> = timeline.peers().await;
+        conns.retain(|id, _| peers.iter().any(|p| p.id == *id));
+        for peer in &peers {
+            if !conns.contains_key(&peer.id)
+                && let Ok(conn) = FramedConn::connect_as(&peer.address, token.as_deref()).await
             {
-                *conn = None;
+                conns.insert(peer.id, conn);
+            }
+            if let Some(conn) = conns.get_mut(&peer.id)
+                && conn.send(&message).await.is_err()
+            {
+                conns.remove(&peer.id);
             }
         }
     }

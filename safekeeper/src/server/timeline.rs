@@ -27,6 +27,8 @@ const COMPUTE_FILE: &str = "compute";
 pub struct Timeline {
     /// Which timeline.
     pub key: TimelineKey,
+    /// This safekeeper's id among its members.
+    me: NodeId,
     dir: PathBuf,
     /// The Postgres cluster.
     pub system_id: u64,
@@ -135,6 +137,7 @@ impl Timeline {
             .filter(|(term, _)| *term == acceptor.term() && acceptor.is_elected_member());
         Ok(Timeline {
             key,
+            me,
             dir,
             system_id: file.system_id,
             segment_size: file.segment_size,
@@ -288,6 +291,33 @@ impl Timeline {
     /// The compute of the current term, if announced.
     pub fn compute(&self) -> Option<(Term, String)> {
         self.compute.borrow().clone()
+    }
+
+    /// This safekeeper's id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The timeline's other members (none when the timeline has stopped).
+    pub async fn peers(&self) -> Vec<crate::membership::Member> {
+        match self.lock().await {
+            Ok(state) => state
+                .acceptor
+                .members()
+                .peers_of(self.me)
+                .cloned()
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Whether safekeeper `id` is one of the timeline's members (false when
+    /// the timeline has stopped).
+    pub async fn is_member(&self, id: NodeId) -> bool {
+        match self.lock().await {
+            Ok(state) => state.acceptor.members().contains(id),
+            Err(_) => false,
+        }
     }
 
     /// `(term, flush, commit, history)` for status answers.

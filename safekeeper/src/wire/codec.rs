@@ -143,6 +143,10 @@ impl Message {
     /// A request's body into `w`, and its kind; `None` for a reply.
     fn encode_request(&self, w: &mut Writer) -> Option<u8> {
         Some(match self {
+            Message::Hello { token } => {
+                w.bytes(token.as_bytes());
+                b'H'
+            }
             Message::CreateTimeline {
                 key,
                 wal_start,
@@ -300,6 +304,7 @@ impl Message {
             what: kind_name(kind).ok_or(FrameError::UnknownKind(kind))?,
         };
         let message = match kind {
+            b'H' => Message::Hello { token: r.string()? },
             b'C' => Message::CreateTimeline {
                 key: r.key()?,
                 wal_start: r.lsn()?,
@@ -381,6 +386,7 @@ impl Message {
 
 fn kind_name(kind: u8) -> Option<&'static str> {
     Some(match kind {
+        b'H' => "hello",
         b'C' => "create timeline",
         b'V' => "vote",
         b'E' => "elected",
@@ -409,6 +415,9 @@ mod tests {
 
     fn every_message() -> Vec<Message> {
         vec![
+            Message::Hello {
+                token: "eyJhbGciOiJFZERTQSJ9.e30.c2ln".into(),
+            },
             Message::CreateTimeline {
                 key: key(),
                 wal_start: Lsn(1 << 24),

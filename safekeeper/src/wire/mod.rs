@@ -73,6 +73,13 @@ impl std::str::FromStr for TimelineKey {
 /// Every message of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
+    /// The first frame of a connection to a safekeeper that checks tokens:
+    /// a signed token (`quire_net::token`) saying who the client speaks
+    /// for. Answer: `Ok`, or `Error` and the connection closes.
+    Hello {
+        /// The token.
+        token: String,
+    },
     /// Create a timeline whose WAL begins at `wal_start` (a segment start)
     /// for a cluster with `system_id`. Answer: `Ok` or `Error`.
     CreateTimeline {
