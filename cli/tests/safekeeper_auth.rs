@@ -72,6 +72,57 @@ fn refused(answer: &Message, what: &str, expect: &str) -> Result<()> {
     }
 }
 
+/// Requests a token does not allow, at the safekeeper at `target`.
+fn check_refusals(target: &str, dir: &Path, other_dir: &Path, start: Lsn) -> Result<()> {
+    let status = Message::GetStatus { key: KEY };
+    let pageserver_token = read(&dir.join("pageserver.token"))?;
+    refused(
+        &call(target, None, status.clone())?,
+        "status without a token",
+        "authentication required",
+    )?;
+    refused(
+        &call(
+            target,
+            Some(read(&other_dir.join("forged.token"))?),
+            status.clone(),
+        )?,
+        "status with an admin token of another key",
+        "signature does not verify",
+    )?;
+    refused(
+        &call(
+            target,
+            Some(read(&dir.join("expired.token"))?),
+            status.clone(),
+        )?,
+        "status with an expired token",
+        "expired",
+    )?;
+    refused(
+        &call(
+            target,
+            Some(pageserver_token.clone()),
+            Message::Vote { key: KEY, term: 99 },
+        )?,
+        "a vote with a pageserver token",
+        "may not send",
+    )?;
+    refused(
+        &call(
+            target,
+            Some(read(&dir.join("sk2.token"))?),
+            Message::StreamWal {
+                key: KEY,
+                from: start,
+            },
+        )?,
+        "WAL streaming with a peer token",
+        "may not send",
+    )?;
+    Ok(())
+}
+
 #[test]
 fn safekeepers_take_only_requests_their_tokens_allow() -> Result<()> {
     let keys = tempfile::tempdir()?;
@@ -91,7 +142,7 @@ fn safekeepers_take_only_requests_their_tokens_allow() -> Result<()> {
         "pageserver",
         &["--scope", "pageserver", "--ttl", "3600"],
     )?;
-    let expired = mint(dir, "expired", &["--scope", "pageserver", "--ttl", "0"])?;
+    mint(dir, "expired", &["--scope", "pageserver", "--ttl", "0"])?;
     let other_keys = tempfile::tempdir()?;
     quire(&[
         "token",
@@ -99,7 +150,7 @@ fn safekeepers_take_only_requests_their_tokens_allow() -> Result<()> {
         "--dir",
         other_keys.path().to_str().context("path")?,
     ])?;
-    let forged = mint(other_keys.path(), "forged", &["--scope", "admin"])?;
+    mint(other_keys.path(), "forged", &["--scope", "admin"])?;
 
     let install = pg_install()?;
     let options = PgClusterOptions::default()
@@ -169,44 +220,8 @@ fn safekeepers_take_only_requests_their_tokens_allow() -> Result<()> {
     }
     println!("50 commits with 2 of 3 required; every safekeeper's commit LSN reached {flushed}");
 
-    let status = Message::GetStatus { key: KEY };
     let target = &addresses[0];
-    refused(
-        &call(target, None, status.clone())?,
-        "status without a token",
-        "authentication required",
-    )?;
-    refused(
-        &call(target, Some(read(&forged)?), status.clone())?,
-        "status with an admin token of another key",
-        "signature does not verify",
-    )?;
-    refused(
-        &call(target, Some(read(&expired)?), status.clone())?,
-        "status with an expired token",
-        "expired",
-    )?;
-    refused(
-        &call(
-            target,
-            Some(pageserver_token.clone()),
-            Message::Vote { key: KEY, term: 99 },
-        )?,
-        "a vote with a pageserver token",
-        "may not send",
-    )?;
-    refused(
-        &call(
-            target,
-            Some(read(&dir.join("sk2.token"))?),
-            Message::StreamWal {
-                key: KEY,
-                from: won.start,
-            },
-        )?,
-        "WAL streaming with a peer token",
-        "may not send",
-    )?;
+    check_refusals(target, dir, other_keys.path(), won.start)?;
     // The vote was refused: the term did not move.
     let (term, _, _) = status_as(target, KEY, Some(&pageserver_token))?;
     ensure!(term == won.term, "the term moved to {term}");
