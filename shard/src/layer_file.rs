@@ -128,6 +128,10 @@ struct CachedBlocks<'a> {
 impl BlockSource for CachedBlocks<'_> {
     type Block = Rc<[u8]>;
 
+    fn block_count(&self) -> u32 {
+        self.file.blocks()
+    }
+
     async fn read_block(
         &self,
         block: u32,
