@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use quire_postgres::Lsn;
+use quire_postgres::types::is_valid_wal_segment_size;
 use quire_postgres::wal::page::first_record_start;
 use quire_postgres::wal::stream::WalStreamDecoder;
 
@@ -29,6 +30,12 @@ pub enum ControlError {
         /// What it said.
         what: String,
     },
+    /// A WAL segment size Postgres does not accept.
+    #[error("invalid WAL segment size {0}")]
+    InvalidSegmentSize(u32),
+    /// A safekeeper reports the last term there is: none is left to elect.
+    #[error("a safekeeper is in term {0}: no higher term is left")]
+    NoTermLeft(Term),
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,6 +91,9 @@ pub async fn elect(
     compute: &str,
     segment_size: u32,
 ) -> Result<Won, ControlError> {
+    if !is_valid_wal_segment_size(segment_size) {
+        return Err(ControlError::InvalidSegmentSize(segment_size));
+    }
     let members = safekeepers.len();
     let mut highest: Term = 0;
     for address in safekeepers {
@@ -92,7 +102,10 @@ pub async fn elect(
         }
     }
     for _attempt in 0..10 {
-        let mut election = Election::new(highest + 1, members);
+        let term = highest
+            .checked_add(1)
+            .ok_or(ControlError::NoTermLeft(highest))?;
+        let mut election = Election::new(term, members);
         for (node, address) in safekeepers.iter().enumerate() {
             let vote = Message::Vote {
                 key,
@@ -182,7 +195,8 @@ async fn last_record_end(
         decoder.feed(&bytes[skip.min(bytes.len())..]);
         let mut end = start;
         while let Ok(Some(record)) = decoder.next_record() {
-            end = Lsn(record.end.0.next_multiple_of(8));
+            // The decoder refuses the LSN space's last page: this rounds.
+            end = record.end.align_up(8).unwrap_or(record.end);
         }
         return Ok(end.min(flush));
     }
@@ -213,7 +227,9 @@ async fn fetch_range(
         };
         match call(donor, &fetch).await.map_err(failed)? {
             Message::Wal { begin, bytes } if begin == at && !bytes.is_empty() => {
-                at = Lsn(at.0 + bytes.len() as u64);
+                at = at
+                    .checked_add(bytes.len() as u64)
+                    .ok_or_else(|| failed("WAL past the end of the LSN space".into()))?;
                 out.extend_from_slice(&bytes);
             }
             other => return Err(failed(format!("fetch for the record end: {other:?}"))),
