@@ -79,8 +79,12 @@ impl Reader<'_> {
         raw.copy_from_slice(self.take(N)?);
         Ok(raw)
     }
-    fn u8(&mut self) -> Result<u8, FrameError> {
-        self.array::<1>().map(|[b]| b)
+    fn bool(&mut self) -> Result<bool, FrameError> {
+        match self.array::<1>()? {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            _ => Err(FrameError::Malformed(self.what)),
+        }
     }
     fn u32(&mut self) -> Result<u32, FrameError> {
         self.array().map(u32::from_le_bytes)
@@ -353,7 +357,7 @@ impl Message {
             },
             b'v' => Message::VoteReply {
                 term: r.u64()?,
-                granted: r.u8()? != 0,
+                granted: r.bool()?,
                 flush: r.lsn()?,
                 history: r.history()?,
             },
@@ -540,6 +544,25 @@ mod tests {
         .encode();
         lying[5 + 17] = 0xFF;
         assert!(Message::decode(&lying).is_err());
+    }
+
+    /// Found by fuzzing: `granted` 0xC5 decoded as true and re-encoded as
+    /// 1, so two frames meant one message. Only 0 and 1 are booleans.
+    #[test]
+    fn booleans_are_zero_or_one() {
+        let reply = Message::VoteReply {
+            term: 9,
+            granted: true,
+            flush: Lsn(0x950),
+            history: history(),
+        };
+        let mut bytes = reply.encode();
+        assert_eq!(bytes[5 + 8], 1);
+        bytes[5 + 8] = 0xC5;
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(FrameError::Malformed("vote reply"))
+        );
     }
 
     #[test]
