@@ -14,7 +14,7 @@
 //! | 56 | 8 | commit LSN |
 //! | 64 | 8 | removable-before LSN |
 //! | 72 | 8 | the Postgres cluster's system identifier |
-//! | 80 | 4 | WAL segment size |
+//! | 80 | 4 | WAL segment size (a power of two, 1 MiB..1 GiB) |
 //! | 84 | 4 | history entries N |
 //! | 88 | 16·N | `(term: u64, start: u64)` per entry |
 //! | 88+16·N | 4 | CRC-32C of every byte before it |
