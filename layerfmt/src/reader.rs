@@ -13,7 +13,7 @@ use zerocopy::FromBytes;
 
 use crate::LayerError;
 use crate::format::{
-    BLOCK_SIZE, FORMAT_VERSION, InternalEntry, LeafEntry, NODE_MAGIC, NodeHeader,
+    BLOCK_SIZE, FORMAT_VERSION, InternalEntry, LEAF_FANOUT, LeafEntry, NODE_MAGIC, NodeHeader,
     SUMMARY_CRC_OFFSET, SUMMARY_MAGIC, Summary, crc,
 };
 
@@ -21,6 +21,11 @@ use crate::format::{
 pub trait BlockSource {
     /// A block's bytes (8192), however the source holds them.
     type Block: AsRef<[u8]>;
+
+    /// Whole blocks in the file, from its size: what the summary's block
+    /// count is checked against before anything is read or allocated on
+    /// the summary's word.
+    fn block_count(&self) -> u32;
 
     /// Reads block `block`. When `expected_crc` is given, the source must
     /// check the bytes with [`check_block`] before caching or returning them.
@@ -96,14 +101,29 @@ pub struct LayerReader {
 
 impl LayerReader {
     /// Opens `file` through `source`: reads and checks block 0 and the
-    /// checksum table.
+    /// checksum table. The summary's regions must fit the file the source
+    /// holds before the table is read (its size is the summary's word).
     pub async fn open<S: BlockSource>(file: &str, source: &S) -> Result<LayerReader, LayerError> {
         let block0 = source.read_block(0, None).await?;
         let summary = parse_summary(file, block0.as_ref())?;
+        let on_disk = source.block_count();
+        if summary.block_count.get() != on_disk {
+            return Err(corrupt(
+                file,
+                0,
+                "summary",
+                format!(
+                    "{} blocks in the summary, {on_disk} in the file",
+                    summary.block_count.get()
+                ),
+            ));
+        }
+        // Within the file (checked above) and the table's exact size
+        // (parse_summary): at most 4 bytes per block of a real file.
         let first = summary.checksum_first_block.get();
-        let mut table =
-            Vec::with_capacity(summary.checksum_block_count.get() as usize * BLOCK_SIZE);
-        for block in first..first + summary.checksum_block_count.get() {
+        let count = summary.checksum_block_count.get();
+        let mut table = Vec::with_capacity(count as usize * BLOCK_SIZE);
+        for block in first..summary.block_count.get() {
             table.extend_from_slice(source.read_block(block, None).await?.as_ref());
         }
         LayerReader::from_parts(file, block0.as_ref(), &table)
@@ -123,9 +143,12 @@ impl LayerReader {
                 "shorter than its blocks".into(),
             ));
         };
-        // The table's CRC covers its blocks with entry 0 (block 0's own CRC) zero.
+        // The table's CRC covers its blocks with entry 0 (block 0's own CRC)
+        // zero; parse_summary made the table at least a block long.
         let mut zeroed = table.to_vec();
-        zeroed[..4].fill(0);
+        if let Some(entry0) = zeroed.get_mut(..4) {
+            entry0.fill(0);
+        }
         if crc(&zeroed) != summary.checksum_table_crc.get() {
             return Err(corrupt(
                 file,
@@ -134,11 +157,20 @@ impl LayerReader {
                 "table checksum does not match".into(),
             ));
         }
-        let crcs: Vec<u32> = table[..covered * 4]
+        let crcs: Vec<u32> = table
+            .get(..covered * 4)
+            .unwrap_or_default()
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let block0_crc = crcs[0];
+        let Some(&block0_crc) = crcs.first() else {
+            return Err(corrupt(
+                file,
+                first_table_block,
+                "checksum table",
+                "covers no block".into(),
+            ));
+        };
         check_block(file, 0, block0, block0_crc)?;
         Ok(LayerReader {
             file: file.to_owned(),
@@ -235,7 +267,7 @@ impl LayerReader {
         bytes: &'a [u8],
         header: &NodeHeader,
     ) -> Result<&'a [LeafEntry], LayerError> {
-        let body = &bytes[size_of::<NodeHeader>()..];
+        let body = bytes.get(size_of::<NodeHeader>()..).unwrap_or_default();
         let (entries, _) =
             <[LeafEntry]>::ref_from_prefix_with_elems(body, usize::from(header.count.get()))
                 .map_err(|_| {
@@ -255,7 +287,7 @@ impl LayerReader {
         bytes: &'a [u8],
         header: &NodeHeader,
     ) -> Result<&'a [InternalEntry], LayerError> {
-        let body = &bytes[size_of::<NodeHeader>()..];
+        let body = bytes.get(size_of::<NodeHeader>()..).unwrap_or_default();
         let (entries, _) =
             <[InternalEntry]>::ref_from_prefix_with_elems(body, usize::from(header.count.get()))
                 .map_err(|_| {
@@ -288,7 +320,7 @@ impl LayerReader {
         let header = self.node_header(block, bytes.as_ref())?;
         let entries = self.leaf_entries(block, bytes.as_ref(), &header)?;
         Ok(position
-            .map(|p| entries[p])
+            .and_then(|p| entries.get(p).copied())
             .filter(|entry| entry.key == key.to_bytes()))
     }
 
@@ -313,10 +345,12 @@ impl LayerReader {
             let (block, bytes, position) = self.seek(source, key, Lsn(target_lsn)).await?;
             let header = self.node_header(block, bytes.as_ref())?;
             let entries = self.leaf_entries(block, bytes.as_ref(), &header)?;
-            let Some(position) = position else {
+            let (Some(upto), Some(first)) =
+                (position.and_then(|p| entries.get(..=p)), entries.first())
+            else {
                 return Ok(false);
             };
-            for entry in entries[..=position].iter().rev() {
+            for entry in upto.iter().rev() {
                 if entry.key != wanted {
                     return Ok(false);
                 }
@@ -327,9 +361,8 @@ impl LayerReader {
                 }
             }
             // The key's older entries continue in the previous leaf.
-            let first_lsn = entries[0].lsn.get();
-            match first_lsn.checked_sub(1) {
-                Some(next) if entries[0].key == wanted && taken < limit => target_lsn = next,
+            match first.lsn.get().checked_sub(1) {
+                Some(next) if first.key == wanted && taken < limit => target_lsn = next,
                 _ => return Ok(false),
             }
         }
@@ -370,9 +403,17 @@ impl LayerReader {
             let within = usize::try_from(position % block_size).unwrap_or(0);
             let take = usize::try_from((end - position).min(block_size - position % block_size))
                 .unwrap_or(0);
-            value.extend_from_slice(&bytes.as_ref()[within..within + take]);
+            let Some(part) = bytes.as_ref().get(within..within + take) else {
+                return Err(corrupt(
+                    &self.file,
+                    block,
+                    "value stream",
+                    "short block".into(),
+                ));
+            };
+            value.extend_from_slice(part);
             position += take as u64;
-            block += 1;
+            block = block.saturating_add(1);
         }
         Ok(ValueBytes::Owned(value))
     }
@@ -436,7 +477,8 @@ pub fn parse_summary(file: &str, block0: &[u8]) -> Result<Summary, LayerError> {
         ));
     }
     let stored = summary.summary_crc.get();
-    let actual = crc(&block0[..SUMMARY_CRC_OFFSET]);
+    // read_from_prefix took more than SUMMARY_CRC_OFFSET bytes.
+    let actual = crc(block0.get(..SUMMARY_CRC_OFFSET).unwrap_or_default());
     if stored != actual {
         return Err(corrupt(
             file,
@@ -481,10 +523,14 @@ pub fn parse_summary(file: &str, block0: &[u8]) -> Result<Summary, LayerError> {
         && (summary.index_first_block.get()..summary.checksum_first_block.get())
             .contains(&summary.index_root_block.get())
         && (1..=64).contains(&summary.index_height.get())
-        && u64::from(summary.checksum_block_count.get()) * BLOCK_SIZE as u64
-            >= u64::from(summary.checksum_first_block.get()) * 4
+        // Exactly the blocks the table's entries need (as the writer sizes it).
+        && u64::from(summary.checksum_block_count.get())
+            == (u64::from(summary.checksum_first_block.get()) * 4).div_ceil(BLOCK_SIZE as u64)
         && summary.value_bytes.get()
-            <= u64::from(summary.value_block_count.get()) * BLOCK_SIZE as u64;
+            <= u64::from(summary.value_block_count.get()) * BLOCK_SIZE as u64
+        // No more entries than the index blocks can hold.
+        && summary.entry_count.get()
+            <= u64::from(summary.index_block_count.get()) * LEAF_FANOUT as u64;
     if !regions_ok {
         return Err(corrupt(
             file,

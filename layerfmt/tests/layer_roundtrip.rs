@@ -11,7 +11,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use proptest::prelude::*;
-use quire_layerfmt::format::{Compression, LeafEntry};
+use quire_layerfmt::format::{Compression, LeafEntry, SUMMARY_CRC_OFFSET, Summary, crc};
 use quire_layerfmt::reader::check_block;
 use quire_layerfmt::writer::LayerDescriptor;
 use quire_layerfmt::{
@@ -19,6 +19,8 @@ use quire_layerfmt::{
 };
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Runs a future that never waits (every block source here is memory).
 fn block_on<F: Future>(future: F) -> F::Output {
@@ -39,6 +41,10 @@ struct MemoryFile {
 
 impl BlockSource for MemoryFile {
     type Block = Vec<u8>;
+
+    fn block_count(&self) -> u32 {
+        u32::try_from(self.bytes.len() / BLOCK_SIZE).unwrap()
+    }
 
     async fn read_block(
         &self,
@@ -311,5 +317,71 @@ proptest! {
             .collect();
         let file = write_layer(LayerKind::Delta, &model, (Lsn(1), Lsn(500)));
         check_layer(&model, file, &[1, 2, 100, 250, 499, 500, 10_000]);
+    }
+}
+
+/// Rewrites block 0's summary with `change` and a CRC that matches again
+/// (what a buggy writer or a deliberate forgery would leave).
+fn forge_summary(file: &mut [u8], change: impl FnOnce(&mut Summary)) {
+    let (mut summary, _) = Summary::read_from_prefix(&file[..BLOCK_SIZE]).unwrap();
+    change(&mut summary);
+    file[..size_of::<Summary>()].copy_from_slice(summary.as_bytes());
+    let summary_crc = crc(&file[..SUMMARY_CRC_OFFSET]);
+    file[SUMMARY_CRC_OFFSET..SUMMARY_CRC_OFFSET + 4].copy_from_slice(&summary_crc.to_le_bytes());
+}
+
+/// A summary whose checksummed fields claim more than the file holds is
+/// `Corrupt` before anything is allocated on its word (a table of 2^31
+/// blocks was a 16 TiB allocation: an abort, not an error).
+#[test]
+fn summaries_claiming_more_than_the_file_are_corrupt() {
+    let mut model = Model::new();
+    for block in 0..50 {
+        model.insert((block, 10), (true, value(u64::from(block), 300)));
+    }
+    let file = write_layer(LayerKind::Delta, &model, (Lsn(1), Lsn(20)));
+    let forged = |change: &dyn Fn(&mut Summary)| {
+        let mut forged = file.clone();
+        forge_summary(&mut forged, change);
+        forged
+    };
+    let mut truncated = file.clone();
+    truncated.truncate(file.len() - BLOCK_SIZE);
+    let mut extended = file.clone();
+    extended.extend_from_slice(&[0; BLOCK_SIZE]);
+    let cases = [
+        (
+            "huge checksum table",
+            forged(&|s: &mut Summary| {
+                let count = 0x7FFF_0000;
+                s.checksum_block_count = U32::new(count);
+                s.block_count = U32::new(s.checksum_first_block.get() + count);
+            }),
+        ),
+        (
+            "more entries than the index holds",
+            forged(&|s: &mut Summary| s.entry_count = U64::new(u64::MAX)),
+        ),
+        (
+            "a table of more blocks than its entries need",
+            forged(&|s: &mut Summary| {
+                s.checksum_block_count = U32::new(s.checksum_block_count.get() + 1);
+                s.block_count = U32::new(s.block_count.get() + 1);
+            }),
+        ),
+        ("a file a block short", truncated),
+        ("a file a block long", extended),
+    ];
+    for (what, forged) in cases {
+        let source = MemoryFile {
+            bytes: forged,
+            reads: RefCell::new(0),
+        };
+        let outcome = block_on(LayerReader::open("memory", &source));
+        assert!(
+            matches!(outcome, Err(LayerError::Corrupt { block: 0, .. })),
+            "{what}: {outcome:?}"
+        );
+        assert_eq!(*source.reads.borrow(), 1, "{what}: only block 0 is read");
     }
 }

@@ -67,16 +67,17 @@ pub async fn import_datadir(timeline: &Timeline, pgdata: &Path) -> Result<Import
                 bail!("{} is not a whole number of pages", path.display());
             }
             for (i, page) in bytes.chunks_exact(BLCKSZ).enumerate() {
-                let block =
-                    segment * RELSEG_SIZE + u32::try_from(i).context("segment too large")?;
-                timeline
-                    .put(
-                        Key::rel_block(files.rel, BlockNo(block)),
-                        lsn,
-                        Value::Image(Rc::from(page)),
-                    )
-                    .await?;
-                blocks = blocks.max(block + 1);
+                // A segment number from a file name can reach past the last block.
+                let block = u32::try_from(i)
+                    .ok()
+                    .and_then(|i| segment.checked_mul(RELSEG_SIZE)?.checked_add(i))
+                    .map(BlockNo)
+                    .with_context(|| format!("{} reaches past block 2^32", path.display()))?;
+                let key = Key::try_rel_block(files.rel, block)
+                    .with_context(|| format!("{} reaches past the last block", path.display()))?;
+                timeline.put(key, lsn, Value::Image(Rc::from(page))).await?;
+                // block ≤ MaxBlockNumber (the key is valid): no overflow.
+                blocks = blocks.max(block.0.saturating_add(1));
                 imported.pages += 1;
             }
         }
@@ -94,8 +95,10 @@ pub async fn import_datadir(timeline: &Timeline, pgdata: &Path) -> Result<Import
     for (&(kind, segment), path) in &dir.slru_segments {
         let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
         for (i, page) in bytes.chunks_exact(BLCKSZ).enumerate() {
-            let page_no = segment * SLRU_PAGES_PER_SEGMENT
-                + u32::try_from(i).context("SLRU segment too large")?;
+            let page_no = u32::try_from(i)
+                .ok()
+                .and_then(|i| segment.checked_mul(SLRU_PAGES_PER_SEGMENT)?.checked_add(i))
+                .with_context(|| format!("{} reaches past SLRU page 2^32", path.display()))?;
             timeline
                 .put(slru_key(kind, page_no), lsn, Value::Image(Rc::from(page)))
                 .await?;

@@ -12,6 +12,11 @@
 //! and members (Rust redo records per SLRU page), SLRU pages zeroed,
 //! visibility-map bits cleared without a block reference, and checkpoints.
 //!
+//! A record that references `InvalidBlockNumber` (0xFFFFFFFF) decodes, as
+//! `pg_waldump` decodes it, but no key names that block: ingest refuses
+//! the whole record ([`quire_postgres::key::InvalidKey`]) before storing
+//! any of it.
+//!
 //! Not kept: free-space-map page changes (Postgres never WAL-logs them; the
 //! FSM fork's size is not shrunk by a truncation either), `pg_subtrans`
 //! (rebuilt by Postgres at start), `commit_ts`, and SLRU segment removal.
@@ -138,10 +143,13 @@ impl WalIngest {
     /// bytes, the `EndRecPtr` recovery stamps on the pages it replays;
     /// returns that LSN.
     pub async fn ingest_record(&mut self, start: Lsn, end: Lsn, bytes: &[u8]) -> Result<Lsn> {
-        let end = Lsn(end.0.next_multiple_of(8));
+        let end = end
+            .align_up(8)
+            .with_context(|| format!("record at {start} ends past the LSN space"))?;
         let record = decode_record(bytes).with_context(|| format!("record at {start}"))?;
         let pages = page_effects(&record, end).with_context(|| format!("record at {start}"))?;
         let effects = record_effects(&record).with_context(|| format!("record at {start}"))?;
+        let keys = page_keys(start, &pages)?;
         self.stats.records += 1;
         self.stats.bytes += bytes.len() as u64;
 
@@ -163,8 +171,9 @@ impl WalIngest {
         } else {
             Rc::from(Vec::new())
         };
-        for ((page, block_ref), vm_clear) in pages.iter().zip(record.blocks()).zip(vm_clears) {
-            let key = Key::rel_block(page.rel, page.block);
+        for (((page, block_ref), vm_clear), key) in
+            pages.iter().zip(record.blocks()).zip(vm_clears).zip(keys)
+        {
             if page.rel.fork == ForkNumber::VisibilityMap {
                 self.note_vm_map_source(page.rel, page.block.0, &block_ref);
             }
@@ -199,7 +208,8 @@ impl WalIngest {
             let size = self.sizes.get(&page.rel).copied().unwrap_or(0);
             if page.block.0 >= size || !self.sizes.contains_key(&page.rel) {
                 let new = grown.entry(page.rel).or_insert(size);
-                *new = (*new).max(page.block.0 + 1);
+                // At most MaxBlockNumber + 1 = u32::MAX: the key was valid.
+                *new = (*new).max(page.block.0.saturating_add(1));
             }
         }
         for (rel, blocks) in grown {
@@ -671,6 +681,23 @@ pub fn slru_key(kind: SlruKind, page: u32) -> Key {
         page / SLRU_PAGES_PER_SEGMENT,
         page % SLRU_PAGES_PER_SEGMENT,
     )
+}
+
+/// The key of each page a record changes, checked before anything is
+/// stored: a record naming a block no key can (`InvalidBlockNumber`) is
+/// refused whole.
+fn page_keys(start: Lsn, pages: &[PageEffect]) -> Result<Vec<Key>> {
+    pages
+        .iter()
+        .map(|page| {
+            Key::try_rel_block(page.rel, page.block).with_context(|| {
+                format!(
+                    "record at {start} references block {} of {}",
+                    page.block, page.rel
+                )
+            })
+        })
+        .collect()
 }
 
 /// For each page update: the Rust form of a visibility-map page change a

@@ -16,7 +16,7 @@ use zerocopy::little_endian::{F64, I64, U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::lsn::Lsn;
-use crate::types::{BLCKSZ, RELSEG_SIZE, XLOG_BLCKSZ};
+use crate::types::{BLCKSZ, RELSEG_SIZE, XLOG_BLCKSZ, is_valid_wal_segment_size};
 
 /// `PG_CONTROL_VERSION` of Postgres 17.
 pub const PG_CONTROL_VERSION: u32 = 1700;
@@ -248,6 +248,10 @@ pub enum ControlFileError {
     /// A compile-time constant differs from this build's.
     #[error("pg_control was written by an incompatible build: {0}")]
     Incompatible(&'static str),
+    /// `xlog_seg_size` is not a size Postgres accepts (a power of two from
+    /// 1 MiB to 1 GiB), as its own `ReadControlFile` refuses it.
+    #[error("pg_control's WAL segment size {0} is not a power of two from 1 MiB to 1 GiB")]
+    InvalidSegmentSize(u32),
 }
 
 impl ControlFileData {
@@ -281,6 +285,11 @@ impl ControlFileData {
         if control.max_align.get() != 8 || control.float_format.get() != FLOAT_FORMAT_VALUE {
             return Err(ControlFileError::Incompatible("alignment or float format"));
         }
+        if !is_valid_wal_segment_size(control.xlog_seg_size.get()) {
+            return Err(ControlFileError::InvalidSegmentSize(
+                control.xlog_seg_size.get(),
+            ));
+        }
         Ok(control)
     }
 
@@ -296,5 +305,42 @@ impl ControlFileData {
     /// The latest checkpoint's LSN.
     pub fn checkpoint_lsn(&self) -> Lsn {
         Lsn(self.checkpoint.get())
+    }
+
+    /// The fields a Postgres 17 build of this layout writes and
+    /// [`ControlFileData::decode`] checks, everything else zero: a start
+    /// for tests and tools that write a `pg_control` of their own.
+    pub fn template(segment_size: u32) -> ControlFileData {
+        let mut control = <ControlFileData as FromZeros>::new_zeroed();
+        control.pg_control_version = U32::new(PG_CONTROL_VERSION);
+        control.catalog_version_no = U32::new(CATALOG_VERSION_NO);
+        control.blcksz = U32::new(u32::try_from(BLCKSZ).unwrap_or(u32::MAX));
+        control.xlog_blcksz = U32::new(XLOG_BLCKSZ);
+        control.relseg_size = U32::new(RELSEG_SIZE);
+        control.max_align = U32::new(8);
+        control.float_format = F64::new(FLOAT_FORMAT_VALUE);
+        control.xlog_seg_size = U32::new(segment_size);
+        control
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_size_postgres_refuses_is_refused() {
+        let good = ControlFileData::template(16 << 20);
+        assert_eq!(
+            ControlFileData::decode(&good.encode()).map(|c| c.xlog_seg_size.get()),
+            Ok(16 << 20)
+        );
+        for size in [0, 1, 3 << 20, 2 << 30] {
+            let bad = ControlFileData::template(size);
+            assert_eq!(
+                ControlFileData::decode(&bad.encode()).map(|c| c.xlog_seg_size.get()),
+                Err(ControlFileError::InvalidSegmentSize(size))
+            );
+        }
     }
 }

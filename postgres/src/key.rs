@@ -175,12 +175,32 @@ impl Key {
         }
     }
 
-    /// Block `block` of `rel`. `block` must not be `InvalidBlockNumber`.
+    /// Block `block` of `rel`. `block` must not be `InvalidBlockNumber`:
+    /// a block number from outside (WAL, a file, a request) goes through
+    /// [`Key::try_rel_block`].
     pub fn rel_block(rel: RelTag, block: BlockNo) -> Key {
         assert!(
             block != BlockNo::INVALID,
             "InvalidBlockNumber is not a block"
         );
+        Key::rel_block_unchecked(rel, block)
+    }
+
+    /// Block `block` of `rel`, or an error when `block` is
+    /// `InvalidBlockNumber` (0xFFFFFFFF: its key would be the fork's size
+    /// key); every block up to `MaxBlockNumber` (0xFFFFFFFE) has one.
+    pub fn try_rel_block(rel: RelTag, block: BlockNo) -> Result<Key, InvalidKey> {
+        let key = Key::rel_block_unchecked(rel, block);
+        if block == BlockNo::INVALID {
+            return Err(InvalidKey {
+                bytes: key.to_bytes(),
+                what: "block number is InvalidBlockNumber",
+            });
+        }
+        Ok(key)
+    }
+
+    fn rel_block_unchecked(rel: RelTag, block: BlockNo) -> Key {
         Key::of(
             kind::RELATION,
             rel.spc_oid,
@@ -218,10 +238,24 @@ impl Key {
         Key::of(kind::REL_MAP, spc_oid, db_oid, 0, 0, 0)
     }
 
-    /// Block `block` of segment `segment` of an SLRU.
+    /// Block `block` of segment `segment` of an SLRU (`block` below
+    /// `u32::MAX`; from outside, through [`Key::try_slru_block`]).
     pub fn slru_block(slru: SlruKind, segment: u32, block: u32) -> Key {
         assert!(block != SIZE_MARKER, "u32::MAX is the segment-size marker");
         Key::of(kind::SLRU, slru as u32, segment, 0, 0, block)
+    }
+
+    /// Block `block` of segment `segment` of an SLRU, or an error when
+    /// `block` is `u32::MAX` (the segment-size marker).
+    pub fn try_slru_block(slru: SlruKind, segment: u32, block: u32) -> Result<Key, InvalidKey> {
+        let key = Key::of(kind::SLRU, slru as u32, segment, 0, 0, block);
+        if block == SIZE_MARKER {
+            return Err(InvalidKey {
+                bytes: key.to_bytes(),
+                what: "SLRU block number is the segment-size marker",
+            });
+        }
+        Ok(key)
     }
 
     /// The size of segment `segment` of an SLRU.
@@ -480,6 +514,22 @@ mod tests {
             Err("unknown kind")
         );
         assert_eq!(Key::MAX.next(), None);
+    }
+
+    #[test]
+    fn fallible_constructors_refuse_the_markers_only() {
+        let main = rel(16384, ForkNumber::Main);
+        assert_eq!(
+            Key::try_rel_block(main, BlockNo::MAX),
+            Ok(Key::rel_block(main, BlockNo::MAX))
+        );
+        let invalid = Key::try_rel_block(main, BlockNo::INVALID).map_err(|e| e.what);
+        assert_eq!(invalid, Err("block number is InvalidBlockNumber"));
+        assert_eq!(
+            Key::try_slru_block(SlruKind::Clog, 7, 31),
+            Ok(Key::slru_block(SlruKind::Clog, 7, 31))
+        );
+        assert!(Key::try_slru_block(SlruKind::Clog, 7, u32::MAX).is_err());
     }
 
     #[test]

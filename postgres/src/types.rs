@@ -13,6 +13,14 @@ pub const DEFAULT_WAL_SEGMENT_SIZE: u32 = 16 * 1024 * 1024;
 pub const WAL_SEGMENT_SIZE_MIN: u32 = 1024 * 1024;
 /// See [`WAL_SEGMENT_SIZE_MIN`].
 pub const WAL_SEGMENT_SIZE_MAX: u32 = 1024 * 1024 * 1024;
+
+/// Whether `size` is a WAL segment size Postgres accepts
+/// (`IsValidWalSegSize`: a power of two from 1 MiB to 1 GiB). Every segment
+/// size read from outside (a wire message, a control file, `pg_control`)
+/// is checked with this before anything divides by it.
+pub fn is_valid_wal_segment_size(size: u32) -> bool {
+    size.is_power_of_two() && (WAL_SEGMENT_SIZE_MIN..=WAL_SEGMENT_SIZE_MAX).contains(&size)
+}
 /// `MAXIMUM_ALIGNOF` on every 64-bit platform Postgres supports.
 pub const MAXALIGN: u64 = 8;
 /// `RELSEG_SIZE`: blocks per relation segment file (1 GiB of 8 KiB pages).

@@ -389,3 +389,70 @@ proptest! {
         }
     }
 }
+
+/// A segment size of 0 (or any size Postgres would refuse) is an error from
+/// every entry point, never a division by zero.
+#[test]
+fn invalid_segment_sizes_are_errors() {
+    use quire_postgres::wal::page::{decode_page_header, first_record_start};
+    let (start, wal, _) = write_wal(Lsn(0x0100_0028), &[100, 200], None);
+    for size in [0, 1, 3 << 20, 1 << 19, 1 << 31] {
+        let mut decoder = WalStreamDecoder::new(start, size);
+        decoder.feed(&wal[..16_384]);
+        let error = decoder.next_record().map(|_| ()).unwrap_err();
+        assert_eq!(
+            error.kind,
+            WalErrorKind::PageHeader(PageHeaderError::InvalidSegmentSize(size))
+        );
+        let mut decoder = WalStreamDecoder::new(start, size);
+        assert!(
+            decoder
+                .decode_slice(&wal[..16_384], |_| Ok::<
+                    (),
+                    quire_postgres::wal::stream::WalDecodeError,
+                >(()))
+                .is_err()
+        );
+        assert_eq!(
+            decode_page_header(&wal, start, size),
+            Err(PageHeaderError::InvalidSegmentSize(size))
+        );
+        assert_eq!(
+            first_record_start(&wal, start, size),
+            Err(PageHeaderError::InvalidSegmentSize(size))
+        );
+    }
+    // A header cut short is an error too.
+    assert_eq!(
+        decode_page_header(&wal[..30], start, SEGMENT),
+        Err(PageHeaderError::Truncated(30))
+    );
+}
+
+/// WAL in the last page of the 64-bit LSN space is refused: every position
+/// and record end the decoder reports stays an LSN.
+#[test]
+fn the_last_page_of_the_lsn_space_is_refused() {
+    use quire_postgres::wal::page::{PageHeader, XLP_FIRST_IS_CONTRECORD};
+    let last_page = Lsn(u64::MAX - 8191);
+    // A page continuing a record over the whole page, read from its start.
+    let mut page = vec![0u8; BLCKSZ];
+    PageHeader {
+        info: XLP_FIRST_IS_CONTRECORD,
+        timeline: 1,
+        page_address: last_page,
+        remaining_length: 8168,
+        long: None,
+    }
+    .write(&mut page);
+    let (records, error) = decode(last_page, &page, &[BLCKSZ]);
+    assert!(records.is_empty());
+    assert_eq!(error, Some(WalErrorKind::EndOfLsnSpace));
+    // A record ending exactly at 2^64, fed from a record boundary.
+    let start = Lsn(u64::MAX - 23);
+    let record =
+        quire_postgres::wal::writer::build_record(RMID, 0, 1, Lsn(0x100), &[], &[]).unwrap();
+    let (records, error) = decode(start, &record, &[record.len()]);
+    assert!(records.is_empty());
+    assert_eq!(error, Some(WalErrorKind::EndOfLsnSpace));
+}

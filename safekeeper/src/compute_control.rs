@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use quire_postgres::Lsn;
+use quire_postgres::types::is_valid_wal_segment_size;
 use quire_postgres::wal::page::first_record_start;
 use quire_postgres::wal::stream::WalStreamDecoder;
 
@@ -30,6 +31,12 @@ pub enum ControlError {
         /// What it said.
         what: String,
     },
+    /// A WAL segment size Postgres does not accept.
+    #[error("invalid WAL segment size {0}")]
+    InvalidSegmentSize(u32),
+    /// A safekeeper reports the last term there is: none is left to elect.
+    #[error("a safekeeper is in term {0}: no higher term is left")]
+    NoTermLeft(Term),
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,6 +95,9 @@ pub async fn elect(
     compute: &str,
     segment_size: u32,
 ) -> Result<Won, ControlError> {
+    if !is_valid_wal_segment_size(segment_size) {
+        return Err(ControlError::InvalidSegmentSize(segment_size));
+    }
     // Safekeeper `i` of the list (from 0) is member `i + 1`, as its standby
     // name `sk<i + 1>` says.
     let members = Membership::new(
@@ -110,7 +120,10 @@ pub async fn elect(
         }
     }
     for _attempt in 0..10 {
-        let mut election = Election::new(highest + 1, members.clone());
+        let term = highest
+            .checked_add(1)
+            .ok_or(ControlError::NoTermLeft(highest))?;
+        let mut election = Election::new(term, members.clone());
         for member in members.members() {
             let address = &member.address;
             let vote = Message::Vote {
@@ -206,7 +219,8 @@ async fn last_record_end(
         decoder.feed(&bytes[skip.min(bytes.len())..]);
         let mut end = start;
         while let Ok(Some(record)) = decoder.next_record() {
-            end = Lsn(record.end.0.next_multiple_of(8));
+            // The decoder refuses the LSN space's last page: this rounds.
+            end = record.end.align_up(8).unwrap_or(record.end);
         }
         return Ok(end.min(flush));
     }
@@ -238,7 +252,9 @@ async fn fetch_range(
         };
         match call(donor, token, &fetch).await.map_err(failed)? {
             Message::Wal { begin, bytes } if begin == at && !bytes.is_empty() => {
-                at = Lsn(at.0 + bytes.len() as u64);
+                at = at
+                    .checked_add(bytes.len() as u64)
+                    .ok_or_else(|| failed("WAL past the end of the LSN space".into()))?;
                 out.extend_from_slice(&bytes);
             }
             other => return Err(failed(format!("fetch for the record end: {other:?}"))),

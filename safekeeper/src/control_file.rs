@@ -14,7 +14,7 @@
 //! | 56 | 8 | commit LSN |
 //! | 64 | 8 | removable-before LSN |
 //! | 72 | 8 | the Postgres cluster's system identifier |
-//! | 80 | 4 | WAL segment size |
+//! | 80 | 4 | WAL segment size (a power of two, 1 MiB..1 GiB) |
 //! | 84 | 4 | history entries N |
 //! | 88 | 16·N | `(term: u64, start: u64)` per entry |
 //! | 88+16·N | 4 | members M (1 to 7) |
@@ -25,12 +25,16 @@
 //! `control`, and the directory fsynced: a crash leaves either the old or
 //! the new file whole. A `control` whose checksum fails is an error, never
 //! a reset: losing a vote or a term would break the protocol's safety.
+//! So is a file whose checksum passes but whose values cannot be (a WAL
+//! segment size Postgres refuses, an unordered history); such a file is
+//! never written either.
 
 use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::Path;
 
 use quire_postgres::Lsn;
+use quire_postgres::types::is_valid_wal_segment_size;
 
 use crate::acceptor::DurableState;
 use crate::history::{TermEntry, TermHistory};
@@ -72,16 +76,20 @@ pub enum ControlFileError {
     Io(#[from] io::Error),
 }
 
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    let mut raw = [0u8; 8];
-    raw.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(raw)
+/// `N` bytes at `at`, or an error naming the short file.
+fn array_at<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], ControlFileError> {
+    at.checked_add(N)
+        .and_then(|end| bytes.get(at..end))
+        .and_then(|b| b.try_into().ok())
+        .ok_or(ControlFileError::Corrupt("shorter than its fields"))
 }
 
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    let mut raw = [0u8; 4];
-    raw.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(raw)
+fn u64_at(bytes: &[u8], at: usize) -> Result<u64, ControlFileError> {
+    array_at(bytes, at).map(u64::from_le_bytes)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Result<u32, ControlFileError> {
+    array_at(bytes, at).map(u32::from_le_bytes)
 }
 
 impl ControlFile {
@@ -137,57 +145,75 @@ impl ControlFile {
         if bytes.len() < HEADER + 4 {
             return Err(ControlFileError::Corrupt("shorter than its header"));
         }
-        if &bytes[0..4] != MAGIC {
+        if array_at::<4>(bytes, 0)? != *MAGIC {
             return Err(ControlFileError::Corrupt("wrong magic"));
         }
-        if u32_at(bytes, 4) != VERSION {
+        if u32_at(bytes, 4)? != VERSION {
             return Err(ControlFileError::Corrupt("unknown format version"));
         }
-        let count = u32_at(bytes, 84) as usize;
-        let members_at = HEADER + 16 * count;
+        let count = u32_at(bytes, 84)? as usize;
+        // Bounded before any product: at most MAX_ENTRIES entries.
+        let members_at = HEADER + 16 * count.min(MAX_ENTRIES);
         if count > MAX_ENTRIES || bytes.len() < members_at + 4 + 4 {
             return Err(ControlFileError::Corrupt(
                 "length does not match its history",
             ));
         }
         let body = bytes.len() - 4;
-        if quire_checksum::crc32c(&bytes[..body]) != u32_at(bytes, body) {
+        if bytes.get(..body).map(quire_checksum::crc32c) != Some(u32_at(bytes, body)?) {
             return Err(ControlFileError::Corrupt("checksum mismatch"));
         }
-        let members = decode_members(&bytes[members_at..body])?;
-        let mut tenant = [0u8; 16];
-        tenant.copy_from_slice(&bytes[8..24]);
-        let mut timeline = [0u8; 16];
-        timeline.copy_from_slice(&bytes[24..40]);
+        let members = decode_members(
+            bytes
+                .get(members_at..body)
+                .ok_or(ControlFileError::Corrupt("no member set"))?,
+        )?;
         let history = TermHistory(
             (0..count)
-                .map(|i| TermEntry {
-                    term: u64_at(bytes, HEADER + 16 * i),
-                    start: Lsn(u64_at(bytes, HEADER + 16 * i + 8)),
+                .map(|i| {
+                    Ok(TermEntry {
+                        term: u64_at(bytes, HEADER + 16 * i)?,
+                        start: Lsn(u64_at(bytes, HEADER + 16 * i + 8)?),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, ControlFileError>>()?,
         );
-        if history.validate().is_err() {
-            return Err(ControlFileError::Corrupt("term history out of order"));
-        }
-        Ok(ControlFile {
-            tenant,
-            timeline,
-            system_id: u64_at(bytes, 72),
-            segment_size: u32_at(bytes, 80),
+        let file = ControlFile {
+            tenant: array_at(bytes, 8)?,
+            timeline: array_at(bytes, 24)?,
+            system_id: u64_at(bytes, 72)?,
+            segment_size: u32_at(bytes, 80)?,
             state: DurableState {
-                term: u64_at(bytes, 40),
+                term: u64_at(bytes, 40)?,
                 history,
-                wal_start: Lsn(u64_at(bytes, 48)),
-                commit_lsn: Lsn(u64_at(bytes, 56)),
-                removable_before: Lsn(u64_at(bytes, 64)),
+                wal_start: Lsn(u64_at(bytes, 48)?),
+                commit_lsn: Lsn(u64_at(bytes, 56)?),
+                removable_before: Lsn(u64_at(bytes, 64)?),
                 members,
             },
-        })
+        };
+        file.check()?;
+        Ok(file)
     }
 
-    /// Replaces `dir/control` atomically and durably.
+    /// The rules on values a checksum cannot catch (a file written with
+    /// them, or by a build that did not check).
+    fn check(&self) -> Result<(), ControlFileError> {
+        if !is_valid_wal_segment_size(self.segment_size) {
+            return Err(ControlFileError::Corrupt(
+                "WAL segment size is not a power of two from 1 MiB to 1 GiB",
+            ));
+        }
+        if self.state.history.validate().is_err() {
+            return Err(ControlFileError::Corrupt("term history out of order"));
+        }
+        Ok(())
+    }
+
+    /// Replaces `dir/control` atomically and durably. A file that
+    /// [`ControlFile::decode`] would refuse is not written.
     pub fn store(&self, dir: &Path) -> Result<(), ControlFileError> {
+        self.check()?;
         let tmp = dir.join(CONTROL_TMP);
         let mut file = File::create(&tmp)?;
         file.write_all(&self.encode())?;
@@ -332,5 +358,31 @@ mod tests {
         bytes[44] ^= 1; // the term
         fs::write(dir.path().join(CONTROL_FILE), &bytes).expect("write");
         assert!(ControlFile::load(dir.path()).is_err());
+    }
+
+    /// A checksummed file with a segment size of 0 (written by a build
+    /// that did not check) is a typed error, and no such file is written.
+    #[test]
+    fn invalid_segment_sizes_are_refused_on_load_and_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for size in [0, 1, 3 << 20, 2 << 30] {
+            let mut file = sample();
+            file.segment_size = size;
+            assert!(matches!(
+                ControlFile::decode(&file.encode()),
+                Err(ControlFileError::Corrupt(_))
+            ));
+            assert!(matches!(
+                file.store(dir.path()),
+                Err(ControlFileError::Corrupt(_))
+            ));
+            assert!(!dir.path().join(CONTROL_FILE).exists());
+            fs::write(dir.path().join(CONTROL_FILE), file.encode()).expect("write");
+            assert!(matches!(
+                ControlFile::load(dir.path()),
+                Err(ControlFileError::Corrupt(_))
+            ));
+            fs::remove_file(dir.path().join(CONTROL_FILE)).expect("remove");
+        }
     }
 }

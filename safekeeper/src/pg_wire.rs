@@ -90,17 +90,16 @@ pub enum Replication<'a> {
     },
 }
 
+fn be_array<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
+    bytes.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
 fn be_u32(bytes: &[u8], at: usize) -> Option<u32> {
-    bytes
-        .get(at..at + 4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    be_array(bytes, at).map(u32::from_be_bytes)
 }
 
 fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
-    let b = bytes.get(at..at + 8)?;
-    let mut raw = [0u8; 8];
-    raw.copy_from_slice(b);
-    Some(u64::from_be_bytes(raw))
+    be_array(bytes, at).map(u64::from_be_bytes)
 }
 
 /// The startup message of a physical replication session.
@@ -180,10 +179,10 @@ pub fn parse_backend(buf: &[u8]) -> Result<Option<(Backend, usize)>, WireError> 
     if len > MAX_MESSAGE {
         return Err(WireError::TooLong(len));
     }
-    let Some(body) = buf.get(5..1 + len) else {
+    let (Some(&kind), Some(body)) = (buf.first(), buf.get(5..1 + len)) else {
         return Ok(None);
     };
-    let parsed = match buf[0] {
+    let parsed = match kind {
         b'R' => match be_u32(body, 0) {
             Some(0) => Backend::AuthenticationOk,
             Some(method) => return Err(WireError::Authentication(method)),
@@ -207,7 +206,8 @@ fn c_string(bytes: &[u8], what: &'static str) -> Result<(String, usize), WireErr
         .iter()
         .position(|&b| b == 0)
         .ok_or(WireError::Malformed(what))?;
-    Ok((String::from_utf8_lossy(&bytes[..end]).into_owned(), end + 1))
+    let text = bytes.get(..end).unwrap_or_default();
+    Ok((String::from_utf8_lossy(text).into_owned(), end + 1))
 }
 
 fn parse_row_description(body: &[u8]) -> Result<Vec<String>, WireError> {
@@ -219,7 +219,8 @@ fn parse_row_description(body: &[u8]) -> Result<Vec<String>, WireError> {
     let mut names = Vec::new();
     for _ in 0..count {
         let (name, used) = c_string(body.get(at..).unwrap_or_default(), "row description")?;
-        at += used + 18;
+        // A name, then table oid, column, type oid, size, modifier, format.
+        at = at.saturating_add(used).saturating_add(18);
         if at > body.len() {
             return Err(WireError::Malformed("row description"));
         }
@@ -240,11 +241,12 @@ fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
             values.push(None);
             continue;
         }
-        let value = body
-            .get(at..at + len as usize)
+        let end = at
+            .checked_add(len as usize)
             .ok_or(WireError::Malformed("data row"))?;
+        let value = body.get(at..end).ok_or(WireError::Malformed("data row"))?;
         values.push(Some(String::from_utf8_lossy(value).into_owned()));
-        at += len as usize;
+        at = end;
     }
     Ok(values)
 }
@@ -256,7 +258,7 @@ fn parse_error_fields(body: &[u8]) -> Result<Vec<(u8, String)>, WireError> {
         if code == 0 {
             break;
         }
-        let (text, used) = c_string(&body[at + 1..], "error")?;
+        let (text, used) = c_string(body.get(at + 1..).unwrap_or_default(), "error")?;
         fields.push((code, text));
         at += 1 + used;
     }

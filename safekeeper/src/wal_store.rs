@@ -16,12 +16,17 @@
 //! ends). A cut ([`WalStore::truncate`]) zeroes the rest of its block,
 //! punches the rest of its segment and removes later segments, so nothing
 //! after it can be decoded again.
+//!
+//! The segment size comes from a control file or a request: one Postgres
+//! would refuse is an error at [`WalStore::open`], and positions are
+//! computed so that none overflows, whatever the LSNs and file names found.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use quire_io::{BLOCK_SIZE, FileError, SegmentFile, remove_file, sync_directory_of};
 use quire_postgres::Lsn;
+use quire_postgres::types::is_valid_wal_segment_size;
 use quire_postgres::wal::page::first_record_start;
 use quire_postgres::wal::stream::WalStreamDecoder;
 
@@ -42,6 +47,10 @@ pub enum WalStoreError {
     /// A request outside the WAL held.
     #[error("{0}")]
     Range(String),
+    /// A segment size Postgres does not accept (a power of two from 1 MiB
+    /// to 1 GiB).
+    #[error("invalid WAL segment size {0}")]
+    InvalidSegmentSize(u32),
     /// A segment's first page does not parse.
     #[error("segment {path} is damaged: {what}")]
     Damaged {
@@ -57,6 +66,7 @@ const BLOCK: u64 = BLOCK_SIZE as u64;
 /// A timeline's WAL segments.
 pub struct WalStore {
     dir: PathBuf,
+    // Invariant: a valid Postgres segment size (`is_valid_wal_segment_size`).
     segment_size: u64,
     timeline: u32,
     wal_start: Lsn,
@@ -81,6 +91,9 @@ impl WalStore {
         segment_size: u32,
         timeline: u32,
     ) -> Result<WalStore, WalStoreError> {
+        if !is_valid_wal_segment_size(segment_size) {
+            return Err(WalStoreError::InvalidSegmentSize(segment_size));
+        }
         let mut store = WalStore {
             dir: dir.to_owned(),
             segment_size: u64::from(segment_size),
@@ -95,7 +108,7 @@ impl WalStore {
         };
         let numbers = store.segment_numbers_on_disk()?;
         if let Some(&first) = numbers.first() {
-            store.first_kept = store.first_kept.max(Lsn(first * store.segment_size));
+            store.first_kept = store.first_kept.max(store.segment_start(first));
         }
         let end = store.find_end(&numbers).await?;
         store.write_lsn = end;
@@ -115,8 +128,31 @@ impl WalStore {
         self.write_lsn
     }
 
+    /// Segments per 4 GiB of WAL (`XLogSegmentsPerXLogId`; at least 4).
+    fn segments_per_log(&self) -> u64 {
+        0x1_0000_0000 / self.segment_size.max(1)
+    }
+
+    /// The LSN of segment `number`'s first byte (numbers come from file
+    /// names and LSNs, so it is a valid LSN; saturated all the same).
+    fn segment_start(&self, number: u64) -> Lsn {
+        Lsn(number.saturating_mul(self.segment_size))
+    }
+
+    /// The LSN just past segment `number` (the last segment of the LSN
+    /// space ends at `u64::MAX`, the LSN no byte is written at).
+    fn segment_end(&self, number: u64) -> u64 {
+        number.saturating_add(1).saturating_mul(self.segment_size)
+    }
+
+    /// The segment holding `lsn`, and the offset in it.
+    fn locate(&self, lsn: u64) -> (u64, u64) {
+        let size = self.segment_size.max(1);
+        (lsn / size, lsn % size)
+    }
+
     fn segment_name(&self, number: u64) -> String {
-        let per_log = 0x1_0000_0000 / self.segment_size;
+        let per_log = self.segments_per_log();
         format!(
             "{:08X}{:08X}{:08X}",
             self.timeline,
@@ -130,21 +166,37 @@ impl WalStore {
             path: self.dir.display().to_string(),
             source,
         };
-        let per_log = 0x1_0000_0000 / self.segment_size;
         let mut numbers = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(list_error)? {
             let name = entry.map_err(list_error)?.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                continue;
-            }
-            let field = |at: usize| u64::from_str_radix(&name[at..at + 8], 16).unwrap_or(0);
-            if field(0) == u64::from(self.timeline) {
-                numbers.push(field(8) * per_log + field(16));
+            if let Some(number) = name.to_str().and_then(|name| self.parse_segment_name(name)) {
+                numbers.push(number);
             }
         }
         numbers.sort_unstable();
         Ok(numbers)
+    }
+
+    /// The number of the segment a file name names, if it is one of this
+    /// timeline's segments: 24 hex digits (timeline, log, segment within the
+    /// log, below the segments per log, as Postgres names them). Other
+    /// files are not WAL and are left alone.
+    fn parse_segment_name(&self, name: &str) -> Option<u64> {
+        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let field = |at: usize| {
+            name.get(at..at + 8)
+                .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                .map(u64::from)
+        };
+        let per_log = self.segments_per_log();
+        let (timeline, log, segment) = (field(0)?, field(8)?, field(16)?);
+        if timeline != u64::from(self.timeline) || segment >= per_log {
+            return None;
+        }
+        // log < 2^32 and segment < per_log: the segment starts below 2^64.
+        Some(log * per_log + segment)
     }
 
     async fn segment(&mut self, number: u64) -> Result<&SegmentFile, WalStoreError> {
@@ -162,7 +214,7 @@ impl WalStore {
     /// whole: a page header's `xlp_rem_len` only says where the next record
     /// would begin, not that the bytes before it arrived.
     async fn find_end(&mut self, numbers: &[u64]) -> Result<Lsn, WalStoreError> {
-        let first_segment = self.wal_start.0 / self.segment_size;
+        let (first_segment, _) = self.locate(self.wal_start.0);
         let numbers: Vec<u64> = numbers
             .iter()
             .copied()
@@ -172,13 +224,15 @@ impl WalStore {
             return Ok(self.wal_start);
         };
         for index in (0..last.max(1)).rev() {
-            let number = numbers[index];
+            let Some(&number) = numbers.get(index) else {
+                continue;
+            };
             let start = if number == first_segment {
                 Some(self.wal_start)
             } else {
                 let bytes = self.read_segment(number).await?;
                 let size = u32::try_from(self.segment_size).unwrap_or(u32::MAX);
-                first_record_start(&bytes, Lsn(number * self.segment_size), size).map_err(|e| {
+                first_record_start(&bytes, self.segment_start(number), size).map_err(|e| {
                     WalStoreError::Damaged {
                         path: self.segment_name(number),
                         what: e.to_string(),
@@ -186,7 +240,8 @@ impl WalStore {
                 })?
             };
             if let Some(start) = start {
-                return self.decode_end(start, &numbers[index..]).await;
+                let from = numbers.get(index..).unwrap_or_default();
+                return self.decode_end(start, from).await;
             }
         }
         Ok(self.wal_start)
@@ -196,21 +251,24 @@ impl WalStore {
         let size = u32::try_from(self.segment_size).unwrap_or(u32::MAX);
         let mut decoder = WalStreamDecoder::new(start, size);
         let mut end = start;
-        let first = start.0 / self.segment_size;
+        let (first, first_offset) = self.locate(start.0);
         for (expected, &number) in (first..).zip(numbers) {
             if number != expected {
                 break;
             }
             let bytes = self.read_segment(number).await?;
             let offset = if number == first {
-                usize::try_from(start.0 % self.segment_size).unwrap_or(usize::MAX)
+                usize::try_from(first_offset).unwrap_or(usize::MAX)
             } else {
                 0
             };
-            decoder.feed(&bytes[offset..]);
+            decoder.feed(bytes.get(offset..).unwrap_or_default());
             loop {
                 match decoder.next_record() {
-                    Ok(Some(record)) => end = Lsn(record.end.0.next_multiple_of(8)),
+                    Ok(Some(record)) => match record.end.align_up(8) {
+                        Some(aligned) => end = aligned,
+                        None => return Ok(end),
+                    },
                     Ok(None) => break,
                     Err(_) => return Ok(end),
                 }
@@ -229,12 +287,10 @@ impl WalStore {
         let mut out = Vec::with_capacity(usize::try_from(to.0 - from.0).unwrap_or(0));
         let mut at = from.0;
         while at < to.0 {
-            let number = at / self.segment_size;
-            let in_segment = at % self.segment_size;
-            let segment_end = (number + 1) * self.segment_size;
-            let until = to.0.min(segment_end);
+            let (number, in_segment) = self.locate(at);
+            let until = to.0.min(self.segment_end(number));
             let first_block = in_segment / BLOCK;
-            let last_block = (until - number * self.segment_size).div_ceil(BLOCK);
+            let last_block = (until - self.segment_start(number).0).div_ceil(BLOCK);
             let blocks = self
                 .segment(number)
                 .await?
@@ -245,7 +301,13 @@ impl WalStore {
                 .await?;
             let skip = usize::try_from(in_segment % BLOCK).unwrap_or(0);
             let take = usize::try_from(until - at).unwrap_or(0);
-            out.extend_from_slice(&blocks[skip..skip + take]);
+            let Some(read) = blocks.get(skip..skip.saturating_add(take)) else {
+                return Err(WalStoreError::Damaged {
+                    path: self.segment_name(number),
+                    what: format!("shorter than the WAL read from it ({} bytes)", blocks.len()),
+                });
+            };
+            out.extend_from_slice(read);
             at = until;
         }
         Ok(out)
@@ -259,8 +321,14 @@ impl WalStore {
                 self.write_lsn
             )));
         }
+        let Some(end) = self.write_lsn.checked_add(bytes.len() as u64) else {
+            return Err(WalStoreError::Range(format!(
+                "append of {} bytes at {at} past the end of the LSN space",
+                bytes.len()
+            )));
+        };
         self.pending.extend_from_slice(bytes);
-        self.write_lsn = Lsn(self.write_lsn.0 + bytes.len() as u64);
+        self.write_lsn = end;
         Ok(())
     }
 
@@ -277,16 +345,20 @@ impl WalStore {
         let mut at = self.pending_from.0;
         let mut offset = 0usize;
         while offset < image.len() {
-            let number = at / self.segment_size;
-            let room = usize::try_from((number + 1) * self.segment_size - at).unwrap_or(usize::MAX);
+            let (number, in_segment) = self.locate(at);
+            let room = usize::try_from(self.segment_end(number) - at).unwrap_or(usize::MAX);
             let len = room.min(image.len() - offset);
-            let block = u32::try_from((at % self.segment_size) / BLOCK).unwrap_or(u32::MAX);
+            if len == 0 {
+                // Only at the very end of the LSN space, which no append reaches.
+                break;
+            }
+            let block = u32::try_from(in_segment / BLOCK).unwrap_or(u32::MAX);
             self.segment(number)
                 .await?
                 .write_blocks(block, &image[offset..offset + len])
                 .await?;
             offset += len;
-            at += len as u64;
+            at = at.saturating_add(len as u64);
         }
         // Segment writes are O_DSYNC: each was durable when it completed.
         // Keep the last partial block for the next flush to rewrite.
@@ -320,11 +392,12 @@ impl WalStore {
         head.truncate(usize::try_from(at.0 - block_start.0).unwrap_or(0));
         let mut block = head.clone();
         block.resize(BLOCK_SIZE, 0);
-        let number = at.0 / self.segment_size;
-        let block_number = u32::try_from((at.0 % self.segment_size) / BLOCK).unwrap_or(u32::MAX);
+        let (number, in_segment) = self.locate(at.0);
+        // Below segment_size / BLOCK, at most 2^17.
+        let block_number = u32::try_from(in_segment / BLOCK).unwrap_or(u32::MAX - 1);
         let segment = self.segment(number).await?;
         segment.write_blocks(block_number, &block).await?;
-        segment.punch_from(block_number + 1).await?;
+        segment.punch_from(block_number.saturating_add(1)).await?;
         segment.sync().await?;
         let later: Vec<u64> = self
             .segment_numbers_on_disk()?
@@ -361,7 +434,15 @@ impl WalStore {
         if to > self.pending_from {
             let skip = usize::try_from(from.0.saturating_sub(self.pending_from.0)).unwrap_or(0);
             let take = usize::try_from(to.0 - self.pending_from.0).unwrap_or(0);
-            out.extend_from_slice(&self.pending[skip..take]);
+            // `pending` holds `pending_from..write_lsn`, and `to` is at most
+            // the write LSN.
+            let Some(pending) = self.pending.get(skip..take) else {
+                return Err(WalStoreError::Range(format!(
+                    "read {from}..{to} outside the WAL held in memory from {}",
+                    self.pending_from
+                )));
+            };
+            out.extend_from_slice(pending);
         }
         Ok(out)
     }
@@ -372,7 +453,7 @@ impl WalStore {
         let mut removed = 0;
         let before = before.min(self.write_lsn);
         for number in self.segment_numbers_on_disk()? {
-            if (number + 1) * self.segment_size > before.0 {
+            if self.segment_end(number) > before.0 {
                 break;
             }
             if let Some(file) = self.segments.remove(&number) {
@@ -380,7 +461,7 @@ impl WalStore {
             }
             remove_file(&self.dir.join(self.segment_name(number))).await?;
             removed += 1;
-            self.first_kept = self.first_kept.max(Lsn((number + 1) * self.segment_size));
+            self.first_kept = self.first_kept.max(Lsn(self.segment_end(number)));
         }
         Ok(removed)
     }

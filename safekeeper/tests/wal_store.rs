@@ -232,3 +232,54 @@ fn removed_segments_are_gone_and_never_read_again() {
         store.close().await.expect("close");
     });
 }
+
+/// A segment size of 0 (a corrupt control file, an unchecked request) is a
+/// typed error at open, not a division by zero.
+#[test]
+fn invalid_segment_sizes_are_refused_at_open() {
+    use quire_safekeeper::wal_store::WalStoreError;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let path = dir.path().to_owned();
+    on_executor(move || async move {
+        for size in [0, 1, 8192, 3 << 20, 2 << 30] {
+            assert!(matches!(
+                WalStore::open(&path, START, size, 1).await,
+                Err(WalStoreError::InvalidSegmentSize(s)) if s == size
+            ));
+        }
+    });
+}
+
+/// File names that look like segments but name none (a segment number
+/// past the segments of a 4 GiB log, another timeline) are not WAL; WAL
+/// at the very end of the LSN space is refused, not wrapped.
+#[test]
+fn odd_names_and_the_end_of_the_lsn_space_do_not_panic() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let path = dir.path().to_owned();
+    for name in [
+        "00000001FFFFFFFFFFFFFFFF",
+        "000000010000000000001000",
+        "00000002FFFFFFFF00000FFF",
+        "not-a-segment",
+    ] {
+        std::fs::write(path.join(name), b"").expect("write");
+    }
+    on_executor(move || async move {
+        let store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("open");
+        assert_eq!(store.flush_lsn(), START);
+        store.close().await.expect("close");
+        for name in ["00000001FFFFFFFFFFFFFFFF", "not-a-segment"] {
+            assert!(path.join(name).exists(), "{name} is not ours to remove");
+        }
+        let near_end = Lsn(u64::MAX - 100);
+        let mut store = WalStore::open(&path, near_end, SEGMENT, 1)
+            .await
+            .expect("open near the end");
+        assert!(store.append(near_end, &[0; 200]).is_err());
+        store.append(near_end, &[0; 50]).expect("room for 50 bytes");
+        store.close().await.expect("close");
+    });
+}

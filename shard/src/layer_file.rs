@@ -69,7 +69,10 @@ impl fmt::Display for LayerName {
 }
 
 impl LayerName {
-    /// Parses a file name written by `Display` (`None` for anything else).
+    /// Parses a file name written by `Display` (`None` for anything else,
+    /// including a name that reads as a layer but is not spelled as
+    /// `Display` spells it, such as `+` signs or upper-case digits: that
+    /// would name another file than the one on disk).
     pub fn parse(name: &str) -> Option<LayerName> {
         let mut parts = name.split('-');
         let kind = match parts.next()? {
@@ -92,15 +95,18 @@ impl LayerName {
                 .then(|| u64::from_str_radix(text, 16).ok().map(Lsn))
                 .flatten()
         };
-        let name = LayerName {
+        let parsed = LayerName {
             kind,
             key_start: key(parts.next()?)?,
             key_end: key(parts.next()?)?,
             lsn_start: lsn(parts.next()?)?,
             lsn_end: lsn(parts.next()?)?,
         };
-        (parts.next().is_none() && name.key_start < name.key_end && name.lsn_start < name.lsn_end)
-            .then_some(name)
+        (parts.next().is_none()
+            && parsed.key_start < parsed.key_end
+            && parsed.lsn_start < parsed.lsn_end
+            && parsed.to_string() == name)
+            .then_some(parsed)
     }
 }
 
@@ -127,6 +133,10 @@ struct CachedBlocks<'a> {
 
 impl BlockSource for CachedBlocks<'_> {
     type Block = Rc<[u8]>;
+
+    fn block_count(&self) -> u32 {
+        self.file.blocks()
+    }
 
     async fn read_block(
         &self,

@@ -4,7 +4,10 @@
 //! The file is replaced atomically (written to `metadata.tmp` with direct
 //! I/O, `fdatasync`, renamed over `metadata`, directory `fsync`), so after a
 //! crash it is either the old or the new version, never a mix, and it is
-//! checked with a CRC-32C on load.
+//! checked with a CRC-32C on load. Values a checksum cannot vouch for (a
+//! GC cutoff above the disk-consistent LSN, a branch point at or above it,
+//! a layer name not spelled as written, a layer listed twice) are refused
+//! on load as corruption too.
 
 use std::path::Path;
 
@@ -112,20 +115,39 @@ impl TimelineMetadata {
             return Err(corrupt("length out of bounds"));
         }
         let stored = u32_at(total - 4).ok_or_else(|| corrupt("short"))?;
-        if quire_checksum::crc32c(&bytes[..total - 4]) != stored {
+        if bytes.get(..total - 4).map(quire_checksum::crc32c) != Some(stored) {
             return Err(corrupt("checksum mismatch"));
         }
         let disk_consistent_lsn = Lsn(u64_at(16).ok_or_else(|| corrupt("short"))?);
-        let mut ancestor_id = [0u8; 16];
-        ancestor_id.copy_from_slice(&bytes[24..40]);
+        let ancestor_id: [u8; 16] = bytes
+            .get(24..40)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| corrupt("short"))?;
         let ancestor_lsn = Lsn(u64_at(40).ok_or_else(|| corrupt("short"))?);
-        let has_ancestor = u32_at(48) == Some(1);
+        let ancestor = match u32_at(48) {
+            Some(1) => Some((ancestor_id, ancestor_lsn)),
+            Some(0) if ancestor_id == [0; 16] && ancestor_lsn == Lsn(0) => None,
+            _ => return Err(corrupt("ancestor fields are neither set nor zero")),
+        };
         let count = u32_at(52).ok_or_else(|| corrupt("short"))? as usize;
         let gc_cutoff_lsn = Lsn(u64_at(56).ok_or_else(|| corrupt("short"))?);
-        let names = std::str::from_utf8(&bytes[HEADER_SIZE..total - 4])
-            .map_err(|_| corrupt("names not UTF-8"))?;
+        if gc_cutoff_lsn > disk_consistent_lsn {
+            return Err(corrupt("GC cutoff above the disk-consistent LSN"));
+        }
+        // A branch's own values start after its branch point, and the
+        // disk-consistent LSN starts there and never decreases.
+        if ancestor.is_some_and(|(_, at)| at >= disk_consistent_lsn) {
+            return Err(corrupt("branch point at or above the disk-consistent LSN"));
+        }
+        let names = bytes
+            .get(HEADER_SIZE..total - 4)
+            .and_then(|names| std::str::from_utf8(names).ok())
+            .ok_or_else(|| corrupt("names not UTF-8"))?;
+        if !names.is_empty() && !names.ends_with('\n') {
+            return Err(corrupt("last layer name not ended by a newline"));
+        }
         let layers: Vec<LayerName> = names
-            .lines()
+            .split_terminator('\n')
             .map(|line| {
                 LayerName::parse(line).ok_or_else(|| corrupt(&format!("bad layer name {line:?}")))
             })
@@ -133,9 +155,13 @@ impl TimelineMetadata {
         if layers.len() != count {
             return Err(corrupt("layer count mismatch"));
         }
+        let distinct: std::collections::HashSet<&LayerName> = layers.iter().collect();
+        if distinct.len() != layers.len() {
+            return Err(corrupt("a layer is listed twice"));
+        }
         Ok(TimelineMetadata {
             disk_consistent_lsn,
-            ancestor: has_ancestor.then_some((ancestor_id, ancestor_lsn)),
+            ancestor,
             gc_cutoff_lsn,
             layers,
         })
@@ -157,5 +183,125 @@ impl TimelineMetadata {
         let metadata = TimelineMetadata::decode(&path.display().to_string(), &bytes);
         file.close().await?;
         metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer_file::LayerKindName;
+    use quire_postgres::Key;
+
+    fn layer(lsn: u64) -> LayerName {
+        LayerName {
+            kind: LayerKindName::Delta,
+            key_start: Key::MIN,
+            key_end: Key::MAX,
+            lsn_start: Lsn(lsn),
+            lsn_end: Lsn(lsn + 0x10),
+        }
+    }
+
+    fn sample() -> TimelineMetadata {
+        TimelineMetadata {
+            disk_consistent_lsn: Lsn(0x500),
+            ancestor: Some(([3; 16], Lsn(0x100))),
+            gc_cutoff_lsn: Lsn(0x200),
+            layers: vec![layer(0x100), layer(0x200)],
+        }
+    }
+
+    /// `metadata` with its header field at `at` replaced and the CRC fixed.
+    fn forged(metadata: &TimelineMetadata, at: usize, field: &[u8]) -> Vec<u8> {
+        let mut bytes = metadata.encode();
+        bytes[at..at + field.len()].copy_from_slice(field);
+        let total = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        let crc = quire_checksum::crc32c(&bytes[..total - 4]);
+        bytes[total - 4..total].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn round_trips() {
+        let metadata = sample();
+        assert_eq!(
+            TimelineMetadata::decode("m", &metadata.encode()).unwrap(),
+            metadata
+        );
+        let root = TimelineMetadata {
+            ancestor: None,
+            layers: Vec::new(),
+            ..sample()
+        };
+        assert_eq!(TimelineMetadata::decode("m", &root.encode()).unwrap(), root);
+    }
+
+    /// Checksummed files whose values cannot be: refused as corrupt.
+    #[test]
+    fn values_a_checksum_cannot_vouch_for_are_corrupt() {
+        let metadata = sample();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "GC cutoff above",
+                forged(&metadata, 56, &0x600u64.to_le_bytes()),
+            ),
+            (
+                "branch point at the end",
+                forged(&metadata, 40, &0x500u64.to_le_bytes()),
+            ),
+            (
+                "branch point at the top of the LSN space",
+                forged(&metadata, 40, &u64::MAX.to_le_bytes()),
+            ),
+            ("has_ancestor 2", forged(&metadata, 48, &2u32.to_le_bytes())),
+            (
+                "no ancestor but an id",
+                forged(
+                    &TimelineMetadata {
+                        ancestor: None,
+                        ..sample()
+                    },
+                    24,
+                    &[9; 16],
+                ),
+            ),
+            (
+                "a layer twice",
+                TimelineMetadata {
+                    layers: vec![layer(0x100), layer(0x100)],
+                    ..sample()
+                }
+                .encode(),
+            ),
+        ];
+        for (what, bytes) in cases {
+            assert!(
+                matches!(
+                    TimelineMetadata::decode("m", &bytes),
+                    Err(MetadataError::Corrupt { .. })
+                ),
+                "{what}"
+            );
+        }
+    }
+
+    /// A name `from_str_radix` would read but `Display` never writes names
+    /// another file: refused, as is a name not ended by a newline.
+    #[test]
+    fn layer_names_must_be_spelled_as_written() {
+        let name = layer(0x100).to_string();
+        assert_eq!(LayerName::parse(&name), Some(layer(0x100)));
+        let signed = name.replacen("00", "+0", 1);
+        assert_eq!(LayerName::parse(&signed), None, "{signed}");
+        assert_eq!(LayerName::parse(&name.to_uppercase()), None);
+        let mut metadata = sample();
+        metadata.layers.truncate(1);
+        let mut bytes = metadata.encode();
+        let newline = HEADER_SIZE + name.len();
+        bytes[newline] = b'\r';
+        let total = HEADER_SIZE + name.len() + 1 + 4;
+        let crc = quire_checksum::crc32c(&bytes[..total - 4]);
+        bytes[total - 4..total].copy_from_slice(&crc.to_le_bytes());
+        assert!(TimelineMetadata::decode("m", &bytes).is_err());
     }
 }

@@ -17,7 +17,7 @@
 //! | 36 | 4 | `xlp_xlog_blcksz` | long header only |
 
 use crate::lsn::Lsn;
-use crate::types::{TimeLineId, XLOG_BLCKSZ};
+use crate::types::{TimeLineId, XLOG_BLCKSZ, is_valid_wal_segment_size};
 
 /// `XLOG_PAGE_MAGIC` of Postgres 17.
 pub const XLOG_PAGE_MAGIC: u16 = 0xD116;
@@ -145,17 +145,36 @@ pub enum PageHeaderError {
         /// The previous page's.
         previous: TimeLineId,
     },
+    /// The segment size the header is read with is not one Postgres
+    /// accepts (a power of two from 1 MiB to 1 GiB).
+    #[error("invalid WAL segment size {0}")]
+    InvalidSegmentSize(u32),
+    /// Fewer bytes than the header needs.
+    #[error("page header cut short at {0} bytes")]
+    Truncated(usize),
 }
 
-/// Decodes the header of the page at `page_address` from `bytes` (which must
-/// hold at least [`LONG_PAGE_HEADER_SIZE`] bytes for a segment's first page
-/// and [`SHORT_PAGE_HEADER_SIZE`] otherwise) and checks the fields that do
-/// not depend on the stream's history.
+/// Decodes the header of the page at `page_address` from `bytes` (at least
+/// [`LONG_PAGE_HEADER_SIZE`] bytes for a segment's first page and
+/// [`SHORT_PAGE_HEADER_SIZE`] otherwise, else an error) and checks the
+/// fields that do not depend on the stream's history.
 pub fn decode_page_header(
     bytes: &[u8],
     page_address: Lsn,
     segment_size: u32,
 ) -> Result<PageHeader, PageHeaderError> {
+    if !is_valid_wal_segment_size(segment_size) {
+        return Err(PageHeaderError::InvalidSegmentSize(segment_size));
+    }
+    let segment_start = page_address.segment_offset(segment_size) == 0;
+    let needed = if segment_start {
+        LONG_PAGE_HEADER_SIZE
+    } else {
+        SHORT_PAGE_HEADER_SIZE
+    };
+    let Some(bytes) = bytes.get(..needed) else {
+        return Err(PageHeaderError::Truncated(bytes.len()));
+    };
     let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
     let u32_at =
         |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
@@ -168,7 +187,6 @@ pub fn decode_page_header(
     if info & !XLP_ALL_FLAGS != 0 {
         return Err(PageHeaderError::BadInfo(info));
     }
-    let segment_start = page_address.segment_offset(segment_size) == 0;
     let has_long = info & XLP_LONG_HEADER != 0;
     if has_long != segment_start {
         return Err(PageHeaderError::LongHeaderMismatch {
@@ -235,10 +253,7 @@ pub fn read_segment_header(first_page: &[u8]) -> Result<SegmentHeader, PageHeade
         });
     };
     let segment_size = u32::from_le_bytes([bytes[32], bytes[33], bytes[34], bytes[35]]);
-    if !segment_size.is_power_of_two()
-        || !(crate::types::WAL_SEGMENT_SIZE_MIN..=crate::types::WAL_SEGMENT_SIZE_MAX)
-            .contains(&segment_size)
-    {
+    if !is_valid_wal_segment_size(segment_size) {
         return Err(PageHeaderError::WrongSegmentSize {
             found: segment_size,
             expected: crate::types::DEFAULT_WAL_SEGMENT_SIZE,
@@ -273,11 +288,13 @@ pub fn first_record_start(
     segment_size: u32,
 ) -> Result<Option<Lsn>, PageHeaderError> {
     let page_size = XLOG_BLCKSZ as usize;
-    let mut page = 0usize;
-    while (page + 1) * page_size <= segment.len() {
-        let address = Lsn(segment_start.0 + (page * page_size) as u64);
-        let bytes = &segment[page * page_size..];
-        if bytes[0] == 0 && bytes[1] == 0 {
+    for (page, bytes) in segment.chunks_exact(page_size).enumerate() {
+        let page_start = page * page_size;
+        // A segment near the end of the LSN space has no further pages.
+        let Some(address) = segment_start.checked_add(page_start as u64) else {
+            break;
+        };
+        if bytes[..2] == [0, 0] {
             // A page never written: the WAL ends before it.
             break;
         }
@@ -290,12 +307,11 @@ pub fn first_record_start(
             0
         };
         if remaining < usable {
-            let start = (page * page_size + data_start + remaining).next_multiple_of(8);
-            if start < (page + 1) * page_size {
-                return Ok(Some(Lsn(segment_start.0 + start as u64)));
+            let start = (data_start + remaining).next_multiple_of(8);
+            if start < page_size {
+                return Ok(address.checked_add(start as u64));
             }
         }
-        page += 1;
     }
     Ok(None)
 }

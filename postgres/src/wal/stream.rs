@@ -11,7 +11,7 @@
 //! one record plus the unconsumed input.
 
 use crate::lsn::Lsn;
-use crate::types::{MAXALIGN, XLOG_BLCKSZ};
+use crate::types::{MAXALIGN, XLOG_BLCKSZ, is_valid_wal_segment_size};
 use crate::wal::page::{
     LONG_PAGE_HEADER_SIZE, PageHeaderError, SHORT_PAGE_HEADER_SIZE,
     XLP_FIRST_IS_OVERWRITE_CONTRECORD, decode_page_header,
@@ -119,6 +119,10 @@ pub enum WalErrorKind {
     /// A record claims to begin at a position that is not one.
     #[error("record start is not 8-byte aligned")]
     UnalignedStart,
+    /// The WAL reaches the last page of the 64-bit LSN space, where no
+    /// Postgres writes (its end would not be an LSN).
+    #[error("WAL page at the end of the LSN space")]
+    EndOfLsnSpace,
 }
 
 #[derive(Debug)]
@@ -186,8 +190,22 @@ pub struct WalStreamDecoder {
 
 impl WalStreamDecoder {
     /// A decoder for WAL of `segment_size`-byte segments whose first fed
-    /// byte is at `start`: a record boundary, or a page boundary.
+    /// byte is at `start`: a record boundary, or a page boundary. A segment
+    /// size Postgres would not accept (see
+    /// [`crate::types::is_valid_wal_segment_size`]), or a start in the last
+    /// page of the LSN space, makes every call fail.
     pub fn new(start: Lsn, segment_size: u32) -> WalStreamDecoder {
+        let page_start = start.0 - u64::from(start.page_offset(XLOG_BLCKSZ));
+        let failure = if !is_valid_wal_segment_size(segment_size) {
+            Some(error(
+                start,
+                PageHeaderError::InvalidSegmentSize(segment_size),
+            ))
+        } else if page_start.checked_add(u64::from(XLOG_BLCKSZ)).is_none() {
+            Some(error(start, WalErrorKind::EndOfLsnSpace))
+        } else {
+            None
+        };
         WalStreamDecoder {
             segment_size,
             input: Vec::new(),
@@ -199,7 +217,7 @@ impl WalStreamDecoder {
             system_id: None,
             timeline: None,
             previous_record: None,
-            failure: None,
+            failure,
         }
     }
 
@@ -528,6 +546,11 @@ impl WalStreamDecoder {
     /// position. Returns false if more input is needed.
     fn read_page_header(&mut self, input: &mut Input<'_>) -> Result<bool, WalDecodeError> {
         let page = self.position;
+        // Refusing the last page keeps every position the decoder reaches
+        // (and every record end) a valid LSN.
+        if page.checked_add(u64::from(XLOG_BLCKSZ)).is_none() {
+            return Err(error(page, WalErrorKind::EndOfLsnSpace));
+        }
         let size = if page.segment_offset(self.segment_size) == 0 {
             LONG_PAGE_HEADER_SIZE
         } else {
@@ -708,7 +731,9 @@ impl WalStreamDecoder {
             let segment = u64::from(self.segment_size);
             // An XLOG_SWITCH ends the segment: the next record starts at the
             // next segment (or right here if the record ended exactly there).
-            State::SkippingTo(Lsn(end.0.div_ceil(segment) * segment))
+            // In the last segment of the LSN space there is no next one.
+            let next = end.0.div_ceil(segment).checked_mul(segment);
+            State::SkippingTo(Lsn(next.unwrap_or(u64::MAX)))
         } else {
             self.align_after_record()
         };

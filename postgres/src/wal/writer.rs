@@ -168,7 +168,7 @@ impl WalWriter {
         system_id: u64,
         timeline: TimeLineId,
     ) -> Result<WalWriter, WalWriteError> {
-        if !segment_size.is_power_of_two() || !(1 << 20..=1 << 30).contains(&segment_size) {
+        if !crate::types::is_valid_wal_segment_size(segment_size) {
             return Err(WalWriteError::BadSegmentSize(segment_size));
         }
         if segment_start.segment_offset(segment_size) != 0 {

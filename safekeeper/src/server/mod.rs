@@ -61,15 +61,17 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn parse_key(name: &str) -> Option<[u8; 16]> {
-    if name.len() != 32 {
-        return None;
+/// The id a tenant or timeline directory's name spells (32 hex digits);
+/// any other name is not ours: skipped with a warning, never a panic.
+fn parse_key(name: &std::ffi::OsStr) -> Option<[u8; 16]> {
+    let id = name.to_str().and_then(crate::wire::parse_id);
+    if id.is_none() {
+        eprintln!(
+            "safekeeper: skipping {} in the data directory: not a 32-hex-digit id",
+            name.display()
+        );
     }
-    let mut out = [0u8; 16];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&name[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    id
 }
 
 impl Server {
@@ -83,12 +85,12 @@ impl Server {
         let mut timelines = HashMap::new();
         for tenant in std::fs::read_dir(&config.data).map_err(|e| error(e.to_string()))? {
             let tenant = tenant.map_err(|e| error(e.to_string()))?;
-            let Some(tenant_id) = tenant.file_name().to_str().and_then(parse_key) else {
+            let Some(tenant_id) = parse_key(&tenant.file_name()) else {
                 continue;
             };
             for timeline in std::fs::read_dir(tenant.path()).map_err(|e| error(e.to_string()))? {
                 let timeline = timeline.map_err(|e| error(e.to_string()))?;
-                let Some(timeline_id) = timeline.file_name().to_str().and_then(parse_key) else {
+                let Some(timeline_id) = parse_key(&timeline.file_name()) else {
                     continue;
                 };
                 let key = TimelineKey {
@@ -533,6 +535,29 @@ async fn follow_compute(
                 quire_io::sleep(Duration::from_millis(200)).await;
             }
             Ok(()) => failures = 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_key;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn directory_names_parse_or_are_skipped() {
+        assert_eq!(parse_key(OsStr::new(&"0a".repeat(16))), Some([0x0A; 16]));
+        // 32 bytes whose 2-byte steps split a character.
+        let split = format!("a{}a", "é".repeat(15));
+        assert_eq!(split.len(), 32);
+        assert_eq!(parse_key(OsStr::new(&split)), None);
+        for name in ["+1".repeat(16), "0".repeat(31), "lost+found".into()] {
+            assert_eq!(parse_key(OsStr::new(&name)), None, "{name}");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            assert_eq!(parse_key(OsStr::from_bytes(&[0xFF; 32])), None);
         }
     }
 }

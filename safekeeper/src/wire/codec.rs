@@ -3,6 +3,7 @@
 //! Layout as in the parent module's doc and docs/safekeeper-protocol.md.
 
 use quire_postgres::Lsn;
+use quire_postgres::types::is_valid_wal_segment_size;
 
 use super::{MAX_FRAME, Message, TimelineKey};
 use crate::history::{TermEntry, TermHistory};
@@ -19,6 +20,10 @@ pub enum FrameError {
     /// A body shorter or longer than its layout.
     #[error("malformed {0} frame")]
     Malformed(&'static str),
+    /// A WAL segment size Postgres does not accept (a power of two from
+    /// 1 MiB to 1 GiB).
+    #[error("invalid WAL segment size {0}")]
+    InvalidSegmentSize(u32),
 }
 
 struct Writer(Vec<u8>);
@@ -69,27 +74,40 @@ impl Reader<'_> {
         self.at = end;
         Ok(bytes)
     }
-    fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.take(1)?[0])
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let mut raw = [0u8; N];
+        raw.copy_from_slice(self.take(N)?);
+        Ok(raw)
+    }
+    fn bool(&mut self) -> Result<bool, FrameError> {
+        match self.array::<1>()? {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            _ => Err(FrameError::Malformed(self.what)),
+        }
     }
     fn u32(&mut self) -> Result<u32, FrameError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.array().map(u32::from_le_bytes)
     }
     fn u64(&mut self) -> Result<u64, FrameError> {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(raw))
+        self.array().map(u64::from_le_bytes)
+    }
+    fn segment_size(&mut self) -> Result<u32, FrameError> {
+        let size = self.u32()?;
+        if is_valid_wal_segment_size(size) {
+            Ok(size)
+        } else {
+            Err(FrameError::InvalidSegmentSize(size))
+        }
     }
     fn lsn(&mut self) -> Result<Lsn, FrameError> {
         self.u64().map(Lsn)
     }
     fn key(&mut self) -> Result<TimelineKey, FrameError> {
-        let mut tenant = [0u8; 16];
-        tenant.copy_from_slice(self.take(16)?);
-        let mut timeline = [0u8; 16];
-        timeline.copy_from_slice(self.take(16)?);
-        Ok(TimelineKey { tenant, timeline })
+        Ok(TimelineKey {
+            tenant: self.array()?,
+            timeline: self.array()?,
+        })
     }
     fn bytes(&mut self) -> Result<Vec<u8>, FrameError> {
         let len = self.u32()? as usize;
@@ -100,7 +118,7 @@ impl Reader<'_> {
     }
     fn history(&mut self) -> Result<TermHistory, FrameError> {
         let count = self.u32()? as usize;
-        if count > (self.body.len() - self.at) / 16 {
+        if count > self.body.len().saturating_sub(self.at) / 16 {
             return Err(FrameError::Malformed(self.what));
         }
         let mut entries = Vec::with_capacity(count);
@@ -287,17 +305,16 @@ impl Message {
     /// Splits one frame off the front of `buf`: `Ok(None)` until it is
     /// whole; otherwise the message and the bytes it used.
     pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, FrameError> {
-        let Some(header) = buf.get(..5) else {
+        let Some(&[kind, l0, l1, l2, l3]) = buf.first_chunk::<5>() else {
             return Ok(None);
         };
-        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
         if len > MAX_FRAME {
             return Err(FrameError::TooLong(len));
         }
         let Some(body) = buf.get(5..5 + len) else {
             return Ok(None);
         };
-        let kind = header[0];
         let mut r = Reader {
             body,
             at: 0,
@@ -308,7 +325,7 @@ impl Message {
             b'C' => Message::CreateTimeline {
                 key: r.key()?,
                 wal_start: r.lsn()?,
-                segment_size: r.u32()?,
+                segment_size: r.segment_size()?,
                 system_id: r.u64()?,
             },
             b'V' => Message::Vote {
@@ -345,7 +362,7 @@ impl Message {
             },
             b'v' => Message::VoteReply {
                 term: r.u64()?,
-                granted: r.u8()? != 0,
+                granted: r.bool()?,
                 flush: r.lsn()?,
                 history: r.history()?,
             },
@@ -360,7 +377,7 @@ impl Message {
             },
             b'w' => {
                 let begin = r.lsn()?;
-                let rest = r.body.len() - r.at;
+                let rest = r.body.len().saturating_sub(r.at);
                 Message::Wal {
                     begin,
                     bytes: r.take(rest)?.to_vec(),
@@ -536,5 +553,57 @@ mod tests {
         .encode();
         lying[5 + 17] = 0xFF;
         assert!(Message::decode(&lying).is_err());
+    }
+
+    /// Found by fuzzing: `granted` 0xC5 decoded as true and re-encoded as
+    /// 1, so two frames meant one message. Only 0 and 1 are booleans.
+    #[test]
+    fn booleans_are_zero_or_one() {
+        let reply = Message::VoteReply {
+            term: 9,
+            granted: true,
+            flush: Lsn(0x950),
+            history: history(),
+        };
+        let mut bytes = reply.encode();
+        assert_eq!(bytes[5 + 8], 1);
+        bytes[5 + 8] = 0xC5;
+        assert_eq!(
+            Message::decode(&bytes),
+            Err(FrameError::Malformed("vote reply"))
+        );
+    }
+
+    #[test]
+    fn create_timeline_refuses_segment_sizes_postgres_refuses() {
+        let create = |segment_size| Message::CreateTimeline {
+            key: key(),
+            wal_start: Lsn(1 << 24),
+            segment_size,
+            system_id: 77,
+        };
+        for size in [
+            0,
+            1,
+            4096,
+            (1 << 20) - 1,
+            3 << 20,
+            1 << 19,
+            2 << 30,
+            u32::MAX,
+        ] {
+            assert_eq!(
+                Message::decode(&create(size).encode()),
+                Err(FrameError::InvalidSegmentSize(size)),
+                "segment size {size}"
+            );
+        }
+        for size in [1 << 20, 16 << 20, 1 << 30] {
+            let bytes = create(size).encode();
+            assert_eq!(
+                Message::decode(&bytes),
+                Ok(Some((create(size), bytes.len())))
+            );
+        }
     }
 }

@@ -44,21 +44,29 @@ impl std::fmt::Display for TimelineKey {
     }
 }
 
+/// A 16-byte id from its 32 hex digits (either case), the form
+/// [`TimelineKey`]'s `Display` writes; `None` for anything else (a sign,
+/// another length, a non-ASCII character).
+pub fn parse_id(hex: &str) -> Option<[u8; 16]> {
+    let digits = hex.as_bytes();
+    if digits.len() != 32 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
 impl std::str::FromStr for TimelineKey {
     type Err = String;
 
     /// Reads `TENANT/TIMELINE` (32 hex digits each).
     fn from_str(text: &str) -> Result<TimelineKey, String> {
         let hex = |part: &str| -> Result<[u8; 16], String> {
-            if part.len() != 32 || !part.is_ascii() {
-                return Err(format!("{part}: expected 32 hex digits"));
-            }
-            let mut out = [0u8; 16];
-            for (i, byte) in out.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(&part[2 * i..2 * i + 2], 16)
-                    .map_err(|_| format!("{part}: not hex"))?;
-            }
-            Ok(out)
+            parse_id(part).ok_or_else(|| format!("{part}: expected 32 hex digits"))
         };
         let (tenant, timeline) = text
             .split_once('/')
@@ -358,5 +366,13 @@ pub(crate) mod tests {
                 .parse::<TimelineKey>()
                 .is_err()
         );
+        // `from_str_radix` alone takes a sign: "+1" is not two hex digits.
+        assert!(
+            format!("{}/{}", "+1".repeat(16), "02".repeat(16))
+                .parse::<TimelineKey>()
+                .is_err()
+        );
+        assert_eq!(parse_id(&"aB".repeat(16)), Some([0xAB; 16]));
+        assert_eq!(parse_id(&"0".repeat(31)), None);
     }
 }
