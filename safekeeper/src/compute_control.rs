@@ -50,7 +50,24 @@ async fn call(address: &str, token: Option<&str>, message: &Message) -> Result<M
     conn.call(message).await.map_err(|e| e.to_string())
 }
 
-/// Creates the timeline on every safekeeper (all must answer).
+/// The member set of a timeline kept by `safekeepers`: the `i`-th (from 0)
+/// is member `i + 1`, as its standby name `sk<i + 1>` says.
+fn members_of(safekeepers: &[String]) -> Result<Membership, ControlError> {
+    Membership::new(
+        safekeepers
+            .iter()
+            .enumerate()
+            .map(|(i, address)| Member {
+                id: NodeId(u32::try_from(i + 1).unwrap_or(u32::MAX)),
+                address: address.clone(),
+            })
+            .collect(),
+    )
+    .map_err(|e| ControlError::NoMajority(format!("safekeepers: {e}")))
+}
+
+/// Creates the timeline on every safekeeper (all must answer), with the
+/// member set they make up.
 pub async fn create_timeline(
     safekeepers: &[String],
     token: Option<&str>,
@@ -64,6 +81,7 @@ pub async fn create_timeline(
         wal_start,
         segment_size,
         system_id,
+        members: members_of(safekeepers)?.members().to_vec(),
     };
     for address in safekeepers {
         match call(address, token, &request).await {
@@ -98,19 +116,7 @@ pub async fn elect(
     if !is_valid_wal_segment_size(segment_size) {
         return Err(ControlError::InvalidSegmentSize(segment_size));
     }
-    // Safekeeper `i` of the list (from 0) is member `i + 1`, as its standby
-    // name `sk<i + 1>` says.
-    let members = Membership::new(
-        safekeepers
-            .iter()
-            .enumerate()
-            .map(|(i, address)| Member {
-                id: NodeId(u32::try_from(i + 1).unwrap_or(u32::MAX)),
-                address: address.clone(),
-            })
-            .collect(),
-    )
-    .map_err(|e| ControlError::NoMajority(format!("safekeepers: {e}")))?;
+    let members = members_of(safekeepers)?;
     let mut highest: Term = 0;
     for address in safekeepers {
         if let Ok(Message::Status { term, .. }) =

@@ -68,6 +68,7 @@ fn safekeeper_wire_seeds() {
             wal_start: Lsn(0x0100_0000),
             segment_size: 16 << 20,
             system_id: 7_441_234_567_890_123_456,
+            members: three_members().members().to_vec(),
         },
         Message::Vote { key: KEY, term: 4 },
         Message::Elected {

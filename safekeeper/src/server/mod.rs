@@ -231,8 +231,9 @@ impl Server {
                 wal_start,
                 segment_size,
                 system_id,
+                members,
             } => Some(
-                self.create_timeline(key, wal_start, segment_size, system_id)
+                self.create_timeline(key, wal_start, segment_size, system_id, members)
                     .await,
             ),
             Message::Vote { key, term } => {
@@ -320,6 +321,7 @@ impl Server {
         wal_start: Lsn,
         segment_size: u32,
         system_id: u64,
+        members: Vec<Member>,
     ) -> Message {
         if let Ok(existing) = self.timeline(&key) {
             return if existing.system_id == system_id {
@@ -330,7 +332,14 @@ impl Server {
                 }
             };
         }
-        let members = match self.config_members() {
+        // The set the creator names, or this safekeeper and its peers.
+        let members = if members.is_empty() {
+            self.config_members()
+        } else {
+            Membership::new(members)
+                .and_then(|set| set.require(NodeId(self.config.id)).map(|()| set))
+        };
+        let members = match members {
             Ok(members) => members,
             Err(e) => {
                 return Message::Error {
@@ -338,6 +347,11 @@ impl Server {
                 };
             }
         };
+        eprintln!(
+            "safekeeper {}: creating timeline {} kept by {members}",
+            self.config.id,
+            key_name(&key)
+        );
         match Timeline::create(
             &self.config.data,
             NodeId(self.config.id),

@@ -7,6 +7,7 @@ use quire_postgres::types::is_valid_wal_segment_size;
 
 use super::{MAX_FRAME, Message, TimelineKey};
 use crate::history::{TermEntry, TermHistory};
+use crate::membership::{ADDRESS_BYTES_MAX, MEMBERS_MAX, Member, NodeId};
 
 /// A frame that does not decode.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -116,6 +117,25 @@ impl Reader<'_> {
     fn string(&mut self) -> Result<String, FrameError> {
         String::from_utf8(self.bytes()?).map_err(|_| FrameError::Malformed(self.what))
     }
+    /// A member list: `count: u32` (at most `MEMBERS_MAX`), then per member
+    /// `id: u32` and its address (a string of at most `ADDRESS_BYTES_MAX`
+    /// bytes). Whether the set is valid is the server's to say.
+    fn members(&mut self) -> Result<Vec<Member>, FrameError> {
+        let count = self.u32()? as usize;
+        if count > MEMBERS_MAX {
+            return Err(FrameError::Malformed(self.what));
+        }
+        let mut members = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = NodeId(self.u32()?);
+            let address = self.string()?;
+            if address.len() > ADDRESS_BYTES_MAX {
+                return Err(FrameError::Malformed(self.what));
+            }
+            members.push(Member { id, address });
+        }
+        Ok(members)
+    }
     fn history(&mut self) -> Result<TermHistory, FrameError> {
         let count = self.u32()? as usize;
         if count > self.body.len().saturating_sub(self.at) / 16 {
@@ -170,11 +190,17 @@ impl Message {
                 wal_start,
                 segment_size,
                 system_id,
+                members,
             } => {
                 w.key(key);
                 w.u64(wal_start.0);
                 w.u32(*segment_size);
                 w.u64(*system_id);
+                w.u32(u32::try_from(members.len()).unwrap_or(u32::MAX));
+                for member in members {
+                    w.u32(member.id.0);
+                    w.bytes(member.address.as_bytes());
+                }
                 b'C'
             }
             Message::Vote { key, term } => {
@@ -327,6 +353,7 @@ impl Message {
                 wal_start: r.lsn()?,
                 segment_size: r.segment_size()?,
                 system_id: r.u64()?,
+                members: r.members()?,
             },
             b'V' => Message::Vote {
                 key: r.key()?,
@@ -440,6 +467,12 @@ mod tests {
                 wal_start: Lsn(1 << 24),
                 segment_size: 1 << 24,
                 system_id: 77,
+                members: (1..=3)
+                    .map(|id| Member {
+                        id: NodeId(id),
+                        address: format!("10.0.0.{id}:5454"),
+                    })
+                    .collect(),
             },
             Message::Vote {
                 key: key(),
@@ -581,6 +614,7 @@ mod tests {
             wal_start: Lsn(1 << 24),
             segment_size,
             system_id: 77,
+            members: Vec::new(),
         };
         for size in [
             0,
@@ -605,5 +639,33 @@ mod tests {
                 Ok(Some((create(size), bytes.len())))
             );
         }
+    }
+
+    #[test]
+    fn create_timeline_member_lists_are_bounded() {
+        let create = |members: Vec<Member>| Message::CreateTimeline {
+            key: key(),
+            wal_start: Lsn(1 << 24),
+            segment_size: 16 << 20,
+            system_id: 77,
+            members,
+        };
+        let member = |id: u32, len: usize| Member {
+            id: NodeId(id),
+            address: "h".repeat(len),
+        };
+        let too_many = create((0..8).map(|id| member(id, 6)).collect());
+        assert_eq!(
+            Message::decode(&too_many.encode()),
+            Err(FrameError::Malformed("create timeline"))
+        );
+        let too_long = create(vec![member(1, ADDRESS_BYTES_MAX + 1)]);
+        assert_eq!(
+            Message::decode(&too_long.encode()),
+            Err(FrameError::Malformed("create timeline"))
+        );
+        let fine = create(vec![member(1, ADDRESS_BYTES_MAX)]);
+        let bytes = fine.encode();
+        assert_eq!(Message::decode(&bytes), Ok(Some((fine, bytes.len()))));
     }
 }

@@ -17,6 +17,7 @@ use quire_postgres::Lsn;
 
 use crate::acceptor::Response;
 use crate::history::{Term, TermHistory};
+use crate::membership::Member;
 
 /// The longest frame body accepted (a WAL chunk is at most 1 MiB).
 pub const MAX_FRAME: usize = 4 << 20;
@@ -89,7 +90,8 @@ pub enum Message {
         token: String,
     },
     /// Create a timeline whose WAL begins at `wal_start` (a segment start)
-    /// for a cluster with `system_id`. Answer: `Ok` or `Error`.
+    /// for a cluster with `system_id`, kept by `members` (none: the
+    /// safekeeper and its configured peers). Answer: `Ok` or `Error`.
     CreateTimeline {
         /// The timeline.
         key: TimelineKey,
@@ -99,6 +101,8 @@ pub enum Message {
         segment_size: u32,
         /// The Postgres cluster's system identifier.
         system_id: u64,
+        /// The timeline's member set (at most `MEMBERS_MAX`).
+        members: Vec<Member>,
     },
     /// Vote in `term`. Answer: `VoteReply`.
     Vote {
