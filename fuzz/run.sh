@@ -22,7 +22,7 @@ export CARGO_TARGET_DIR=$here/target
 host=$(rustc -vV | sed -n 's/^host: //p')
 cargo build --manifest-path "$here/Cargo.toml" --release --bins --quiet --target "$host"
 
-for target in wal_decoder; do
+for target in wal_decoder page_protocol; do
     corpus=$here/corpus/$target
     artifacts=$here/artifacts/$target
     mkdir -p "$corpus" "$artifacts"

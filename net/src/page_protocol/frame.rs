@@ -10,8 +10,8 @@
 use std::marker::PhantomData;
 
 use super::{
-    ClientFrame, FRAME_HEADER_BYTES, FrameError, REQUEST_FRAME_BYTES_MAX, RESPONSE_FRAME_BYTES_MAX,
-    ServerFrame,
+    BodyError, ClientFrame, FRAME_HEADER_BYTES, FrameError, REQUEST_FRAME_BYTES_MAX,
+    RESPONSE_FRAME_BYTES_MAX, ServerFrame,
 };
 
 /// Which way frames travel, which fixes the largest one.
@@ -95,6 +95,9 @@ pub trait Frame: Sized {
     /// Decodes exactly one whole frame.
     fn decode(frame: &[u8]) -> Result<Self, FrameError>;
 
+    /// Appends the frame's bytes to `out` (left as it was on an error).
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), BodyError>;
+
     /// Decodes the first frame at the front of `bytes`: the frame and the
     /// bytes it took, or `Ok(None)` while it is incomplete. After a
     /// [`FrameError::Body`] error, the next frame starts `frame_bytes` on.
@@ -112,6 +115,10 @@ impl Frame for ClientFrame {
     fn decode(frame: &[u8]) -> Result<ClientFrame, FrameError> {
         ClientFrame::decode(frame)
     }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        ClientFrame::encode(self, out)
+    }
 }
 
 impl Frame for ServerFrame {
@@ -119,6 +126,10 @@ impl Frame for ServerFrame {
 
     fn decode(frame: &[u8]) -> Result<ServerFrame, FrameError> {
         ServerFrame::decode(frame)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        ServerFrame::encode(self, out)
     }
 }
 
