@@ -60,9 +60,15 @@ fn split_all<F: Frame + PartialEq + Debug>(stream: &[u8]) -> Vec<Result<F, Frame
             Ok(Some((frame, taken))) => {
                 let bytes = rest.get(..taken).expect("split took what it had");
                 let mut again = Vec::new();
-                frame.encode(&mut again).expect("a decoded frame re-encodes");
+                frame
+                    .encode(&mut again)
+                    .expect("a decoded frame re-encodes");
                 assert_eq!(again, bytes, "the encoding is canonical");
-                assert_eq!(F::decode(&again).as_ref(), Ok(&frame), "decode(encode(decode(x)))");
+                assert_eq!(
+                    F::decode(&again).as_ref(),
+                    Ok(&frame),
+                    "decode(encode(decode(x)))"
+                );
                 out.push(Ok(frame));
                 taken
             }
@@ -79,7 +85,9 @@ fn split_all<F: Frame + PartialEq + Debug>(stream: &[u8]) -> Vec<Result<F, Frame
                 }
             }
         };
-        rest = rest.get(taken..).expect("a refused body lies whole in the stream");
+        rest = rest
+            .get(taken..)
+            .expect("a refused body lies whole in the stream");
     }
     out
 }
