@@ -1,13 +1,14 @@
-//! The page protocol between computes and the pageserver.
+//! The page protocol between computes and the pageserver, and the identities
+//! and tokens a connection carries.
 //!
-//! This crate will own the binary protocol specified in `docs/` (handshake
-//! with tenant, timeline, shard and token; pipelined requests with ids;
-//! vectored GetPage, Nblocks, Exists, DbSize, SLRU segment), as a pure codec,
-//! and the page service that hands each connection to the core owning its
-//! shard once, at handshake.
-//!
-//! Today it owns the signed access tokens ([`token`]) that the safekeepers
-//! check and the page service will take at its handshake.
+//! Today it owns the page protocol's pure codec ([`page_protocol`], specified
+//! in `docs/protocol/page-service.md`), the tenant, timeline and shard
+//! identities a connection names ([`id`]), and the signed access tokens
+//! ([`token`]) that the safekeepers check and the page service takes at its
+//! handshake. The page service itself (sockets, handing each connection to
+//! the core owning its shard) will join them.
 #![forbid(unsafe_code)]
 
+pub mod id;
+pub mod page_protocol;
 pub mod token;
