@@ -266,8 +266,14 @@ fn decode_members(bytes: &[u8]) -> Result<Membership, ControlFileError> {
         let (address, after) = after_len.split_at(len);
         let address =
             std::str::from_utf8(address).map_err(|_| corrupt("member address is not UTF-8"))?;
+        let id = NodeId(u32::from_le_bytes(*id));
+        // Written in ascending id order (as `Membership` keeps them): any
+        // other order is damage, and would not re-encode to these bytes.
+        if members.last().is_some_and(|last: &Member| last.id >= id) {
+            return Err(corrupt("member ids out of order"));
+        }
         members.push(Member {
-            id: NodeId(u32::from_le_bytes(*id)),
+            id,
             address: address.to_owned(),
         });
         rest = after;
@@ -314,6 +320,24 @@ mod tests {
                 .expect("valid"),
             },
         }
+    }
+
+    /// Found by fuzzing: members out of id order decoded, then re-encoded
+    /// sorted (not the bytes read).
+    #[test]
+    fn members_out_of_order_are_refused() {
+        let bytes = sample().encode();
+        // The first member's id: three members of 4 + 2 + 13 bytes end the body.
+        let members_at = bytes.len() - 4 - 3 * (4 + 2 + 13);
+        let mut damaged = bytes.clone();
+        damaged[members_at..members_at + 4].copy_from_slice(&161u32.to_le_bytes());
+        let body = damaged.len() - 4;
+        let crc = quire_checksum::crc32c(&damaged[..body]);
+        damaged[body..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            ControlFile::decode(&damaged),
+            Err(ControlFileError::Corrupt("member ids out of order"))
+        ));
     }
 
     #[test]
