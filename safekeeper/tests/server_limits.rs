@@ -42,11 +42,16 @@ where
 
 /// A server-side connection bounded by `DEADLINES` and the client's end.
 async fn pair() -> (FramedConn, TcpStream) {
+    pair_with(DEADLINES).await
+}
+
+/// A server-side connection bounded by `deadlines` and the client's end.
+async fn pair_with(deadlines: Deadlines) -> (FramedConn, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let address = listener.local_addr().expect("address");
     let client = TcpStream::connect(address).await.expect("connect");
     let (stream, _) = listener.accept().await.expect("accept");
-    (FramedConn::accepted(stream, DEADLINES), client)
+    (FramedConn::accepted(stream, deadlines), client)
 }
 
 /// Reads what the server sends until it closes; the messages in it.
@@ -118,16 +123,44 @@ fn an_oversized_length_is_refused_before_anything_grows() {
         drop(server);
         let said = error_text(&read_until_closed(&mut client).await);
         assert!(said.contains("over the limit"), "{said}");
-        // Just over the limit is refused too; at the limit the buffer may
-        // grow to the frame, never past it.
-        let (mut server, mut client) = pair().await;
+        // A header announcing the largest frame costs nothing until its
+        // bytes come; then the buffer grows with them, never past it.
+        let patient = Deadlines {
+            handshake: Duration::from_secs(20),
+            frame: Duration::from_secs(20),
+            ..DEADLINES
+        };
+        let (mut server, mut client) = pair_with(patient).await;
         let mut header = vec![b'w'];
         header.extend_from_slice(&u32::try_from(MAX_FRAME).expect("fits").to_le_bytes());
         header.extend_from_slice(&[0; 100]);
         client.write_all(&header).await.expect("send");
         let waiting = quire_io::timeout(Duration::from_millis(100), server.receive()).await;
         assert!(waiting.is_err(), "a whole frame cannot have come");
-        assert!(server.buffer_bytes() <= 5 + MAX_FRAME);
+        assert_eq!(server.buffer_bytes(), READ_BUF_BYTES);
+        let done = Rc::new(std::cell::Cell::new(false));
+        let written = Rc::clone(&done);
+        let writer = quire_io::spawn_local(async move {
+            client
+                .write_all(&vec![0; 3 << 20])
+                .await
+                .expect("3 MiB more");
+            written.set(true);
+            client
+        });
+        // Read (cancelled and resumed: no byte is lost) until all came.
+        while !done.get() {
+            let waiting = quire_io::timeout(Duration::from_millis(50), server.receive()).await;
+            assert!(waiting.is_err(), "a whole frame cannot have come");
+        }
+        let waiting = quire_io::timeout(Duration::from_millis(100), server.receive()).await;
+        assert!(waiting.is_err(), "a whole frame cannot have come");
+        drop(writer.await);
+        let held = server.buffer_bytes();
+        assert!(
+            (3 << 20..=5 + MAX_FRAME).contains(&held),
+            "{held} bytes for 3 MiB of a 4 MiB frame"
+        );
     });
 }
 

@@ -2,9 +2,11 @@
 //! messages, and a Postgres replication session.
 //!
 //! A framed connection's read buffer starts at [`READ_BUF_BYTES`] and
-//! grows only as far as the frame being read says it needs (at most
-//! `5 + wire::MAX_FRAME` bytes, checked before it grows), and shrinks back
-//! once the frame is taken: an idle connection holds a few KiB. A
+//! grows only with the bytes of the frame being read, doubling, never past
+//! the size its header announces (at most `5 + wire::MAX_FRAME` bytes,
+//! checked before it grows), and shrinks back once the frame is taken: an
+//! idle connection holds a few KiB, and a header announcing 4 MiB costs
+//! nothing until the bytes come. A
 //! connection the server accepted ([`FramedConn::accepted`]) also has
 //! [`Deadlines`]: its first frame must arrive whole within the handshake
 //! timeout, a later frame within the frame timeout of its first byte, the
@@ -221,17 +223,22 @@ impl FramedConn {
         }
     }
 
-    /// Grows the buffer to hold the frame being read, as its header says
-    /// (bounded: a header over `MAX_FRAME` failed to decode before this).
+    /// Makes room for the next read: a full buffer doubles, up to the
+    /// frame its header announces (bounded: a header over `MAX_FRAME`
+    /// failed to decode before this, and a frame not yet whole is longer
+    /// than what is buffered).
     fn make_room(&mut self) {
+        if self.filled < self.buf.len() {
+            return;
+        }
         let frame = match self.buf.get(1..HEADER_BYTES) {
             Some(&[a, b, c, d]) if self.filled >= HEADER_BYTES => {
                 let body = usize::try_from(u32::from_le_bytes([a, b, c, d])).unwrap_or(MAX_FRAME);
                 HEADER_BYTES + body.min(MAX_FRAME)
             }
-            _ => 0,
+            _ => READ_BUF_BYTES,
         };
-        let wanted = frame.max(READ_BUF_BYTES);
+        let wanted = frame.min(self.filled.saturating_mul(2).max(READ_BUF_BYTES));
         if self.buf.len() < wanted {
             self.buf.resize(wanted, 0);
         }
