@@ -4,16 +4,16 @@
 //! A framed connection's read buffer starts at [`READ_BUF_BYTES`] and
 //! grows only with the bytes of the frame being read, doubling, never past
 //! the size its header announces (at most `5 + wire::MAX_FRAME` bytes,
-//! checked before it grows), and shrinks back once the frame is taken: an
-//! idle connection holds a few KiB, and a header announcing 4 MiB costs
-//! nothing until the bytes come. A
+//! checked before it grows); a server-side connection's buffer shrinks
+//! back once the frame is taken: an idle connection holds a few KiB, and a
+//! header announcing 4 MiB costs nothing until the bytes come. A
 //! connection the server accepted ([`FramedConn::accepted`]) also has
 //! [`Deadlines`]: its first frame must arrive whole within the handshake
 //! timeout, a later frame within the frame timeout of its first byte, the
 //! wait between frames is bounded by the idle timeout, and every frame
-//! sent must be taken whole within the write timeout. A deadline missed or a frame that does not decode
-//! ends the connection with an `Error` frame saying why (sent best
-//! effort). Clients connect with a timeout ([`CONNECT_TIMEOUT`] unless
+//! sent must be taken whole within the write timeout. A deadline missed
+//! or a frame that does not decode ends the connection with an `Error`
+//! frame saying why (sent best effort). Clients connect with a timeout ([`CONNECT_TIMEOUT`] unless
 //! they name one), each read waits at most [`CLIENT_READ_TIMEOUT`] unless
 //! they set their own, and each frame they send must go out within
 //! [`CLIENT_WRITE_TIMEOUT`]: a peer that hangs never hangs its client.
@@ -210,14 +210,19 @@ impl FramedConn {
         }
     }
 
-    /// Drops the first `used` buffered bytes (a whole frame); the buffer
-    /// shrinks back to [`READ_BUF_BYTES`] when what is left fits.
+    /// Drops the first `used` buffered bytes (a whole frame); an accepted
+    /// connection's buffer shrinks back to [`READ_BUF_BYTES`] when what is
+    /// left fits (a client keeps its size: it reads from a server it chose,
+    /// a WAL stream's 1 MiB frames one after another).
     fn take(&mut self, used: usize) {
         let used = used.min(self.filled);
         self.buf.copy_within(used..self.filled, 0);
         self.filled -= used;
         self.frame_began = (self.filled > 0).then(Instant::now);
-        if self.buf.len() > READ_BUF_BYTES && self.filled <= READ_BUF_BYTES {
+        if self.deadlines.is_some()
+            && self.buf.len() > READ_BUF_BYTES
+            && self.filled <= READ_BUF_BYTES
+        {
             self.buf.truncate(READ_BUF_BYTES);
             self.buf.shrink_to_fit();
         }
