@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use quire_cluster::{PgCluster, PgClusterOptions, PgInstall, run_checked};
 use quire_io::{LocalConfig, spawn_executor};
+use quire_safekeeper::server::limits::Limits;
 use quire_safekeeper::server::peers::Peer;
 use quire_safekeeper::server::{Config, Server};
 
@@ -48,6 +49,7 @@ fn start_safekeepers(root: &std::path::Path) -> Vec<String> {
             pg_user: quire_cluster::SUPERUSER.into(),
             auth: quire_safekeeper::server::auth::Auth::default(),
             peer_token: None,
+            limits: Limits::default(),
         };
         // Detached: the executors live until the process ends.
         let executor = LocalConfig {

@@ -4,14 +4,19 @@
 //! `--listen`, keeps its timelines under `--data`, talks to the other
 //! safekeepers named by `--peer ID=HOST:PORT`, and streams WAL from each
 //! timeline's elected compute as standby `sk<ID>`. One executor,
-//! pinned to `--cpu` (default: the id modulo the CPUs).
+//! pinned to `--cpu` (default: the id modulo the CPUs). Its limits
+//! (`--max-connections`, `--max-timelines`, the `--*-timeout-ms` of each
+//! connection) default to the constants of `server::limits`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use quire_io::{ExecutorConfig, run_per_core};
 use quire_safekeeper::server::auth::Auth;
+use quire_safekeeper::server::conn::Deadlines;
+use quire_safekeeper::server::limits::{self, Limits};
 use quire_safekeeper::server::peers::Peer;
 use quire_safekeeper::server::{Config, Server};
 
@@ -50,6 +55,24 @@ pub struct SafekeeperArgs {
     /// Serve without authentication on a non-loopback address.
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// Connections served at once; more are refused with an error frame.
+    #[arg(long, default_value_t = limits::MAX_CONNECTIONS_DEFAULT)]
+    max_connections: usize,
+    /// Timelines kept; more are refused.
+    #[arg(long, default_value_t = limits::MAX_TIMELINES_DEFAULT)]
+    max_timelines: usize,
+    /// Milliseconds from accepting a connection to its whole first frame.
+    #[arg(long, default_value_t = millis(limits::HANDSHAKE_TIMEOUT_DEFAULT))]
+    handshake_timeout_ms: u64,
+    /// Milliseconds from a frame's first byte to its last.
+    #[arg(long, default_value_t = millis(limits::FRAME_TIMEOUT_DEFAULT))]
+    frame_timeout_ms: u64,
+    /// Milliseconds a connection may wait between requests.
+    #[arg(long, default_value_t = millis(limits::IDLE_TIMEOUT_DEFAULT))]
+    idle_timeout_ms: u64,
+    /// Milliseconds the peer may take to read one frame sent to it.
+    #[arg(long, default_value_t = millis(limits::WRITE_TIMEOUT_DEFAULT))]
+    write_timeout_ms: u64,
 }
 
 /// Whether `listen` binds only to the loopback interface.
@@ -58,6 +81,34 @@ fn is_loopback(listen: &str) -> bool {
     listen
         .to_socket_addrs()
         .is_ok_and(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl SafekeeperArgs {
+    fn limits(&self) -> Result<Limits> {
+        if self.max_connections == 0 || self.max_timelines == 0 {
+            bail!("--max-connections and --max-timelines must be at least 1");
+        }
+        let timeout = |name: &str, ms: u64| {
+            if ms == 0 {
+                bail!("--{name} must be at least 1 ms");
+            }
+            Ok(Duration::from_millis(ms))
+        };
+        Ok(Limits {
+            max_connections: self.max_connections,
+            max_timelines: self.max_timelines,
+            deadlines: Deadlines {
+                handshake: timeout("handshake-timeout-ms", self.handshake_timeout_ms)?,
+                frame: timeout("frame-timeout-ms", self.frame_timeout_ms)?,
+                idle: timeout("idle-timeout-ms", self.idle_timeout_ms)?,
+                write: timeout("write-timeout-ms", self.write_timeout_ms)?,
+            },
+        })
+    }
 }
 
 fn parse_peer(text: &str) -> Result<Peer> {
@@ -86,6 +137,7 @@ pub fn run(args: &SafekeeperArgs) -> Result<()> {
         pg_user: args.pg_user.clone(),
         auth: Auth::new(read_verifier(args.auth_public_key.as_deref())?),
         peer_token: read_token(args.auth_token_file.as_deref())?,
+        limits: args.limits()?,
     };
     if !config.auth.required() {
         if !is_loopback(&args.listen) && !args.allow_unauthenticated {

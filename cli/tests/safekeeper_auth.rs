@@ -162,7 +162,7 @@ fn safekeepers_take_only_requests_their_tokens_allow() -> Result<()> {
     let root = tempfile::tempdir()?;
     let public_key = dir.join("auth_public.pem");
     let (_safekeepers, addresses) =
-        start_safekeepers_with(Path::new(env!("CARGO_BIN_EXE_quire")), root.path(), |id| {
+        start_safekeepers_with(Path::new(env!("CARGO_BIN_EXE_quire")), root.path(), &|id| {
             vec![
                 "--auth-public-key".into(),
                 public_key.display().to_string(),

@@ -8,6 +8,12 @@
 //! fails (the safekeeper died) or stalls while another safekeeper has
 //! committed more, and reports the timeline's disk-consistent LSN to every
 //! safekeeper as it moves, so they can remove WAL the layers now hold.
+//!
+//! Status queries and reports go over one long-lived connection per
+//! safekeeper ([`StatusLinks`]), dialled again after an error (a call on a
+//! reused connection the safekeeper had closed is tried once more on a
+//! fresh one). Every dial is bounded by [`CONNECT_TIMEOUT`] and every
+//! status answer by [`STATUS_TIMEOUT`].
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +28,10 @@ use crate::ingest::WalIngest;
 /// How long a stream may stay silent before the receiver looks for a
 /// safekeeper that is further ahead.
 const STALL: Duration = Duration::from_millis(500);
+/// How long dialling a safekeeper may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a status query or report may wait for its answer.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the WAL comes from.
 #[derive(Clone, Debug)]
@@ -46,24 +56,92 @@ pub struct ReceiveStats {
     pub bytes: u64,
     /// Times the disk-consistent LSN was reported to the safekeepers.
     pub persisted_reports: u64,
+    /// Status connections dialled (one per safekeeper unless one failed).
+    pub status_dials: u64,
 }
 
-async fn status(address: &str, token: Option<&str>, key: TimelineKey) -> Option<Lsn> {
-    let mut conn = FramedConn::connect_as(address, token).await.ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(2)));
-    match conn.call(&Message::GetStatus { key }).await.ok()? {
-        Message::Status { commit, .. } => Some(commit),
-        _ => None,
+/// One kept status connection per safekeeper (`None` until dialled, and
+/// after an error).
+pub struct StatusLinks {
+    links: Vec<Option<FramedConn>>,
+    /// The token shown at each dial, when the safekeepers check tokens.
+    token: Option<String>,
+    /// Connections dialled so far (for tests and stats).
+    pub dialled: u64,
+}
+
+impl StatusLinks {
+    /// No connection yet to any of `count` safekeepers; dials show
+    /// `token`.
+    pub fn new(count: usize, token: Option<String>) -> StatusLinks {
+        StatusLinks {
+            links: (0..count).map(|_| None).collect(),
+            token,
+            dialled: 0,
+        }
+    }
+
+    async fn dial(&mut self, address: &str) -> Option<FramedConn> {
+        let mut conn = FramedConn::connect_timeout(address, CONNECT_TIMEOUT)
+            .await
+            .ok()?;
+        conn.hello(self.token.as_deref()).await.ok()?;
+        self.dialled += 1;
+        conn.set_read_timeout(Some(STATUS_TIMEOUT));
+        Some(conn)
+    }
+
+    /// Sends `message` to safekeeper `index` (at `address`) and waits for
+    /// the answer, on the kept connection or a new one; `None` if it
+    /// cannot be reached or does not answer in time.
+    pub async fn call(
+        &mut self,
+        index: usize,
+        address: &str,
+        message: &Message,
+    ) -> Option<Message> {
+        let kept = self.links.get_mut(index)?.take();
+        let reused = kept.is_some();
+        let mut conn = match kept {
+            Some(conn) => conn,
+            None => self.dial(address).await?,
+        };
+        let mut answer = conn.call(message).await;
+        if answer.is_err() && reused {
+            // The safekeeper may have closed an idle connection.
+            conn = self.dial(address).await?;
+            answer = conn.call(message).await;
+        }
+        let answer = answer.ok()?;
+        if let Some(link) = self.links.get_mut(index) {
+            *link = Some(conn);
+        }
+        Some(answer)
+    }
+
+    /// The commit LSN of safekeeper `index`.
+    async fn status(&mut self, index: usize, address: &str, key: TimelineKey) -> Option<Lsn> {
+        match self
+            .call(index, address, &Message::GetStatus { key })
+            .await?
+        {
+            Message::Status { commit, .. } => Some(commit),
+            _ => None,
+        }
     }
 }
 
 /// The safekeeper with the highest commit LSN, skipping `avoid` unless it
 /// is the only one answering.
-async fn most_advanced(source: &WalSource, avoid: Option<usize>) -> Option<(usize, Lsn)> {
+async fn most_advanced(
+    links: &mut StatusLinks,
+    source: &WalSource,
+    avoid: Option<usize>,
+) -> Option<(usize, Lsn)> {
     let mut best: Option<(usize, Lsn)> = None;
     let mut fallback = None;
     for (index, address) in source.safekeepers.iter().enumerate() {
-        let Some(commit) = status(address, source.token.as_deref(), source.key).await else {
+        let Some(commit) = links.status(index, address, source.key).await else {
             continue;
         };
         if Some(index) == avoid {
@@ -77,17 +155,13 @@ async fn most_advanced(source: &WalSource, avoid: Option<usize>) -> Option<(usiz
     best.or(fallback)
 }
 
-async fn report_persisted(source: &WalSource, lsn: Lsn) {
-    for address in &source.safekeepers {
-        if let Ok(mut conn) = FramedConn::connect_as(address, source.token.as_deref()).await {
-            conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = conn
-                .call(&Message::ReportPersisted {
-                    key: source.key,
-                    lsn,
-                })
-                .await;
-        }
+async fn report_persisted(links: &mut StatusLinks, source: &WalSource, lsn: Lsn) {
+    let report = Message::ReportPersisted {
+        key: source.key,
+        lsn,
+    };
+    for (index, address) in source.safekeepers.iter().enumerate() {
+        let _ = links.call(index, address, &report).await;
     }
 }
 
@@ -106,16 +180,22 @@ pub async fn follow(
     let mut resume = start;
     let mut avoid = None;
     let mut reported = ingest.timeline().disk_consistent_lsn();
+    let mut links = StatusLinks::new(source.safekeepers.len(), source.token.clone());
     loop {
         if began.elapsed() > deadline {
             bail!("WAL up to {until} did not arrive in {deadline:?} (ingested to {resume})");
         }
-        let Some((index, _)) = most_advanced(source, avoid).await else {
+        let Some((index, _)) = most_advanced(&mut links, source, avoid).await else {
             quire_io::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let address = &source.safekeepers[index];
-        let Ok(mut conn) = FramedConn::connect_as(address, source.token.as_deref()).await else {
+        let dialled = async {
+            let mut conn = FramedConn::connect_timeout(address, CONNECT_TIMEOUT).await?;
+            conn.hello(source.token.as_deref()).await?;
+            Ok::<_, quire_safekeeper::server::conn::ConnError>(conn)
+        };
+        let Ok(mut conn) = dialled.await else {
             avoid = Some(index);
             continue;
         };
@@ -155,6 +235,7 @@ pub async fn follow(
                             .await?;
                         resume = end;
                         if record.start == until {
+                            stats.status_dials = links.dialled;
                             return Ok((end, stats));
                         }
                     }
@@ -172,10 +253,80 @@ pub async fn follow(
             let persisted = ingest.timeline().disk_consistent_lsn();
             if persisted > reported {
                 reported = persisted;
-                report_persisted(source, persisted).await;
+                report_persisted(&mut links, source, persisted).await;
                 stats.persisted_reports += 1;
             }
         }
         avoid = Some(index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use quire_io::net::TcpListener;
+    use quire_postgres::Lsn;
+    use quire_safekeeper::server::conn::FramedConn;
+    use quire_safekeeper::wire::{Message, TimelineKey};
+
+    use super::StatusLinks;
+
+    const KEY: TimelineKey = TimelineKey {
+        tenant: [1; 16],
+        timeline: [2; 16],
+    };
+
+    /// A safekeeper stand-in answering status queries; it closes each
+    /// connection after `per_connection` answers.
+    async fn fake_safekeeper(listener: TcpListener, accepted: Rc<Cell<u32>>, per_connection: u32) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            accepted.set(accepted.get() + 1);
+            let mut conn = FramedConn::new(stream);
+            for _ in 0..per_connection {
+                let Ok(Message::GetStatus { .. }) = conn.receive().await else {
+                    break;
+                };
+                let status = Message::Status {
+                    term: 1,
+                    flush: Lsn(64),
+                    commit: Lsn(64),
+                    history: quire_safekeeper::history::TermHistory(Vec::new()),
+                };
+                if conn.send(&status).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn status_queries_reuse_one_connection_and_redial_after_a_close() {
+        let (accepted, dialled, answers) =
+            quire_io::run_local(&quire_io::LocalConfig::default(), || async {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+                let address = listener.local_addr().expect("address").to_string();
+                let accepted = Rc::new(Cell::new(0));
+                let server =
+                    quire_io::spawn_local(fake_safekeeper(listener, Rc::clone(&accepted), 5));
+                let mut links = StatusLinks::new(1, None);
+                let mut answers = 0;
+                for _ in 0..12 {
+                    if links.status(0, &address, KEY).await == Some(Lsn(64)) {
+                        answers += 1;
+                    }
+                }
+                drop(server);
+                (accepted.get(), links.dialled, answers)
+            })
+            .expect("executor");
+        assert_eq!(answers, 12, "every query answered");
+        // 12 queries, 5 per connection: 3 connections, not 12.
+        assert_eq!(accepted, 3);
+        assert_eq!(dialled, 3);
     }
 }

@@ -35,8 +35,8 @@ pub struct Safekeeper {
     /// Its data directory.
     pub data: PathBuf,
     peers: Vec<String>,
-    /// More `quire safekeeper` arguments (authentication, limits).
-    pub extra_args: Vec<String>,
+    /// More arguments for `quire safekeeper` (limits, say).
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -53,7 +53,7 @@ impl Safekeeper {
         for peer in &self.peers {
             command.args(["--peer", peer]);
         }
-        command.args(&self.extra_args);
+        command.args(&self.args);
         self.child = Some(command.spawn().context("start a safekeeper")?);
         let began = Instant::now();
         while std::net::TcpStream::connect(&self.address).is_err() {
@@ -65,6 +65,18 @@ impl Safekeeper {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it was started and has not exited (a crash shows here).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// Kills it with SIGKILL.
@@ -142,15 +154,15 @@ pub fn wal_bytes(dir: &Path, from: Lsn, to: Lsn) -> Result<Vec<u8>> {
 /// Three safekeepers (the `quire` binary at `binary`) on free loopback
 /// ports, each naming the others.
 pub fn start_safekeepers(binary: &Path, root: &Path) -> Result<(Vec<Safekeeper>, Vec<String>)> {
-    start_safekeepers_with(binary, root, |_| Vec::new())
+    start_safekeepers_with(binary, root, &|_| Vec::new())
 }
 
-/// `start_safekeepers`, giving safekeeper `id` the extra arguments
-/// `extra_args(id)`.
+/// [`start_safekeepers`] with more arguments for safekeeper `id` (1 to 3):
+/// `args(id)`.
 pub fn start_safekeepers_with(
     binary: &Path,
     root: &Path,
-    extra_args: impl Fn(u32) -> Vec<String>,
+    args: &dyn Fn(u32) -> Vec<String>,
 ) -> Result<(Vec<Safekeeper>, Vec<String>)> {
     let addresses: Vec<String> = (0..3).map(|_| free_address()).collect::<Result<_>>()?;
     let mut safekeepers: Vec<Safekeeper> = (0..3)
@@ -163,7 +175,7 @@ pub fn start_safekeepers_with(
                 .filter(|&j| j != i)
                 .map(|j| format!("{}={}", j + 1, addresses[j as usize]))
                 .collect(),
-            extra_args: extra_args(i + 1),
+            args: args(i + 1),
             child: None,
         })
         .collect();

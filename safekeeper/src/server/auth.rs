@@ -133,7 +133,12 @@ pub fn permit(identity: &Identity, request: &Message) -> Result<Permit, String> 
             Permit::Plain,
         ),
         Message::Hello { .. } => (None, &[], Permit::Plain),
-        other => return Err(format!("not a request: {}", kind_of(other))),
+        other => {
+            return Err(format!(
+                "not a request: {}",
+                crate::server::conn::kind(other)
+            ));
+        }
     };
     match identity {
         Identity::Open => Ok(permit),
@@ -145,7 +150,7 @@ pub fn permit(identity: &Identity, request: &Message) -> Result<Permit, String> 
                 return Err(format!(
                     "a {:?} token may not send {}",
                     claims.scope,
-                    kind_of(request)
+                    crate::server::conn::kind(request)
                 ));
             }
             if let Some(key) = key
@@ -165,21 +170,6 @@ pub fn peer_of(identity: &Identity) -> Option<NodeId> {
             node: Some(node), ..
         }) => Some(NodeId(*node)),
         _ => None,
-    }
-}
-
-fn kind_of(message: &Message) -> &'static str {
-    match message {
-        Message::Hello { .. } => "Hello",
-        Message::CreateTimeline { .. } => "CreateTimeline",
-        Message::Vote { .. } => "Vote",
-        Message::Elected { .. } => "Elected",
-        Message::Fetch { .. } => "Fetch",
-        Message::PeerFlush { .. } => "PeerFlush",
-        Message::GetStatus { .. } => "GetStatus",
-        Message::StreamWal { .. } => "StreamWal",
-        Message::ReportPersisted { .. } => "ReportPersisted",
-        _ => "a reply",
     }
 }
 

@@ -1,19 +1,31 @@
 //! The safekeeper server: timelines on disk, the protocol listener, and per
 //! timeline the replication stream from the term's compute, peer recovery
 //! and flush gossip. One executor (`quire-io`) runs it all.
+//!
+//! Everything a client can make it hold is bounded (`limits`): connections
+//! at once (more get an `Error` frame and are closed), each connection's
+//! time and read buffer (`conn`), the timelines it keeps; tasks are one
+//! per connection and, per timeline, one gossip task and one term driver
+//! (`driver`). WAL streams wait on the timeline's change signal (`notify`)
+//! rather than polling, and fsyncs run off the executor (`blocking`).
 
 pub mod auth;
+pub mod blocking;
 pub mod conn;
+pub mod driver;
+pub mod limits;
+pub mod notify;
 pub mod peers;
 pub mod replication;
 pub mod timeline;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::pin::pin;
 use std::rc::Rc;
-use std::time::Duration;
 
+use futures::future::{Either, select};
 use quire_io::net::TcpListener;
 use quire_postgres::Lsn;
 
@@ -22,6 +34,7 @@ use crate::history::Term;
 use crate::membership::{Member, Membership, MembershipError, NodeId, Sender};
 use crate::server::auth::{Auth, Identity, Permit};
 use crate::server::conn::{ConnError, FramedConn};
+use crate::server::limits::{Limits, Slots};
 use crate::server::peers::Peer;
 use crate::server::timeline::{Timeline, TimelineError, key_name};
 use crate::wire::{Message, TimelineKey};
@@ -44,6 +57,8 @@ pub struct Config {
     /// The token this safekeeper shows its peers (scope `safekeeper_peer`,
     /// naming its id), when they check tokens.
     pub peer_token: Option<String>,
+    /// What it bounds.
+    pub limits: Limits,
 }
 
 /// A running safekeeper.
@@ -53,6 +68,8 @@ pub struct Server {
     timelines: RefCell<HashMap<TimelineKey, Rc<Timeline>>>,
     /// Requests refused for who sent them (bad tokens, wrong scopes).
     refused: Cell<u64>,
+    /// Timelines whose creation is under way (their files being written).
+    creating: RefCell<HashSet<TimelineKey>>,
 }
 
 fn unix_now() -> u64 {
@@ -107,30 +124,22 @@ impl Server {
             peer_token,
             timelines: RefCell::new(timelines),
             refused: Cell::new(0),
+            creating: RefCell::new(HashSet::new()),
         });
         for timeline in server.timelines.borrow().values() {
-            server.start_gossip(timeline);
-            server.start_term(timeline);
+            server.start_tasks(timeline);
         }
         Ok(server)
     }
 
-    /// Peer recovery and streaming from the compute of the timeline's
-    /// current term.
-    fn start_term(&self, timeline: &Rc<Timeline>) {
-        let Some((term, compute)) = timeline.compute() else {
-            return;
-        };
-        quire_io::spawn_local(peers::recover(
+    /// A timeline's own tasks, started once when it is opened or created:
+    /// flush gossip, and the term driver (peer recovery and streaming
+    /// from each announced term's compute).
+    fn start_tasks(&self, timeline: &Rc<Timeline>) {
+        self.start_gossip(timeline);
+        quire_io::spawn_local(driver::drive_terms(
             Rc::clone(timeline),
-            term,
             Rc::clone(&self.peer_token),
-        ))
-        .detach();
-        quire_io::spawn_local(follow_compute(
-            Rc::clone(timeline),
-            term,
-            compute,
             self.config.pg_user.clone(),
             format!("sk{}", self.config.id),
         ))
@@ -153,14 +162,41 @@ impl Server {
             .ok_or_else(|| format!("no timeline {}", key_name(key)))
     }
 
-    /// Accepts connections forever.
+    /// Accepts connections forever (an error only if it cannot listen):
+    /// at most `max_connections` at once, each bounded by the deadlines;
+    /// one past the limit is told so and closed.
     pub async fn serve(self: Rc<Server>) -> Result<(), std::io::Error> {
         let listener = TcpListener::bind(&self.config.listen)?;
+        let limits = self.config.limits;
+        let slots = Slots::new(limits.max_connections);
+        let mut failures = 0u64;
         loop {
-            let (stream, _peer) = listener.accept().await?;
+            let stream = match listener.accept().await {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Out of descriptors or a transient failure: the
+                    // listener stays; say so now and then.
+                    if failures.is_multiple_of(100) {
+                        eprintln!(
+                            "safekeeper sk{}: accept: {e} (retrying every {:?})",
+                            self.config.id,
+                            limits::ACCEPT_RETRY
+                        );
+                    }
+                    failures += 1;
+                    quire_io::sleep(limits::ACCEPT_RETRY).await;
+                    continue;
+                }
+            };
+            let Some(slot) = slots.take() else {
+                limits::refuse(stream, limits.max_connections).await;
+                continue;
+            };
             let server = Rc::clone(&self);
             quire_io::spawn_local(async move {
-                let _ = server.connection(FramedConn::new(stream)).await;
+                let _slot = slot;
+                let conn = FramedConn::accepted(stream, limits.deadlines);
+                let _ = server.connection(conn).await;
             })
             .detach();
         }
@@ -311,7 +347,7 @@ impl Server {
                     Err(e) => error(e.to_string()),
                 }
             }
-            other => error(format!("not a request: {other:?}")),
+            other => error(format!("not a request: {}", conn::kind(&other))),
         }
     }
 
@@ -323,15 +359,42 @@ impl Server {
         system_id: u64,
         members: Vec<Member>,
     ) -> Message {
+        let error = |message: String| Message::Error { message };
         if let Ok(existing) = self.timeline(&key) {
             return if existing.system_id == system_id {
                 Message::Ok
             } else {
-                Message::Error {
-                    message: format!("timeline {} exists for another cluster", key_name(&key)),
-                }
+                error(format!(
+                    "timeline {} exists for another cluster",
+                    key_name(&key)
+                ))
             };
         }
+        let max = self.config.limits.max_timelines;
+        if self.timelines.borrow().len() + self.creating.borrow().len() >= max {
+            return error(format!("too many timelines ({max})"));
+        }
+        if !self.creating.borrow_mut().insert(key) {
+            return error(format!(
+                "timeline {} is being created; ask again",
+                key_name(&key)
+            ));
+        }
+        let created = self
+            .create_new_timeline(key, wal_start, segment_size, system_id, members)
+            .await;
+        self.creating.borrow_mut().remove(&key);
+        created
+    }
+
+    async fn create_new_timeline(
+        self: &Rc<Server>,
+        key: TimelineKey,
+        wal_start: Lsn,
+        segment_size: u32,
+        system_id: u64,
+        members: Vec<Member>,
+    ) -> Message {
         // The set the creator names, or this safekeeper and its peers.
         let members = if members.is_empty() {
             self.config_members()
@@ -365,7 +428,7 @@ impl Server {
         {
             Ok(timeline) => {
                 let timeline = Rc::new(timeline);
-                self.start_gossip(&timeline);
+                self.start_tasks(&timeline);
                 self.timelines.borrow_mut().insert(key, timeline);
                 Message::Ok
             }
@@ -449,17 +512,20 @@ impl Server {
                 .compute()
                 .is_none_or(|(old, c)| old != term || c != compute)
         {
-            if let Err(e) = timeline.set_compute(term, compute) {
+            // The timeline's term driver wakes on the change.
+            if let Err(e) = timeline.set_compute(term, compute).await {
                 return Some(Message::Error {
                     message: e.to_string(),
                 });
             }
-            self.start_term(&timeline);
         }
         reply.map(Message::from)
     }
 
-    /// Sends committed WAL from `from` as it commits, and `Commit` frames.
+    /// Sends committed WAL from `from` as it commits, and `Commit` frames;
+    /// between them it waits for the timeline's flush or commit LSN to move
+    /// (no polling), and ends when the client closes, sends anything, or
+    /// stops reading (the write timeout).
     async fn stream_wal(
         self: Rc<Server>,
         mut conn: FramedConn,
@@ -473,7 +539,7 @@ impl Server {
         let mut sent = from;
         let mut commit_sent = Lsn(0);
         loop {
-            let chunk = {
+            let (chunk, seen) = {
                 let mut state = match timeline.lock().await {
                     Ok(state) => state,
                     Err(e) => {
@@ -481,77 +547,54 @@ impl Server {
                         return conn.send(&Message::Error { message }).await;
                     }
                 };
+                // Read under the lock: a change after this wakes the wait.
+                let seen = timeline.progress();
                 let commit = state.acceptor.commit_lsn().min(state.acceptor.flush_lsn());
                 if commit > sent {
-                    let to = commit.min(Lsn(sent.0 + (1 << 20)));
+                    let to = commit.min(Lsn(sent.0.saturating_add(STREAM_CHUNK)));
                     match state.wal.read(sent, to).await {
-                        Ok(bytes) => Some((commit, bytes)),
+                        Ok(bytes) => (Some((commit, bytes)), seen),
                         Err(e) => {
                             let message = e.to_string();
                             return conn.send(&Message::Error { message }).await;
                         }
                     }
                 } else {
-                    None
+                    (None, seen)
                 }
             };
-            match chunk {
-                Some((commit, bytes)) => {
-                    let begin = sent;
-                    sent = Lsn(sent.0 + bytes.len() as u64);
-                    conn.send(&Message::Wal { begin, bytes }).await?;
-                    if commit > commit_sent {
-                        commit_sent = commit;
-                        conn.send(&Message::Commit { lsn: commit }).await?;
+            let Some((commit, bytes)) = chunk else {
+                let input = {
+                    let changed = pin!(timeline.changed(seen));
+                    let input = pin!(conn.receive_unbounded());
+                    match select(changed, input).await {
+                        Either::Left(((), _)) => None,
+                        Either::Right((input, _)) => Some(input),
                     }
+                };
+                match input {
+                    None => continue,
+                    Some(Ok(request)) => {
+                        let message =
+                            format!("a WAL stream takes no requests ({})", conn::kind(&request));
+                        return conn.send(&Message::Error { message }).await;
+                    }
+                    Some(Err(e)) => return Err(e),
                 }
-                None => quire_io::sleep(Duration::from_millis(2)).await,
+            };
+            let begin = sent;
+            sent = Lsn(sent.0 + bytes.len() as u64);
+            conn.send(&Message::Wal { begin, bytes }).await?;
+            if commit > commit_sent {
+                commit_sent = commit;
+                conn.send(&Message::Commit { lsn: commit }).await?;
             }
         }
     }
 }
 
-/// Streams from the term's compute, reconnecting after failures, until
-/// the term is over.
-async fn follow_compute(
-    timeline: Rc<Timeline>,
-    term: Term,
-    compute: String,
-    user: String,
-    name: String,
-) {
-    let mut failures = 0u64;
-    loop {
-        let still = timeline
-            .compute()
-            .is_some_and(|(t, c)| t == term && c == compute);
-        if !still {
-            return;
-        }
-        match replication::stream(
-            Rc::clone(&timeline),
-            term,
-            compute.clone(),
-            user.clone(),
-            name.clone(),
-        )
-        .await
-        {
-            Err(replication::StreamError::TermOver(_)) => return,
-            Err(e) => {
-                // The first failure, then one line a minute while it lasts.
-                if failures.is_multiple_of(300) {
-                    eprintln!(
-                        "safekeeper {name}: streaming from {compute} in term {term}: {e} (retrying every 200 ms)"
-                    );
-                }
-                failures += 1;
-                quire_io::sleep(Duration::from_millis(200)).await;
-            }
-            Ok(()) => failures = 0,
-        }
-    }
-}
+/// WAL bytes per `Wal` frame of a stream.
+const STREAM_CHUNK: u64 = 1 << 20;
 
 #[cfg(test)]
 mod tests {

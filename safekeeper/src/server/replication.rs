@@ -22,6 +22,8 @@ use crate::server::timeline::Timeline;
 
 /// Longest wait for WAL before a status update goes out anyway.
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest wait between checks that peer recovery has finished.
+const RECOVERY_CHECK: Duration = Duration::from_millis(100);
 
 /// Why streaming stopped.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +108,7 @@ async fn start_streaming(
             return Err(StreamError::TermOver(term));
         }
         let state = timeline.lock().await?;
+        let seen = timeline.progress();
         if state.acceptor.term() == term
             && state.acceptor.is_elected_member()
             && state.acceptor.recovery_needed().is_none()
@@ -113,7 +116,9 @@ async fn start_streaming(
             break state.acceptor.write_lsn();
         }
         drop(state);
-        quire_io::sleep(Duration::from_millis(10)).await;
+        // Recovery's flushes and a new announcement signal the timeline;
+        // the timeout only bounds a wait whose cause sent no signal.
+        let _ = quire_io::timeout(RECOVERY_CHECK, timeline.changed(seen)).await;
     };
     conn.send(&pg_wire::query(&format!(
         "START_REPLICATION SLOT {slot} PHYSICAL {start} TIMELINE {pg_timeline}"

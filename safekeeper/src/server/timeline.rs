@@ -4,11 +4,18 @@
 //!
 //! Everything runs on the safekeeper's executor thread; the state sits
 //! behind an async mutex so a request's I/O finishes before the next
-//! request sees the state. An I/O failure stops the timeline (every later
+//! request sees the state. The control file and the compute file are
+//! replaced on the file-sync helper thread (`blocking`), awaited with the
+//! mutex held, so their fsyncs never block the executor and still come
+//! before the reply. An I/O failure stops the timeline (every later
 //! request gets an error): the acceptor's memory may be ahead of its disk
 //! then, and only a restart from disk is trustworthy.
+//!
+//! Whenever the flush or commit LSN moves, the term's compute changes or
+//! the timeline stops, its [`Changes`] signal wakes whoever waits on it
+//! (WAL streams, the term driver).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use futures::lock::Mutex;
@@ -18,8 +25,11 @@ use crate::acceptor::{Acceptor, DurableState, Request, Response};
 use crate::control_file::ControlFile;
 use crate::history::{Term, TermHistory};
 use crate::membership::{Membership, NodeId, Sender};
+use crate::server::blocking;
+use crate::server::notify::{Changed, Changes};
 use crate::wal_store::WalStore;
 use crate::wire::TimelineKey;
+
 /// The file naming the current term's compute: `<term> <host:port>`.
 const COMPUTE_FILE: &str = "compute";
 
@@ -38,8 +48,9 @@ pub struct Timeline {
     broken: RefCell<Option<String>>,
     /// The compute of the current term: `(term, host:port)`.
     compute: RefCell<Option<(Term, String)>>,
-    /// Bumped whenever the flush or commit LSN may have moved.
-    progress: Cell<u64>,
+    /// Signalled whenever the flush or commit LSN moves, the compute
+    /// changes or the timeline stops.
+    changes: Changes,
 }
 
 /// What the mutex guards.
@@ -87,8 +98,6 @@ impl Timeline {
             key: key_name(&key),
             what,
         };
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| error(format!("create {}: {e}", dir.display())))?;
         let file = ControlFile {
             tenant: key.tenant,
             timeline: key.timeline,
@@ -96,7 +105,14 @@ impl Timeline {
             segment_size,
             state: DurableState::new(wal_start, members),
         };
-        file.store(&dir).map_err(|e| error(e.to_string()))?;
+        let at = dir.clone();
+        blocking::run(move || {
+            std::fs::create_dir_all(&at).map_err(|e| format!("create {}: {e}", at.display()))?;
+            file.store(&at).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| error(e.to_string()))?
+        .map_err(error)?;
         Timeline::open(data, me, key).await
     }
 
@@ -144,7 +160,7 @@ impl Timeline {
             state: Mutex::new(State { acceptor, wal }),
             broken: RefCell::new(None),
             compute: RefCell::new(compute),
-            progress: Cell::new(0),
+            changes: Changes::new(),
         })
     }
 
@@ -165,12 +181,13 @@ impl Timeline {
     fn stop(&self, why: String) -> TimelineError {
         eprintln!("safekeeper: timeline {} stops: {why}", key_name(&self.key));
         *self.broken.borrow_mut() = Some(why.clone());
+        self.changes.notify();
         self.error(why)
     }
 
-    /// Replaces the control file with `durable`; a failure stops the
-    /// timeline.
-    fn store_control(&self, durable: DurableState) -> Result<(), TimelineError> {
+    /// Replaces the control file with `durable` (on the file-sync helper
+    /// thread, awaited); a failure stops the timeline.
+    async fn store_control(&self, durable: DurableState) -> Result<(), TimelineError> {
         let file = ControlFile {
             tenant: self.key.tenant,
             timeline: self.key.timeline,
@@ -178,8 +195,19 @@ impl Timeline {
             segment_size: self.segment_size,
             state: durable,
         };
-        file.store(&self.dir)
-            .map_err(|e| self.stop(format!("control file: {e}")))
+        let dir = self.dir.clone();
+        match blocking::run(move || file.store(&dir)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.stop(format!("control file: {e}"))),
+            Err(e) => Err(self.stop(format!("control file: {e}"))),
+        }
+    }
+
+    /// Signals a change when the flush or commit LSN differs from `before`.
+    fn note_progress(&self, state: &State, before: (Lsn, Lsn)) {
+        if positions(state) != before {
+            self.changes.notify();
+        }
     }
 
     /// Locks the state (for reads such as status and fetches).
@@ -197,6 +225,7 @@ impl Timeline {
         bytes: &[u8],
     ) -> Result<Option<Response>, TimelineError> {
         let mut state = self.lock().await?;
+        let before = positions(&state);
         let actions = state.acceptor.handle(from, request);
         if let Some(cut) = actions.truncate {
             state
@@ -206,7 +235,7 @@ impl Timeline {
                 .map_err(|e| self.stop(format!("cut at {cut}: {e}")))?;
         }
         if let Some(durable) = actions.persist {
-            self.store_control(durable)?;
+            self.store_control(durable).await?;
         }
         if let Some(write) = actions.write {
             let skip = usize::try_from(write.skip).unwrap_or(usize::MAX);
@@ -219,9 +248,7 @@ impl Timeline {
                 .append(write.at, part)
                 .map_err(|e| self.stop(e.to_string()))?;
         }
-        if matches!(request, Request::PeerFlush { .. }) {
-            self.progress.set(self.progress.get() + 1);
-        }
+        self.note_progress(&state, before);
         Ok(actions.reply)
     }
 
@@ -233,6 +260,7 @@ impl Timeline {
         if state.acceptor.write_lsn() <= state.acceptor.flush_lsn() {
             return Ok(None);
         }
+        let before = positions(&state);
         let ticket = state.acceptor.begin_flush();
         let flushed = state
             .wal
@@ -246,7 +274,7 @@ impl Timeline {
             )));
         }
         let reply = state.acceptor.flushed(ticket);
-        self.progress.set(self.progress.get() + 1);
+        self.note_progress(&state, before);
         Ok(reply)
     }
 
@@ -258,7 +286,7 @@ impl Timeline {
             return Ok(());
         };
         let horizon = durable.removable_before;
-        self.store_control(durable)?;
+        self.store_control(durable).await?;
         state
             .wal
             .remove_segments_before(horizon)
@@ -267,24 +295,48 @@ impl Timeline {
         Ok(())
     }
 
-    /// A counter that moves when flush or commit may have.
+    /// The version of the change signal now; see [`changed`](Self::changed).
     pub fn progress(&self) -> u64 {
-        self.progress.get()
+        self.changes.version()
     }
 
-    /// Records the compute of `term` (durably: a restarted safekeeper
-    /// streams from it again without a new announcement).
-    pub fn set_compute(&self, term: Term, compute: String) -> Result<(), TimelineError> {
-        let tmp = self.dir.join(format!("{COMPUTE_FILE}.tmp"));
-        let written = std::fs::File::create(&tmp)
-            .and_then(|mut file| {
-                std::io::Write::write_all(&mut file, format!("{term} {compute}\n").as_bytes())?;
-                file.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, self.dir.join(COMPUTE_FILE)))
-            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
+    /// Completes once something moved after version `seen` of
+    /// [`progress`](Self::progress): the flush or commit LSN, the term's
+    /// compute, or the timeline stopped.
+    pub fn changed(&self, seen: u64) -> Changed<'_> {
+        self.changes.changed(seen)
+    }
+
+    /// Records the compute of `term` (durably, on the file-sync helper
+    /// thread: a restarted safekeeper streams from it again without a new
+    /// announcement). The state stays locked meanwhile, so announcements
+    /// of two terms cannot record their computes out of order; a term that
+    /// is no longer the acceptor's records nothing.
+    pub async fn set_compute(&self, term: Term, compute: String) -> Result<(), TimelineError> {
+        let state = self.lock().await?;
+        if state.acceptor.term() != term {
+            return Ok(());
+        }
+        let dir = self.dir.clone();
+        let line = format!("{term} {compute}\n");
+        let written = blocking::run(move || {
+            let tmp = dir.join(format!("{COMPUTE_FILE}.tmp"));
+            std::fs::File::create(&tmp)
+                .and_then(|mut file| {
+                    std::io::Write::write_all(&mut file, line.as_bytes())?;
+                    file.sync_all()
+                })
+                .and_then(|()| std::fs::rename(&tmp, dir.join(COMPUTE_FILE)))
+                .and_then(|()| std::fs::File::open(&dir)?.sync_all())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|written| written);
         written.map_err(|e| self.error(format!("record the compute: {e}")))?;
         *self.compute.borrow_mut() = Some((term, compute));
+        drop(state);
+        self.changes.notify();
         Ok(())
     }
 
@@ -331,4 +383,9 @@ impl Timeline {
             a.durable().history.clone(),
         ))
     }
+}
+
+/// `(flush, commit)`: what a change signal is about.
+fn positions(state: &State) -> (Lsn, Lsn) {
+    (state.acceptor.flush_lsn(), state.acceptor.commit_lsn())
 }
