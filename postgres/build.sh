@@ -90,25 +90,12 @@ patch_hash=$( (echo "$source_sha256"; cat "$here"/patches/*.patch; echo "${confi
 key_dir=$pg_home/pg-$source_version-$patch_hash
 prefix=$key_dir/install
 
-if [ -f "$prefix/.complete" ]; then
-    touch "$prefix/.complete" # marks the build as used, for pruning below
-    echo "$prefix"
-    exit 0
-fi
-
+exit_if_complete "$prefix"
 mkdir -p "$pg_home"
 # One build of a key at a time, across checkouts: the second waits, then
 # finds the first one's build complete.
-exec 9>"$key_dir.lock"
-if ! flock -n 9; then
-    log "another build of $key_dir is running; waiting for it"
-    flock 9
-fi
-if [ -f "$prefix/.complete" ]; then
-    touch "$prefix/.complete"
-    echo "$prefix"
-    exit 0
-fi
+lock_or_wait "$key_dir.lock" "another build of $key_dir is running"
+exit_if_complete "$prefix"
 
 [ -n "${PG_SOURCE:-}" ] || resolve_source
 log "source: Postgres $source_version, $source_tarball, SHA-256 $source_sha256$( [ "$source_version" = "$pg_version" ] && echo " verified against the pin")"

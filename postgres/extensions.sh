@@ -42,22 +42,9 @@ ext_hash=$(echo "$ext_hash" | sha256sum | cut -c1-16)
 ext_dir=$key_dir/ext-$ext_hash
 prefix=$ext_dir/install
 
-if [ -f "$prefix/.complete" ]; then
-    touch "$prefix/.complete"
-    echo "$prefix"
-    exit 0
-fi
-
-exec 9>"$ext_dir.lock"
-if ! flock -n 9; then
-    log "another checkout is installing extensions $ext_hash; waiting for it"
-    flock 9
-fi
-if [ -f "$prefix/.complete" ]; then
-    touch "$prefix/.complete"
-    echo "$prefix"
-    exit 0
-fi
+exit_if_complete "$prefix"
+lock_or_wait "$ext_dir.lock" "another checkout is installing extensions $ext_hash"
+exit_if_complete "$prefix"
 
 log "installing Quire's extensions ($ext_hash) into a copy of $base_prefix"
 rm -rf "$ext_dir"

@@ -15,6 +15,27 @@ die() { log "error: $*"; exit 1; }
 # and race on a cold build, so every make here starts afresh.
 unset MAKELEVEL MAKEFLAGS MFLAGS
 
+# Takes the lock file $1 on descriptor 9 for the rest of the script,
+# waiting (and saying so, with $2 as what is being waited for) when another
+# checkout holds it.
+lock_or_wait() {
+    exec 9>"$1"
+    if ! flock -n 9; then
+        log "$2; waiting for it"
+        flock 9
+    fi
+}
+
+# Prints $1's install prefix and exits when its build is complete (marking
+# it used, for pruning); returns otherwise.
+exit_if_complete() {
+    if [ -f "$1/.complete" ]; then
+        touch "$1/.complete"
+        echo "$1"
+        exit 0
+    fi
+}
+
 as_root=false
 [ "$(id -u)" = 0 ] && as_root=true
 

@@ -21,11 +21,7 @@ fi
 
 # Checkouts share the build tree the suite runs in: one run at a time, and a
 # second finds the first one's pass.
-exec 9>"$key_dir.regress.lock"
-if ! flock -n 9; then
-    log "another checkout is running the regression suite on this build; waiting for it"
-    flock 9
-fi
+lock_or_wait "$key_dir.regress.lock" "another checkout is running the regression suite on this build"
 if [ -f "$stamp" ]; then
     log "regression suite already passed on this build: $(cat "$stamp")"
     exit 0

@@ -6,37 +6,13 @@
 //! `QUIRE_WRITE_FUZZ_SEEDS=1` writes them instead.
 #![allow(clippy::cast_possible_truncation)]
 
-use std::path::PathBuf;
+use quire_fuzz_seeds::seed;
 
 use quire_layerfmt::format::Compression;
 use quire_layerfmt::writer::LayerDescriptor;
 use quire_layerfmt::{BLOCK_SIZE, LayerKind, LayerWriter, ValueKind};
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
-
-/// Writes `fuzz/seeds/<target>/<name>`, or checks it holds `bytes`.
-fn seed(target: &str, name: &str, bytes: &[u8]) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/seeds")
-        .join(target);
-    let path = dir.join(name);
-    if std::env::var_os("QUIRE_WRITE_FUZZ_SEEDS").is_some() {
-        std::fs::create_dir_all(&dir).expect("seed directory");
-        std::fs::write(&path, bytes).expect("write seed");
-    } else {
-        let committed = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (QUIRE_WRITE_FUZZ_SEEDS=1 writes it)",
-                path.display()
-            )
-        });
-        assert!(
-            committed == bytes,
-            "{} is stale: QUIRE_WRITE_FUZZ_SEEDS=1 rewrites it",
-            path.display()
-        );
-    }
-}
 
 fn key(block: u32) -> Key {
     let rel = RelTag {

@@ -5,6 +5,7 @@
 //! committed seed differs from what today's encoders write;
 //! `QUIRE_WRITE_FUZZ_SEEDS=1` writes them instead.
 
+use quire_fuzz_seeds::seed;
 use std::path::PathBuf;
 
 use quire_postgres::Lsn;
@@ -14,28 +15,6 @@ use quire_redo::RedoRecord;
 
 fn seeds_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds")
-}
-
-/// Writes `fuzz/seeds/<target>/<name>`, or checks it holds `bytes`.
-fn seed(target: &str, name: &str, bytes: &[u8]) {
-    let dir = seeds_dir().join(target);
-    let path = dir.join(name);
-    if std::env::var_os("QUIRE_WRITE_FUZZ_SEEDS").is_some() {
-        std::fs::create_dir_all(&dir).expect("seed directory");
-        std::fs::write(&path, bytes).expect("write seed");
-    } else {
-        let committed = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (QUIRE_WRITE_FUZZ_SEEDS=1 writes it)",
-                path.display()
-            )
-        });
-        assert!(
-            committed == bytes,
-            "{} is stale: QUIRE_WRITE_FUZZ_SEEDS=1 rewrites it",
-            path.display()
-        );
-    }
 }
 
 /// The first records of a WAL decoder seed: its first byte is that

@@ -540,15 +540,8 @@ mod tests {
 
     /// Safekeepers 1, 2 and 3.
     fn three() -> Membership {
-        Membership::new(
-            (1..=3)
-                .map(|id| Member {
-                    id: NodeId(id),
-                    address: format!("127.0.0.1:{}", 5450 + id),
-                })
-                .collect(),
-        )
-        .expect("valid")
+        Membership::numbered(&["127.0.0.1:5451", "127.0.0.1:5452", "127.0.0.1:5453"])
+            .expect("valid")
     }
 
     fn elected_acceptor() -> Acceptor {

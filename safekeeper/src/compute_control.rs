@@ -13,7 +13,7 @@ use quire_postgres::wal::stream::WalStreamDecoder;
 
 use crate::election::{Election, Won};
 use crate::history::{Term, TermHistory};
-use crate::membership::{Member, Membership, NodeId};
+use crate::membership::Membership;
 use crate::server::conn::FramedConn;
 use crate::wire::{Message, TimelineKey};
 
@@ -53,17 +53,8 @@ async fn call(address: &str, token: Option<&str>, message: &Message) -> Result<M
 /// The member set of a timeline kept by `safekeepers`: the `i`-th (from 0)
 /// is member `i + 1`, as its standby name `sk<i + 1>` says.
 fn members_of(safekeepers: &[String]) -> Result<Membership, ControlError> {
-    Membership::new(
-        safekeepers
-            .iter()
-            .enumerate()
-            .map(|(i, address)| Member {
-                id: NodeId(u32::try_from(i + 1).unwrap_or(u32::MAX)),
-                address: address.clone(),
-            })
-            .collect(),
-    )
-    .map_err(|e| ControlError::NoMajority(format!("safekeepers: {e}")))
+    Membership::numbered(safekeepers)
+        .map_err(|e| ControlError::NoMajority(format!("safekeepers: {e}")))
 }
 
 /// Creates the timeline on every safekeeper (all must answer), with the

@@ -194,19 +194,11 @@ impl QuorumCommit {
 mod tests {
     use super::*;
     use crate::history::TermEntry;
-    use crate::membership::Member;
 
     /// Safekeepers 1, 2 and 3.
     fn three() -> Membership {
-        Membership::new(
-            (1..=3)
-                .map(|id| Member {
-                    id: NodeId(id),
-                    address: format!("127.0.0.1:{}", 5450 + id),
-                })
-                .collect(),
-        )
-        .expect("valid")
+        Membership::numbered(&["127.0.0.1:5451", "127.0.0.1:5452", "127.0.0.1:5453"])
+            .expect("valid")
     }
 
     fn vote(term: Term, flush: u64, history: &[(Term, u64)]) -> Response {

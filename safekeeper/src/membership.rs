@@ -107,6 +107,19 @@ impl Membership {
         Ok(Membership { members })
     }
 
+    /// The safekeepers at `addresses`, the `i`-th (from 0) as id `i + 1`
+    /// (its standby name `sk<i + 1>`): how a compute control names them.
+    pub fn numbered<S: AsRef<str>>(addresses: &[S]) -> Result<Membership, MembershipError> {
+        let members = (1..=u32::MAX)
+            .zip(addresses)
+            .map(|(id, address)| Member {
+                id: NodeId(id),
+                address: address.as_ref().to_owned(),
+            })
+            .collect();
+        Membership::new(members)
+    }
+
     /// The members, by id.
     pub fn members(&self) -> &[Member] {
         &self.members

@@ -4,38 +4,14 @@
 //! differs from what today's encoders write (a format change must refresh
 //! them); `QUIRE_WRITE_FUZZ_SEEDS=1` writes them instead.
 
-use std::path::PathBuf;
+use quire_fuzz_seeds::seed;
 
 use quire_postgres::Lsn;
 use quire_safekeeper::acceptor::DurableState;
 use quire_safekeeper::control_file::ControlFile;
 use quire_safekeeper::history::{TermEntry, TermHistory};
-use quire_safekeeper::membership::{Member, Membership, NodeId};
+use quire_safekeeper::membership::Membership;
 use quire_safekeeper::wire::{Message, TimelineKey};
-
-/// Writes `fuzz/seeds/<target>/<name>`, or checks it holds `bytes`.
-fn seed(target: &str, name: &str, bytes: &[u8]) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/seeds")
-        .join(target);
-    let path = dir.join(name);
-    if std::env::var_os("QUIRE_WRITE_FUZZ_SEEDS").is_some() {
-        std::fs::create_dir_all(&dir).expect("seed directory");
-        std::fs::write(&path, bytes).expect("write seed");
-    } else {
-        let committed = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (QUIRE_WRITE_FUZZ_SEEDS=1 writes it)",
-                path.display()
-            )
-        });
-        assert!(
-            committed == bytes,
-            "{} is stale: QUIRE_WRITE_FUZZ_SEEDS=1 rewrites it",
-            path.display()
-        );
-    }
-}
 
 const KEY: TimelineKey = TimelineKey {
     tenant: [0x4a; 16],
@@ -152,15 +128,7 @@ fn safekeeper_wire_seeds() {
 
 /// Safekeepers 1 to 3 on loopback.
 fn three_members() -> Membership {
-    Membership::new(
-        (1..=3)
-            .map(|id| Member {
-                id: NodeId(id),
-                address: format!("127.0.0.1:{}", 5450 + id),
-            })
-            .collect(),
-    )
-    .expect("a valid member set")
+    Membership::numbered(&["127.0.0.1:5451", "127.0.0.1:5452", "127.0.0.1:5453"]).expect("valid")
 }
 
 #[test]

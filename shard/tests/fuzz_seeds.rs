@@ -5,36 +5,12 @@
 //! The test fails when a committed seed differs from what today's encoder
 //! writes; `QUIRE_WRITE_FUZZ_SEEDS=1` writes them instead.
 
-use std::path::PathBuf;
+use quire_fuzz_seeds::seed;
 
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
 use quire_shard::layer_file::{LayerKindName, LayerName};
 use quire_shard::metadata::TimelineMetadata;
-
-/// Writes `fuzz/seeds/<target>/<name>`, or checks it holds `bytes`.
-fn seed(target: &str, name: &str, bytes: &[u8]) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/seeds")
-        .join(target);
-    let path = dir.join(name);
-    if std::env::var_os("QUIRE_WRITE_FUZZ_SEEDS").is_some() {
-        std::fs::create_dir_all(&dir).expect("seed directory");
-        std::fs::write(&path, bytes).expect("write seed");
-    } else {
-        let committed = std::fs::read(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (QUIRE_WRITE_FUZZ_SEEDS=1 writes it)",
-                path.display()
-            )
-        });
-        assert!(
-            committed == bytes,
-            "{} is stale: QUIRE_WRITE_FUZZ_SEEDS=1 rewrites it",
-            path.display()
-        );
-    }
-}
 
 fn block(n: u32) -> Key {
     let rel = RelTag {
