@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use quire_cluster::{PgCluster, PgClusterOptions, PgInstall, run_checked};
+use quire_cluster::{PgCluster, PgInstall, run_checked};
 use quire_io::{LocalConfig, spawn_executor};
 use quire_safekeeper::server::limits::Limits;
 use quire_safekeeper::server::peers::Peer;
@@ -118,11 +118,7 @@ fn main() -> Result<()> {
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let addresses = start_safekeepers(root.path());
     let install = PgInstall::locate()?;
-    let options = PgClusterOptions::default()
-        .setting("synchronous_standby_names", "'ANY 2 (sk1, sk2, sk3)'")
-        .setting("max_wal_senders", "10")
-        .setting("max_replication_slots", "10");
-    let mut pg = PgCluster::create(&install, options)?;
+    let mut pg = PgCluster::create(&install, quire_tests::safekeepers::compute_options())?;
     pg.start()?;
     quire_tests::safekeepers::bootstrap(&pg, &addresses)?;
     run_checked(

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use quire_cluster::{PgCluster, PgClusterOptions, run_bounded, run_checked};
+use quire_cluster::{PgCluster, run_bounded, run_checked};
 use quire_postgres::Lsn;
 use quire_tests::pg_install;
 use quire_tests::safekeepers::{
@@ -293,11 +293,7 @@ fn acknowledged_commits_survive_safekeeper_kills_and_the_pageserver_matches() ->
     let scale = env_number("QUIRE_FULL_STACK_SCALE", 10)?;
     let seconds = env_number("QUIRE_FULL_STACK_SECONDS", 60)?;
     let install = pg_install()?;
-    let options = PgClusterOptions::default()
-        .setting("synchronous_standby_names", "'ANY 2 (sk1, sk2, sk3)'")
-        .setting("max_wal_senders", "10")
-        .setting("max_replication_slots", "10")
-        .setting("max_wal_size", "'4GB'");
+    let options = quire_tests::safekeepers::compute_options().setting("max_wal_size", "'4GB'");
     let mut pg = PgCluster::create(&install, options)?;
     let base = pg.datadir().with_file_name("base-copy");
     run_checked(

@@ -25,7 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use quire_cluster::{PgCluster, PgClusterOptions, run_checked};
+use quire_cluster::{PgCluster, run_checked};
 use quire_postgres::Lsn;
 use quire_safekeeper::control_file::ControlFile;
 use quire_safekeeper::election::Won;
@@ -33,7 +33,8 @@ use quire_safekeeper::history::{TermEntry, TermHistory};
 use quire_safekeeper::wire::{Message, TimelineKey};
 use quire_tests::pg_install;
 use quire_tests::safekeepers::{
-    KEY, KEY_TEXT, Safekeeper, bootstrap, check_identical_wal, start_safekeepers_with, status,
+    KEY, KEY_TEXT, Safekeeper, bootstrap, check_identical_wal, compute_options,
+    start_safekeepers_with, status,
 };
 
 /// sk1's limits, small so the test is quick.
@@ -635,11 +636,7 @@ fn check_afterwards(
 fn a_safekeeper_under_hostile_clients_keeps_serving_its_compute() -> Result<()> {
     let test_began = Instant::now();
     let install = pg_install()?;
-    let options = PgClusterOptions::default()
-        .setting("synchronous_standby_names", "'ANY 2 (sk1, sk2, sk3)'")
-        .setting("max_wal_senders", "10")
-        .setting("max_replication_slots", "10");
-    let mut pg = PgCluster::create(&install, options)?;
+    let mut pg = PgCluster::create(&install, compute_options())?;
     pg.start()?;
     let root = tempfile::tempdir()?;
     let (mut safekeepers, addresses) = start_safekeepers_with(

@@ -11,13 +11,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use quire_cluster::{PgCluster, PgClusterOptions};
+use quire_cluster::PgCluster;
 use quire_postgres::Lsn;
 use quire_safekeeper::server::conn::{ConnError, FramedConn};
 use quire_safekeeper::wire::Message;
 use quire_tests::pg_install;
 use quire_tests::safekeepers::{
-    KEY, KEY_TEXT, bootstrap_as, on_executor, start_safekeepers_with, status_as,
+    KEY, KEY_TEXT, bootstrap_as, compute_options, on_executor, start_safekeepers_with, status_as,
 };
 
 fn quire(args: &[&str]) -> Result<String> {
@@ -153,11 +153,7 @@ fn safekeepers_take_only_requests_their_tokens_allow() -> Result<()> {
     mint(other_keys.path(), "forged", &["--scope", "admin"])?;
 
     let install = pg_install()?;
-    let options = PgClusterOptions::default()
-        .setting("synchronous_standby_names", "'ANY 2 (sk1, sk2, sk3)'")
-        .setting("max_wal_senders", "10")
-        .setting("max_replication_slots", "10");
-    let mut pg = PgCluster::create(&install, options)?;
+    let mut pg = PgCluster::create(&install, compute_options())?;
     pg.start()?;
     let root = tempfile::tempdir()?;
     let public_key = dir.join("auth_public.pem");

@@ -12,11 +12,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use quire_cluster::{PgCluster, PgClusterOptions};
+use quire_cluster::PgCluster;
 use quire_postgres::Lsn;
 use quire_tests::pg_install;
 use quire_tests::safekeepers::{
-    KEY, KEY_TEXT, Safekeeper, bootstrap, check_identical_wal, start_safekeepers, status, wal_bytes,
+    KEY, KEY_TEXT, Safekeeper, bootstrap, check_identical_wal, compute_options, start_safekeepers,
+    status, wal_bytes,
 };
 
 fn insert(pg: &PgCluster, from: u32, count: u32) -> Result<Duration> {
@@ -169,11 +170,7 @@ fn fence_and_recover(
 #[test]
 fn commits_need_two_of_three_safekeepers_and_their_wal_matches_the_compute() -> Result<()> {
     let install = pg_install()?;
-    let options = PgClusterOptions::default()
-        .setting("synchronous_standby_names", "'ANY 2 (sk1, sk2, sk3)'")
-        .setting("max_wal_senders", "10")
-        .setting("max_replication_slots", "10");
-    let mut pg = PgCluster::create(&install, options)?;
+    let mut pg = PgCluster::create(&install, compute_options())?;
     pg.start()?;
     let root = tempfile::tempdir()?;
     let (mut safekeepers, addresses) =

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use quire_cluster::PgCluster;
+use quire_cluster::{PgCluster, PgClusterOptions};
 use quire_postgres::Lsn;
 use quire_safekeeper::compute_control;
 use quire_safekeeper::election::Won;
@@ -226,6 +226,15 @@ pub fn check_identical_wal(
         reference.len()
     );
     Ok(())
+}
+
+/// Options of a compute whose commits wait for two of the safekeepers
+/// `sk1`..`sk3` (Postgres' own quorum commit, `ANY 2`).
+pub fn compute_options() -> PgClusterOptions {
+    PgClusterOptions::default()
+        .setting("synchronous_standby_names", "'ANY 2 (sk1, sk2, sk3)'")
+        .setting("max_wal_senders", "10")
+        .setting("max_replication_slots", "10")
 }
 
 /// Creates the test timeline on the safekeepers at the start of the
