@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use quire_cluster::{PgInstall, RunAs};
 use quire_postgres::Lsn;
 use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, RelTag};
-use quire_postgres::wal::stream::record_crc;
+use quire_postgres::wal::record::record_crc;
 use quire_redo::protocol::{self, PageRequest, Reply, SandboxProbe};
 use quire_redo::{RedoConfig, RedoPool};
 

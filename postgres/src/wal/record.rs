@@ -19,6 +19,7 @@
 use crate::lsn::Lsn;
 use crate::types::{BLCKSZ, BlockNo, ForkNumber, RelFileLocator, TransactionId};
 use crate::wal::image::BlockImage;
+use crate::wal::stream::WalErrorKind;
 
 /// `SizeOfXLogRecord`.
 pub const XLOG_RECORD_HEADER_SIZE: usize = 24;
@@ -627,4 +628,21 @@ pub(crate) fn image_compression(info: u8) -> Option<crate::wal::image::Compressi
     } else {
         None
     }
+}
+
+/// Checks `xl_crc`: CRC-32C over the body, then the header up to the CRC.
+#[inline]
+pub(crate) fn check_crc(record: &[u8]) -> Result<(), WalErrorKind> {
+    let stored = u32::from_le_bytes([record[20], record[21], record[22], record[23]]);
+    let computed = record_crc(record);
+    if stored != computed {
+        return Err(WalErrorKind::BadChecksum { stored, computed });
+    }
+    Ok(())
+}
+
+/// The CRC-32C Postgres stores in `xl_crc` for a whole record.
+#[inline]
+pub fn record_crc(record: &[u8]) -> u32 {
+    quire_checksum::crc32c_concat(&record[XLOG_RECORD_HEADER_SIZE..], &record[..20])
 }

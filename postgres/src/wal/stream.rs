@@ -16,7 +16,7 @@ use crate::wal::page::{
     LONG_PAGE_HEADER_SIZE, PageHeaderError, SHORT_PAGE_HEADER_SIZE,
     XLP_FIRST_IS_OVERWRITE_CONTRECORD, decode_page_header,
 };
-use crate::wal::record::{XLOG_RECORD_HEADER_SIZE, XLOG_RECORD_MAX_SIZE, XLOG_SWITCH};
+use crate::wal::record::{XLOG_RECORD_HEADER_SIZE, XLOG_RECORD_MAX_SIZE, XLOG_SWITCH, check_crc};
 use crate::wal::rmgr::{RM_XLOG_ID, rmgr_id_is_valid};
 
 /// `MAXALIGN` as a byte count: records start at multiples of it.
@@ -789,21 +789,4 @@ enum Started {
     Whole(Found),
     /// Reassembly has begun.
     Partial,
-}
-
-/// Checks `xl_crc`: CRC-32C over the body, then the header up to the CRC.
-#[inline]
-fn check_crc(record: &[u8]) -> Result<(), WalErrorKind> {
-    let stored = u32::from_le_bytes([record[20], record[21], record[22], record[23]]);
-    let computed = record_crc(record);
-    if stored != computed {
-        return Err(WalErrorKind::BadChecksum { stored, computed });
-    }
-    Ok(())
-}
-
-/// The CRC-32C Postgres stores in `xl_crc` for a whole record.
-#[inline]
-pub fn record_crc(record: &[u8]) -> u32 {
-    quire_checksum::crc32c_concat(&record[XLOG_RECORD_HEADER_SIZE..], &record[..20])
 }

@@ -15,9 +15,9 @@ use crate::wal::page::{
     LONG_PAGE_HEADER_SIZE, LongPageHeader, PageHeader, SHORT_PAGE_HEADER_SIZE,
     XLP_FIRST_IS_CONTRECORD, XLP_LONG_HEADER,
 };
+use crate::wal::record::record_crc;
 use crate::wal::record::{XLOG_RECORD_HEADER_SIZE, XLOG_SWITCH};
 use crate::wal::rmgr::RM_XLOG_ID;
-use crate::wal::stream::record_crc;
 
 /// `XLOG_CHECKPOINT_SHUTDOWN`.
 pub const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
