@@ -2,8 +2,10 @@
 //! on the core's executor.
 //!
 //! The redo pool talks to Postgres `--wal-redo` processes over their stdin
-//! and stdout. Each read and each write here is one `io_uring` operation:
-//! the kernel waits for data (or room) on the pipe and completes it, so a
+//! and stdout. A read or a write first tries the pipe without waiting
+//! (`preadv2`/`pwritev2` with `RWF_NOWAIT`, straight from or into the
+//! caller's bytes); when the pipe has no data (or no room) it becomes one
+//! `io_uring` operation, which the kernel completes once it can, so a
 //! process that is slow, hung or stopped holds up only the task awaiting
 //! it, never the core. The descriptors are kept in blocking mode for that
 //! reason (with `O_NONBLOCK`, `io_uring` answers `EAGAIN` instead of
@@ -11,12 +13,13 @@
 //! writes and the reads of replies together, so neither side can fill its
 //! bounded buffer while waiting for the other.
 //!
-//! Every byte crosses one copy on each side: a write copies at most
-//! [`PIPE_WRITE_MAX`] bytes into a buffer the operation owns, a read copies
-//! what it got out of the executor's buffer. Dropping a read or a write
-//! while it waits cancels it, and how many bytes it moved is then unknown:
-//! a pipe abandoned that way is only good for closing.
+//! An `io_uring` write copies at most [`PIPE_WRITE_MAX`] bytes into a
+//! buffer the operation owns, an `io_uring` read copies what it got out of
+//! the executor's buffer. Dropping a read or a write while it waits cancels
+//! it, and how many bytes it moved is then unknown: a pipe abandoned that
+//! way is only good for closing.
 
+use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
@@ -31,6 +34,36 @@ pub const PIPE_READ_MAX: usize = 256 * 1024;
 /// Pipes have no position; the kernel ignores the offset of an operation
 /// on one.
 const NO_OFFSET: u64 = 0;
+
+/// The most parts one write without waiting hands the kernel.
+const NOWAIT_PARTS_MAX: usize = 64;
+
+/// What a try without waiting gave.
+enum Tried {
+    /// Bytes moved (0 for a read: the end of the pipe).
+    Done(usize),
+    /// The pipe has no data or no room (or the kernel cannot try without
+    /// waiting): wait with `io_uring`.
+    WouldBlock,
+}
+
+/// Reads or writes through `call` (a `preadv2`/`pwritev2` with
+/// `RWF_NOWAIT`), turning its result into [`Tried`]; `nowait` is cleared
+/// for good when the kernel does not know the flag for pipes.
+fn tried(result: libc::ssize_t, nowait: &Cell<bool>) -> io::Result<Tried> {
+    if let Ok(n) = usize::try_from(result) {
+        return Ok(Tried::Done(n));
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EAGAIN | libc::EINTR) => Ok(Tried::WouldBlock),
+        Some(libc::EOPNOTSUPP | libc::EINVAL) => {
+            nowait.set(false);
+            Ok(Tried::WouldBlock)
+        }
+        _ => Err(error),
+    }
+}
 
 /// Clears `O_NONBLOCK`: `io_uring` then waits for the pipe itself.
 fn set_blocking(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -64,6 +97,8 @@ fn executor_file(fd: OwnedFd) -> io::Result<BufferedFile> {
 #[derive(Debug)]
 pub struct PipeReader {
     file: BufferedFile,
+    /// Whether reads try without waiting first.
+    nowait: Cell<bool>,
 }
 
 impl PipeReader {
@@ -72,6 +107,7 @@ impl PipeReader {
     pub fn new(fd: impl Into<OwnedFd>) -> io::Result<PipeReader> {
         Ok(PipeReader {
             file: executor_file(fd.into())?,
+            nowait: Cell::new(true),
         })
     }
 
@@ -82,6 +118,27 @@ impl PipeReader {
         let wanted = buf.len().min(PIPE_READ_MAX);
         if wanted == 0 {
             return Ok(0);
+        }
+        if self.nowait.get() {
+            let iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: wanted,
+            };
+            // SAFETY: `iov` describes `wanted` writable bytes of `buf`,
+            // borrowed mutably for the call; the descriptor stays open (the
+            // file owns it); offset -1 is the pipe's (absent) position.
+            let result = unsafe {
+                libc::preadv2(
+                    self.file.as_raw_fd(),
+                    &raw const iov,
+                    1,
+                    -1,
+                    libc::RWF_NOWAIT,
+                )
+            };
+            if let Tried::Done(n) = tried(result, &self.nowait)? {
+                return Ok(n);
+            }
         }
         let got = self
             .file
@@ -103,6 +160,8 @@ impl PipeReader {
 #[derive(Debug)]
 pub struct PipeWriter {
     file: BufferedFile,
+    /// Whether writes try without waiting first.
+    nowait: Cell<bool>,
 }
 
 impl PipeWriter {
@@ -111,6 +170,7 @@ impl PipeWriter {
     pub fn new(fd: impl Into<OwnedFd>) -> io::Result<PipeWriter> {
         Ok(PipeWriter {
             file: executor_file(fd.into())?,
+            nowait: Cell::new(true),
         })
     }
 
@@ -119,6 +179,33 @@ impl PipeWriter {
     /// the bytes written. A reader that closed its end is an error
     /// (`EPIPE`).
     pub async fn write_vectored(&self, parts: &[&[u8]]) -> io::Result<usize> {
+        if self.nowait.get() {
+            let iov: Vec<libc::iovec> = parts
+                .iter()
+                .take(NOWAIT_PARTS_MAX)
+                .map(|part| libc::iovec {
+                    iov_base: part.as_ptr().cast_mut().cast(),
+                    iov_len: part.len(),
+                })
+                .collect();
+            let count = libc::c_int::try_from(iov.len()).unwrap_or(0);
+            // SAFETY: every iovec describes bytes of a part borrowed for the
+            // call, which the kernel only reads; the descriptor stays open
+            // (the file owns it); offset -1 is the pipe's (absent) position.
+            let result = unsafe {
+                libc::pwritev2(
+                    self.file.as_raw_fd(),
+                    iov.as_ptr(),
+                    count,
+                    -1,
+                    libc::RWF_NOWAIT,
+                )
+            };
+            match tried(result, &self.nowait)? {
+                Tried::Done(n) if n > 0 || iov.iter().all(|v| v.iov_len == 0) => return Ok(n),
+                Tried::Done(_) | Tried::WouldBlock => {}
+            }
+        }
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut chunk = Vec::with_capacity(total.min(PIPE_WRITE_MAX));
         for part in parts {
@@ -260,7 +347,7 @@ mod tests {
                 .map_err(|e| e.to_string())?;
             let reader = PipeReader::new(silent.stdout.take().ok_or("stdout")?)
                 .map_err(|e| e.to_string())?;
-            let ticks = std::rc::Rc::new(std::cell::Cell::new(0u32));
+            let ticks = std::rc::Rc::new(Cell::new(0u32));
             let ticker = crate::runtime::spawn_local({
                 let ticks = std::rc::Rc::clone(&ticks);
                 async move {
