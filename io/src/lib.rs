@@ -10,7 +10,8 @@
 //!   not; or a single executor ([`run_local`], [`spawn_executor`]) for
 //!   tests, benchmarks and one-shot commands.
 //! - [`runtime`]: on the current core, [`spawn_local`] (a [`Task`] awaited
-//!   to join it, or detached), [`sleep`], [`timeout`] and [`timeout_at`].
+//!   to join it, or detached), [`yield_now`], [`sleep`], [`timeout`] and
+//!   [`timeout_at`].
 //! - [`net`]: TCP listener (`accept` gives the stream and the peer's
 //!   address) and streams (connect with a timeout, `read`/`read_exact`/
 //!   `write`/`write_all`, reads bounded by a timeout or a deadline,
@@ -69,5 +70,5 @@ pub use executors::{
 pub use handoff::{HANDOFF_QUEUE_MAX, HandoffError};
 pub use read_buf::ReadBuf;
 pub use registration::RegistrationStatus;
-pub use runtime::{Elapsed, Task, sleep, spawn_local, timeout, timeout_at};
+pub use runtime::{Elapsed, Task, sleep, spawn_local, timeout, timeout_at, yield_now};
 pub use segment_file::SegmentFile;

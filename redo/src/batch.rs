@@ -223,6 +223,10 @@ impl Batch {
 /// lane's process is taken for each batch and given back after it (or
 /// retired, if it died, and a fresh one acquired for the next batch).
 pub(crate) async fn run_lane(pool: Rc<RedoPool>, lane: Rc<Lane>) {
+    // The runtime starts this task inside the first requester's call: the
+    // other requesters already ready to run get to queue their pages first
+    // and share the first round trip.
+    quire_io::yield_now().await;
     while let Some(batch) = lane.next_batch() {
         // The idle process may have died since its last batch (killed
         // while idle): found out now, it costs no retry.

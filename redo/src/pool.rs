@@ -311,21 +311,27 @@ impl RedoPool {
     /// progress cover the wanted spares and the waiting tenants.
     fn replenish(&self) {
         let Some(me) = self.me.upgrade() else { return };
-        let mut state = self.state.borrow_mut();
-        if state.shut_down {
-            return;
-        }
-        state.waiters.retain(|w| !w.is_canceled());
-        // A broken installation must not make the pool spin: after a failed
-        // start, spares wait; a tenant waiting for a process tries at once.
-        let spares_wanted = match state.last_start_failure {
-            Some(at) if at.elapsed() < START_RETRY_DELAY => 0,
-            _ => self.spares_wanted,
+        let slots: Vec<usize> = {
+            let mut state = self.state.borrow_mut();
+            if state.shut_down {
+                return;
+            }
+            state.waiters.retain(|w| !w.is_canceled());
+            // A broken installation must not make the pool spin: after a
+            // failed start, spares wait; a tenant waiting for a process
+            // tries at once.
+            let spares_wanted = match state.last_start_failure {
+                Some(at) if at.elapsed() < START_RETRY_DELAY => 0,
+                _ => self.spares_wanted,
+            };
+            let wanted = spares_wanted + state.waiters.len();
+            let missing = wanted.saturating_sub(state.spares.len() + state.starting);
+            state.starting += missing;
+            (0..missing).map(|_| state.take_slot()).collect()
         };
-        let wanted = spares_wanted + state.waiters.len();
-        while state.spares.len() + state.starting < wanted {
-            state.starting += 1;
-            let slot = state.take_slot();
+        // Spawned with the state released: the runtime may start the task
+        // inside the call.
+        for slot in slots {
             let task = start_in_background(Rc::downgrade(&me), self.config.clone(), slot);
             quire_io::spawn_local(task).detach();
         }

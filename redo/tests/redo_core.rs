@@ -295,6 +295,50 @@ fn concurrent_requests_of_a_tenant_share_round_trips() -> Result<()> {
             );
             ensure!(after.process_pages - before.process_pages == requesters as u64);
         }
+        // Requests that arrive while a batch is in flight (its process held
+        // up with SIGSTOP) all go in the next one.
+        let pid = pool.tenant_pid(3).context("the tenant has a process")?;
+        signal(pid, "-STOP")?;
+        let before = pool.stats();
+        let first = spawn_local({
+            let pool = Rc::clone(&pool);
+            async move {
+                let images: Vec<Vec<u8>> = (0..10).map(page).collect();
+                let requests: Vec<PageRequest<'_>> = images
+                    .iter()
+                    .zip(0u32..)
+                    .map(|(image, i)| image_request(i, image))
+                    .collect();
+                pool.rebuild_pages(3, &requests)
+                    .await
+                    .iter()
+                    .all(Result::is_ok)
+            }
+        });
+        while pool.stats().round_trips == before.round_trips {
+            sleep(Duration::from_millis(1)).await;
+        }
+        let later: Vec<_> = (100..120u32)
+            .map(|n| {
+                let pool = Rc::clone(&pool);
+                spawn_local(async move {
+                    let image = page(n);
+                    let result = pool.rebuild_pages(3, &[image_request(n, &image)]).await;
+                    matches!(&result[..], [Ok(p)] if p[..] == image[..])
+                })
+            })
+            .collect();
+        sleep(Duration::from_millis(50)).await;
+        signal(pid, "-CONT")?;
+        ensure!(first.await, "the first batch failed");
+        let served = futures::future::join_all(later).await;
+        ensure!(served.iter().all(|ok| *ok), "a later page came back wrong");
+        let round_trips = pool.stats().round_trips - before.round_trips;
+        ensure!(
+            round_trips == 2,
+            "20 requests made during a batch took {} round trips after it",
+            round_trips - 1
+        );
         pool.shutdown().await;
         Ok(())
     })

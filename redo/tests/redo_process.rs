@@ -129,6 +129,7 @@ fn images_round_trip_and_pings_answer() -> Result<()> {
             "one process serves the tenant: {:?}",
             pool.stats()
         );
+        pool.shutdown().await;
         Ok(())
     })
 }
@@ -151,6 +152,7 @@ fn the_sandbox_kills_a_process_that_opens_a_file() -> Result<()> {
         );
         pool.ping(TENANT).await.map_err(anyhow::Error::msg)?;
         ensure!(pool.stats().failed == 1, "{:?}", pool.stats());
+        pool.shutdown().await;
         Ok(())
     })
 }
@@ -243,6 +245,7 @@ fn the_sandbox_allows_kill_only_of_itself_and_no_executable_memory() -> Result<(
                 "page changed"
             );
         }
+        pool.shutdown().await;
         Ok(())
     })
 }
@@ -300,6 +303,7 @@ fn malformed_records_are_errors_never_pages() -> Result<()> {
                 .map_err(anyhow::Error::msg)
                 .context(name)?;
         }
+        pool.shutdown().await;
         Ok(())
     })
 }
@@ -356,6 +360,7 @@ fn a_process_killed_mid_request_is_retried_and_the_next_request_succeeds() -> Re
             .await
             .map_err(anyhow::Error::msg)?;
         ensure!(replies == vec![Reply::Ok(Vec::new())], "{replies:?}");
+        pool.shutdown().await;
         Ok(())
     })
 }
