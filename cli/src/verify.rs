@@ -103,8 +103,7 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
                 &mut out,
             )
             .await;
-            // The processes exit cleanly (removing their shared memory)
-            // before the scratch directory goes.
+            // The redo processes end before their scratch directory goes.
             pool.shutdown().await;
             let report = verified?;
             out.flush().context("write to standard output")?;

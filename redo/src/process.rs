@@ -10,8 +10,8 @@
 //! ([`quire_io::pipe`]), so a pipeline of any length cannot deadlock and a
 //! slow or hung process holds up only the task awaiting it. Every exchange
 //! has a deadline, after which the process is killed. [`RedoProcess::stop`]
-//! closes its stdin (it then exits by itself, removing its shared memory)
-//! and kills it after a grace period, awaiting timers, never sleeping.
+//! closes its stdin (at the end of its input it exits by itself) and kills
+//! it after a grace period, awaiting timers, never sleeping.
 
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
@@ -297,8 +297,8 @@ impl RedoProcess {
         }
     }
 
-    /// Stops the process: closing stdin makes it exit cleanly (removing its
-    /// shared memory); it is killed if it has not within [`STOP_GRACE`].
+    /// Stops the process: closing stdin makes it exit by itself; it is
+    /// killed if it has not within [`STOP_GRACE`].
     /// Returns how it ended.
     pub async fn stop(mut self) -> String {
         self.alive = false;
