@@ -4,7 +4,8 @@
 //! Every request for a tenant on this core becomes jobs in its lane: one
 //! per page to rebuild (with a oneshot channel for that page's result), or
 //! one raw exchange (mask, ping, a test's bytes). One task at a time, the
-//! lane's runner, drains the queue: it takes the pages at the front, up to
+//! lane's runner, drains the queue (at most [`LANE_QUEUE_MAX`] jobs): it
+//! takes the pages at the front, up to
 //! [`BATCH_PAGES_MAX`], as one batch (one round trip), so the `GetPage`s of a
 //! tenant that arrive while a batch is in progress merge into the next one.
 //! Results go back to each requester in order; a page whose batch failed
@@ -27,6 +28,11 @@ use crate::protocol::{self, Reply};
 /// replies (512 KiB each way) fit the 1 MiB pipes, so a batch crosses in
 /// one write and a few reads when the process keeps up.
 pub const BATCH_PAGES_MAX: usize = 64;
+
+/// The most jobs a tenant's lane holds (pages waiting for a round trip,
+/// and raw exchanges): about 256 MiB of page images. Requests past it fail
+/// at once with [`RedoProcessError::QueueFull`].
+pub const LANE_QUEUE_MAX: usize = 32 * 1024;
 
 /// Pages per `R` message of a batch: the process starts on the first while
 /// the rest are still being written, and its replies flow back while it
@@ -91,17 +97,19 @@ impl Lane {
     pub(crate) fn push_page(
         &self,
         page: &protocol::PageRequest<'_>,
-    ) -> oneshot::Receiver<PageResult> {
+    ) -> Result<oneshot::Receiver<PageResult>, RedoProcessError> {
+        let mut queue = self.queue.borrow_mut();
+        make_room(&mut queue)?;
         let mut body = Vec::with_capacity(protocol::rebuild_page_len(page));
         protocol::rebuild_page(&mut body, page);
         let (reply, receiver) = oneshot::channel();
-        self.queue.borrow_mut().push_back(Job::Page(PageJob {
+        queue.push_back(Job::Page(PageJob {
             body,
             records: page.records.len() as u64,
             retried: false,
             reply,
         }));
-        receiver
+        Ok(receiver)
     }
 
     /// Queues a raw exchange.
@@ -109,14 +117,16 @@ impl Lane {
         &self,
         request: Vec<u8>,
         expected: usize,
-    ) -> oneshot::Receiver<Result<Vec<Reply>, RedoProcessError>> {
+    ) -> Result<oneshot::Receiver<Result<Vec<Reply>, RedoProcessError>>, RedoProcessError> {
+        let mut queue = self.queue.borrow_mut();
+        make_room(&mut queue)?;
         let (reply, receiver) = oneshot::channel();
-        self.queue.borrow_mut().push_back(Job::Raw(RawJob {
+        queue.push_back(Job::Raw(RawJob {
             request,
             expected,
             reply,
         }));
-        receiver
+        Ok(receiver)
     }
 
     /// Marks the lane as drained by a runner; false if one already is.
@@ -155,8 +165,9 @@ impl Lane {
         process
     }
 
-    /// The pages at the front (those whose requester still waits), up to
-    /// [`BATCH_PAGES_MAX`], or the raw exchange at the front.
+    /// The pages at the front, up to [`BATCH_PAGES_MAX`], or the raw
+    /// exchange at the front; jobs whose requester stopped waiting are
+    /// dropped.
     fn next_batch(&self) -> Option<Batch> {
         let mut queue = self.queue.borrow_mut();
         let mut pages = Vec::new();
@@ -170,7 +181,9 @@ impl Lane {
                     }
                 }
                 Some(Job::Raw(_)) if pages.is_empty() => {
-                    if let Some(Job::Raw(raw)) = queue.pop_front() {
+                    if let Some(Job::Raw(raw)) = queue.pop_front()
+                        && !raw.reply.is_canceled()
+                    {
                         return Some(Batch::Raw(raw));
                     }
                 }
@@ -202,6 +215,27 @@ impl Lane {
             }
         }
     }
+}
+
+impl Job {
+    fn is_abandoned(&self) -> bool {
+        match self {
+            Job::Page(page) => page.reply.is_canceled(),
+            Job::Raw(raw) => raw.reply.is_canceled(),
+        }
+    }
+}
+
+/// Room for one more job: a full queue first forgets the jobs whose
+/// requester stopped waiting.
+fn make_room(queue: &mut VecDeque<Job>) -> Result<(), RedoProcessError> {
+    if queue.len() >= LANE_QUEUE_MAX {
+        queue.retain(|job| !job.is_abandoned());
+    }
+    if queue.len() >= LANE_QUEUE_MAX {
+        return Err(RedoProcessError::QueueFull(LANE_QUEUE_MAX));
+    }
+    Ok(())
 }
 
 impl Batch {

@@ -27,7 +27,7 @@ pub mod protocol;
 pub mod record;
 pub mod rust_redo;
 
-pub use batch::{BATCH_PAGES_MAX, PageResult};
+pub use batch::{BATCH_PAGES_MAX, LANE_QUEUE_MAX, PageResult};
 pub use chain::TenantRedo;
 pub use pool::{RedoPool, RedoStats, TenantKey};
 pub use process::{RedoConfig, RedoProcess, RedoProcessError};

@@ -400,11 +400,14 @@ impl RedoPool {
         pages: &[PageRequest<'_>],
     ) -> Vec<PageResult> {
         let lane = self.lane(tenant);
-        let receivers: Vec<_> = pages.iter().map(|page| lane.push_page(page)).collect();
+        let queued: Vec<_> = pages.iter().map(|page| lane.push_page(page)).collect();
         self.run(&lane);
-        let mut results = Vec::with_capacity(receivers.len());
-        for receiver in receivers {
-            results.push(receiver.await.unwrap_or_else(|_| Err(dropped())));
+        let mut results = Vec::with_capacity(queued.len());
+        for receiver in queued {
+            results.push(match receiver {
+                Ok(receiver) => receiver.await.unwrap_or_else(|_| Err(dropped())),
+                Err(full) => Err(full),
+            });
         }
         results
     }
@@ -418,7 +421,7 @@ impl RedoPool {
         expected: usize,
     ) -> Result<Vec<Reply>, RedoProcessError> {
         let lane = self.lane(tenant);
-        let receiver = lane.push_raw(request, expected);
+        let receiver = lane.push_raw(request, expected)?;
         self.run(&lane);
         receiver.await.unwrap_or_else(|_| Err(dropped()))
     }

@@ -78,6 +78,10 @@ pub enum RedoProcessError {
     /// pool was shut down.
     #[error("no redo process: {0}")]
     NoProcess(String),
+    /// The tenant's queue already holds this many jobs: the request was
+    /// refused, not queued.
+    #[error("the tenant's redo queue is full ({0} jobs)")]
+    QueueFull(usize),
 }
 
 impl RedoProcessError {

@@ -17,7 +17,7 @@ use quire_cluster::{PgInstall, RunAs};
 use quire_io::{LocalConfig, run_local, sleep, spawn_local, timeout};
 use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, RelTag};
 use quire_redo::protocol::PageRequest;
-use quire_redo::{BATCH_PAGES_MAX, RedoConfig, RedoPool, RedoProcessError};
+use quire_redo::{BATCH_PAGES_MAX, LANE_QUEUE_MAX, RedoConfig, RedoPool, RedoProcessError};
 
 /// Runs `test` on an executor of its own.
 fn on_executor<F, Fut>(test: F) -> Result<()>
@@ -441,6 +441,49 @@ fn a_process_that_cannot_start_is_a_typed_error_not_a_hang() -> Result<()> {
             started.elapsed() < Duration::from_secs(5),
             "took {:?}",
             started.elapsed()
+        );
+        pool.shutdown().await;
+        Ok(())
+    })
+}
+
+#[test]
+fn a_full_lane_refuses_at_once() -> Result<()> {
+    on_executor(|| async {
+        let dir = tempfile::tempdir()?;
+        let pool = RedoPool::new(
+            config(dir.path(), None, Duration::from_secs(20))?,
+            1,
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+        pool.ping(5).await?;
+        let pid = pool.tenant_pid(5).context("the tenant has a process")?;
+        signal(pid, "-STOP")?;
+        let waiting: Vec<_> = (0..LANE_QUEUE_MAX)
+            .map(|_| {
+                let pool = Rc::clone(&pool);
+                spawn_local(async move { pool.ping(5).await })
+            })
+            .collect();
+        let started = Instant::now();
+        let refused = pool.ping(5).await;
+        ensure!(
+            refused == Err(RedoProcessError::QueueFull(LANE_QUEUE_MAX)),
+            "{refused:?}"
+        );
+        ensure!(started.elapsed() < Duration::from_secs(1));
+        // Requesters that give up (their tasks cancelled, which the runtime
+        // does at their next turn) leave nothing for the process to do.
+        drop(waiting);
+        sleep(Duration::from_millis(20)).await;
+        signal(pid, "-CONT")?;
+        pool.ping(5).await?;
+        ensure!(
+            pool.stats().round_trips < 10,
+            "abandoned requests were sent: {:?}",
+            pool.stats()
         );
         pool.shutdown().await;
         Ok(())
