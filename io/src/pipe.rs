@@ -119,35 +119,52 @@ impl PipeReader {
         if wanted == 0 {
             return Ok(0);
         }
-        if self.nowait.get() {
-            let iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: wanted,
-            };
-            // SAFETY: `iov` describes `wanted` writable bytes of `buf`,
-            // borrowed mutably for the call; the descriptor stays open (the
-            // file owns it); offset -1 is the pipe's (absent) position.
-            let result = unsafe {
-                libc::preadv2(
-                    self.file.as_raw_fd(),
-                    &raw const iov,
-                    1,
-                    -1,
-                    libc::RWF_NOWAIT,
-                )
-            };
-            if let Tried::Done(n) = tried(result, &self.nowait)? {
-                return Ok(n);
-            }
+        if let Some(done) = self.read_nowait(&mut buf[..wanted])? {
+            return Ok(done);
         }
+        // With tries that work, the wait is for one byte: the kernel then
+        // hands over what else is there straight into `buf`, and the
+        // operation's own buffer stays one byte.
+        let asked = if self.nowait.get() { 1 } else { wanted };
         let got = self
             .file
-            .read_at(NO_OFFSET, wanted)
+            .read_at(NO_OFFSET, asked)
             .await
             .map_err(io::Error::from)?;
-        let n = got.len().min(wanted);
+        let n = got.len().min(asked);
         buf[..n].copy_from_slice(&got[..n]);
-        Ok(n)
+        if n == 0 || n == wanted {
+            return Ok(n);
+        }
+        Ok(n + self.read_nowait(&mut buf[n..wanted])?.unwrap_or(0))
+    }
+
+    /// Reads what is there without waiting: `None` if nothing is (or the
+    /// kernel cannot try).
+    fn read_nowait(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        if !self.nowait.get() {
+            return Ok(None);
+        }
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: `iov` describes the writable bytes of `buf`, borrowed
+        // mutably for the call; the descriptor stays open (the file owns
+        // it); offset -1 is the pipe's (absent) position.
+        let result = unsafe {
+            libc::preadv2(
+                self.file.as_raw_fd(),
+                &raw const iov,
+                1,
+                -1,
+                libc::RWF_NOWAIT,
+            )
+        };
+        Ok(match tried(result, &self.nowait)? {
+            Tried::Done(n) => Some(n),
+            Tried::WouldBlock => None,
+        })
     }
 
     /// Closes the descriptor (waiting for the close).
