@@ -14,8 +14,9 @@
 //! bounded buffer while waiting for the other.
 //!
 //! An `io_uring` write copies at most [`PIPE_WRITE_MAX`] bytes into a
-//! buffer the operation owns, an `io_uring` read copies what it got out of
-//! the executor's buffer. Dropping a read or a write while it waits cancels
+//! buffer the operation owns; an `io_uring` read waits for one byte, and
+//! the rest is then taken without waiting, straight into the caller's
+//! buffer. Dropping a read or a write while it waits cancels
 //! it, and how many bytes it moved is then unknown: a pipe abandoned that
 //! way is only good for closing.
 
@@ -28,7 +29,7 @@ use glommio::io::BufferedFile;
 /// The most bytes one write operation takes (and copies).
 pub const PIPE_WRITE_MAX: usize = 1024 * 1024;
 
-/// The most bytes one read operation asks for.
+/// The most bytes one read takes.
 pub const PIPE_READ_MAX: usize = 256 * 1024;
 
 /// Pipes have no position; the kernel ignores the offset of an operation
