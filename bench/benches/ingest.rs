@@ -16,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::cast_precision_loss)]
 
 use std::process::Command;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
@@ -77,11 +78,21 @@ fn verify_on_one_core(
             data_path.clone(),
         );
         async move {
-            let pool =
-                RedoPool::new(config, 1, Duration::from_secs(60)).map_err(|e| anyhow!("{e}"))?;
+            let pool = RedoPool::new(config, 1, Duration::from_secs(60))
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
             let mut out = Vec::new();
-            let report =
-                quire_pageserver::verify::verify(&base, &data, &work, pool, None, &mut out).await?;
+            let verified = quire_pageserver::verify::verify(
+                &base,
+                &data,
+                &work,
+                Rc::clone(&pool),
+                None,
+                &mut out,
+            )
+            .await;
+            pool.shutdown().await;
+            let report = verified?;
             anyhow::Ok((report, out))
         }
     })

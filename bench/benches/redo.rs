@@ -5,8 +5,13 @@
 //! - a ping (the protocol's floor: one pipe round trip, no page), beside
 //!   the machine's floor for the same round trip (5 bytes echoed by `cat`);
 //! - short chains (a full-page image and then 1, 2 or 3 records), one page
-//!   per round trip and batched (`BATCH_SHORT` pages per round trip);
+//!   per round trip, batched (`BATCH_SHORT` pages per round trip), and as
+//!   `BATCH_SHORT` concurrent one-page requests (as many page reads of one
+//!   tenant in flight), which the pool merges into shared round trips;
 //! - long chains (an image and then 64 records), single and batched.
+//!
+//! The pool runs on an executor of its own (as on a server core); the
+//! `cat` floor is measured outside it with blocking pipes.
 //!
 //! Every chain is a real page: the image is the full-page write the WAL
 //! carries after a checkpoint and the records are those that followed it
@@ -34,6 +39,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 use hdrhistogram::Histogram;
 use quire_bench::real_wal::real_wal;
 use quire_cluster::RunAs;
+use quire_io::{LocalConfig, run_local, spawn_local};
 use quire_postgres::Lsn;
 use quire_postgres::types::{BLCKSZ, RelTag};
 use quire_postgres::wal::effects::{PageUpdate, page_effects};
@@ -181,7 +187,7 @@ struct Measured {
 
 /// Rebuilds `chains` in round trips of `batch` pages; the histogram holds
 /// nanoseconds per page (a round trip's time over its pages).
-fn rebuild(
+async fn rebuild(
     pool: &RedoPool,
     chains: &[Chain],
     records: &[RawRecord],
@@ -193,7 +199,7 @@ fn rebuild(
     for group in chains.chunks(batch) {
         let requests: Vec<PageRequest<'_>> = group.iter().map(|c| request(c, records)).collect();
         let started = Instant::now();
-        let pages = pool.rebuild_pages(TENANT, &requests);
+        let pages = pool.rebuild_pages(TENANT, &requests).await;
         let nanos = started.elapsed().as_nanos() as u64 / group.len() as u64;
         per_page.record_n(nanos.max(1), group.len() as u64)?;
         for page in pages {
@@ -206,6 +212,48 @@ fn rebuild(
         elapsed: began.elapsed(),
         results,
     })
+}
+
+/// Rebuilds the short chains as `in_flight` concurrent one-page requests
+/// at a time (one task each, as page reads of one tenant); the histogram
+/// holds nanoseconds per page (a group's time over its pages). Returns the
+/// round trips they took too.
+async fn rebuild_concurrently(
+    pool: &Rc<RedoPool>,
+    chains: &Rc<Chains>,
+    in_flight: usize,
+) -> Result<(Measured, u64)> {
+    let mut per_page = Histogram::<u64>::new(3)?;
+    let mut results = Vec::with_capacity(chains.short.len());
+    let round_trips = pool.stats().round_trips;
+    let began = Instant::now();
+    let indexes: Vec<usize> = (0..chains.short.len()).collect();
+    for group in indexes.chunks(in_flight) {
+        let started = Instant::now();
+        let tasks: Vec<_> = group
+            .iter()
+            .map(|&i| {
+                let (pool, chains) = (Rc::clone(pool), Rc::clone(chains));
+                spawn_local(async move {
+                    let request = request(&chains.short[i], &chains.records);
+                    pool.rebuild_pages(TENANT, &[request]).await.pop()
+                })
+            })
+            .collect();
+        for task in tasks {
+            let page = task.await.context("no result")?;
+            results.push(page.map_err(|e| anyhow!("redo failed: {e}"))?);
+        }
+        let nanos = started.elapsed().as_nanos() as u64 / group.len() as u64;
+        per_page.record_n(nanos.max(1), group.len() as u64)?;
+    }
+    let measured = Measured {
+        per_page,
+        pages: chains.short.len() as u64,
+        elapsed: began.elapsed(),
+        results,
+    };
+    Ok((measured, pool.stats().round_trips - round_trips))
 }
 
 fn micros(nanos: u64) -> f64 {
@@ -226,7 +274,7 @@ fn report(name: &str, m: &Measured) {
     );
 }
 
-fn pool(dir: &tempfile::TempDir) -> Result<Rc<RedoPool>> {
+async fn pool(dir: &tempfile::TempDir) -> Result<Rc<RedoPool>> {
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
     let install = quire_cluster::PgInstall::locate()?;
     let config = RedoConfig {
@@ -235,7 +283,9 @@ fn pool(dir: &tempfile::TempDir) -> Result<Rc<RedoPool>> {
         scratch_root: dir.path().join("redo"),
         timeout: Duration::from_secs(60),
     };
-    RedoPool::new(config, 1, Duration::from_secs(600)).map_err(|e| anyhow!("{e}"))
+    RedoPool::new(config, 1, Duration::from_secs(600))
+        .await
+        .map_err(|e| anyhow!("{e}"))
 }
 
 /// The machine's floor for a round trip through two pipes and another
@@ -280,17 +330,26 @@ fn main() -> Result<()> {
         short_records,
         chains.long.len()
     );
+    let floor = pipe_floor()?;
+    let executor = LocalConfig {
+        name: "quire-bench-redo".into(),
+        ..LocalConfig::default()
+    };
+    run_local(&executor, move || measure(chains, floor)).map_err(|e| anyhow!("{e}"))?
+}
+
+async fn measure(chains: Chains, floor: Measured) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("quire-bench-redo-")
         .tempdir()?;
-    let pool = pool(&dir)?;
-    pool.ping(TENANT).map_err(|e| anyhow!("{e}"))?;
+    let pool = pool(&dir).await?;
+    pool.ping(TENANT).await.map_err(|e| anyhow!("{e}"))?;
 
     let mut pings = Histogram::<u64>::new(3)?;
     let began = Instant::now();
     for _ in 0..PINGS {
         let started = Instant::now();
-        pool.ping(TENANT).map_err(|e| anyhow!("{e}"))?;
+        pool.ping(TENANT).await.map_err(|e| anyhow!("{e}"))?;
         pings.record(started.elapsed().as_nanos() as u64)?;
     }
     report(
@@ -302,14 +361,12 @@ fn main() -> Result<()> {
             results: Vec::new(),
         },
     );
-
-    let floor = pipe_floor()?;
     report("pipe round trip floor (cat echo)", &floor);
 
     // Warm-up: every record's bytes and the process's caches.
-    rebuild(&pool, &chains.short, &chains.records, BATCH_SHORT)?;
-    let short_single = rebuild(&pool, &chains.short, &chains.records, 1)?;
-    let short_batched = rebuild(&pool, &chains.short, &chains.records, BATCH_SHORT)?;
+    rebuild(&pool, &chains.short, &chains.records, BATCH_SHORT).await?;
+    let short_single = rebuild(&pool, &chains.short, &chains.records, 1).await?;
+    let short_batched = rebuild(&pool, &chains.short, &chains.records, BATCH_SHORT).await?;
     // For profiling: QUIRE_BENCH_REDO_PROFILE=N repeats the batched short
     // chains N more times.
     let repeats: usize = std::env::var("QUIRE_BENCH_REDO_PROFILE")
@@ -317,13 +374,20 @@ fn main() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     for _ in 0..repeats {
-        rebuild(&pool, &chains.short, &chains.records, BATCH_SHORT)?;
+        rebuild(&pool, &chains.short, &chains.records, BATCH_SHORT).await?;
     }
-    let long_single = rebuild(&pool, &chains.long, &chains.records, 1)?;
-    let long_batched = rebuild(&pool, &chains.long, &chains.records, BATCH_LONG)?;
+    let long_single = rebuild(&pool, &chains.long, &chains.records, 1).await?;
+    let long_batched = rebuild(&pool, &chains.long, &chains.records, BATCH_LONG).await?;
+    let chains = Rc::new(chains);
+    let (short_concurrent, concurrent_round_trips) =
+        rebuild_concurrently(&pool, &chains, BATCH_SHORT).await?;
     ensure!(
         short_single.results == short_batched.results,
         "batched short-chain pages differ from single ones"
+    );
+    ensure!(
+        short_single.results == short_concurrent.results,
+        "concurrently requested short-chain pages differ from single ones"
     );
     ensure!(
         long_single.results == long_batched.results,
@@ -342,6 +406,10 @@ fn main() -> Result<()> {
         &format!("short chain (1-3), batch of {BATCH_SHORT}"),
         &short_batched,
     );
+    report(
+        &format!("short chain (1-3), {BATCH_SHORT} concurrent"),
+        &short_concurrent,
+    );
     report("long chain (64), single", &long_single);
     report(
         &format!("long chain (64), batch of {BATCH_LONG}"),
@@ -352,10 +420,17 @@ fn main() -> Result<()> {
         short_batched.per_page.mean() / 1000.0,
         short_single.per_page.mean() / short_batched.per_page.mean()
     );
+    println!(
+        "{} concurrent one-page requests: {} pages in {concurrent_round_trips} round trips ({:.1} pages per round trip)",
+        BATCH_SHORT,
+        short_concurrent.pages,
+        short_concurrent.pages as f64 / concurrent_round_trips.max(1) as f64
+    );
     let stats = pool.stats();
     println!(
         "redo pool: {} round trips, {} pages, {} records applied by Postgres",
         stats.round_trips, stats.process_pages, stats.postgres_records
     );
+    pool.shutdown().await;
     Ok(())
 }

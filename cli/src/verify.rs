@@ -10,6 +10,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -88,19 +89,23 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
         let work = work.clone();
         let source = source.clone();
         async move {
-            let pool =
-                RedoPool::new(config, 1, Duration::from_secs(60)).map_err(|e| anyhow!("{e}"))?;
+            let pool = RedoPool::new(config, 1, Duration::from_secs(60))
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            let report = quire_pageserver::verify::verify(
+            let verified = quire_pageserver::verify::verify(
                 &args.base,
                 &args.pgdata,
                 &work,
-                pool,
+                Rc::clone(&pool),
                 source.as_ref(),
                 &mut out,
             )
-            .await?;
+            .await;
+            // The redo processes end before their scratch directory goes.
+            pool.shutdown().await;
+            let report = verified?;
             out.flush().context("write to standard output")?;
             anyhow::Ok(report.different)
         }

@@ -10,7 +10,8 @@
 //!   not; or a single executor ([`run_local`], [`spawn_executor`]) for
 //!   tests, benchmarks and one-shot commands.
 //! - [`runtime`]: on the current core, [`spawn_local`] (a [`Task`] awaited
-//!   to join it, or detached), [`sleep`], [`timeout`] and [`timeout_at`].
+//!   to join it, or detached), [`yield_now`], [`sleep`], [`timeout`] and
+//!   [`timeout_at`].
 //! - [`net`]: TCP listener (`accept` gives the stream and the peer's
 //!   address) and streams (connect with a timeout, `read`/`read_exact`/
 //!   `write`/`write_all`, reads bounded by a timeout or a deadline,
@@ -30,16 +31,21 @@
 //! - [`cache`]: the per-core block cache (S3-FIFO, bounded in bytes).
 //! - [`segment_file`]: preallocated files written in place, block by
 //!   block, with direct I/O and `fdatasync` (the safekeeper's WAL).
-//! - [`pipe`]: non-blocking pipes to helper processes (the redo pool's
-//!   `--wal-redo` processes), waited on with a deadline.
+//! - [`pipe`]: pipes to helper processes (the redo pool's `--wal-redo`
+//!   processes) read and written as asynchronous operations, so a hung
+//!   process holds up only the task awaiting it.
+//! - [`child`]: child processes started on a thread of their own (a fork
+//!   never stalls the core) and waited for with timers, killed after a
+//!   grace period.
 //!
 //! It never parses a format: bytes in, bytes out. It is one of the three
 //! places where `unsafe` is allowed, each block with a `// SAFETY:` line
-//! (the registration probe, the pipe calls, and the descriptor hand-over of
-//! a detached TCP stream).
+//! (the registration probe, the pipe calls, the spawning thread's CPU
+//! affinity, and the descriptor hand-over of a detached TCP stream).
 
 pub mod block_file;
 pub mod cache;
+pub mod child;
 pub mod direct_io_probe;
 pub mod ephemeral_file;
 pub mod executors;
@@ -64,5 +70,5 @@ pub use executors::{
 pub use handoff::{HANDOFF_QUEUE_MAX, HandoffError};
 pub use read_buf::ReadBuf;
 pub use registration::RegistrationStatus;
-pub use runtime::{Elapsed, Task, sleep, spawn_local, timeout, timeout_at};
+pub use runtime::{Elapsed, Task, sleep, spawn_local, timeout, timeout_at, yield_now};
 pub use segment_file::SegmentFile;

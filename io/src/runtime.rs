@@ -1,6 +1,6 @@
 //! Tasks and time on the current core's executor: [`spawn_local`] (a
-//! [`Task`] awaited to join it, or detached), [`sleep`], and [`timeout`] /
-//! [`timeout_at`] around any future.
+//! [`Task`] awaited to join it, or detached), [`yield_now`], [`sleep`], and
+//! [`timeout`] / [`timeout_at`] around any future.
 //!
 //! Everything here must run inside an executor started by
 //! [`executors`](crate::executors) (it panics otherwise, as the runtime
@@ -41,13 +41,20 @@ impl<T> std::fmt::Debug for Task<T> {
     }
 }
 
-/// Spawns `future` on this core's executor.
+/// Spawns `future` on this core's executor. The runtime may poll it at
+/// once, inside this call, before returning: code that spawns must not
+/// hold a `RefCell` borrow the new task takes before its first suspension.
 pub fn spawn_local<T, F>(future: F) -> Task<T>
 where
     T: 'static,
     F: Future<Output = T> + 'static,
 {
     Task(glommio::spawn_local(future))
+}
+
+/// Lets every other task that is ready run once before this one goes on.
+pub async fn yield_now() {
+    glommio::executor().yield_now().await;
 }
 
 /// Waits `duration` without blocking the core.

@@ -451,7 +451,7 @@ impl<W: Write> Checker<'_, W> {
             to_mask.push((rmid, block, our_page));
             to_mask.push((rmid, block, &theirs[i]));
         }
-        let masked = self.pool.mask_many(TENANT, &to_mask);
+        let masked = self.pool.mask_many(TENANT, &to_mask).await;
         for (n, &(i, rmid)) in masks.iter().enumerate() {
             let block = blocks.start + index_u32(i);
             let Ok(our_page) = &ours[i] else { continue };
@@ -575,7 +575,7 @@ impl<W: Write> Checker<'_, W> {
         }
         if !redo_items.is_empty() {
             let items: Vec<_> = redo_items.iter().map(|(_, item)| *item).collect();
-            let rebuilt = self.pool.materialize_many(TENANT, &items);
+            let rebuilt = self.pool.materialize_many(TENANT, &items).await;
             for ((i, _), page) in redo_items.iter().zip(rebuilt) {
                 results[*i] = Some(match page {
                     Ok(page) => to_page(&page),

@@ -1,36 +1,46 @@
-//! The per-core pool of redo processes, and redo of a key's chain.
+//! The per-core pool of redo processes.
 //!
 //! One process per tenant (a tenant's records never reach another tenant's
-//! process), taken from pre-spawned spares, reused for every rebuild of that
-//! tenant on this core, replaced after a crash, an error reply or a
-//! timeout, and stopped when idle ([`RedoPool::maintain`]). A rebuild whose
-//! process died or timed out is retried once on a fresh process; a record
-//! the process rejects fails that page alone.
+//! process), reused for every rebuild of that tenant on this core, through
+//! the tenant's lane ([`crate::batch`]: concurrent requests merge into one
+//! round trip). Nothing on the request path starts, stops or waits for a
+//! process to end:
 //!
-//! A key's chain is split by who applies each record: runs of Postgres WAL
-//! records go to the process (many pages per round trip), Rust records
-//! ([`crate::rust_redo`]) are applied here. The pool counts both.
+//! - spares are started ahead of need by background tasks, each fork on a
+//!   thread of its own ([`RedoProcess::start`]); a spare taken by a tenant,
+//!   or a start that failed, is made up for in the background;
+//! - a request that finds no process ready awaits one, at most the
+//!   configured timeout, then fails with [`RedoProcessError::NoProcess`];
+//! - a process that died, timed out or replied with an error, and one idle
+//!   for longer than the pool's limit ([`RedoPool::maintain`], run by a
+//!   background task), is stopped and reaped by a task of its own (stdin
+//!   closed, killed after a grace period, timers only).
 //!
-//! The pool belongs to one core (`RefCell`, not `Sync`). Exchanges are
-//! synchronous: a rebuild occupies its core for the round trip.
+//! The pool belongs to one core (`RefCell`, `Rc`, not `Send`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::rc::Rc;
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use quire_postgres::key::KeyKind;
-use quire_postgres::types::{BLCKSZ, BlockNo, RelTag};
-use quire_postgres::{Key, Lsn};
-use quire_shard::{ReconstructInputs, Redo, RedoError, Value};
+use futures::channel::oneshot;
+use quire_postgres::types::{BLCKSZ, BlockNo};
 
+use crate::batch::{Lane, PageResult, page_from_reply, run_lane};
 use crate::process::{RedoConfig, RedoProcess, RedoProcessError};
 use crate::protocol::{self, PageRequest, Reply};
-use crate::record::RedoRecord;
-use crate::rust_redo;
 
 /// Which tenant a rebuild is for.
 pub type TenantKey = u128;
+
+/// How long after a failed start the pool waits before starting spares
+/// again (a tenant that needs a process tries at once).
+const START_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The most often the background task looks for idle processes, and the
+/// least often.
+const MAINTAIN_PERIOD_MIN: Duration = Duration::from_millis(10);
+const MAINTAIN_PERIOD_MAX: Duration = Duration::from_secs(1);
 
 /// What the pool has done since it was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,59 +51,110 @@ pub struct RedoStats {
     pub rust_records: u64,
     /// Pages rebuilt by a process.
     pub process_pages: u64,
-    /// Round trips to processes.
+    /// Round trips to processes (batches and raw exchanges; a start's
+    /// first ping is not counted).
     pub round_trips: u64,
-    /// Processes started.
+    /// Processes started (all in the background, spares included).
     pub spawned: u64,
+    /// Starts that failed.
+    pub start_failures: u64,
+    /// Processes given to a tenant (its first, or one after a failure or an
+    /// idle stop).
+    pub assigned: u64,
+    /// Times a tenant needed a process and none was ready: the request
+    /// waited for a start. Zero on a warm pool.
+    pub waited: u64,
     /// Processes that died, timed out or replied with an error.
     pub failed: u64,
 }
 
-struct Assigned {
-    process: RedoProcess,
-    last_used: Instant,
-}
-
 struct PoolState {
-    by_tenant: HashMap<TenantKey, Assigned>,
+    lanes: HashMap<TenantKey, Rc<Lane>>,
+    /// Started processes no tenant has yet.
     spares: Vec<RedoProcess>,
+    /// Starts in progress.
+    starting: usize,
+    /// Stops in progress.
+    stopping: usize,
+    /// Tenants' runners waiting for a process, oldest first.
+    waiters: VecDeque<oneshot::Sender<Result<RedoProcess, RedoProcessError>>>,
+    last_start_error: Option<RedoProcessError>,
+    /// When a start last failed: spares are not tried again for
+    /// [`START_RETRY_DELAY`] after it.
+    last_start_failure: Option<Instant>,
     free_slots: Vec<usize>,
     next_slot: usize,
+    shut_down: bool,
 }
 
-/// Pages per `R` message of a batch (see `rebuild_pages`).
-const PAGES_PER_MESSAGE: usize = 8;
+impl PoolState {
+    fn take_slot(&mut self) -> usize {
+        self.free_slots.pop().unwrap_or_else(|| {
+            self.next_slot += 1;
+            self.next_slot - 1
+        })
+    }
+}
 
 /// A core's redo processes.
 pub struct RedoPool {
     config: RedoConfig,
     spares_wanted: usize,
     idle_after: Duration,
+    me: Weak<RedoPool>,
     state: RefCell<PoolState>,
     stats: Cell<RedoStats>,
 }
 
 impl RedoPool {
     /// A pool that keeps `spares` processes started ahead of need and stops
-    /// a tenant's process after `idle_after` without work.
-    pub fn new(
+    /// a tenant's process after `idle_after` without work. The first spares
+    /// are started here (a wrong configuration is an error now, not a
+    /// failed request later). Must run on the executor that will use it.
+    pub async fn new(
         config: RedoConfig,
         spares: usize,
         idle_after: Duration,
     ) -> Result<Rc<RedoPool>, RedoProcessError> {
-        let pool = Rc::new(RedoPool {
+        let pool = Rc::new_cyclic(|me| RedoPool {
             config,
             spares_wanted: spares,
             idle_after,
+            me: me.clone(),
             state: RefCell::new(PoolState {
-                by_tenant: HashMap::new(),
+                lanes: HashMap::new(),
                 spares: Vec::new(),
+                starting: 0,
+                stopping: 0,
+                waiters: VecDeque::new(),
+                last_start_error: None,
+                last_start_failure: None,
                 free_slots: Vec::new(),
                 next_slot: 0,
+                shut_down: false,
             }),
             stats: Cell::new(RedoStats::default()),
         });
-        pool.refill_spares()?;
+        let starts = (0..spares).map(|_| {
+            let slot = pool.state.borrow_mut().take_slot();
+            RedoProcess::start(&pool.config, slot)
+        });
+        let mut first_error = None;
+        for started in futures::future::join_all(starts).await {
+            match started {
+                Ok(process) => {
+                    pool.count(|s| s.spawned += 1);
+                    pool.state.borrow_mut().spares.push(process);
+                }
+                Err(error) => first_error = first_error.or(Some(error)),
+            }
+        }
+        if let Some(error) = first_error {
+            pool.shutdown().await;
+            return Err(error);
+        }
+        let period = (idle_after / 4).clamp(MAINTAIN_PERIOD_MIN, MAINTAIN_PERIOD_MAX);
+        quire_io::spawn_local(maintenance(Rc::downgrade(&pool), period)).detach();
         Ok(pool)
     }
 
@@ -102,422 +163,363 @@ impl RedoPool {
         self.stats.get()
     }
 
-    fn count(&self, f: impl FnOnce(&mut RedoStats)) {
+    pub(crate) fn count(&self, f: impl FnOnce(&mut RedoStats)) {
         let mut stats = self.stats.get();
         f(&mut stats);
         self.stats.set(stats);
     }
 
-    fn spawn(&self) -> Result<RedoProcess, RedoProcessError> {
-        let slot = {
-            let mut state = self.state.borrow_mut();
-            state.free_slots.pop().unwrap_or_else(|| {
-                state.next_slot += 1;
-                state.next_slot - 1
-            })
-        };
-        let process = RedoProcess::spawn(&self.config, slot).inspect_err(|_| {
-            self.state.borrow_mut().free_slots.push(slot);
-        })?;
-        self.count(|s| s.spawned += 1);
-        Ok(process)
-    }
-
-    fn refill_spares(&self) -> Result<(), RedoProcessError> {
-        while self.state.borrow().spares.len() < self.spares_wanted {
-            let process = self.spawn()?;
-            self.state.borrow_mut().spares.push(process);
-        }
-        Ok(())
-    }
-
-    /// Stops tenants' processes idle for longer than the pool's limit and
-    /// starts spares up to the wanted number. Call it off the request path.
-    pub fn maintain(&self) -> Result<(), RedoProcessError> {
-        let idle: Vec<Assigned> = {
-            let mut state = self.state.borrow_mut();
-            let idle_tenants: Vec<TenantKey> = state
-                .by_tenant
-                .iter()
-                .filter(|(_, a)| a.last_used.elapsed() >= self.idle_after)
-                .map(|(&t, _)| t)
-                .collect();
-            idle_tenants
-                .into_iter()
-                .filter_map(|t| state.by_tenant.remove(&t))
-                .collect()
-        };
-        for assigned in idle {
-            self.retire(assigned.process);
-        }
-        self.refill_spares()
-    }
-
-    /// How many processes are running (assigned and spare).
+    /// How many processes are running (tenants' and spares).
     pub fn running(&self) -> usize {
         let state = self.state.borrow();
-        state.by_tenant.len() + state.spares.len()
+        state.lanes.values().filter(|l| l.has_process()).count() + state.spares.len()
+    }
+
+    /// How many spares are started and waiting for a tenant.
+    pub fn ready_spares(&self) -> usize {
+        self.state.borrow().spares.len()
+    }
+
+    /// Waits (at most `limit`) until the wanted number of spares is ready;
+    /// whether it is.
+    pub async fn wait_for_spares(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.ready_spares() >= self.spares_wanted {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            quire_io::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// The pid of the tenant's process, if it has one (tests kill it).
     pub fn tenant_pid(&self, tenant: TenantKey) -> Option<u32> {
-        self.state
-            .borrow()
-            .by_tenant
-            .get(&tenant)
-            .map(|a| a.process.pid())
+        self.state.borrow().lanes.get(&tenant).and_then(|l| l.pid())
     }
 
-    fn retire(&self, process: RedoProcess) {
-        let slot = process.slot();
-        process.stop();
-        self.state.borrow_mut().free_slots.push(slot);
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.state.borrow().shut_down
     }
 
-    fn take(&self, tenant: TenantKey) -> Result<RedoProcess, RedoProcessError> {
-        let reused = {
+    /// Stops tenants' processes idle for longer than the pool's limit,
+    /// stops spares that died, forgets quiet lanes without a process, and
+    /// starts spares up to the wanted number, all in background tasks. A
+    /// background task calls it periodically; it never waits.
+    pub fn maintain(&self) {
+        let idle_since = Instant::now().checked_sub(self.idle_after);
+        let mut retired = Vec::new();
+        {
             let mut state = self.state.borrow_mut();
-            match state.by_tenant.remove(&tenant) {
-                Some(assigned) => Some(assigned.process),
-                None => state.spares.pop(),
+            if let Some(idle_since) = idle_since {
+                for lane in state.lanes.values() {
+                    retired.extend(lane.take_idle_process(idle_since));
+                }
             }
-        };
-        match reused {
-            Some(process) => Ok(process),
-            None => self.spawn(),
+            state
+                .lanes
+                .retain(|_, lane| lane.has_process() || !lane.is_quiet());
+            let spares = std::mem::take(&mut state.spares);
+            for mut spare in spares {
+                if spare.has_exited() {
+                    self.count(|s| s.failed += 1);
+                    retired.push(spare);
+                } else {
+                    state.spares.push(spare);
+                }
+            }
         }
-    }
-
-    fn give_back(&self, tenant: TenantKey, process: RedoProcess) {
-        if process.is_alive() {
-            self.state.borrow_mut().by_tenant.insert(
-                tenant,
-                Assigned {
-                    process,
-                    last_used: Instant::now(),
-                },
-            );
-        } else {
-            self.count(|s| s.failed += 1);
+        for process in retired {
             self.retire(process);
         }
+        self.replenish();
     }
 
-    /// Sends `request` to the tenant's process and returns `expected` replies.
-    fn exchange(
-        &self,
-        tenant: TenantKey,
-        request: &[u8],
-        expected: usize,
-    ) -> Result<Vec<Reply>, (Vec<Reply>, RedoProcessError)> {
-        let mut process = self.take(tenant).map_err(|e| (Vec::new(), e))?;
-        self.count(|s| s.round_trips += 1);
-        let result = process.exchange(request, expected);
-        self.give_back(tenant, process);
-        result
+    /// Stops every process the pool holds and waits until they have ended
+    /// (and starts in progress, whose processes are stopped too). Requests
+    /// after it fail with [`RedoProcessError::NoProcess`]; call it when no
+    /// request is in flight.
+    pub async fn shutdown(&self) {
+        let processes: Vec<RedoProcess> = {
+            let mut state = self.state.borrow_mut();
+            state.shut_down = true;
+            // Dropped senders tell their waiters the pool is gone.
+            state.waiters.clear();
+            let mut processes = std::mem::take(&mut state.spares);
+            processes.extend(state.lanes.values().filter_map(|l| l.take_process_any()));
+            processes
+        };
+        for process in processes {
+            self.retire(process);
+        }
+        loop {
+            {
+                let state = self.state.borrow();
+                if state.stopping == 0 && state.starting == 0 {
+                    return;
+                }
+            }
+            quire_io::sleep(Duration::from_millis(1)).await;
+        }
     }
 
-    /// Rebuilds pages with Postgres' redo, many per round trip; one result
-    /// per page, in order.
-    pub fn rebuild_pages(
+    /// A process for a tenant: a ready spare, or else the next one started
+    /// (awaited at most the configured timeout).
+    pub(crate) async fn acquire(&self) -> Result<RedoProcess, RedoProcessError> {
+        let receiver = {
+            let mut state = self.state.borrow_mut();
+            if state.shut_down {
+                return Err(RedoProcessError::NoProcess("the pool is shut down".into()));
+            }
+            while let Some(mut spare) = state.spares.pop() {
+                if spare.has_exited() {
+                    self.count(|s| s.failed += 1);
+                    drop(state);
+                    self.retire(spare);
+                    state = self.state.borrow_mut();
+                    continue;
+                }
+                drop(state);
+                self.replenish();
+                return Ok(spare);
+            }
+            let (sender, receiver) = oneshot::channel();
+            state.waiters.push_back(sender);
+            receiver
+        };
+        self.count(|s| s.waited += 1);
+        self.replenish();
+        let limit = self.config.timeout;
+        match quire_io::timeout(limit, receiver).await {
+            Ok(Ok(started)) => started,
+            Ok(Err(oneshot::Canceled)) => {
+                Err(RedoProcessError::NoProcess("the pool is shut down".into()))
+            }
+            Err(_) => {
+                let last = self.state.borrow().last_start_error.clone();
+                Err(RedoProcessError::NoProcess(match last {
+                    Some(error) => format!("none was ready within {limit:?} (last start: {error})"),
+                    None => format!("none was ready within {limit:?}"),
+                }))
+            }
+        }
+    }
+
+    /// Starts processes in the background until spares and starts in
+    /// progress cover the wanted spares and the waiting tenants.
+    fn replenish(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        let slots: Vec<usize> = {
+            let mut state = self.state.borrow_mut();
+            if state.shut_down {
+                return;
+            }
+            state.waiters.retain(|w| !w.is_canceled());
+            // A broken installation must not make the pool spin: after a
+            // failed start, spares wait; a tenant waiting for a process
+            // tries at once.
+            let spares_wanted = match state.last_start_failure {
+                Some(at) if at.elapsed() < START_RETRY_DELAY => 0,
+                _ => self.spares_wanted,
+            };
+            let wanted = spares_wanted + state.waiters.len();
+            let missing = wanted.saturating_sub(state.spares.len() + state.starting);
+            state.starting += missing;
+            (0..missing).map(|_| state.take_slot()).collect()
+        };
+        // Spawned with the state released: the runtime may start the task
+        // inside the call.
+        for slot in slots {
+            let task = start_in_background(Rc::downgrade(&me), self.config.clone(), slot);
+            quire_io::spawn_local(task).detach();
+        }
+    }
+
+    /// A started process: to the oldest waiting tenant, or among the spares.
+    fn offer(&self, mut process: RedoProcess) {
+        if self.is_shut_down() {
+            self.retire(process);
+            return;
+        }
+        let mut state = self.state.borrow_mut();
+        while let Some(waiter) = state.waiters.pop_front() {
+            match waiter.send(Ok(process)) {
+                // That tenant stopped waiting.
+                Err(Ok(back)) => process = back,
+                Ok(()) | Err(Err(_)) => return,
+            }
+        }
+        state.spares.push(process);
+    }
+
+    /// Stops `process` in a task of its own; its slot is free once it has
+    /// ended.
+    pub(crate) fn retire(&self, process: RedoProcess) {
+        let slot = process.slot();
+        self.state.borrow_mut().stopping += 1;
+        let pool = self.me.clone();
+        quire_io::spawn_local(async move {
+            process.stop().await;
+            if let Some(pool) = pool.upgrade() {
+                let mut state = pool.state.borrow_mut();
+                state.stopping -= 1;
+                state.free_slots.push(slot);
+            }
+        })
+        .detach();
+    }
+
+    fn lane(&self, tenant: TenantKey) -> Rc<Lane> {
+        Rc::clone(
+            self.state
+                .borrow_mut()
+                .lanes
+                .entry(tenant)
+                .or_insert_with(|| Rc::new(Lane::new())),
+        )
+    }
+
+    /// Makes sure a runner drains `lane`.
+    fn run(&self, lane: &Rc<Lane>) {
+        if let Some(me) = self.me.upgrade()
+            && lane.claim_runner()
+        {
+            quire_io::spawn_local(run_lane(me, Rc::clone(lane))).detach();
+        }
+    }
+
+    /// Rebuilds pages with Postgres' redo; one result per page, in order.
+    /// The pages join the tenant's next batch, with whatever other requests
+    /// of the tenant are waiting ([`crate::batch::BATCH_PAGES_MAX`] pages a
+    /// round trip).
+    pub async fn rebuild_pages(
         &self,
         tenant: TenantKey,
         pages: &[PageRequest<'_>],
-    ) -> Vec<Result<Box<[u8; BLCKSZ]>, String>> {
-        let mut results = Vec::with_capacity(pages.len());
-        let mut todo = pages;
-        let mut retried = false;
-        let mut request = Vec::new();
-        while !todo.is_empty() {
-            request.clear();
-            // Several small `R` messages rather than one: the process
-            // starts on the first while the rest are still being written,
-            // and its replies flow back while it works on the next.
-            for group in todo.chunks(PAGES_PER_MESSAGE) {
-                protocol::rebuild(&mut request, group);
-            }
-            let (replies, failure) = match self.exchange(tenant, &request, todo.len()) {
-                Ok(replies) => (replies, None),
-                Err((replies, error)) => (replies, Some(error)),
-            };
-            let done = replies.len();
-            for (reply, page) in replies.into_iter().zip(todo) {
-                results.push(page_from_reply(reply));
-                self.count(|s| {
-                    s.process_pages += 1;
-                    s.postgres_records += page.records.len() as u64;
-                });
-            }
-            todo = &todo[done..];
-            match failure {
-                None => break,
-                Some(error) if error.is_retryable() && !retried => retried = true,
-                Some(error) => {
-                    results.push(Err(error.to_string()));
-                    todo = &todo[1.min(todo.len())..];
-                    retried = false;
-                }
-            }
+    ) -> Vec<PageResult> {
+        let lane = self.lane(tenant);
+        let queued: Vec<_> = pages.iter().map(|page| lane.push_page(page)).collect();
+        self.run(&lane);
+        let mut results = Vec::with_capacity(queued.len());
+        for receiver in queued {
+            results.push(match receiver {
+                Ok(receiver) => receiver.await.unwrap_or_else(|_| Err(dropped())),
+                Err(full) => Err(full),
+            });
         }
         results
     }
 
+    /// Sends raw bytes to the tenant's process (alone, not merged with
+    /// pages) and returns `expected` replies.
+    async fn exchange(
+        &self,
+        tenant: TenantKey,
+        request: Vec<u8>,
+        expected: usize,
+    ) -> Result<Vec<Reply>, RedoProcessError> {
+        let lane = self.lane(tenant);
+        let receiver = lane.push_raw(request, expected)?;
+        self.run(&lane);
+        receiver.await.unwrap_or_else(|_| Err(dropped()))
+    }
+
     /// The page after resource manager `rmid`'s own masking
     /// (`wal_consistency_checking`'s rules).
-    pub fn mask(
+    pub async fn mask(
         &self,
         tenant: TenantKey,
         rmid: u8,
         block: BlockNo,
         page: &[u8; BLCKSZ],
-    ) -> Result<Box<[u8; BLCKSZ]>, String> {
+    ) -> PageResult {
         let mut request = Vec::with_capacity(BLCKSZ + 16);
         protocol::mask(&mut request, rmid, block, page);
-        match self.exchange(tenant, &request, 1) {
-            Ok(mut replies) => page_from_reply(replies.remove(0)),
-            Err((_, error)) => Err(error.to_string()),
+        let mut replies = self.exchange(tenant, request, 1).await?;
+        match replies.pop() {
+            Some(reply) => page_from_reply(reply),
+            None => Err(RedoProcessError::Protocol("no reply".into())),
         }
     }
 
     /// [`RedoPool::mask`] for many pages in one round trip.
-    pub fn mask_many(
+    pub async fn mask_many(
         &self,
         tenant: TenantKey,
         pages: &[(u8, BlockNo, &[u8; BLCKSZ])],
-    ) -> Result<Vec<Box<[u8; BLCKSZ]>>, String> {
+    ) -> Result<Vec<Box<[u8; BLCKSZ]>>, RedoProcessError> {
         let mut request = Vec::with_capacity(pages.len() * (BLCKSZ + 16));
         for (rmid, block, page) in pages {
             protocol::mask(&mut request, *rmid, *block, page);
         }
-        match self.exchange(tenant, &request, pages.len()) {
-            Ok(replies) => replies.into_iter().map(page_from_reply).collect(),
-            Err((_, error)) => Err(error.to_string()),
-        }
+        let replies = self.exchange(tenant, request, pages.len()).await?;
+        replies.into_iter().map(page_from_reply).collect()
     }
 
     /// One empty round trip.
-    pub fn ping(&self, tenant: TenantKey) -> Result<(), String> {
+    pub async fn ping(&self, tenant: TenantKey) -> Result<(), RedoProcessError> {
         let mut request = Vec::new();
         protocol::ping(&mut request);
-        self.exchange(tenant, &request, 1)
-            .map(drop)
-            .map_err(|(_, e)| e.to_string())
+        self.exchange(tenant, request, 1).await.map(drop)
     }
 
     /// Sends raw bytes (tests: malformed requests) and returns the replies.
-    pub fn exchange_raw(
+    pub async fn exchange_raw(
         &self,
         tenant: TenantKey,
         request: &[u8],
         expected: usize,
-    ) -> Result<Vec<Reply>, String> {
-        self.exchange(tenant, request, expected)
-            .map_err(|(_, e)| e.to_string())
-    }
-
-    /// Rebuilds many keys' values at once: chains made only of Postgres
-    /// records share round trips; the others go one by one.
-    pub fn materialize_many(
-        &self,
-        tenant: TenantKey,
-        items: &[(Key, Lsn, &ReconstructInputs)],
-    ) -> Vec<Result<Vec<u8>, RedoError>> {
-        let mut results: Vec<Option<Result<Vec<u8>, RedoError>>> = vec![None; items.len()];
-        let mut batch: Vec<(usize, PageRequest<'_>)> = Vec::new();
-        for (i, (key, lsn, inputs)) in items.iter().enumerate() {
-            let fail = |what: String| RedoError {
-                key: *key,
-                lsn: *lsn,
-                what,
-            };
-            match plan(*key, inputs) {
-                Err(what) => results[i] = Some(Err(fail(what))),
-                Ok(Plan::Batch(request)) => batch.push((i, request)),
-                Ok(Plan::Steps { page, steps }) => {
-                    results[i] = Some(self.run_steps(tenant, *key, page, &steps).map_err(fail));
-                }
-            }
-        }
-        if !batch.is_empty() {
-            let requests: Vec<PageRequest<'_>> = batch.iter().map(|(_, r)| r.clone()).collect();
-            let pages = self.rebuild_pages(tenant, &requests);
-            for ((i, _), page) in batch.iter().zip(pages) {
-                let (key, lsn, _) = items[*i];
-                results[*i] =
-                    Some(
-                        page.map(|p| p.to_vec())
-                            .map_err(|what| RedoError { key, lsn, what }),
-                    );
-            }
-        }
-        results
-            .into_iter()
-            .zip(items)
-            .map(|(r, (key, lsn, _))| {
-                r.unwrap_or_else(|| {
-                    Err(RedoError {
-                        key: *key,
-                        lsn: *lsn,
-                        what: "not rebuilt".into(),
-                    })
-                })
-            })
-            .collect()
-    }
-
-    fn run_steps(
-        &self,
-        tenant: TenantKey,
-        key: Key,
-        page: Option<Box<[u8; BLCKSZ]>>,
-        steps: &[(bool, RedoRecord<'_>)],
-    ) -> Result<Vec<u8>, String> {
-        let mut page = page;
-        let mut i = 0;
-        while i < steps.len() {
-            if steps[i].1.is_postgres() {
-                let run_end = steps[i..]
-                    .iter()
-                    .position(|(_, r)| !r.is_postgres())
-                    .map_or(steps.len(), |n| i + n);
-                let Ok(KeyKind::RelBlock(rel, block)) = key.describe() else {
-                    return Err(format!("{key} is not a relation block: no Postgres redo"));
-                };
-                let request = PageRequest {
-                    rel,
-                    block,
-                    image: page.as_deref().map(|p| &p[..]),
-                    records: steps[i..run_end]
-                        .iter()
-                        .filter_map(|(_, r)| match r {
-                            RedoRecord::Postgres { start, end, record } => {
-                                Some((*start, *end, *record))
-                            }
-                            _ => None,
-                        })
-                        .collect(),
-                };
-                let rebuilt = self.rebuild_pages(tenant, std::slice::from_ref(&request));
-                page = Some(
-                    rebuilt
-                        .into_iter()
-                        .next()
-                        .unwrap_or_else(|| Err("no reply".into()))?,
-                );
-                i = run_end;
-            } else {
-                let target = page.get_or_insert_with(|| Box::new([0u8; BLCKSZ]));
-                rust_redo::apply(target, &steps[i].1).map_err(|e| e.to_string())?;
-                self.count(|s| s.rust_records += 1);
-                i += 1;
-            }
-        }
-        page.map(|p| p.to_vec())
-            .ok_or_else(|| "nothing to rebuild".into())
-    }
-
-    /// The `Redo` of one tenant, for the storage engine.
-    pub fn for_tenant(self: &Rc<RedoPool>, tenant: TenantKey) -> TenantRedo {
-        TenantRedo {
-            pool: Rc::clone(self),
-            tenant,
-        }
+    ) -> Result<Vec<Reply>, RedoProcessError> {
+        self.exchange(tenant, request.to_vec(), expected).await
     }
 }
 
-fn page_from_reply(reply: Reply) -> Result<Box<[u8; BLCKSZ]>, String> {
-    match reply {
-        Reply::Ok(body) => Box::<[u8; BLCKSZ]>::try_from(body.into_boxed_slice())
-            .map_err(|b| format!("a page reply of {} bytes", b.len())),
-        Reply::Error(message) => Err(message),
-    }
+fn dropped() -> RedoProcessError {
+    RedoProcessError::NoProcess("the pool dropped the request".into())
 }
 
-/// How one key's value is rebuilt.
-enum Plan<'a> {
-    /// Only Postgres records, on a relation page: joins a batch.
-    Batch(PageRequest<'a>),
-    /// Anything else: applied step by step (`bool` = will-init).
-    Steps {
-        page: Option<Box<[u8; BLCKSZ]>>,
-        steps: Vec<(bool, RedoRecord<'a>)>,
-    },
-}
-
-fn plan(key: Key, inputs: &ReconstructInputs) -> Result<Plan<'_>, String> {
-    let mut steps = Vec::with_capacity(inputs.records.len());
-    for (_, value) in &inputs.records {
-        let Value::Record { will_init, bytes } = value else {
-            return Err("an image among the records to apply".into());
-        };
-        steps.push((
-            *will_init,
-            RedoRecord::decode(bytes).map_err(|e| e.to_string())?,
-        ));
-    }
-    let image = match &inputs.image {
-        Some((_, image)) if image.len() == BLCKSZ => Some(&image[..]),
-        Some((_, image)) => return Err(format!("a base image of {} bytes", image.len())),
-        None => None,
+/// Starts one process for the pool; offers it, or records the failure
+/// (answering the oldest waiting tenant with it).
+async fn start_in_background(pool: Weak<RedoPool>, config: RedoConfig, slot: usize) {
+    let started = RedoProcess::start(&config, slot).await;
+    let Some(pool) = pool.upgrade() else {
+        if let Ok(process) = started {
+            process.stop().await;
+        }
+        return;
     };
-    // A chain without an image starts from a page of zeros, as a block
-    // zero-extended without WAL reads; Postgres' redo itself refuses (PANIC)
-    // a record that needs an existing page there.
-    if let Ok(KeyKind::RelBlock(rel, block)) = key.describe()
-        && steps.iter().all(|(_, r)| r.is_postgres())
-    {
-        return Ok(Plan::Batch(batch_request(rel, block, image, &steps)));
-    }
-    let page = image.map(|i| {
-        let mut page = Box::new([0u8; BLCKSZ]);
-        page.copy_from_slice(i);
-        page
-    });
-    Ok(Plan::Steps { page, steps })
-}
-
-fn batch_request<'a>(
-    rel: RelTag,
-    block: BlockNo,
-    image: Option<&'a [u8]>,
-    steps: &[(bool, RedoRecord<'a>)],
-) -> PageRequest<'a> {
-    PageRequest {
-        rel,
-        block,
-        image,
-        records: steps
-            .iter()
-            .filter_map(|(_, r)| match r {
-                RedoRecord::Postgres { start, end, record } => Some((*start, *end, *record)),
-                _ => None,
-            })
-            .collect(),
+    pool.state.borrow_mut().starting -= 1;
+    match started {
+        Ok(process) => {
+            pool.count(|s| s.spawned += 1);
+            pool.offer(process);
+        }
+        Err(error) => {
+            pool.count(|s| s.start_failures += 1);
+            let waiter = {
+                let mut state = pool.state.borrow_mut();
+                state.free_slots.push(slot);
+                state.last_start_error = Some(error.clone());
+                state.last_start_failure = Some(Instant::now());
+                state.waiters.pop_front()
+            };
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(Err(error));
+            }
+        }
     }
 }
 
-/// A pool seen as one tenant's [`Redo`].
-pub struct TenantRedo {
-    pool: Rc<RedoPool>,
-    tenant: TenantKey,
-}
-
-impl Redo for TenantRedo {
-    async fn apply(
-        &self,
-        key: Key,
-        lsn: Lsn,
-        inputs: &ReconstructInputs,
-    ) -> Result<Vec<u8>, RedoError> {
-        self.pool
-            .materialize_many(self.tenant, &[(key, lsn, inputs)])
-            .pop()
-            .unwrap_or_else(|| {
-                Err(RedoError {
-                    key,
-                    lsn,
-                    what: "no result".into(),
-                })
-            })
+/// Runs [`RedoPool::maintain`] every `period` while the pool exists.
+async fn maintenance(pool: Weak<RedoPool>, period: Duration) {
+    loop {
+        quire_io::sleep(period).await;
+        let Some(pool) = pool.upgrade() else { return };
+        if pool.is_shut_down() {
+            return;
+        }
+        pool.maintain();
     }
 }

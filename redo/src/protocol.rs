@@ -66,39 +66,58 @@ pub fn get_page(out: &mut Vec<u8>) {
 
 /// `R`: rebuild many pages in one request; one page reply each, in order.
 pub fn rebuild(out: &mut Vec<u8>, pages: &[PageRequest<'_>]) {
-    let len: usize = 4 + pages
-        .iter()
-        .map(|p| {
-            17 + 1
-                + p.image.map_or(0, <[u8]>::len)
-                + 4
-                + p.records.iter().map(|r| 20 + r.2.len()).sum::<usize>()
-        })
-        .sum::<usize>();
-    out.reserve(5 + len);
-    header(out, b'R', len);
-    out.extend_from_slice(&u32::try_from(pages.len()).unwrap_or(u32::MAX).to_le_bytes());
+    let bodies: usize = pages.iter().map(rebuild_page_len).sum();
+    out.reserve(REBUILD_HEADER_LEN + bodies);
+    out.extend_from_slice(&rebuild_header(pages.len(), bodies));
     for page in pages {
-        tag(out, page.rel, page.block);
-        out.push(u8::from(page.image.is_some()));
-        if let Some(image) = page.image {
-            out.extend_from_slice(image);
-        }
+        rebuild_page(out, page);
+    }
+}
+
+/// The bytes of an `R` message before its pages: kind, length, count.
+pub const REBUILD_HEADER_LEN: usize = 9;
+
+/// The front of an `R` message of `count` pages whose encodings
+/// ([`rebuild_page`]) take `bodies` bytes together.
+pub fn rebuild_header(count: usize, bodies: usize) -> [u8; REBUILD_HEADER_LEN] {
+    let mut out = Vec::with_capacity(REBUILD_HEADER_LEN);
+    header(&mut out, b'R', 4 + bodies);
+    out.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_le_bytes());
+    let mut bytes = [0u8; REBUILD_HEADER_LEN];
+    bytes.copy_from_slice(&out);
+    bytes
+}
+
+/// How many bytes [`rebuild_page`] writes for `page`.
+pub fn rebuild_page_len(page: &PageRequest<'_>) -> usize {
+    17 + 1
+        + page.image.map_or(0, <[u8]>::len)
+        + 4
+        + page.records.iter().map(|r| 20 + r.2.len()).sum::<usize>()
+}
+
+/// One page of an `R` message, as it follows the count: tag, flags,
+/// image, records.
+pub fn rebuild_page(out: &mut Vec<u8>, page: &PageRequest<'_>) {
+    tag(out, page.rel, page.block);
+    out.push(u8::from(page.image.is_some()));
+    if let Some(image) = page.image {
+        out.extend_from_slice(image);
+    }
+    out.extend_from_slice(
+        &u32::try_from(page.records.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for (start, end, record) in &page.records {
+        out.extend_from_slice(&start.0.to_le_bytes());
+        out.extend_from_slice(&end.0.to_le_bytes());
         out.extend_from_slice(
-            &u32::try_from(page.records.len())
+            &u32::try_from(record.len())
                 .unwrap_or(u32::MAX)
                 .to_le_bytes(),
         );
-        for (start, end, record) in &page.records {
-            out.extend_from_slice(&start.0.to_le_bytes());
-            out.extend_from_slice(&end.0.to_le_bytes());
-            out.extend_from_slice(
-                &u32::try_from(record.len())
-                    .unwrap_or(u32::MAX)
-                    .to_le_bytes(),
-            );
-            out.extend_from_slice(record);
-        }
+        out.extend_from_slice(record);
     }
 }
 
