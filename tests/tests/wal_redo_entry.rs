@@ -66,3 +66,31 @@ fn wal_redo_entry_rejects_a_missing_or_wrong_library() -> Result<()> {
     }
     Ok(())
 }
+
+/// The redo service exits cleanly at the end of its input, inside its
+/// sandbox: its shared memory goes with calls the sandbox allows (a
+/// process that died of SIGSYS there left a `/dev/shm` file and a System V
+/// segment behind at every stop).
+#[test]
+fn the_redo_service_exits_cleanly_at_the_end_of_its_input() -> Result<()> {
+    let install = pg_install()?;
+    let run_as = RunAs::detect()?;
+    let scratch = tempfile::tempdir()?;
+    run_as.give(scratch.path())?;
+    let output = run_bounded(
+        run_as
+            .command(install.bin("postgres"))
+            .arg("--wal-redo")
+            .arg("quire_walredo")
+            .arg(scratch.path())
+            .current_dir("/"),
+        TIMEOUT,
+    )?;
+    ensure!(
+        output.status.success(),
+        "the redo service ended with {:?} at the end of its input: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}

@@ -644,6 +644,13 @@ WalRedoMain(int argc, char *argv[])
 	SetConfigOption("max_prepared_transactions", "0", PGC_POSTMASTER, PGC_S_ARGV);
 	SetConfigOption("max_replication_slots", "0", PGC_POSTMASTER, PGC_S_ARGV);
 	SetConfigOption("huge_pages", "off", PGC_POSTMASTER, PGC_S_ARGV);
+	/*
+	 * Dynamic shared memory as System V segments: at exit they go with
+	 * shmctl(IPC_RMID), which the sandbox allows, where POSIX segments would
+	 * need unlink() (refused: the process died of SIGSYS at every exit and
+	 * left its /dev/shm file and main segment behind).
+	 */
+	SetConfigOption("dynamic_shared_memory_type", "sysv", PGC_POSTMASTER, PGC_S_ARGV);
 	SetConfigOption("fsync", "off", PGC_SIGHUP, PGC_S_ARGV);
 	/* Start-up notes (no postmaster.pid to record the segment in) are noise. */
 	SetConfigOption("log_min_messages", "warning", PGC_SUSET, PGC_S_ARGV);
