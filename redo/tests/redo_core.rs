@@ -12,21 +12,15 @@ use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{on_executor, page, rel};
+
 use anyhow::{Context, Result, anyhow, ensure};
 use quire_cluster::{PgInstall, RunAs};
-use quire_io::{LocalConfig, run_local, sleep, spawn_local, timeout};
-use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, RelTag};
+use quire_io::{sleep, spawn_local, timeout};
+use quire_postgres::types::BlockNo;
 use quire_redo::protocol::PageRequest;
 use quire_redo::{BATCH_PAGES_MAX, LANE_QUEUE_MAX, RedoConfig, RedoPool, RedoProcessError};
-
-/// Runs `test` on an executor of its own.
-fn on_executor<F, Fut>(test: F) -> Result<()>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<()>> + 'static,
-{
-    run_local(&LocalConfig::default(), test).map_err(|e| anyhow!("{e}"))?
-}
 
 /// How to start processes from `dir`: the patched build's `postgres`, or
 /// `program` (a wrapper script) in its place.
@@ -55,26 +49,6 @@ fn slow_postgres(dir: &Path, seconds: &str) -> Result<std::path::PathBuf> {
     )?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
     Ok(script)
-}
-
-fn rel() -> RelTag {
-    RelTag {
-        spc_oid: 1663,
-        db_oid: 5,
-        rel_number: 16_384,
-        fork: ForkNumber::Main,
-    }
-}
-
-/// A valid empty heap page whose contents name `n`.
-fn page(n: u32) -> Vec<u8> {
-    let mut page = vec![0u8; BLCKSZ];
-    page[12..14].copy_from_slice(&24u16.to_le_bytes()); // pd_lower
-    page[14..16].copy_from_slice(&8192u16.to_le_bytes()); // pd_upper
-    page[16..18].copy_from_slice(&8192u16.to_le_bytes()); // pd_special
-    page[18..20].copy_from_slice(&0x2004u16.to_le_bytes()); // version 4, 8 KiB
-    page[100..104].copy_from_slice(&n.to_le_bytes());
-    page
 }
 
 fn image_request(block: u32, image: &[u8]) -> PageRequest<'_> {

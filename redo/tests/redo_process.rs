@@ -12,25 +12,18 @@ use std::process::Command;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{on_executor, page, rel};
+
 use anyhow::{Context, Result, ensure};
 use quire_cluster::{PgInstall, RunAs};
-use quire_io::{LocalConfig, run_local};
 use quire_postgres::Lsn;
-use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, RelTag};
+use quire_postgres::types::BlockNo;
 use quire_postgres::wal::record::record_crc;
 use quire_redo::protocol::{self, PageRequest, Reply, SandboxProbe};
 use quire_redo::{RedoConfig, RedoPool};
 
 const TENANT: u128 = 7;
-
-/// Runs `test` on an executor of its own.
-fn on_executor<F, Fut>(test: F) -> Result<()>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<()>> + 'static,
-{
-    run_local(&LocalConfig::default(), test).map_err(|e| anyhow::anyhow!("{e}"))?
-}
 
 async fn pool(dir: &tempfile::TempDir) -> Result<Rc<RedoPool>> {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
@@ -44,26 +37,6 @@ async fn pool(dir: &tempfile::TempDir) -> Result<Rc<RedoPool>> {
     RedoPool::new(config, 1, Duration::from_secs(60))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-fn rel() -> RelTag {
-    RelTag {
-        spc_oid: 1663,
-        db_oid: 5,
-        rel_number: 16_384,
-        fork: ForkNumber::Main,
-    }
-}
-
-/// A valid empty heap page whose contents name `n`.
-fn page(n: u32) -> Vec<u8> {
-    let mut page = vec![0u8; BLCKSZ];
-    page[12..14].copy_from_slice(&24u16.to_le_bytes()); // pd_lower
-    page[14..16].copy_from_slice(&8192u16.to_le_bytes()); // pd_upper
-    page[16..18].copy_from_slice(&8192u16.to_le_bytes()); // pd_special
-    page[18..20].copy_from_slice(&0x2004u16.to_le_bytes()); // version 4, 8 KiB
-    page[100..104].copy_from_slice(&n.to_le_bytes());
-    page
 }
 
 /// One request per image, block `i` for image `i`, no records.
