@@ -10,12 +10,13 @@
 //! - [`verify`]: `quire verify`, every page rebuilt and compared with
 //!   Postgres' files after Postgres' own masking.
 //!
-//! It becomes the `quire-pageserver` binary (executors per core, page
-//! service, WAL receiver, admin API) with the issues that add those.
+//! - [`service`]: `quire pageserver`, the thread-per-core server: tenant
+//!   shards on cores, the page service, the admin API and metrics.
 #![forbid(unsafe_code)]
 
 pub mod datadir;
 pub mod import;
 pub mod ingest;
+pub mod service;
 pub mod verify;
 pub mod wal_receiver;

@@ -45,6 +45,9 @@ use crate::import::{import_datadir, read_control};
 use crate::ingest::{IngestStats, WalIngest, slru_key};
 use crate::wal_receiver::{WalSource, follow};
 
+mod remote;
+pub use remote::verify_remote;
+
 /// Pages rebuilt per redo round trip.
 const BATCH: u32 = 64;
 /// Differences printed in full; the rest are only counted.
@@ -152,10 +155,12 @@ pub async fn verify(
         report.skipped_unlogged += u64::from(unlogged.blocks()?);
     }
     let mut checker = Checker {
-        timeline: &timeline,
+        pages: PageSource::Local {
+            timeline: &timeline,
+            lsn: last,
+        },
         vm_without_map: ingest.vm_pages_without_map(),
         pool: &pool,
-        lsn: last,
         report: &mut report,
         out,
     };
@@ -330,11 +335,18 @@ async fn ingest_wal(ingest: &mut WalIngest, wal_dir: &Path, start: Lsn, until: L
     )
 }
 
+/// Where the pages compared come from.
+enum PageSource<'a> {
+    /// Rebuilt here from a timeline at an LSN.
+    Local { timeline: &'a Timeline, lsn: Lsn },
+    /// Read from a running pageserver over the page protocol.
+    Remote(&'a mut quire_net::page_client::PageClient, Lsn),
+}
+
 struct Checker<'a, W: Write> {
-    timeline: &'a Timeline,
+    pages: PageSource<'a>,
     vm_without_map: &'a std::collections::HashSet<(RelTag, u32)>,
     pool: &'a RedoPool,
-    lsn: Lsn,
     report: &'a mut VerifyReport,
     out: &'a mut W,
 }
@@ -557,9 +569,13 @@ impl<W: Write> Checker<'_, W> {
     /// Our pages for `keys` at the final LSN (a key with no value is a page
     /// of zeros, as reading a hole in a relation file gives).
     async fn rebuild(&mut self, keys: &[Key]) -> Result<Vec<Result<Box<[u8; BLCKSZ]>, String>>> {
+        let (timeline, lsn) = match &mut self.pages {
+            PageSource::Remote(client, since) => return remote::fetch(client, *since, keys).await,
+            PageSource::Local { timeline, lsn } => (*timeline, *lsn),
+        };
         let mut inputs: Vec<ReconstructInputs> = Vec::with_capacity(keys.len());
         for key in keys {
-            inputs.push(self.timeline.get(*key, self.lsn).await?);
+            inputs.push(timeline.get(*key, lsn).await?);
         }
         let mut results: Vec<Option<Result<Box<[u8; BLCKSZ]>, String>>> = vec![None; keys.len()];
         let mut redo_items = Vec::new();
@@ -570,7 +586,7 @@ impl<W: Write> Checker<'_, W> {
                     None => Ok(Box::new([0u8; BLCKSZ])),
                 });
             } else {
-                redo_items.push((i, (keys[i], self.lsn, input)));
+                redo_items.push((i, (keys[i], lsn, input)));
             }
         }
         if !redo_items.is_empty() {

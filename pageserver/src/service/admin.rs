@@ -1,0 +1,509 @@
+//! The admin operations as they run on the core owning a shard: what the
+//! HTTP thread ([`super::http`]) sends each core over its bounded queue,
+//! and the handlers that create, delete, describe and maintain shards and
+//! timelines. Each reply travels back on a oneshot.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use anyhow::{Context, anyhow};
+use quire_net::id::{TenantId, TimelineId};
+use quire_postgres::Lsn;
+use quire_postgres::key::KeyKind;
+use quire_shard::compact::is_l0;
+use quire_shard::{GcPolicy, ImagePolicy, Timeline};
+use serde_json::{Value, json};
+
+use super::core::{Core, ServedTimeline, TenantShard};
+use super::files;
+use super::settings::{self, AncestorSettings, ShardSettings, TimelineSettings, WalSourceSettings};
+use crate::import::{import_datadir, read_control};
+
+/// A failed admin operation: the HTTP status it answers with and why.
+#[derive(Debug, Clone)]
+pub struct AdminError {
+    /// 400, 404, 409, 500, ...
+    pub status: u16,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl AdminError {
+    /// A failure with `status`.
+    pub fn new(status: u16, message: impl Into<String>) -> AdminError {
+        AdminError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for AdminError {
+    fn from(error: anyhow::Error) -> AdminError {
+        AdminError::new(500, format!("{error:#}"))
+    }
+}
+
+/// Where a reply goes: a queue of one that the core fills without waiting
+/// and the HTTP thread reads with a timeout.
+pub type Reply = std::sync::mpsc::SyncSender<Result<Value, AdminError>>;
+
+/// How a new timeline starts.
+#[derive(Clone, Debug)]
+pub enum TimelineOrigin {
+    /// From a cleanly stopped cluster's data directory.
+    Import {
+        /// The data directory.
+        pgdata: PathBuf,
+    },
+    /// As a branch of another timeline of the tenant at an LSN.
+    Branch {
+        /// The parent.
+        ancestor: TimelineId,
+        /// The branch point.
+        lsn: Lsn,
+    },
+}
+
+/// What one core is asked to do.
+pub enum AdminCommand {
+    /// Create a tenant shard (directory and settings) on this core.
+    CreateShard {
+        /// Its settings.
+        settings: ShardSettings,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+    /// Delete a tenant shard and its files.
+    DeleteShard {
+        /// The tenant.
+        tenant: TenantId,
+        /// The shard number.
+        number: u32,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+    /// Create a timeline in a shard.
+    CreateTimeline {
+        /// The tenant.
+        tenant: TenantId,
+        /// The shard number.
+        number: u32,
+        /// The new timeline's id.
+        timeline: TimelineId,
+        /// How it starts.
+        origin: TimelineOrigin,
+        /// Where its WAL comes from.
+        wal_source: Option<WalSourceSettings>,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+    /// Describe one timeline of a shard, or all of them.
+    Status {
+        /// The tenant.
+        tenant: TenantId,
+        /// The shard number.
+        number: u32,
+        /// The timeline, or every one.
+        timeline: Option<TimelineId>,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+    /// The relation forks of a timeline and their sizes, at its last LSN.
+    Relations {
+        /// The tenant.
+        tenant: TenantId,
+        /// The shard number.
+        number: u32,
+        /// The timeline.
+        timeline: TimelineId,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+    /// Flush, compact L0 layers and create images now.
+    Compact {
+        /// The tenant.
+        tenant: TenantId,
+        /// The shard number.
+        number: u32,
+        /// The timeline.
+        timeline: TimelineId,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+    /// Garbage-collect below the PITR window (or the LSN given).
+    Gc {
+        /// The tenant.
+        tenant: TenantId,
+        /// The shard number.
+        number: u32,
+        /// The timeline.
+        timeline: TimelineId,
+        /// The cutoff asked for, if any (else the default policy's).
+        cutoff: Option<Lsn>,
+        /// Where the answer goes.
+        reply: Reply,
+    },
+}
+
+/// Runs `command` on `core` and sends its answer.
+pub async fn handle(core: Rc<Core>, command: AdminCommand) {
+    match command {
+        AdminCommand::CreateShard { settings, reply } => {
+            let _ = reply.try_send(create_shard(&core, &settings));
+        }
+        AdminCommand::DeleteShard {
+            tenant,
+            number,
+            reply,
+        } => {
+            let _ = reply.try_send(delete_shard(&core, tenant, number));
+        }
+        AdminCommand::CreateTimeline {
+            tenant,
+            number,
+            timeline,
+            origin,
+            wal_source,
+            reply,
+        } => {
+            let created =
+                create_timeline(&core, tenant, number, timeline, origin, wal_source).await;
+            let _ = reply.try_send(created);
+        }
+        AdminCommand::Status {
+            tenant,
+            number,
+            timeline,
+            reply,
+        } => {
+            let _ = reply.try_send(status(&core, tenant, number, timeline));
+        }
+        AdminCommand::Relations {
+            tenant,
+            number,
+            timeline,
+            reply,
+        } => {
+            let _ = reply.try_send(relations(&core, tenant, number, timeline).await);
+        }
+        AdminCommand::Compact {
+            tenant,
+            number,
+            timeline,
+            reply,
+        } => {
+            let _ = reply.try_send(compact(&core, tenant, number, timeline).await);
+        }
+        AdminCommand::Gc {
+            tenant,
+            number,
+            timeline,
+            cutoff,
+            reply,
+        } => {
+            let _ = reply.try_send(gc(&core, tenant, number, timeline, cutoff).await);
+        }
+    }
+}
+
+fn shard_of(core: &Core, tenant: TenantId, number: u32) -> Result<Rc<TenantShard>, AdminError> {
+    core.shard(tenant, number)
+        .ok_or_else(|| AdminError::new(404, format!("no shard {number} of tenant {tenant} here")))
+}
+
+fn timeline_of(shard: &TenantShard, id: TimelineId) -> Result<Rc<ServedTimeline>, AdminError> {
+    shard.timeline(id).ok_or_else(|| {
+        AdminError::new(404, format!("tenant {} has no timeline {id}", shard.tenant))
+    })
+}
+
+fn create_shard(core: &Core, settings: &ShardSettings) -> Result<Value, AdminError> {
+    let tenant = settings.tenant_id()?;
+    let identity = settings.identity()?;
+    if core.shard(tenant, identity.number()).is_some() {
+        return Err(AdminError::new(
+            409,
+            format!("tenant {tenant} shard {} exists", identity.number()),
+        ));
+    }
+    let dir = settings::shard_dir(&core.shared.root, tenant, identity);
+    if dir.exists() {
+        return Err(AdminError::new(409, format!("{} exists", dir.display())));
+    }
+    files::create_dir_durably(&dir.join("timelines"))?;
+    files::store(&settings::shard_file(&dir), settings)?;
+    core.shards.borrow_mut().insert(
+        (tenant, identity.number()),
+        Rc::new(TenantShard {
+            tenant,
+            identity,
+            dir,
+            timelines: std::cell::RefCell::new(std::collections::HashMap::new()),
+        }),
+    );
+    Ok(json!({"core": core.index}))
+}
+
+fn delete_shard(core: &Core, tenant: TenantId, number: u32) -> Result<Value, AdminError> {
+    let shard = core
+        .shards
+        .borrow_mut()
+        .remove(&(tenant, number))
+        .ok_or_else(|| {
+            AdminError::new(404, format!("no shard {number} of tenant {tenant} here"))
+        })?;
+    // Stop the receivers before the files go.
+    for timeline in shard.timelines.borrow().values() {
+        timeline.receiver.borrow_mut().take();
+    }
+    // The settings file first: a crash midway leaves a directory the next
+    // start removes.
+    std::fs::remove_file(settings::shard_file(&shard.dir))
+        .with_context(|| format!("remove {}", settings::shard_file(&shard.dir).display()))?;
+    files::sync_dir(&settings::shard_file(&shard.dir))?;
+    std::fs::remove_dir_all(&shard.dir)
+        .with_context(|| format!("remove {}", shard.dir.display()))?;
+    Ok(json!({}))
+}
+
+async fn create_timeline(
+    core: &Core,
+    tenant: TenantId,
+    number: u32,
+    id: TimelineId,
+    origin: TimelineOrigin,
+    wal_source: Option<WalSourceSettings>,
+) -> Result<Value, AdminError> {
+    let shard = shard_of(core, tenant, number)?;
+    if shard.timeline(id).is_some() {
+        return Err(AdminError::new(
+            409,
+            format!("tenant {tenant} has a timeline {id}"),
+        ));
+    }
+    let dir = settings::timeline_dir(&shard.dir, id);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    let (timeline, settings) = match origin {
+        TimelineOrigin::Import { pgdata } => {
+            let control =
+                read_control(&pgdata).map_err(|e| AdminError::new(400, format!("{e:#}")))?;
+            let timeline = Timeline::create(
+                &dir,
+                tenant.0,
+                id.0,
+                control.checkpoint_lsn(),
+                Rc::clone(&core.context),
+            )
+            .await
+            .map_err(|e| anyhow!(e))?;
+            let imported = import_datadir(&timeline, &pgdata)
+                .await
+                .map_err(|e| AdminError::new(400, format!("import {}: {e:#}", pgdata.display())))?;
+            timeline.freeze();
+            timeline.flush().await.map_err(|e| anyhow!(e))?;
+            eprintln!(
+                "pageserver: core {}: imported {} pages of {} forks from {} into {tenant}/{id} at {}",
+                core.index,
+                imported.pages,
+                imported.sizes.len(),
+                pgdata.display(),
+                imported.lsn
+            );
+            let settings = TimelineSettings {
+                timeline: id.to_string(),
+                ancestor: None,
+                system_identifier: control.system_identifier.get(),
+                segment_size: control.xlog_seg_size.get(),
+                wal_source,
+            };
+            (timeline, settings)
+        }
+        TimelineOrigin::Branch { ancestor, lsn } => {
+            let parent = timeline_of(&shard, ancestor)?;
+            let timeline = Timeline::branch(
+                &dir,
+                id.0,
+                Rc::clone(&parent.timeline),
+                lsn,
+                Rc::clone(&core.context),
+            )
+            .await
+            .map_err(|e| AdminError::new(400, format!("branch at {lsn}: {e}")))?;
+            let settings = TimelineSettings {
+                timeline: id.to_string(),
+                ancestor: Some(AncestorSettings {
+                    timeline: ancestor.to_string(),
+                    lsn: lsn.to_string(),
+                }),
+                system_identifier: parent.settings.system_identifier,
+                segment_size: parent.settings.segment_size,
+                wal_source,
+            };
+            (timeline, settings)
+        }
+    };
+    files::store(&settings::timeline_file(&shard.dir, id), &settings)?;
+    let lsn = timeline.last_record_lsn();
+    let served = Rc::new(ServedTimeline {
+        id,
+        timeline: Rc::new(timeline),
+        settings,
+        receiver: std::cell::RefCell::new(None),
+    });
+    shard.timelines.borrow_mut().insert(id, served);
+    Ok(json!({"timeline_id": id.to_string(), "lsn": lsn.to_string()}))
+}
+
+/// One timeline's status.
+pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize) -> Value {
+    let timeline = &served.timeline;
+    let map = timeline.layer_map();
+    let mut l0 = 0usize;
+    let mut images = 0usize;
+    let mut blocks = 0u64;
+    for layer in map.layers() {
+        if is_l0(layer.name()) {
+            l0 += 1;
+        }
+        if layer.name().kind == quire_shard::layer_file::LayerKindName::Image {
+            images += 1;
+        }
+        blocks += u64::from(layer.block_count());
+    }
+    json!({
+        "tenant_id": shard.tenant.to_string(),
+        "timeline_id": served.id.to_string(),
+        "shard_number": shard.identity.number(),
+        "shard_count": shard.identity.count(),
+        "core": core,
+        "last_record_lsn": timeline.last_record_lsn().to_string(),
+        "disk_consistent_lsn": timeline.disk_consistent_lsn().to_string(),
+        "gc_cutoff_lsn": timeline.gc_cutoff_lsn().to_string(),
+        "ancestor": served.settings.ancestor.as_ref().map(|a| json!({"timeline_id": a.timeline, "lsn": a.lsn})),
+        "system_identifier": served.settings.system_identifier.to_string(),
+        "layers": {
+            "count": map.len(),
+            "l0": l0,
+            "image": images,
+            "bytes": blocks * 8192,
+        },
+        "open_layer_bytes": timeline.open_layer_bytes(),
+        "wal_source": served.settings.wal_source,
+        "receiving": served.receiver.borrow().is_some(),
+    })
+}
+
+fn status(
+    core: &Core,
+    tenant: TenantId,
+    number: u32,
+    timeline: Option<TimelineId>,
+) -> Result<Value, AdminError> {
+    let shard = shard_of(core, tenant, number)?;
+    if let Some(id) = timeline {
+        let served = timeline_of(&shard, id)?;
+        return Ok(timeline_status(&shard, &served, core.index));
+    }
+    let mut all: Vec<Rc<ServedTimeline>> = shard.timelines.borrow().values().cloned().collect();
+    all.sort_by_key(|t| t.id);
+    Ok(Value::Array(
+        all.iter()
+            .map(|t| timeline_status(&shard, t, core.index))
+            .collect(),
+    ))
+}
+
+async fn relations(
+    core: &Core,
+    tenant: TenantId,
+    number: u32,
+    id: TimelineId,
+) -> Result<Value, AdminError> {
+    let shard = shard_of(core, tenant, number)?;
+    let served = timeline_of(&shard, id)?;
+    let timeline = &served.timeline;
+    let lsn = timeline.last_record_lsn();
+    let keys = timeline
+        .keys_at(lsn, quire_postgres::Key::MIN..quire_postgres::Key::MAX)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let mut relations = Vec::new();
+    for key in keys {
+        let Ok(KeyKind::RelSize(rel)) = key.describe() else {
+            continue;
+        };
+        let Some(blocks) = timeline.rel_size(rel, lsn).await.map_err(|e| anyhow!(e))? else {
+            continue;
+        };
+        relations.push(json!({
+            "spc_oid": rel.spc_oid,
+            "db_oid": rel.db_oid,
+            "rel_number": rel.rel_number,
+            "fork": rel.fork.name(),
+            "blocks": blocks,
+        }));
+    }
+    Ok(json!({"lsn": lsn.to_string(), "relations": relations}))
+}
+
+async fn compact(
+    core: &Core,
+    tenant: TenantId,
+    number: u32,
+    id: TimelineId,
+) -> Result<Value, AdminError> {
+    let shard = shard_of(core, tenant, number)?;
+    let served = timeline_of(&shard, id)?;
+    let timeline = &served.timeline;
+    timeline.freeze();
+    let flushed = timeline.flush().await.map_err(|e| anyhow!(e))?;
+    let compacted = timeline
+        .compact_l0(1, 128 << 20)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let redo = core.redo.for_tenant(shard.redo_key());
+    let images = timeline
+        .create_image_layers(&redo, ImagePolicy::default())
+        .await
+        .map_err(|e| anyhow!(e))?;
+    Ok(json!({
+        "flushed_layers": flushed,
+        "compacted_l0": compacted,
+        "image_layers": images.layers.len(),
+        "status": timeline_status(&shard, &served, core.index),
+    }))
+}
+
+async fn gc(
+    core: &Core,
+    tenant: TenantId,
+    number: u32,
+    id: TimelineId,
+    cutoff: Option<Lsn>,
+) -> Result<Value, AdminError> {
+    let shard = shard_of(core, tenant, number)?;
+    let served = timeline_of(&shard, id)?;
+    let timeline = &served.timeline;
+    let cutoff =
+        cutoff.unwrap_or_else(|| timeline.gc_cutoff_for(GcPolicy::default(), SystemTime::now()));
+    let retain: Vec<Lsn> = shard
+        .timelines
+        .borrow()
+        .values()
+        .filter_map(|t| match t.settings.ancestor() {
+            Ok(Some((parent, at))) if parent == id => Some(at),
+            _ => None,
+        })
+        .collect();
+    let report = timeline.gc(cutoff, &retain).await.map_err(|e| anyhow!(e))?;
+    Ok(json!({
+        "requested_cutoff_lsn": cutoff.to_string(),
+        "gc_cutoff_lsn": report.cutoff.to_string(),
+        "removed_layers": report.removed.len(),
+        "kept_layers": report.kept,
+    }))
+}

@@ -1,0 +1,211 @@
+//! One core's part of the pageserver: the tenant shards it owns (their
+//! timelines, the WAL receivers feeding them), its block cache and redo
+//! pool, loaded from disk at start. Everything here is `!Send` and lives on
+//! its executor; other threads reach it only through the admin queue and
+//! the connection hand-off.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use anyhow::{Context, Result, anyhow};
+use quire_io::Task;
+use quire_net::id::{ShardIdentity, TenantId, TimelineId};
+use quire_net::page_service::ServiceLimits;
+use quire_net::token::TokenVerifier;
+use quire_redo::{RedoPool, TenantKey};
+use quire_shard::{CoreContext, Timeline};
+
+use super::metrics::{CoreMetrics, Metrics};
+use super::settings::{self, ShardSettings, TimelineSettings};
+
+/// Where a tenant shard lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardPlace {
+    /// The shard.
+    pub identity: ShardIdentity,
+    /// The core owning it.
+    pub core: usize,
+}
+
+/// What every core and the admin thread share: read-mostly settings, the
+/// placement of shards on cores (read at a handshake, written when a
+/// tenant is created or deleted; never on the GetPage path), the metrics.
+pub struct Shared {
+    /// The data directory.
+    pub root: PathBuf,
+    /// Executors running.
+    pub cores: usize,
+    /// The page connections' limits.
+    pub limits: ServiceLimits,
+    /// Page connections one core serves at once.
+    pub max_connections_per_core: usize,
+    /// Handshakes one core reads at once (connections not yet placed).
+    pub max_handshakes_per_core: usize,
+    /// Checks tokens, when the server takes only signed ones.
+    pub verifier: Option<TokenVerifier>,
+    /// Tenant shards and their cores.
+    pub placement: RwLock<HashMap<TenantId, Vec<ShardPlace>>>,
+    /// The metrics.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// Where `tenant`'s shard `number` lives: `Err(false)` when the tenant
+    /// is unknown, `Err(true)` when it is known but has no such shard.
+    pub fn place_of(&self, tenant: TenantId, number: u32) -> Result<ShardPlace, bool> {
+        let placement = self
+            .placement
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let shards = placement.get(&tenant).ok_or(false)?;
+        shards
+            .iter()
+            .find(|p| p.identity.number() == number)
+            .copied()
+            .ok_or(true)
+    }
+
+    /// Records (or replaces) `tenant`'s placement.
+    pub fn place(&self, tenant: TenantId, shards: Vec<ShardPlace>) {
+        let mut placement = self
+            .placement
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        placement.insert(tenant, shards);
+    }
+
+    /// Forgets `tenant`.
+    pub fn unplace(&self, tenant: TenantId) {
+        let mut placement = self
+            .placement
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        placement.remove(&tenant);
+    }
+
+    /// Every tenant and its shards.
+    pub fn tenants(&self) -> Vec<(TenantId, Vec<ShardPlace>)> {
+        let placement = self
+            .placement
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = placement.iter().map(|(t, s)| (*t, s.clone())).collect();
+        all.sort_by_key(|(t, _)| *t);
+        all
+    }
+}
+
+/// A timeline being served.
+pub struct ServedTimeline {
+    /// Its id.
+    pub id: TimelineId,
+    /// The storage.
+    pub timeline: Rc<Timeline>,
+    /// What is persisted about it.
+    pub settings: TimelineSettings,
+    /// The WAL receiver's task, while one runs (dropping it stops it).
+    pub receiver: RefCell<Option<Task<()>>>,
+}
+
+/// A tenant shard on this core.
+pub struct TenantShard {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Which shard.
+    pub identity: ShardIdentity,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its timelines.
+    pub timelines: RefCell<HashMap<TimelineId, Rc<ServedTimeline>>>,
+}
+
+impl TenantShard {
+    /// The key its redo processes go by: one process per tenant shard.
+    pub fn redo_key(&self) -> TenantKey {
+        u128::from_be_bytes(self.tenant.0) ^ u128::from(self.identity.number())
+    }
+
+    /// A timeline of it.
+    pub fn timeline(&self, id: TimelineId) -> Option<Rc<ServedTimeline>> {
+        self.timelines.borrow().get(&id).cloned()
+    }
+}
+
+/// One core's state.
+pub struct Core {
+    /// The executor's index.
+    pub index: usize,
+    /// The block cache and file ids its timelines share.
+    pub context: Rc<CoreContext>,
+    /// Its redo processes.
+    pub redo: Rc<RedoPool>,
+    /// What all cores share.
+    pub shared: Arc<Shared>,
+    /// Its metrics.
+    pub metrics: CoreMetrics,
+    /// Its tenant shards.
+    pub shards: RefCell<HashMap<(TenantId, u32), Rc<TenantShard>>>,
+    /// Page connections open.
+    pub connections: Cell<usize>,
+    /// Handshakes being read.
+    pub handshakes: Cell<usize>,
+}
+
+impl Core {
+    /// A tenant shard of this core.
+    pub fn shard(&self, tenant: TenantId, number: u32) -> Option<Rc<TenantShard>> {
+        self.shards.borrow().get(&(tenant, number)).cloned()
+    }
+
+    /// Opens the shard in `dir` and every timeline in it (parents first).
+    pub async fn load_shard(&self, dir: &Path, settings: &ShardSettings) -> Result<()> {
+        let tenant = settings.tenant_id()?;
+        let identity = settings.identity()?;
+        let shard = Rc::new(TenantShard {
+            tenant,
+            identity,
+            dir: dir.to_path_buf(),
+            timelines: RefCell::new(HashMap::new()),
+        });
+        for timeline in settings::scan_timelines(dir)? {
+            let id = timeline.timeline_id()?;
+            let ancestor = match timeline.ancestor()? {
+                None => None,
+                Some((parent, _)) => Some(
+                    shard
+                        .timeline(parent)
+                        .map(|p| Rc::clone(&p.timeline))
+                        .ok_or_else(|| anyhow!("timeline {id}: ancestor {parent} not loaded"))?,
+                ),
+            };
+            let loaded = Timeline::load(
+                &settings::timeline_dir(dir, id),
+                tenant.0,
+                id.0,
+                Rc::clone(&self.context),
+                ancestor,
+            )
+            .await
+            .with_context(|| format!("load timeline {id} of tenant {tenant}"))?;
+            let served = Rc::new(ServedTimeline {
+                id,
+                timeline: Rc::new(loaded),
+                settings: timeline,
+                receiver: RefCell::new(None),
+            });
+            eprintln!(
+                "pageserver: core {}: loaded timeline {tenant}/{id} at {}",
+                self.index,
+                served.timeline.last_record_lsn()
+            );
+            shard.timelines.borrow_mut().insert(id, served);
+        }
+        self.shards
+            .borrow_mut()
+            .insert((tenant, identity.number()), shard);
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! The service's metrics, in Prometheus' text format at `/metrics`: one
+//! registry, every series labelled with the core that records it. Each
+//! core holds its own handles ([`CoreMetrics`]): recording is a relaxed
+//! atomic add on that core's series, never a lock, and the admin thread
+//! reads them when scraped. What lives in a core's `RefCell`s (the block
+//! cache's counters, layer counts) the core copies into gauges once a
+//! second.
+
+use anyhow::{Context, Result};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds: 10 µs to 1 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_02, 0.000_035, 0.000_05, 0.000_075, 0.000_1, 0.000_15, 0.000_2, 0.000_3,
+    0.000_5, 0.000_75, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Every series of the service.
+pub struct Metrics {
+    registry: Registry,
+    getpage_seconds: HistogramVec,
+    requests: IntCounterVec,
+    errors: IntCounterVec,
+    connections: IntGaugeVec,
+    cache: IntGaugeVec,
+    redo_pages: IntGaugeVec,
+    ingest_bytes: IntCounterVec,
+    ingest_lag: IntGaugeVec,
+    layers: IntGaugeVec,
+}
+
+/// One core's handles.
+#[derive(Clone)]
+pub struct CoreMetrics {
+    /// Seconds from a page read's arrival in a batch to its pages being
+    /// ready, per read.
+    pub getpage_seconds: Histogram,
+    /// Requests by kind.
+    pub requests: IntCounterVec,
+    /// Errors answered, by code name.
+    pub errors: IntCounterVec,
+    /// Page connections open on the core.
+    pub connections: IntGauge,
+    /// Block cache hits, misses, evictions and bytes (copied once a second).
+    pub cache: IntGaugeVec,
+    /// Redo counters (copied once a second).
+    pub redo_pages: IntGaugeVec,
+    /// WAL bytes ingested.
+    pub ingest_bytes: IntCounter,
+    /// Layers by kind (copied once a second).
+    pub layers: IntGaugeVec,
+    /// Ingest lag in bytes, by timeline.
+    pub ingest_lag: IntGaugeVec,
+    core: String,
+}
+
+impl CoreMetrics {
+    /// The core's label value.
+    pub fn core(&self) -> &str {
+        &self.core
+    }
+}
+
+impl Metrics {
+    /// Registers every series.
+    pub fn new() -> Result<Metrics> {
+        let registry = Registry::new();
+        let getpage_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "quire_getpage_seconds",
+                "Time to serve a page read (GetPage or GetPages), per request",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["core"],
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "quire_page_requests_total",
+                "Page-protocol requests by kind",
+            ),
+            &["core", "kind"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "quire_page_errors_total",
+                "Page-protocol error answers by code",
+            ),
+            &["core", "code"],
+        )?;
+        let connections = IntGaugeVec::new(
+            Opts::new("quire_page_connections", "Open page-protocol connections"),
+            &["core"],
+        )?;
+        let cache = IntGaugeVec::new(
+            Opts::new(
+                "quire_block_cache",
+                "Block cache counters (hits, misses, evictions, bytes)",
+            ),
+            &["core", "what"],
+        )?;
+        let redo_pages = IntGaugeVec::new(
+            Opts::new(
+                "quire_redo",
+                "Redo counters (pages through the wal-redo processes, Rust records, processes started)",
+            ),
+            &["core", "what"],
+        )?;
+        let ingest_bytes = IntCounterVec::new(
+            Opts::new("quire_ingest_wal_bytes_total", "WAL bytes ingested"),
+            &["core"],
+        )?;
+        let ingest_lag = IntGaugeVec::new(
+            Opts::new(
+                "quire_ingest_lag_bytes",
+                "Bytes between the source's end of WAL and the last record ingested",
+            ),
+            &["core", "timeline"],
+        )?;
+        let layers = IntGaugeVec::new(
+            Opts::new(
+                "quire_layers",
+                "Layer files by kind (l0 is the compaction debt)",
+            ),
+            &["core", "kind"],
+        )?;
+        for collector in [
+            Box::new(getpage_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
+            Box::new(errors.clone()),
+            Box::new(connections.clone()),
+            Box::new(cache.clone()),
+            Box::new(redo_pages.clone()),
+            Box::new(ingest_bytes.clone()),
+            Box::new(ingest_lag.clone()),
+            Box::new(layers.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+        Ok(Metrics {
+            registry,
+            getpage_seconds,
+            requests,
+            errors,
+            connections,
+            cache,
+            redo_pages,
+            ingest_bytes,
+            ingest_lag,
+            layers,
+        })
+    }
+
+    /// Core `index`'s handles.
+    pub fn core(&self, index: usize) -> CoreMetrics {
+        let core = index.to_string();
+        CoreMetrics {
+            getpage_seconds: self.getpage_seconds.with_label_values(&[core.as_str()]),
+            requests: self.requests.clone(),
+            errors: self.errors.clone(),
+            connections: self.connections.with_label_values(&[core.as_str()]),
+            cache: self.cache.clone(),
+            redo_pages: self.redo_pages.clone(),
+            ingest_bytes: self.ingest_bytes.with_label_values(&[core.as_str()]),
+            layers: self.layers.clone(),
+            ingest_lag: self.ingest_lag.clone(),
+            core,
+        }
+    }
+
+    /// Everything, in Prometheus' text format.
+    pub fn render(&self) -> Result<String> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .context("encode metrics")?;
+        String::from_utf8(out).context("metrics are not UTF-8")
+    }
+}

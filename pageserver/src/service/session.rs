@@ -1,0 +1,497 @@
+//! A page connection's session: the requests of one timeline of one
+//! tenant shard, answered on the shard's core (no lock, no cross-core hop).
+//!
+//! A batch of page reads is resolved read by read (the LSN rule: wait,
+//! bounded, for `not_modified_since`, then serve at `min(request, last
+//! ingested)`; refuse below the GC cutoff; refuse blocks another shard
+//! owns), then every page's reconstruction inputs are gathered; pages with
+//! an image and nothing above it are copied straight into the answer, and
+//! the others go to the tenant's redo process together, one round trip.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use quire_net::page_protocol::{ReadLsn, ServiceError};
+use quire_net::page_service::{PageRead, PageSession, RequestError};
+use quire_postgres::key::SlruKind;
+use quire_postgres::types::{BLCKSZ, BlockNo, Oid, RelTag};
+use quire_postgres::{Key, Lsn};
+use quire_shard::{ReconstructInputs, TimelineError};
+
+use super::core::{Core, ServedTimeline, TenantShard};
+use crate::ingest::slru_key;
+
+/// The default tablespace and the shared one (`DEFAULTTABLESPACE_OID`,
+/// `GLOBALTABLESPACE_OID`).
+const DEFAULT_TABLESPACE: Oid = 1663;
+const GLOBAL_TABLESPACE: Oid = 1664;
+/// Pages in an SLRU segment.
+const SLRU_PAGES: u32 = 32;
+
+/// The session of one connection.
+pub struct TimelineSession {
+    /// The core.
+    pub core: Rc<Core>,
+    /// The shard.
+    pub shard: Rc<TenantShard>,
+    /// The timeline.
+    pub timeline: Rc<ServedTimeline>,
+}
+
+/// The service error a storage failure answers with.
+fn storage_error(error: &TimelineError) -> RequestError {
+    let code = match error {
+        TimelineError::BelowGcCutoff { lsn, cutoff } => ServiceError::LsnBelowGcCutoff {
+            requested: *lsn,
+            cutoff: *cutoff,
+        },
+        TimelineError::Layer(quire_layerfmt::LayerError::Corrupt { .. })
+        | TimelineError::Metadata(_)
+        | TimelineError::BadSize(_) => ServiceError::Corrupt,
+        TimelineError::Redo(_) => ServiceError::RedoFailed,
+        _ => ServiceError::Internal,
+    };
+    RequestError::new(code, error.to_string())
+}
+
+impl TimelineSession {
+    /// The LSN a read is served at, after waiting (bounded) for its
+    /// `not_modified_since`.
+    async fn resolve(&self, lsn: ReadLsn) -> Result<Lsn, RequestError> {
+        let timeline = &self.timeline.timeline;
+        let served = if let Some(served) = lsn.served_at(timeline.last_record_lsn()) {
+            served
+        } else {
+            {
+                let wait = self.core.shared.limits.lsn_wait;
+                let reached =
+                    quire_io::timeout(wait, wait_for_lsn(timeline, lsn.not_modified_since())).await;
+                let last = timeline.last_record_lsn();
+                match (reached, lsn.served_at(last)) {
+                    (Ok(_), Some(served)) => served,
+                    _ => {
+                        return Err(RequestError::new(
+                            ServiceError::WalNotIngested {
+                                waited_for: lsn.not_modified_since(),
+                                last_ingested: last,
+                            },
+                            format!(
+                                "timeline {}: WAL up to {} not ingested within {} ms (ingested up to {last})",
+                                self.timeline.id,
+                                lsn.not_modified_since(),
+                                wait.as_millis()
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        timeline
+            .check_readable(served)
+            .map_err(|e| storage_error(&e))?;
+        Ok(served)
+    }
+
+    /// Refuses a request of non-block keys on a shard other than 0.
+    fn check_shard_zero(&self) -> Result<(), RequestError> {
+        if self.shard.identity.number() == 0 {
+            return Ok(());
+        }
+        Err(RequestError::new(
+            ServiceError::WrongShard {
+                owner: 0,
+                block: None,
+            },
+            format!(
+                "tenant {} shard {}: sizes, existence and SLRU segments are on shard 0",
+                self.shard.tenant,
+                self.shard.identity.number()
+            ),
+        ))
+    }
+
+    /// Refuses a read any of whose blocks another shard owns.
+    fn check_blocks(&self, read: &PageRead) -> Result<(), RequestError> {
+        let identity = self.shard.identity;
+        if identity.count() == 1 {
+            return Ok(());
+        }
+        for offset in 0..read.count {
+            let block = BlockNo(read.first_block.0.saturating_add(offset));
+            let owner = identity.owner_of_block(read.rel, block);
+            if owner != identity.number() {
+                return Err(RequestError::new(
+                    ServiceError::WrongShard {
+                        owner,
+                        block: Some(block),
+                    },
+                    format!(
+                        "block {} of {} belongs to shard {owner}, not {}",
+                        block.0,
+                        describe(read.rel),
+                        identity.number()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one read's pages into `out`.
+    async fn read_one(
+        &self,
+        read: &PageRead,
+        lsn: Lsn,
+        out: &mut [u8],
+    ) -> Result<(), RequestError> {
+        let timeline = &self.timeline.timeline;
+        let mut inputs: Vec<ReconstructInputs> = Vec::with_capacity(read.count as usize);
+        for offset in 0..read.count {
+            let key = Key::rel_block(read.rel, BlockNo(read.first_block.0 + offset));
+            inputs.push(
+                timeline
+                    .get(key, lsn)
+                    .await
+                    .map_err(|e| storage_error(&e))?,
+            );
+        }
+        let mut redo: Vec<(usize, Key)> = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let page = out
+                .get_mut(i * BLCKSZ..(i + 1) * BLCKSZ)
+                .ok_or_else(|| RequestError::new(ServiceError::Internal, "answer space"))?;
+            let block = read.first_block.0 + u32::try_from(i).unwrap_or(u32::MAX);
+            if !input.records.is_empty() {
+                redo.push((i, Key::rel_block(read.rel, BlockNo(block))));
+                continue;
+            }
+            match &input.image {
+                Some((_, image)) if image.len() == BLCKSZ => page.copy_from_slice(image),
+                Some((at, image)) => {
+                    return Err(RequestError::new(
+                        ServiceError::Corrupt,
+                        format!(
+                            "block {block} of {}: the image at {at} is {} bytes, not a page",
+                            describe(read.rel),
+                            image.len()
+                        ),
+                    ));
+                }
+                None => self.missing_block(read.rel, block, lsn).await?,
+            }
+        }
+        if redo.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<(Key, Lsn, &ReconstructInputs)> = redo
+            .iter()
+            .map(|&(i, key)| (key, lsn, &inputs[i]))
+            .collect();
+        let pages = self
+            .core
+            .redo
+            .materialize_many(self.shard.redo_key(), &items)
+            .await;
+        for ((i, _), page) in redo.iter().zip(pages) {
+            let page = page.map_err(|e| {
+                RequestError::new(
+                    ServiceError::RedoFailed,
+                    format!("{}: {}", describe(read.rel), e.what),
+                )
+            })?;
+            let slot = out
+                .get_mut(i * BLCKSZ..(i + 1) * BLCKSZ)
+                .ok_or_else(|| RequestError::new(ServiceError::Internal, "answer space"))?;
+            if page.len() != BLCKSZ {
+                return Err(RequestError::new(
+                    ServiceError::RedoFailed,
+                    format!("redo returned {} bytes, not a page", page.len()),
+                ));
+            }
+            slot.copy_from_slice(&page);
+        }
+        Ok(())
+    }
+
+    /// A block with no value: a page of zeros inside the relation (what
+    /// an extension without WAL leaves), an error past its end.
+    async fn missing_block(&self, rel: RelTag, block: u32, lsn: Lsn) -> Result<(), RequestError> {
+        let size = self
+            .timeline
+            .timeline
+            .rel_size(rel, lsn)
+            .await
+            .map_err(|e| storage_error(&e))?;
+        match size {
+            Some(blocks) if block < blocks => Ok(()),
+            Some(blocks) => Err(RequestError::new(
+                ServiceError::NotFound,
+                format!(
+                    "block {block} of {} at {lsn}: the fork has {blocks} blocks",
+                    describe(rel)
+                ),
+            )),
+            None => Err(RequestError::new(
+                ServiceError::NotFound,
+                format!("{} does not exist at {lsn}", describe(rel)),
+            )),
+        }
+    }
+}
+
+/// Waits until `timeline` has ingested `lsn`.
+// TEMPORARY until Timeline::wait_for_lsn lands: polls every millisecond.
+async fn wait_for_lsn(timeline: &quire_shard::Timeline, lsn: Lsn) -> Lsn {
+    loop {
+        let last = timeline.last_record_lsn();
+        if last >= lsn {
+            return last;
+        }
+        quire_io::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// A fork named for people.
+fn describe(rel: RelTag) -> String {
+    format!(
+        "relation {}/{}/{} fork {}",
+        rel.spc_oid,
+        rel.db_oid,
+        rel.rel_number,
+        rel.fork.name()
+    )
+}
+
+impl PageSession for TimelineSession {
+    async fn read_pages(
+        &self,
+        reads: &[PageRead],
+        pages: &mut [&mut [u8]],
+    ) -> Vec<Result<Lsn, RequestError>> {
+        let started = Instant::now();
+        let mut results = Vec::with_capacity(reads.len());
+        for (read, out) in reads.iter().zip(pages.iter_mut()) {
+            let result = async {
+                self.check_blocks(read)?;
+                let lsn = self.resolve(read.lsn).await?;
+                self.read_one(read, lsn, out).await?;
+                Ok(lsn)
+            }
+            .await;
+            self.count(
+                if read.count == 1 {
+                    "get_page"
+                } else {
+                    "get_pages"
+                },
+                &result,
+            );
+            results.push(result);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        for _ in reads {
+            self.core.metrics.getpage_seconds.observe(seconds);
+        }
+        results
+    }
+
+    async fn nblocks(&self, lsn: ReadLsn, rel: RelTag) -> Result<(Lsn, u32), RequestError> {
+        let result = async {
+            self.check_shard_zero()?;
+            let lsn = self.resolve(lsn).await?;
+            let size = self
+                .timeline
+                .timeline
+                .rel_size(rel, lsn)
+                .await
+                .map_err(|e| storage_error(&e))?;
+            let size = size.ok_or_else(|| {
+                RequestError::new(
+                    ServiceError::NotFound,
+                    format!("{} does not exist at {lsn}", describe(rel)),
+                )
+            })?;
+            Ok((lsn, size))
+        }
+        .await;
+        self.count("nblocks", &result);
+        result
+    }
+
+    async fn exists(&self, lsn: ReadLsn, rel: RelTag) -> Result<(Lsn, bool), RequestError> {
+        let result = async {
+            self.check_shard_zero()?;
+            let lsn = self.resolve(lsn).await?;
+            let exists = self
+                .timeline
+                .timeline
+                .rel_exists(rel, lsn)
+                .await
+                .map_err(|e| storage_error(&e))?;
+            Ok((lsn, exists))
+        }
+        .await;
+        self.count("exists", &result);
+        result
+    }
+
+    async fn db_size(&self, lsn: ReadLsn, db_oid: Oid) -> Result<(Lsn, u64), RequestError> {
+        let result = async {
+            self.check_shard_zero()?;
+            let lsn = self.resolve(lsn).await?;
+            let timeline = &self.timeline.timeline;
+            let spc = if db_oid == 0 {
+                GLOBAL_TABLESPACE
+            } else {
+                DEFAULT_TABLESPACE
+            };
+            let size = timeline
+                .database_size(spc, db_oid, lsn)
+                .await
+                .map_err(|e| storage_error(&e))?;
+            Ok((lsn, size))
+        }
+        .await;
+        self.count("db_size", &result);
+        result
+    }
+
+    async fn slru_segment(
+        &self,
+        lsn: ReadLsn,
+        slru: SlruKind,
+        segment: u32,
+        pages: &mut Vec<u8>,
+    ) -> Result<(Lsn, u32), RequestError> {
+        let result = async {
+            self.check_shard_zero()?;
+            let lsn = self.resolve(lsn).await?;
+            let count = self.slru_pages(slru, segment, lsn, pages).await?;
+            Ok((lsn, count))
+        }
+        .await;
+        self.count("slru_segment", &result);
+        result
+    }
+
+    fn stopping(&self) -> bool {
+        false
+    }
+}
+
+impl TimelineSession {
+    /// Appends the segment's pages (those that exist, from its first) and
+    /// returns how many.
+    async fn slru_pages(
+        &self,
+        slru: SlruKind,
+        segment: u32,
+        lsn: Lsn,
+        pages: &mut Vec<u8>,
+    ) -> Result<u32, RequestError> {
+        let timeline = &self.timeline.timeline;
+        let first = segment.checked_mul(SLRU_PAGES).ok_or_else(|| {
+            RequestError::new(
+                ServiceError::NotFound,
+                format!("SLRU segment {segment} is past the end"),
+            )
+        })?;
+        let mut count = 0;
+        for page in first..first.saturating_add(SLRU_PAGES) {
+            let key = slru_key(slru, page);
+            let inputs = timeline
+                .get(key, lsn)
+                .await
+                .map_err(|e| storage_error(&e))?;
+            if inputs.is_empty() {
+                break;
+            }
+            let bytes = if inputs.records.is_empty() {
+                inputs
+                    .image
+                    .map(|(_, image)| image.to_vec())
+                    .unwrap_or_default()
+            } else {
+                let items = [(key, lsn, &inputs)];
+                let mut rebuilt = self
+                    .core
+                    .redo
+                    .materialize_many(self.shard.redo_key(), &items)
+                    .await;
+                rebuilt
+                    .pop()
+                    .unwrap_or_else(|| {
+                        Err(quire_shard::RedoError {
+                            key,
+                            lsn,
+                            what: "no result".into(),
+                        })
+                    })
+                    .map_err(|e| {
+                        RequestError::new(
+                            ServiceError::RedoFailed,
+                            format!("{} page {page}: {}", slru.directory(), e.what),
+                        )
+                    })?
+            };
+            if bytes.len() != BLCKSZ {
+                return Err(RequestError::new(
+                    ServiceError::Corrupt,
+                    format!(
+                        "{} page {page}: {} bytes, not a page",
+                        slru.directory(),
+                        bytes.len()
+                    ),
+                ));
+            }
+            pages.extend_from_slice(&bytes);
+            count += 1;
+        }
+        if count == 0 {
+            return Err(RequestError::new(
+                ServiceError::NotFound,
+                format!(
+                    "{} segment {segment:04X} does not exist at {lsn}",
+                    slru.directory()
+                ),
+            ));
+        }
+        Ok(count)
+    }
+
+    fn count<T>(&self, kind: &str, result: &Result<T, RequestError>) {
+        let metrics = &self.core.metrics;
+        metrics
+            .requests
+            .with_label_values(&[metrics.core(), kind])
+            .inc();
+        if let Err(error) = result {
+            metrics
+                .errors
+                .with_label_values(&[metrics.core(), error_name(error.error)])
+                .inc();
+        }
+    }
+}
+
+/// The spec's name of an error code.
+pub fn error_name(error: ServiceError) -> &'static str {
+    match error {
+        ServiceError::BadRequest => "BadRequest",
+        ServiceError::UnsupportedVersion { .. } => "UnsupportedVersion",
+        ServiceError::Unauthenticated => "Unauthenticated",
+        ServiceError::Forbidden => "Forbidden",
+        ServiceError::UnknownTenant => "UnknownTenant",
+        ServiceError::UnknownTimeline => "UnknownTimeline",
+        ServiceError::ShardNotHere => "ShardNotHere",
+        ServiceError::WrongShard { .. } => "WrongShard",
+        ServiceError::NotFound => "NotFound",
+        ServiceError::LsnBelowGcCutoff { .. } => "LsnBelowGcCutoff",
+        ServiceError::WalNotIngested { .. } => "WalNotIngested",
+        ServiceError::Corrupt => "Corrupt",
+        ServiceError::RedoFailed => "RedoFailed",
+        ServiceError::Overloaded { .. } => "Overloaded",
+        ServiceError::ShuttingDown => "ShuttingDown",
+        ServiceError::Internal => "Internal",
+    }
+}

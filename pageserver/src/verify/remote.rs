@@ -1,0 +1,215 @@
+//! `quire verify --pageserver`: every page of a cleanly stopped cluster
+//! compared with the page a running pageserver serves for it over the page
+//! protocol — relation blocks with `GetPages` (32 at a time, pipelined),
+//! SLRU pages with `SlruSegment`, sizes with `Nblocks` — with the same
+//! rules as the local verification (Postgres' masking through a local redo
+//! process, skipped unlogged, free-space-map and zero tail pages).
+//!
+//! Reads ask for the latest page with `not_modified_since` at the
+//! cluster's final checkpoint, so the server must have ingested the WAL up
+//! to it; verification first waits (bounded) until it has. What it cannot
+//! see remotely: forks the pageserver has and the directory lacks (the
+//! protocol lists no relations), and visibility-map pages whose map the WAL
+//! never carried (the local verification learns them from ingest; here
+//! they count as differences).
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use quire_net::page_client::{ClientError, PageClient};
+use quire_net::page_protocol::{BLOCKS_PER_REQUEST_MAX, ReadLsn, Request, Response, ServiceError};
+use quire_postgres::key::KeyKind;
+use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, RelTag};
+use quire_postgres::{Key, Lsn};
+use quire_redo::RedoPool;
+
+use super::{Checker, PageSource, VerifyReport, print_summary};
+use crate::datadir;
+use crate::import::read_control;
+
+/// Compares `pgdata` with what the server behind `client` serves; lines go
+/// to `out`, the last one `verify: N pages compared, ...`. Waits at most
+/// `wait` for the server to ingest the cluster's WAL.
+pub async fn verify_remote(
+    pgdata: &Path,
+    client: &mut PageClient,
+    pool: Rc<RedoPool>,
+    wait: Duration,
+    out: &mut impl Write,
+) -> Result<VerifyReport> {
+    let control = read_control(pgdata)?;
+    let since = control.checkpoint_lsn();
+    let served = wait_ingested(client, since, wait).await?;
+    writeln!(
+        out,
+        "pageserver has ingested {since} (the cluster's final checkpoint); reading at {served}"
+    )?;
+    let mut report = VerifyReport {
+        final_lsn: served,
+        ..VerifyReport::default()
+    };
+    let files = datadir::scan(pgdata)?;
+    for unlogged in &files.unlogged {
+        report.skipped_unlogged += u64::from(unlogged.blocks()?);
+    }
+    let none = HashSet::new();
+    let mut checker = Checker {
+        pages: PageSource::Remote(client, since),
+        vm_without_map: &none,
+        pool: &pool,
+        report: &mut report,
+        out,
+    };
+    for (rel, rel_files) in &files.relations {
+        if rel.fork == ForkNumber::Fsm {
+            checker.report.skipped_fsm += u64::from(rel_files.blocks()?);
+            continue;
+        }
+        let PageSource::Remote(client, _) = &mut checker.pages else {
+            bail!("remote verification without a client");
+        };
+        let ours = nblocks(client, *rel, since).await?;
+        checker.relation(*rel, rel_files, ours).await?;
+    }
+    for (&(kind, segment), path) in &files.slru_segments {
+        checker.slru_segment(kind, segment, path).await?;
+    }
+    report.redo = pool.stats();
+    print_summary(&report, out)?;
+    Ok(report)
+}
+
+fn read_lsn(since: Lsn) -> Result<ReadLsn> {
+    ReadLsn::latest(since).map_err(|e| anyhow::anyhow!("read LSN: {e}"))
+}
+
+/// Waits until the server has ingested `since`; returns the LSN it served
+/// at.
+async fn wait_ingested(client: &mut PageClient, since: Lsn, wait: Duration) -> Result<Lsn> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let request = Request::DbSize {
+            lsn: read_lsn(since)?,
+            db_oid: 0,
+        };
+        match client.call(request).await {
+            Ok(Response::DbSize { lsn, .. }) => return Ok(lsn),
+            Ok(other) => bail!("DbSize answered with {other:?}"),
+            Err(ClientError::Refused(error))
+                if matches!(error.error, ServiceError::WalNotIngested { .. })
+                    && Instant::now() < deadline =>
+            {
+                quire_io::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => bail!("waiting for the pageserver to ingest {since}: {error}"),
+        }
+    }
+}
+
+/// The fork's size on the server; `None` when it has no such fork.
+async fn nblocks(client: &mut PageClient, rel: RelTag, since: Lsn) -> Result<Option<u32>> {
+    match client
+        .call(Request::Nblocks {
+            lsn: read_lsn(since)?,
+            rel,
+        })
+        .await
+    {
+        Ok(Response::Nblocks { nblocks, .. }) => Ok(Some(nblocks)),
+        Ok(other) => bail!("Nblocks answered with {other:?}"),
+        Err(ClientError::Refused(error)) if error.error == ServiceError::NotFound => Ok(None),
+        Err(error) => bail!("Nblocks of {rel:?}: {error}"),
+    }
+}
+
+type Pages = Vec<Result<Box<[u8; BLCKSZ]>, String>>;
+
+/// The server's pages for `keys`: consecutive blocks of one fork, or pages
+/// of one SLRU segment.
+pub(super) async fn fetch(client: &mut PageClient, since: Lsn, keys: &[Key]) -> Result<Pages> {
+    let Some(first) = keys.first() else {
+        return Ok(Vec::new());
+    };
+    match first.describe() {
+        Ok(KeyKind::RelBlock(rel, block)) => {
+            fetch_blocks(client, since, rel, block, keys.len()).await
+        }
+        Ok(KeyKind::SlruBlock(kind, segment, _)) => {
+            let answer = client
+                .call(Request::SlruSegment {
+                    lsn: read_lsn(since)?,
+                    slru: kind,
+                    segment,
+                })
+                .await;
+            let pages = match answer {
+                Ok(Response::SlruSegment { pages, .. }) => pages,
+                Ok(other) => bail!("SlruSegment answered with {other:?}"),
+                Err(ClientError::Refused(error)) => {
+                    return Ok(keys.iter().map(|_| Err(error.message.clone())).collect());
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                let Ok(KeyKind::SlruBlock(_, _, block)) = key.describe() else {
+                    bail!("mixed keys in one fetch");
+                };
+                let at = block as usize * BLCKSZ;
+                found.push(match pages.get(at..at + BLCKSZ) {
+                    Some(page) => super::to_page(page),
+                    None => Err(format!(
+                        "the pageserver's segment has {} pages",
+                        pages.len() / BLCKSZ
+                    )),
+                });
+            }
+            Ok(found)
+        }
+        _ => bail!("cannot fetch {first:?} over the page protocol"),
+    }
+}
+
+async fn fetch_blocks(
+    client: &mut PageClient,
+    since: Lsn,
+    rel: RelTag,
+    first: BlockNo,
+    count: usize,
+) -> Result<Pages> {
+    let count = u32::try_from(count)?;
+    let mut chunks = Vec::new();
+    let mut block = first.0;
+    let end = first.0 + count;
+    while block < end {
+        let n = (end - block).min(BLOCKS_PER_REQUEST_MAX);
+        client.send(Request::GetPages {
+            lsn: read_lsn(since)?,
+            rel,
+            first_block: BlockNo(block),
+            count: n,
+        })?;
+        chunks.push(n);
+        block += n;
+    }
+    let mut found = Vec::with_capacity(count as usize);
+    for n in chunks {
+        match client.recv().await {
+            Ok(Response::GetPages { pages, .. }) => {
+                for page in pages.chunks_exact(BLCKSZ) {
+                    found.push(super::to_page(page));
+                }
+            }
+            Ok(other) => bail!("GetPages answered with {other:?}"),
+            Err(ClientError::Refused(error)) => {
+                found.extend((0..n).map(|_| Err(format!("{}: {}", error.error, error.message))));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(found)
+}
