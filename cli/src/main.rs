@@ -5,12 +5,15 @@
 //! dispatches.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod auth_files;
 mod demo;
 mod elect;
+mod pageserver;
 mod safekeeper;
 mod token;
 mod verify;
+mod verify_remote;
 mod waldump;
 
 use std::process::ExitCode;
@@ -39,6 +42,12 @@ enum Command {
     Elect(elect::ElectArgs),
     /// Make key pairs and signed access tokens for the servers' authentication.
     Token(token::TokenArgs),
+    /// Run the pageserver: tenant shards on every core, the page service, the admin API.
+    Pageserver(pageserver::PageserverArgs),
+    /// Create, list and delete tenants on a running pageserver.
+    Tenant(admin::TenantArgs),
+    /// Create timelines (imported or branched) and show their status on a running pageserver.
+    Timeline(admin::TimelineArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -52,5 +61,8 @@ fn main() -> Result<ExitCode> {
         Command::Safekeeper(args) => safekeeper::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Elect(args) => elect::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Token(args) => token::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Pageserver(args) => pageserver::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Tenant(args) => admin::run_tenant(&args).map(|()| ExitCode::SUCCESS),
+        Command::Timeline(args) => admin::run_timeline(&args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -24,23 +24,38 @@ use quire_safekeeper::wire::TimelineKey;
 /// Options of `quire verify`.
 #[derive(Args, Clone)]
 pub struct VerifyArgs {
-    /// The cluster right after initdb (a copy, cleanly stopped).
-    #[arg(long)]
-    base: PathBuf,
+    /// The cluster right after initdb (a copy, cleanly stopped); not with
+    /// --pageserver.
+    #[arg(long, required_unless_present = "pageserver")]
+    base: Option<PathBuf>,
     /// The same cluster later, cleanly stopped, its WAL kept.
     #[arg(long)]
-    pgdata: PathBuf,
+    pub(crate) pgdata: PathBuf,
     /// Where the timeline and redo scratch directories go (default: a
     /// temporary directory, removed afterwards).
     #[arg(long)]
-    work: Option<PathBuf>,
+    pub(crate) work: Option<PathBuf>,
     /// Take the WAL from these safekeepers (`host:port,...`) through the
     /// pageserver's WAL receiver instead of DIR's `pg_wal`.
     #[arg(long, value_delimiter = ',')]
     safekeepers: Vec<String>,
-    /// The timeline on the safekeepers: `TENANT/TIMELINE` (32 hex digits each).
+    /// The timeline on the safekeepers: `TENANT/TIMELINE` (32 hex digits
+    /// each); with --pageserver, the timeline alone.
     #[arg(long)]
-    timeline: Option<String>,
+    pub(crate) timeline: Option<String>,
+    /// Compare with the pages a running pageserver serves at this page
+    /// service address instead of rebuilding them here.
+    #[arg(long, requires_all = ["tenant", "timeline"], conflicts_with_all = ["base", "safekeepers"])]
+    pub(crate) pageserver: Option<String>,
+    /// The tenant on the pageserver (32 hex digits).
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    /// The token to show the pageserver (scope `compute`), when it checks.
+    #[arg(long)]
+    pub(crate) pageserver_token_file: Option<PathBuf>,
+    /// Seconds to wait for the pageserver to ingest the cluster's WAL.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) wait_secs: u64,
     /// The token to show the safekeepers (scope `pageserver`), when they
     /// check tokens.
     #[arg(long)]
@@ -48,6 +63,9 @@ pub struct VerifyArgs {
 }
 
 pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
+    if args.pageserver.is_some() {
+        return crate::verify_remote::run(args);
+    }
     let install = PgInstall::locate()?;
     let run_as = RunAs::detect()?;
     let temp = tempfile_dir()?;
@@ -94,8 +112,9 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
                 .map_err(|e| anyhow!("{e}"))?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
+            let base = args.base.clone().context("--base is needed")?;
             let verified = quire_pageserver::verify::verify(
-                &args.base,
+                &base,
                 &args.pgdata,
                 &work,
                 Rc::clone(&pool),
@@ -120,7 +139,7 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     })
 }
 
-fn tempfile_dir() -> Result<PathBuf> {
+pub(crate) fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("quire-verify-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     Ok(dir)

@@ -196,7 +196,11 @@ async fn adopt(core: Rc<Core>, mut stream: TcpStream, handshake: Handshake, vers
         refuse(&core, &mut stream, request_id, error).await;
         return;
     };
-    if shard.identity != hello.shard {
+    // An unsharded tenant has no stripe to agree on.
+    let same = shard.identity.count() == hello.shard.count()
+        && (shard.identity.count() == 1
+            || shard.identity.stripe_blocks() == hello.shard.stripe_blocks());
+    if !same {
         let error = refusal(
             ServiceError::ShardNotHere,
             format!(

@@ -1,0 +1,235 @@
+//! `quire tenant ...` and `quire timeline ...`: the pageserver's admin API
+//! (docs/admin-api.md) from the command line. Each command takes
+//! `--pageserver-http ADDR`, prints the API's JSON answer (the ids it
+//! created among it) and fails with the API's error message.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::auth_files::read_token;
+
+/// Where the API is and how to authenticate.
+#[derive(Args, Clone)]
+pub struct ApiArgs {
+    /// The admin API's `host:port`.
+    #[arg(long, default_value = "127.0.0.1:9898")]
+    pageserver_http: String,
+    /// A token of scope `admin`, when the pageserver checks tokens.
+    #[arg(long)]
+    auth_token_file: Option<PathBuf>,
+}
+
+/// `quire tenant`.
+#[derive(Args)]
+pub struct TenantArgs {
+    #[command(subcommand)]
+    command: TenantCommand,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant (its shards spread over the pageserver's cores).
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Its id (32 hex digits; default: a random one).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Shards.
+        #[arg(long, default_value_t = 1)]
+        shard_count: u32,
+        /// Stripe in pages.
+        #[arg(long)]
+        stripe_size: Option<u32>,
+    },
+    /// List the tenants.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete a tenant and everything it stores.
+    Delete {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+/// `quire timeline`.
+#[derive(Args)]
+pub struct TimelineArgs {
+    #[command(subcommand)]
+    command: TimelineCommand,
+}
+
+#[derive(Subcommand)]
+enum TimelineCommand {
+    /// Create a timeline: imported from a stopped cluster, or a branch.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its id (32 hex digits; default: a random one).
+        #[arg(long)]
+        timeline: Option<String>,
+        /// Import this cleanly stopped cluster's data directory.
+        #[arg(long, conflicts_with = "branch_of")]
+        import_pgdata: Option<PathBuf>,
+        /// Branch from this timeline of the tenant.
+        #[arg(long, requires = "at")]
+        branch_of: Option<String>,
+        /// The branch point: an LSN (`X/Y`).
+        #[arg(long)]
+        at: Option<String>,
+        /// Follow the WAL on these safekeepers (`host:port,...`).
+        #[arg(long, value_delimiter = ',', conflicts_with = "primary")]
+        safekeepers: Vec<String>,
+        /// Follow a Postgres 17 primary directly (a connection string).
+        #[arg(long)]
+        primary: Option<String>,
+        /// The replication slot on the primary.
+        #[arg(long, default_value = "quire")]
+        slot: String,
+    },
+    /// A timeline's status as JSON.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The timeline.
+        #[arg(long)]
+        timeline: String,
+    },
+    /// Every timeline of a tenant.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+fn call(api: &ApiArgs, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+    let url = format!("http://{}{path}", api.pageserver_http);
+    let mut request = ureq::request(method, &url);
+    if let Some(token) = read_token(api.auth_token_file.as_deref())? {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let answer = match body {
+        Some(body) => request.send_json(body.clone()),
+        None => request.call(),
+    };
+    match answer {
+        Ok(response) => response
+            .into_json()
+            .with_context(|| format!("{method} {url}: the answer is not JSON")),
+        Err(ureq::Error::Status(status, response)) => {
+            let text = response.into_string().unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(text);
+            bail!("{method} {url}: {status}: {message}")
+        }
+        Err(error) => bail!("{method} {url}: {error}"),
+    }
+}
+
+fn print(value: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn run_tenant(args: &TenantArgs) -> Result<()> {
+    match &args.command {
+        TenantCommand::Create {
+            api,
+            tenant,
+            shard_count,
+            stripe_size,
+        } => {
+            let mut body = json!({"shard_count": shard_count});
+            if let Some(tenant) = tenant {
+                body["tenant_id"] = json!(tenant);
+            }
+            if let Some(stripe) = stripe_size {
+                body["stripe_size"] = json!(stripe);
+            }
+            print(&call(api, "POST", "/v1/tenant", Some(&body))?)
+        }
+        TenantCommand::List { api } => print(&call(api, "GET", "/v1/tenant", None)?),
+        TenantCommand::Delete { api, tenant } => {
+            print(&call(api, "DELETE", &format!("/v1/tenant/{tenant}"), None)?)
+        }
+    }
+}
+
+pub fn run_timeline(args: &TimelineArgs) -> Result<()> {
+    match &args.command {
+        TimelineCommand::Create {
+            api,
+            tenant,
+            timeline,
+            import_pgdata,
+            branch_of,
+            at,
+            safekeepers,
+            primary,
+            slot,
+        } => {
+            let mut body = json!({});
+            if let Some(timeline) = timeline {
+                body["timeline_id"] = json!(timeline);
+            }
+            match (import_pgdata, branch_of) {
+                (Some(pgdata), None) => {
+                    let pgdata = std::fs::canonicalize(pgdata)
+                        .with_context(|| format!("--import-pgdata {}", pgdata.display()))?;
+                    body["import_pgdata"] = json!(pgdata);
+                }
+                (None, Some(parent)) => {
+                    body["ancestor_timeline_id"] = json!(parent);
+                    body["ancestor_lsn"] = json!(at);
+                }
+                _ => bail!("give --import-pgdata DIR or --branch-of TIMELINE --at LSN"),
+            }
+            if !safekeepers.is_empty() {
+                body["wal_source"] = json!({"safekeepers": {"safekeepers": safekeepers}});
+            } else if let Some(conninfo) = primary {
+                body["wal_source"] = json!({"primary": {"conninfo": conninfo, "slot": slot}});
+            }
+            print(&call(
+                api,
+                "POST",
+                &format!("/v1/tenant/{tenant}/timeline"),
+                Some(&body),
+            )?)
+        }
+        TimelineCommand::Show {
+            api,
+            tenant,
+            timeline,
+        } => print(&call(
+            api,
+            "GET",
+            &format!("/v1/tenant/{tenant}/timeline/{timeline}"),
+            None,
+        )?),
+        TimelineCommand::List { api, tenant } => print(&call(
+            api,
+            "GET",
+            &format!("/v1/tenant/{tenant}/timeline"),
+            None,
+        )?),
+    }
+}

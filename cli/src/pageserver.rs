@@ -1,0 +1,88 @@
+//! `quire pageserver --dir DIR --listen ADDR --http ADDR`: runs the
+//! pageserver until killed (`pageserver::service` says what it is): one
+//! executor per core (`--cores`), tenant shards kept under DIR and loaded
+//! again at start, the page protocol on `--listen`, the admin API and
+//! `/metrics` on `--http`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use quire_cluster::{PgInstall, RunAs};
+use quire_net::page_protocol::{PIPELINE_DEPTH_DEFAULT, PIPELINE_DEPTH_MAX};
+use quire_net::page_service::ServiceLimits;
+use quire_pageserver::service::{self, PageserverConfig};
+use quire_redo::RedoConfig;
+
+/// Options of `quire pageserver`.
+#[derive(Args, Clone)]
+pub struct PageserverArgs {
+    /// The data directory (tenants, timelines, layers).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The page service's `host:port` (port 0: any free port, printed).
+    #[arg(long, default_value = "127.0.0.1:6400")]
+    listen: String,
+    /// The admin API's `host:port` (port 0: any free port, printed).
+    #[arg(long, default_value = "127.0.0.1:9898")]
+    http: String,
+    /// Executors, one per CPU from CPU 0 (default: every CPU).
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Block cache per core, MiB.
+    #[arg(long, default_value_t = 512)]
+    cache_mib: usize,
+    /// Requests a connection reads ahead.
+    #[arg(long, default_value_t = PIPELINE_DEPTH_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=i64::from(PIPELINE_DEPTH_MAX)))]
+    pipeline_depth: u32,
+    /// Milliseconds a request waits for WAL up to its `not_modified_since`.
+    #[arg(long, default_value_t = 10_000)]
+    lsn_wait_ms: u64,
+    /// Milliseconds a connection's handshake may take.
+    #[arg(long, default_value_t = 10_000)]
+    handshake_timeout_ms: u64,
+    /// Page connections one core serves at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections_per_core: usize,
+    /// Take only tokens signed by this Ed25519 public key (PEM), on the
+    /// page service and the admin API.
+    #[arg(long)]
+    auth_public_key: Option<PathBuf>,
+    /// Spare redo processes per core.
+    #[arg(long, default_value_t = 1)]
+    redo_spares: usize,
+}
+
+pub fn run(args: &PageserverArgs) -> Result<()> {
+    let install = PgInstall::locate()?;
+    let run_as = RunAs::detect()?;
+    let cores = args
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+    let scratch_root = args.dir.join("redo");
+    let config = PageserverConfig {
+        dir: args.dir.clone(),
+        listen: args.listen.clone(),
+        http: args.http.clone(),
+        cores,
+        cache_bytes_per_core: args.cache_mib << 20,
+        io_memory_bytes: 2 << 20,
+        limits: ServiceLimits {
+            pipeline_depth: args.pipeline_depth,
+            lsn_wait: Duration::from_millis(args.lsn_wait_ms),
+            handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+            ..ServiceLimits::default()
+        },
+        max_connections_per_core: args.max_connections_per_core,
+        auth_public_key: args.auth_public_key.clone(),
+        redo: RedoConfig {
+            postgres: install.bin("postgres"),
+            run_as: run_as.ids(),
+            scratch_root,
+            timeout: Duration::from_secs(60),
+        },
+        redo_spares: args.redo_spares,
+    };
+    service::run(&config)
+}
