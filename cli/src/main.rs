@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth_files;
+mod bench;
 mod demo;
 mod elect;
 mod pageserver;
@@ -48,6 +49,8 @@ enum Command {
     Tenant(admin::TenantArgs),
     /// Create timelines (imported or branched) and show their status on a running pageserver.
     Timeline(admin::TimelineArgs),
+    /// Measure a running pageserver: `quire bench getpage`.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -64,5 +67,6 @@ fn main() -> Result<ExitCode> {
         Command::Pageserver(args) => pageserver::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Tenant(args) => admin::run_tenant(&args).map(|()| ExitCode::SUCCESS),
         Command::Timeline(args) => admin::run_timeline(&args).map(|()| ExitCode::SUCCESS),
+        Command::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }

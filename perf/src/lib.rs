@@ -1,6 +1,10 @@
 //! End-to-end performance runs.
 //!
-//! This crate will hold the `GetPage` load generator (hdrhistogram percentiles
-//! over the real page protocol) and the drivers that run pgbench against a
-//! Quire fleet beside vanilla Postgres in the same run.
+//! [`getpage`] is the GetPage load generator behind `quire bench getpage`:
+//! connections × pipeline depth over the real page protocol, hdrhistogram
+//! percentiles, and the physical peers (loopback round trip, `O_DIRECT`
+//! read) measured in the same run. The pgbench drivers against a Quire
+//! fleet beside vanilla Postgres will join it.
 #![forbid(unsafe_code)]
+
+pub mod getpage;
