@@ -82,6 +82,23 @@ pub struct IngestStats {
     pub skipped_records: u64,
 }
 
+impl std::ops::AddAssign for IngestStats {
+    /// Sums the counters (of one ingest before a restart and after).
+    fn add_assign(&mut self, other: IngestStats) {
+        self.records += other.records;
+        self.bytes += other.bytes;
+        self.postgres_redo_records += other.postgres_redo_records;
+        self.image_records += other.image_records;
+        self.rust_redo_records += other.rust_redo_records;
+        self.other_records += other.other_records;
+        self.page_images += other.page_images;
+        self.page_records += other.page_records;
+        self.rust_page_records += other.rust_page_records;
+        self.flushes += other.flushes;
+        self.skipped_records += other.skipped_records;
+    }
+}
+
 /// The state ingest keeps beside the timeline.
 pub struct WalIngest {
     timeline: Rc<Timeline>,

@@ -14,6 +14,14 @@
 //! page is read from its special space (heap pages have none; btree, hash,
 //! `GiST`, SP-GiST, GIN, BRIN and sequence pages each have their own shape).
 //!
+//! With a restart midway, ingest stops at the first record at or past the
+//! middle of that WAL, flushes, and drops the ingest, the timeline and the
+//! core's context; the timeline is loaded again from its directory, ingest
+//! resumes from the timeline's own keys ([`WalIngest::resume`]) and takes
+//! the rest of the WAL from the segment holding the timeline's last record
+//! LSN. The visibility-map pages whose map the WAL does not carry (verify's
+//! own bookkeeping, lost by a real restart) are carried across.
+//!
 //! Not compared, counted on lines of their own: unlogged and temporary
 //! relations; free-space-map forks (Postgres never WAL-logs them); all-zero
 //! pages Postgres extended a relation with but never WAL-logged, past the
@@ -52,6 +60,11 @@ const PRINTED_DIFFERENCES: u64 = 50;
 
 /// The tenant the verification's redo runs as.
 const TENANT: u128 = 0;
+/// The ids of the timeline verify builds.
+const TENANT_ID: [u8; 16] = [1; 16];
+const TIMELINE_ID: [u8; 16] = [2; 16];
+/// The block cache of verify's core.
+const CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// What a verification found.
 #[derive(Clone, Debug, Default)]
@@ -99,6 +112,23 @@ pub async fn verify(
     wal_from: Option<&WalSource>,
     out: &mut impl Write,
 ) -> Result<VerifyReport> {
+    verify_with(base, pgdata, work, pool, wal_from, false, out).await
+}
+
+/// [`verify`], and with `restart_midway` ingest restarts from the timeline
+/// on disk halfway (WAL from `pg_wal` only).
+pub async fn verify_with(
+    base: &Path,
+    pgdata: &Path,
+    work: &Path,
+    pool: Rc<RedoPool>,
+    wal_from: Option<&WalSource>,
+    restart_midway: bool,
+    out: &mut impl Write,
+) -> Result<VerifyReport> {
+    if restart_midway && wal_from.is_some() {
+        bail!("a restart midway takes the WAL from pg_wal, not from the safekeepers");
+    }
     let mut report = VerifyReport::default();
     let final_control = read_control(pgdata)?;
     let base_control = read_control(base)?;
@@ -115,8 +145,8 @@ pub async fn verify(
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("empty {}", dir.display()))?;
     }
-    let core = CoreContext::new(256 * 1024 * 1024);
-    let timeline = Rc::new(Timeline::create(&dir, [1; 16], [2; 16], start, core).await?);
+    let core = CoreContext::new(CACHE_BYTES);
+    let timeline = Rc::new(Timeline::create(&dir, TENANT_ID, TIMELINE_ID, start, core).await?);
     let imported = import_datadir(&timeline, base).await?;
     writeln!(
         out,
@@ -126,17 +156,23 @@ pub async fn verify(
         base.display(),
         imported.lsn
     )?;
-    let mut ingest = WalIngest::new(
-        Rc::clone(&timeline),
-        imported.sizes,
-        imported.slru_pages,
-        Some((Rc::clone(&pool), TENANT)),
-    );
+    let redo = Some((Rc::clone(&pool), TENANT));
+    let mut ingest = WalIngest::new(timeline, imported.sizes, imported.slru_pages, redo);
     let began = Instant::now();
-    let last = ingest_from(&mut ingest, pgdata, wal_from, start, end_checkpoint, out).await?;
+    let last = if restart_midway {
+        let (resumed, last, stats) =
+            ingest_with_restart(ingest, pgdata, &dir, (start, end_checkpoint), &pool, out).await?;
+        ingest = resumed;
+        report.ingest = stats;
+        last
+    } else {
+        let last = ingest_from(&mut ingest, pgdata, wal_from, start, end_checkpoint, out).await?;
+        report.ingest = ingest.stats();
+        last
+    };
     report.ingest_time = began.elapsed();
-    report.ingest = ingest.stats();
     report.final_lsn = last;
+    let timeline = Rc::clone(ingest.timeline());
     writeln!(
         out,
         "ingested {} records, {:.1} MB of WAL from {start} to {last} in {:.2} s ({:.1} MB/s)",
@@ -187,6 +223,43 @@ pub async fn verify(
     report.redo = pool.stats();
     print_summary(&report, out)?;
     Ok(report)
+}
+
+/// Ingests `pg_wal` from `start` to the record at `until` with a restart
+/// in between (see the module documentation); returns the resumed ingest,
+/// the end of the last record and the counters of both halves.
+async fn ingest_with_restart(
+    mut ingest: WalIngest,
+    pgdata: &Path,
+    dir: &Path,
+    (start, until): (Lsn, Lsn),
+    pool: &Rc<RedoPool>,
+    out: &mut impl Write,
+) -> Result<(WalIngest, Lsn, IngestStats)> {
+    let wal_dir = pgdata.join("pg_wal");
+    let midway = Lsn(start.0 + (until.0 - start.0) / 2);
+    let stopped = ingest_wal(&mut ingest, &wal_dir, start, midway).await?;
+    ingest.flush().await?;
+    let mut stats = ingest.stats();
+    let carried = ingest.vm_pages_without_map().clone();
+    // The last reference to the timeline: its layers and the core's cache go.
+    drop(ingest);
+    let core = CoreContext::new(CACHE_BYTES);
+    let timeline = Rc::new(Timeline::load(dir, TENANT_ID, TIMELINE_ID, core, None).await?);
+    let resumed_at = timeline.last_record_lsn();
+    let mut ingest = WalIngest::resume(timeline, Some((Rc::clone(pool), TENANT))).await?;
+    ingest.carry_vm_pages_without_map(carried);
+    let segment_size = read_control(pgdata)?.xlog_seg_size.get();
+    writeln!(
+        out,
+        "restarted midway: ingested to {stopped}, flushed, reloaded the timeline at {resumed_at}, resumed with {} relation forks and {} SLRU pages, WAL read again from {}",
+        ingest.relation_sizes().len(),
+        ingest.slru_pages().len(),
+        crate::ingest::wal_restart_lsn(resumed_at, segment_size),
+    )?;
+    let last = ingest_wal(&mut ingest, &wal_dir, resumed_at, until).await?;
+    stats += ingest.stats();
+    Ok((ingest, last, stats))
 }
 
 /// Ingests from `pg_wal`, or from the safekeepers through the WAL receiver.
@@ -265,8 +338,9 @@ fn print_summary(report: &VerifyReport, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-/// Ingests `pg_wal`'s records from `start` through the record at `until`;
-/// returns the end of the last record.
+/// Ingests `pg_wal`'s records from the segment holding `start` through the
+/// first record that starts at or past `until`; returns the end of the last
+/// record. Records ingest already holds (below `start`) are skipped there.
 async fn ingest_wal(ingest: &mut WalIngest, wal_dir: &Path, start: Lsn, until: Lsn) -> Result<Lsn> {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(wal_dir)
         .with_context(|| format!("list {}", wal_dir.display()))?
@@ -304,14 +378,11 @@ async fn ingest_wal(ingest: &mut WalIngest, wal_dir: &Path, start: Lsn, until: L
         loop {
             match decoder.next_record() {
                 Ok(Some(record)) => {
-                    if record.start.0 < start.0 {
-                        continue;
-                    }
                     let end = ingest
                         .ingest_record(record.start, record.end, record.bytes)
                         .await?;
                     last_end = Some(end);
-                    if record.start == until {
+                    if record.start >= until {
                         return Ok(end);
                     }
                 }
