@@ -161,7 +161,8 @@ pub async fn verify_with(
     let began = Instant::now();
     let last = if restart_midway {
         let (resumed, last, stats) =
-            ingest_with_restart(ingest, pgdata, &dir, (start, end_checkpoint), &pool, out).await?;
+            restart::ingest_with_restart(ingest, pgdata, &dir, (start, end_checkpoint), &pool, out)
+                .await?;
         ingest = resumed;
         report.ingest = stats;
         last
@@ -223,43 +224,6 @@ pub async fn verify_with(
     report.redo = pool.stats();
     print_summary(&report, out)?;
     Ok(report)
-}
-
-/// Ingests `pg_wal` from `start` to the record at `until` with a restart
-/// in between (see the module documentation); returns the resumed ingest,
-/// the end of the last record and the counters of both halves.
-async fn ingest_with_restart(
-    mut ingest: WalIngest,
-    pgdata: &Path,
-    dir: &Path,
-    (start, until): (Lsn, Lsn),
-    pool: &Rc<RedoPool>,
-    out: &mut impl Write,
-) -> Result<(WalIngest, Lsn, IngestStats)> {
-    let wal_dir = pgdata.join("pg_wal");
-    let midway = Lsn(start.0 + (until.0 - start.0) / 2);
-    let stopped = ingest_wal(&mut ingest, &wal_dir, start, midway).await?;
-    ingest.flush().await?;
-    let mut stats = ingest.stats();
-    let carried = ingest.vm_pages_without_map().clone();
-    // The last reference to the timeline: its layers and the core's cache go.
-    drop(ingest);
-    let core = CoreContext::new(CACHE_BYTES);
-    let timeline = Rc::new(Timeline::load(dir, TENANT_ID, TIMELINE_ID, core, None).await?);
-    let resumed_at = timeline.last_record_lsn();
-    let mut ingest = WalIngest::resume(timeline, Some((Rc::clone(pool), TENANT))).await?;
-    ingest.carry_vm_pages_without_map(carried);
-    let segment_size = read_control(pgdata)?.xlog_seg_size.get();
-    writeln!(
-        out,
-        "restarted midway: ingested to {stopped}, flushed, reloaded the timeline at {resumed_at}, resumed with {} relation forks and {} SLRU pages, WAL read again from {}",
-        ingest.relation_sizes().len(),
-        ingest.slru_pages().len(),
-        crate::ingest::wal_restart_lsn(resumed_at, segment_size),
-    )?;
-    let last = ingest_wal(&mut ingest, &wal_dir, resumed_at, until).await?;
-    stats += ingest.stats();
-    Ok((ingest, last, stats))
 }
 
 /// Ingests from `pg_wal`, or from the safekeepers through the WAL receiver.
@@ -807,5 +771,6 @@ fn rel_name(rel: RelTag) -> String {
     format!("{}/{}/{}", rel.spc_oid, rel.db_oid, rel.rel_number)
 }
 
+mod restart;
 #[cfg(test)]
 mod tests;
