@@ -60,6 +60,10 @@ pub struct VerifyArgs {
     /// check tokens.
     #[arg(long)]
     auth_token_file: Option<PathBuf>,
+    /// Halfway through the WAL, flush, drop the timeline, load it again
+    /// from disk and resume ingest from it, as after a restart.
+    #[arg(long)]
+    restart_midway: bool,
 }
 
 pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
@@ -113,12 +117,13 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             let base = args.base.clone().context("--base is needed")?;
-            let verified = quire_pageserver::verify::verify(
+            let verified = quire_pageserver::verify::verify_with(
                 &base,
                 &args.pgdata,
                 &work,
                 Rc::clone(&pool),
                 source.as_ref(),
+                args.restart_midway,
                 &mut out,
             )
             .await;

@@ -10,7 +10,9 @@
 //! a multixact, two-phase commit and rollback, databases created (both
 //! strategies, `wal_log` and `file_copy`) and dropped, unlogged and temporary tables; then CHECKPOINT
 //! and a clean stop. `quire verify` must report every page identical. One
-//! run has `full_page_writes` on, the other off.
+//! run has `full_page_writes` on, the other off; the latter verifies with
+//! `--restart-midway` (ingest flushed, the timeline reloaded from disk and
+//! ingest resumed from its keys halfway through the WAL).
 //!
 //! `QUIRE_ORACLE_SCALE` and `QUIRE_ORACLE_SECONDS` shrink the pgbench part
 //! for a quick local run; CI uses the defaults (10 and 60).
@@ -130,7 +132,7 @@ fn env_number(name: &str, default: u32) -> Result<u32> {
     }
 }
 
-fn run_oracle(full_page_writes: bool) -> Result<()> {
+fn run_oracle(full_page_writes: bool, restart_midway: bool) -> Result<()> {
     let scale = env_number("QUIRE_ORACLE_SCALE", 10)?;
     let seconds = env_number("QUIRE_ORACLE_SECONDS", 60)?;
     let install = pg_install()?;
@@ -188,8 +190,18 @@ fn run_oracle(full_page_writes: bool) -> Result<()> {
         ],
     )?;
 
-    let run = quire_verify(&base, &datadir)?;
+    let extra: &[&str] = if restart_midway {
+        &["--restart-midway"]
+    } else {
+        &[]
+    };
+    let run = quire_verify_with(&base, &datadir, extra)?;
     let _ = std::fs::remove_dir_all(&base);
+    ensure!(
+        !restart_midway || run.stdout.contains("\nrestarted midway: ingested to "),
+        "no line says where ingest restarted:\n{}",
+        run.stdout
+    );
     ensure!(
         run.compared > 2_000 * u64::from(scale),
         "too few pages compared: {}",
@@ -217,6 +229,11 @@ struct VerifyRun {
 /// Runs `quire verify --base BASE --pgdata DATADIR` and reads its last line,
 /// `verify: N pages compared, N identical, N different`.
 fn quire_verify(base: &Path, datadir: &Path) -> Result<VerifyRun> {
+    quire_verify_with(base, datadir, &[])
+}
+
+/// [`quire_verify`] with `extra` options.
+fn quire_verify_with(base: &Path, datadir: &Path, extra: &[&str]) -> Result<VerifyRun> {
     let quire = env!("CARGO_BIN_EXE_quire");
     let started = Instant::now();
     let output = run_bounded(
@@ -225,7 +242,8 @@ fn quire_verify(base: &Path, datadir: &Path) -> Result<VerifyRun> {
             .arg("--base")
             .arg(base)
             .arg("--pgdata")
-            .arg(datadir),
+            .arg(datadir)
+            .args(extra),
         Duration::from_secs(1800),
     )?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -257,12 +275,12 @@ fn quire_verify(base: &Path, datadir: &Path) -> Result<VerifyRun> {
 
 #[test]
 fn every_page_is_identical_with_full_page_writes() -> Result<()> {
-    run_oracle(true)
+    run_oracle(true, false)
 }
 
 #[test]
-fn every_page_is_identical_without_full_page_writes() -> Result<()> {
-    run_oracle(false)
+fn every_page_is_identical_without_full_page_writes_across_a_restart_midway() -> Result<()> {
+    run_oracle(false, true)
 }
 
 /// A psql session in a REPEATABLE READ transaction, its snapshot taken:

@@ -17,6 +17,10 @@
 //! the whole record ([`quire_postgres::key::InvalidKey`]) before storing
 //! any of it.
 //!
+//! A record the timeline already holds (one whose end, rounded up to 8, is
+//! at or below its last record LSN: WAL read again after a restart) is
+//! skipped. [`resume`] rebuilds this state from a timeline's own keys.
+//!
 //! Not kept: free-space-map page changes (Postgres never WAL-logs them; the
 //! FSM fork's size is not shrunk by a truncation either), `pg_subtrans`
 //! (rebuilt by Postgres at start), `commit_ts`, and SLRU segment removal.
@@ -44,6 +48,10 @@ use zerocopy::IntoBytes;
 
 use crate::datadir::SLRU_PAGES_PER_SEGMENT;
 
+pub mod resume;
+
+pub use resume::wal_restart_lsn;
+
 /// Open-layer size at which ingest freezes and flushes to an L0 layer.
 pub const FLUSH_BYTES: usize = 256 * 1024 * 1024;
 
@@ -70,6 +78,25 @@ pub struct IngestStats {
     pub rust_page_records: u64,
     /// Layers flushed.
     pub flushes: u64,
+    /// Records skipped because the timeline already held them.
+    pub skipped_records: u64,
+}
+
+impl std::ops::AddAssign for IngestStats {
+    /// Sums the counters (of one ingest before a restart and after).
+    fn add_assign(&mut self, other: IngestStats) {
+        self.records += other.records;
+        self.bytes += other.bytes;
+        self.postgres_redo_records += other.postgres_redo_records;
+        self.image_records += other.image_records;
+        self.rust_redo_records += other.rust_redo_records;
+        self.other_records += other.other_records;
+        self.page_images += other.page_images;
+        self.page_records += other.page_records;
+        self.rust_page_records += other.rust_page_records;
+        self.flushes += other.flushes;
+        self.skipped_records += other.skipped_records;
+    }
 }
 
 /// The state ingest keeps beside the timeline.
@@ -128,9 +155,17 @@ impl WalIngest {
 
     /// Visibility-map pages whose last full-page image left the map out (a
     /// standard-page image whose hole is the map): their bits are not in
-    /// the WAL, and Postgres' own recovery clears them too.
+    /// the WAL, and Postgres' own recovery clears them too. Verification
+    /// bookkeeping only, kept in memory: a resumed ingest starts with none
+    /// (see [`WalIngest::carry_vm_pages_without_map`]).
     pub fn vm_pages_without_map(&self) -> &HashSet<(RelTag, u32)> {
         &self.vm_map_not_in_wal
+    }
+
+    /// Takes over another ingest's [`WalIngest::vm_pages_without_map`] (a
+    /// verification that restarts its ingest midway carries them across).
+    pub fn carry_vm_pages_without_map(&mut self, pages: HashSet<(RelTag, u32)>) {
+        self.vm_map_not_in_wal.extend(pages);
     }
 
     /// SLRU pages that exist.
@@ -142,10 +177,18 @@ impl WalIngest {
     /// (its last byte plus one). Values go in at the end rounded up to 8
     /// bytes, the `EndRecPtr` recovery stamps on the pages it replays;
     /// returns that LSN.
+    ///
+    /// A record ending at or below the timeline's last record LSN is
+    /// already held (WAL read again after a restart): it is skipped,
+    /// counted in [`IngestStats::skipped_records`].
     pub async fn ingest_record(&mut self, start: Lsn, end: Lsn, bytes: &[u8]) -> Result<Lsn> {
         let end = end
             .align_up(8)
             .with_context(|| format!("record at {start} ends past the LSN space"))?;
+        if end <= self.timeline.last_record_lsn() {
+            self.stats.skipped_records += 1;
+            return Ok(end);
+        }
         let record = decode_record(bytes).with_context(|| format!("record at {start}"))?;
         let pages = page_effects(&record, end).with_context(|| format!("record at {start}"))?;
         let effects = record_effects(&record).with_context(|| format!("record at {start}"))?;

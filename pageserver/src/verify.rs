@@ -14,6 +14,14 @@
 //! page is read from its special space (heap pages have none; btree, hash,
 //! `GiST`, SP-GiST, GIN, BRIN and sequence pages each have their own shape).
 //!
+//! With a restart midway, ingest stops at the first record at or past the
+//! middle of that WAL, flushes, and drops the ingest, the timeline and the
+//! core's context; the timeline is loaded again from its directory, ingest
+//! resumes from the timeline's own keys ([`WalIngest::resume`]) and takes
+//! the rest of the WAL from the segment holding the timeline's last record
+//! LSN. The visibility-map pages whose map the WAL does not carry (verify's
+//! own bookkeeping, lost by a real restart) are carried across.
+//!
 //! Not compared, counted on lines of their own: unlogged and temporary
 //! relations; free-space-map forks (Postgres never WAL-logs them); all-zero
 //! pages Postgres extended a relation with but never WAL-logged, past the
@@ -55,6 +63,11 @@ const PRINTED_DIFFERENCES: u64 = 50;
 
 /// The tenant the verification's redo runs as.
 const TENANT: u128 = 0;
+/// The ids of the timeline verify builds.
+const TENANT_ID: [u8; 16] = [1; 16];
+const TIMELINE_ID: [u8; 16] = [2; 16];
+/// The block cache of verify's core.
+const CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// What a verification found.
 #[derive(Clone, Debug, Default)]
@@ -102,6 +115,23 @@ pub async fn verify(
     wal_from: Option<&WalSource>,
     out: &mut impl Write,
 ) -> Result<VerifyReport> {
+    verify_with(base, pgdata, work, pool, wal_from, false, out).await
+}
+
+/// [`verify`], and with `restart_midway` ingest restarts from the timeline
+/// on disk halfway (WAL from `pg_wal` only).
+pub async fn verify_with(
+    base: &Path,
+    pgdata: &Path,
+    work: &Path,
+    pool: Rc<RedoPool>,
+    wal_from: Option<&WalSource>,
+    restart_midway: bool,
+    out: &mut impl Write,
+) -> Result<VerifyReport> {
+    if restart_midway && wal_from.is_some() {
+        bail!("a restart midway takes the WAL from pg_wal, not from the safekeepers");
+    }
     let mut report = VerifyReport::default();
     let final_control = read_control(pgdata)?;
     let base_control = read_control(base)?;
@@ -118,8 +148,8 @@ pub async fn verify(
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("empty {}", dir.display()))?;
     }
-    let core = CoreContext::new(256 * 1024 * 1024);
-    let timeline = Rc::new(Timeline::create(&dir, [1; 16], [2; 16], start, core).await?);
+    let core = CoreContext::new(CACHE_BYTES);
+    let timeline = Rc::new(Timeline::create(&dir, TENANT_ID, TIMELINE_ID, start, core).await?);
     let imported = import_datadir(&timeline, base).await?;
     writeln!(
         out,
@@ -129,27 +159,25 @@ pub async fn verify(
         base.display(),
         imported.lsn
     )?;
-    let mut ingest = WalIngest::new(
-        Rc::clone(&timeline),
-        imported.sizes,
-        imported.slru_pages,
-        Some((Rc::clone(&pool), TENANT)),
-    );
+    let redo = Some((Rc::clone(&pool), TENANT));
+    let mut ingest = WalIngest::new(timeline, imported.sizes, imported.slru_pages, redo);
     let began = Instant::now();
-    let last = ingest_from(&mut ingest, pgdata, wal_from, start, end_checkpoint, out).await?;
+    let last = if restart_midway {
+        let (resumed, last, stats) =
+            restart::ingest_with_restart(ingest, pgdata, &dir, (start, end_checkpoint), &pool, out)
+                .await?;
+        ingest = resumed;
+        report.ingest = stats;
+        last
+    } else {
+        let last = ingest_from(&mut ingest, pgdata, wal_from, start, end_checkpoint, out).await?;
+        report.ingest = ingest.stats();
+        last
+    };
     report.ingest_time = began.elapsed();
-    report.ingest = ingest.stats();
     report.final_lsn = last;
-    writeln!(
-        out,
-        "ingested {} records, {:.1} MB of WAL from {start} to {last} in {:.2} s ({:.1} MB/s)",
-        report.ingest.records,
-        megabytes(report.ingest.bytes),
-        report.ingest_time.as_secs_f64(),
-        megabytes(report.ingest.bytes) / report.ingest_time.as_secs_f64().max(1e-9),
-    )?;
-
-    print_ingest_split(&report.ingest, out)?;
+    let timeline = Rc::clone(ingest.timeline());
+    print_ingest_split(&report, start, out)?;
     let files = datadir::scan(pgdata)?;
     for unlogged in &files.unlogged {
         report.skipped_unlogged += u64::from(unlogged.blocks()?);
@@ -224,7 +252,17 @@ async fn ingest_from(
     Ok(last)
 }
 
-fn print_ingest_split(stats: &IngestStats, out: &mut impl Write) -> Result<()> {
+fn print_ingest_split(report: &VerifyReport, start: Lsn, out: &mut impl Write) -> Result<()> {
+    let stats = &report.ingest;
+    writeln!(
+        out,
+        "ingested {} records, {:.1} MB of WAL from {start} to {} in {:.2} s ({:.1} MB/s)",
+        stats.records,
+        megabytes(stats.bytes),
+        report.final_lsn,
+        report.ingest_time.as_secs_f64(),
+        megabytes(stats.bytes) / report.ingest_time.as_secs_f64().max(1e-9),
+    )?;
     writeln!(
         out,
         "records: {} need Postgres redo, {} carry only full-page images (no redo), {} become Rust redo (SLRU bits, visibility map), {} change no page",
@@ -270,8 +308,9 @@ fn print_summary(report: &VerifyReport, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-/// Ingests `pg_wal`'s records from `start` through the record at `until`;
-/// returns the end of the last record.
+/// Ingests `pg_wal`'s records from the segment holding `start` through the
+/// first record that starts at or past `until`; returns the end of the last
+/// record. Records ingest already holds (below `start`) are skipped there.
 async fn ingest_wal(ingest: &mut WalIngest, wal_dir: &Path, start: Lsn, until: Lsn) -> Result<Lsn> {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(wal_dir)
         .with_context(|| format!("list {}", wal_dir.display()))?
@@ -309,14 +348,11 @@ async fn ingest_wal(ingest: &mut WalIngest, wal_dir: &Path, start: Lsn, until: L
         loop {
             match decoder.next_record() {
                 Ok(Some(record)) => {
-                    if record.start.0 < start.0 {
-                        continue;
-                    }
                     let end = ingest
                         .ingest_record(record.start, record.end, record.bytes)
                         .await?;
                     last_end = Some(end);
-                    if record.start == until {
+                    if record.start >= until {
                         return Ok(end);
                     }
                 }
@@ -752,5 +788,6 @@ fn rel_name(rel: RelTag) -> String {
     format!("{}/{}/{}", rel.spc_oid, rel.db_oid, rel.rel_number)
 }
 
+mod restart;
 #[cfg(test)]
 mod tests;

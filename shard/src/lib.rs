@@ -7,7 +7,8 @@
 //! metadata replaced atomically on every flush ([`metadata`]); layer files
 //! are read through the core's block cache ([`layer_file`]); L0 → L1
 //! compaction ([`compact`]), image creation ([`image`]), GC ([`gc`]),
-//! branching, and the relation lookups over the key space ([`keyspace`]).
+//! branching, the relation lookups over the key space ([`keyspace`]), and
+//! waiting for ingest to reach an LSN ([`lsn_wait`]).
 //! Its state is `!Send` and lives on its core; it takes no lock and makes
 //! no cross-core hop on the GetPage path.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod keyspace;
 pub mod layer_builder;
 pub mod layer_file;
 pub mod layer_map;
+pub mod lsn_wait;
 pub mod metadata;
 pub mod reconstruct;
 pub mod timeline;

@@ -22,6 +22,7 @@ use crate::gc::LsnTimes;
 use crate::in_memory_layer::{InMemoryLayer, PutError};
 use crate::layer_file::LayerFile;
 use crate::layer_map::LayerMap;
+use crate::lsn_wait::LsnWaiters;
 use crate::metadata::{MetadataError, TimelineMetadata};
 use crate::reconstruct::{ReconstructInputs, RedoError};
 use crate::value::Value;
@@ -136,6 +137,12 @@ pub struct Timeline {
     pub(crate) expensive_keys: RefCell<BTreeSet<Key>>,
     /// Records applied by one read that make its key expensive.
     pub(crate) expensive_read_records: Cell<usize>,
+    /// Futures of [`Timeline::wait_for_lsn`] not resolved yet.
+    pub(crate) lsn_waiters: LsnWaiters,
+    /// The LSN through which every record's values are stored: moved only
+    /// by [`Timeline::advance`], after a whole record, while `put` moves
+    /// the last record LSN as values arrive.
+    pub(crate) published_lsn: Cell<Lsn>,
 }
 
 /// The default of [`Timeline::set_expensive_read_records`].
@@ -294,6 +301,8 @@ impl Timeline {
             lsn_times: RefCell::new(LsnTimes::default()),
             expensive_keys: RefCell::new(BTreeSet::new()),
             expensive_read_records: Cell::new(DEFAULT_EXPENSIVE_READ_RECORDS),
+            lsn_waiters: LsnWaiters::default(),
+            published_lsn: Cell::new(disk_consistent_lsn),
         }
     }
 
@@ -324,10 +333,23 @@ impl Timeline {
     }
 
     /// Records that ingest has processed WAL up to `lsn` (records that
-    /// stored nothing still move the timeline forward).
+    /// stored nothing still move the timeline forward), and wakes the
+    /// [`Timeline::wait_for_lsn`] futures it satisfies.
     pub fn advance(&self, lsn: Lsn) {
-        let mut state = self.state.borrow_mut();
-        state.last_record_lsn = state.last_record_lsn.max(lsn);
+        let last = {
+            let mut state = self.state.borrow_mut();
+            state.last_record_lsn = state.last_record_lsn.max(lsn);
+            state.last_record_lsn
+        };
+        self.published_lsn.set(self.published_lsn.get().max(last));
+        self.lsn_waiters.wake_reached(last);
+    }
+
+    /// The LSN through which ingest has stored whole records (what
+    /// [`Timeline::advance`] last published): what a read of the latest
+    /// data is served at, never inside a record half stored.
+    pub fn ingested_lsn(&self) -> Lsn {
+        self.published_lsn.get()
     }
 
     /// Reads below this LSN are refused (GC may have removed their layers).

@@ -381,6 +381,7 @@ pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize
         "shard_count": shard.identity.count(),
         "core": core,
         "last_record_lsn": timeline.last_record_lsn().to_string(),
+        "ingested_lsn": timeline.ingested_lsn().to_string(),
         "disk_consistent_lsn": timeline.disk_consistent_lsn().to_string(),
         "gc_cutoff_lsn": timeline.gc_cutoff_lsn().to_string(),
         "ancestor": served.settings.ancestor.as_ref().map(|a| json!({"timeline_id": a.timeline, "lsn": a.lsn})),

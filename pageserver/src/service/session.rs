@@ -59,14 +59,14 @@ impl TimelineSession {
     /// `not_modified_since`.
     async fn resolve(&self, lsn: ReadLsn) -> Result<Lsn, RequestError> {
         let timeline = &self.timeline.timeline;
-        let served = if let Some(served) = lsn.served_at(timeline.last_record_lsn()) {
+        let served = if let Some(served) = lsn.served_at(timeline.ingested_lsn()) {
             served
         } else {
             {
                 let wait = self.core.shared.limits.lsn_wait;
                 let reached =
-                    quire_io::timeout(wait, wait_for_lsn(timeline, lsn.not_modified_since())).await;
-                let last = timeline.last_record_lsn();
+                    quire_io::timeout(wait, timeline.wait_for_lsn(lsn.not_modified_since())).await;
+                let last = timeline.ingested_lsn();
                 match (reached, lsn.served_at(last)) {
                     (Ok(_), Some(served)) => served,
                     _ => {
@@ -236,18 +236,6 @@ impl TimelineSession {
                 format!("{} does not exist at {lsn}", describe(rel)),
             )),
         }
-    }
-}
-
-/// Waits until `timeline` has ingested `lsn`.
-// TEMPORARY until Timeline::wait_for_lsn lands: polls every millisecond.
-async fn wait_for_lsn(timeline: &quire_shard::Timeline, lsn: Lsn) -> Lsn {
-    loop {
-        let last = timeline.last_record_lsn();
-        if last >= lsn {
-            return last;
-        }
-        quire_io::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 
