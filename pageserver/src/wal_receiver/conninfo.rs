@@ -65,6 +65,9 @@ pub enum ConnInfoError {
     /// An `sslmode` asking for TLS, which this client does not speak.
     #[error("connection string: sslmode={0} needs TLS, which this client does not speak")]
     TlsRequired(String),
+    /// A value holding a NUL byte.
+    #[error("connection string: the value of {0:?} holds a NUL byte")]
+    Nul(String),
     /// A URI that does not parse.
     #[error("connection URI: {0}")]
     Uri(&'static str),
@@ -120,6 +123,11 @@ impl ConnInfo {
             keyword,
             value: value.to_owned(),
         };
+        // Values travel as C strings in the startup message: a NUL would
+        // end one early and smuggle in a parameter of its own.
+        if value.contains('\0') {
+            return Err(ConnInfoError::Nul(keyword.to_owned()));
+        }
         match keyword {
             "host" | "hostaddr" => {
                 if value.contains(',') {
@@ -298,7 +306,7 @@ fn parse_uri(rest: &str, info: &mut ConnInfo) -> Result<(), ConnInfoError> {
                 info.set("user", percent_decode(user)?)?;
             }
             if let Some(password) = password {
-                info.password = Some(percent_decode(password)?);
+                info.set("password", percent_decode(password)?)?;
             }
             hostport
         }
@@ -333,7 +341,7 @@ fn parse_uri(rest: &str, info: &mut ConnInfo) -> Result<(), ConnInfoError> {
         info.set("port", percent_decode(port)?)?;
     }
     if let Some(path) = path.filter(|p| !p.is_empty()) {
-        info.dbname = Some(percent_decode(path)?);
+        info.set("dbname", percent_decode(path)?)?;
     }
     for pair in query.unwrap_or_default().split('&') {
         if pair.is_empty() {
