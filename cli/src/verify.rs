@@ -3,7 +3,8 @@
 //!
 //! BASEDIR is a copy of the cluster taken right after initdb; DIR is the
 //! same cluster later, cleanly stopped, with all WAL since still in
-//! `pg_wal` (set `wal_keep_size`). The work happens on one pinned executor
+//! `pg_wal` (set `wal_keep_size`); or, with `--primary`, DIR still running,
+//! its WAL followed over replication until it stops. The work happens on one pinned executor
 //! with one redo process (`pageserver::verify` says what is compared and
 //! how). Exit status 1 when any page differs.
 
@@ -17,7 +18,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::Args;
 use quire_cluster::{PgInstall, RunAs};
 use quire_io::{ExecutorConfig, run_per_core};
-use quire_pageserver::wal_receiver::WalSource;
+use quire_pageserver::wal_receiver::{ConnInfo, PrimarySource, SafekeeperSource, WalSource};
 use quire_redo::{RedoConfig, RedoPool};
 use quire_safekeeper::wire::TimelineKey;
 
@@ -45,7 +46,7 @@ pub struct VerifyArgs {
     pub(crate) timeline: Option<String>,
     /// Compare with the pages a running pageserver serves at this page
     /// service address instead of rebuilding them here.
-    #[arg(long, requires_all = ["tenant", "timeline"], conflicts_with_all = ["base", "safekeepers"])]
+    #[arg(long, requires_all = ["tenant", "timeline"], conflicts_with_all = ["base", "safekeepers", "primary"])]
     pub(crate) pageserver: Option<String>,
     /// The tenant on the pageserver (32 hex digits).
     #[arg(long)]
@@ -64,6 +65,15 @@ pub struct VerifyArgs {
     /// from disk and resume ingest from it, as after a restart.
     #[arg(long)]
     restart_midway: bool,
+    /// Follow the running primary DIR belongs to instead, as a physical
+    /// replication client (`host=... port=... user=...` or
+    /// `postgresql://user@host:port/db`), from BASE's checkpoint until the
+    /// primary shuts down; its WAL must still hold BASE's checkpoint.
+    #[arg(long, conflicts_with = "safekeepers")]
+    primary: Option<String>,
+    /// The primary's physical replication slot (created if missing).
+    #[arg(long, default_value = "quire_verify", requires = "primary")]
+    slot: String,
 }
 
 pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
@@ -80,7 +90,21 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
         scratch_root: work.join("redo"),
         timeout: Duration::from_secs(60),
     };
-    let source = if args.safekeepers.is_empty() {
+    let source = if let Some(primary) = &args.primary {
+        let conninfo = ConnInfo::parse(primary).map_err(|e| anyhow!("--primary: {e}"))?;
+        let base = quire_pageserver::import::read_control(
+            args.base.as_deref().context("--primary needs --base")?,
+        )?;
+        Some(WalSource::Primary(
+            PrimarySource::new(
+                conninfo,
+                &args.slot,
+                base.system_identifier.get(),
+                base.xlog_seg_size.get(),
+            )
+            .map_err(|e| anyhow!("--slot: {e}"))?,
+        ))
+    } else if args.safekeepers.is_empty() {
         None
     } else {
         let key: TimelineKey = args
@@ -92,12 +116,12 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
         let segment_size = quire_pageserver::import::read_control(&args.pgdata)?
             .xlog_seg_size
             .get();
-        Some(WalSource {
+        Some(WalSource::Safekeepers(SafekeeperSource {
             safekeepers: args.safekeepers.clone(),
             key,
             segment_size,
             token: crate::auth_files::read_token(args.auth_token_file.as_deref())?,
-        })
+        }))
     };
     let args = args.clone();
     let executor = ExecutorConfig {

@@ -6,14 +6,16 @@
 //! message. A message parses the same from exactly its own bytes as from a
 //! longer buffer, and waits (`Ok(None)`) when cut short. The client's own
 //! encoders have no decoder here to round-trip against (the server parses
-//! them); the status update is checked against its layout instead. Seeds
-//! are a replication session's server side (`fuzz/seeds/`).
+//! them); the status update is checked against its layout instead.
+//! Authentication requests (cleartext, MD5, SASL) are among the backend
+//! messages parsed. Seeds are a replication session's server side
+//! (`fuzz/seeds/`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use quire_postgres::Lsn;
 use quire_safekeeper::pg_wire::{
-    Backend, Replication, parse_backend, parse_replication, status_update,
+    Backend, Replication, parse_backend, parse_replication, standby_status, status_update,
 };
 
 fuzz_target!(|input: &[u8]| {
@@ -46,4 +48,7 @@ fuzz_target!(|input: &[u8]| {
         parse_backend(&update),
         Ok(Some((Backend::CopyData(_), 39)))
     ));
+    let ping = standby_status(Lsn(u64::from_le_bytes(flush)), 7, true);
+    assert_eq!(ping.len(), 39);
+    assert_eq!(ping.last(), Some(&1));
 });

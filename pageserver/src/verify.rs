@@ -4,7 +4,8 @@
 //! A timeline is bootstrapped from BASE (the cluster right after initdb),
 //! the WAL from BASE's checkpoint to PGDATA's final shutdown checkpoint is
 //! ingested (from PGDATA's `pg_wal`, or followed on the safekeepers through
-//! the WAL receiver), and every block of every WAL-logged
+//! the WAL receiver, or followed on the running primary until it shuts
+//! down), and every block of every WAL-logged
 //! relation fork and every `pg_xact` and multixact page is rebuilt at the
 //! final LSN and compared with PGDATA's files. Pages that differ byte for
 //! byte are compared again after Postgres' own masking (the resource
@@ -51,7 +52,7 @@ use quire_shard::{CoreContext, ReconstructInputs, Timeline};
 use crate::datadir::{self, RelationFiles, SLRU_PAGES_PER_SEGMENT, TailPages};
 use crate::import::{import_datadir, read_control};
 use crate::ingest::{IngestStats, WalIngest, slru_key};
-use crate::wal_receiver::{WalSource, follow};
+use crate::wal_receiver::{FollowEnd, FollowPolicy, WalSource, follow, receive};
 
 mod remote;
 pub use remote::verify_remote;
@@ -222,7 +223,10 @@ pub async fn verify_with(
     Ok(report)
 }
 
-/// Ingests from `pg_wal`, or from the safekeepers through the WAL receiver.
+/// Ingests from `pg_wal`, or through the WAL receiver: from the
+/// safekeepers through the final checkpoint, or from the running primary
+/// until it shuts down (its last record must then be PGDATA's final
+/// checkpoint, read again once the stream has ended).
 async fn ingest_from(
     ingest: &mut WalIngest,
     pgdata: &Path,
@@ -234,6 +238,37 @@ async fn ingest_from(
     let Some(source) = wal_from else {
         return ingest_wal(ingest, &pgdata.join("pg_wal"), start, end_checkpoint).await;
     };
+    if let WalSource::Primary(primary) = source {
+        let policy = FollowPolicy {
+            deadline: Some(Duration::from_secs(1800)),
+            ..FollowPolicy::default()
+        };
+        let (followed, stats) =
+            receive(ingest, source, start, FollowEnd::SourceShutdown, &policy).await?;
+        writeln!(
+            out,
+            "WAL from the primary: {} connections, {:.1} MB, slot {} ({}), durable LSN reported {} times, {} flushes",
+            stats.connections,
+            megabytes(stats.bytes),
+            primary.slot,
+            if stats.slots_created > 0 {
+                "created"
+            } else {
+                "reused"
+            },
+            stats.persisted_reports,
+            stats.flushes
+        )?;
+        let shut_down = read_control(pgdata)?.checkpoint_lsn();
+        if followed.last_record != Some(shut_down) {
+            bail!(
+                "the primary's stream ended at the record at {:?}, but {}'s last checkpoint is at {shut_down}",
+                followed.last_record,
+                pgdata.display()
+            );
+        }
+        return Ok(followed.end);
+    }
     let (last, stats) = follow(
         ingest,
         source,

@@ -5,7 +5,9 @@
 //! starts a `replication=true` session, runs `IDENTIFY_SYSTEM` and
 //! `START_REPLICATION SLOT s PHYSICAL X/Y TIMELINE t`, then exchanges
 //! `CopyData`: `XLogData` (`'w'`) and keepalives (`'k'`) in, standby status
-//! updates (`'r'`) out. Integers are big-endian. Messages longer than
+//! updates (`'r'`) out. Before that, the authentication requests a
+//! client may answer (cleartext, MD5, SASL) are parsed; answering them is
+//! the client's business. Integers are big-endian. Messages longer than
 //! [`MAX_MESSAGE`] or shorter than their layout are errors, never panics.
 
 use quire_postgres::Lsn;
@@ -27,8 +29,40 @@ pub enum WireError {
     #[error("message of {0} bytes is over the limit")]
     TooLong(usize),
     /// An authentication method this client does not speak.
-    #[error("the server asks for authentication method {0}; only trust is supported")]
+    #[error("the server asks for authentication method {0}, which this client does not speak")]
     Authentication(u32),
+}
+
+/// What the server asks the client to prove (`'R'` other than `AuthenticationOk`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthRequest {
+    /// `AuthenticationCleartextPassword` (3): send the password.
+    Cleartext,
+    /// `AuthenticationMD5Password` (5): send `md5` + hex(md5(hex(md5(password
+    /// + user)) + salt)).
+    Md5 {
+        /// The four bytes of salt.
+        salt: [u8; 4],
+    },
+    /// `AuthenticationSASL` (10): the mechanisms the server offers.
+    Sasl(Vec<String>),
+    /// `AuthenticationSASLContinue` (11): the server's SASL data.
+    SaslContinue(Vec<u8>),
+    /// `AuthenticationSASLFinal` (12): the server's final SASL data.
+    SaslFinal(Vec<u8>),
+}
+
+impl AuthRequest {
+    /// The method's name, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AuthRequest::Cleartext => "password",
+            AuthRequest::Md5 { .. } => "md5",
+            AuthRequest::Sasl(_) | AuthRequest::SaslContinue(_) | AuthRequest::SaslFinal(_) => {
+                "SASL"
+            }
+        }
+    }
 }
 
 /// A message from the server.
@@ -36,6 +70,8 @@ pub enum WireError {
 pub enum Backend {
     /// `AuthenticationOk`.
     AuthenticationOk,
+    /// Any other authentication request this codec knows.
+    Authentication(AuthRequest),
     /// `ReadyForQuery`.
     ReadyForQuery,
     /// `RowDescription` (column names).
@@ -104,13 +140,19 @@ fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
 
 /// The startup message of a physical replication session.
 pub fn startup(user: &str, application_name: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
-    for (key, value) in [
+    startup_with(&[
         ("user", user),
         ("replication", "true"),
         ("application_name", application_name),
-    ] {
+    ])
+}
+
+/// A startup message with these parameters (`user` among them; add
+/// `replication` = `true` for a physical replication session).
+pub fn startup_with(parameters: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    for &(key, value) in parameters {
         body.extend_from_slice(key.as_bytes());
         body.push(0);
         body.extend_from_slice(value.as_bytes());
@@ -151,18 +193,32 @@ pub fn terminate() -> Vec<u8> {
     message(b'X', &[])
 }
 
+/// `PasswordMessage` (`'p'`): a cleartext password or an MD5 answer.
+pub fn password(text: &str) -> Vec<u8> {
+    let mut body = text.as_bytes().to_vec();
+    body.push(0);
+    message(b'p', &body)
+}
+
 /// A standby status update (`'r'` in `CopyData`): written, flushed and
 /// applied positions all set to `flush`, the only position a safekeeper
 /// has (it applies nothing); `now_micros` is microseconds since
 /// 2000-01-01.
 pub fn status_update(flush: Lsn, now_micros: i64) -> Vec<u8> {
+    standby_status(flush, now_micros, false)
+}
+
+/// [`status_update`] that asks the server to answer at once with a
+/// keepalive when `reply_requested` (how a client learns that a silent
+/// server is still there).
+pub fn standby_status(flush: Lsn, now_micros: i64, reply_requested: bool) -> Vec<u8> {
     let mut body = Vec::with_capacity(34);
     body.push(b'r');
     for _ in 0..3 {
         body.extend_from_slice(&flush.0.to_be_bytes());
     }
     body.extend_from_slice(&now_micros.to_be_bytes());
-    body.push(0);
+    body.push(u8::from(reply_requested));
     message(b'd', &body)
 }
 
@@ -183,11 +239,7 @@ pub fn parse_backend(buf: &[u8]) -> Result<Option<(Backend, usize)>, WireError> 
         return Ok(None);
     };
     let parsed = match kind {
-        b'R' => match be_u32(body, 0) {
-            Some(0) => Backend::AuthenticationOk,
-            Some(method) => return Err(WireError::Authentication(method)),
-            None => return Err(WireError::Malformed("authentication")),
-        },
+        b'R' => parse_authentication(body)?,
         b'Z' => Backend::ReadyForQuery,
         b'T' => Backend::RowDescription(parse_row_description(body)?),
         b'D' => Backend::DataRow(parse_data_row(body)?),
@@ -199,6 +251,36 @@ pub fn parse_backend(buf: &[u8]) -> Result<Option<(Backend, usize)>, WireError> 
         other => Backend::Other(other),
     };
     Ok(Some((parsed, 1 + len)))
+}
+
+fn parse_authentication(body: &[u8]) -> Result<Backend, WireError> {
+    let malformed = WireError::Malformed("authentication");
+    let method = be_u32(body, 0).ok_or(malformed.clone())?;
+    let data = body.get(4..).unwrap_or_default();
+    let request = match method {
+        0 => return Ok(Backend::AuthenticationOk),
+        3 => AuthRequest::Cleartext,
+        5 => AuthRequest::Md5 {
+            salt: be_array(body, 4).ok_or(malformed)?,
+        },
+        10 => {
+            let mut mechanisms = Vec::new();
+            let mut at = 0;
+            loop {
+                let (name, used) = c_string(data.get(at..).unwrap_or_default(), "authentication")?;
+                if name.is_empty() {
+                    break;
+                }
+                mechanisms.push(name);
+                at += used;
+            }
+            AuthRequest::Sasl(mechanisms)
+        }
+        11 => AuthRequest::SaslContinue(data.to_vec()),
+        12 => AuthRequest::SaslFinal(data.to_vec()),
+        other => return Err(WireError::Authentication(other)),
+    };
+    Ok(Backend::Authentication(request))
 }
 
 fn c_string(bytes: &[u8], what: &'static str) -> Result<(String, usize), WireError> {
@@ -322,13 +404,67 @@ mod tests {
         let lying = [b'D', 0, 0, 0, 6, 0, 1];
         assert_eq!(parse_backend(&lying), Err(WireError::Malformed("data row")));
         assert_eq!(
-            parse_backend(&[b'R', 0, 0, 0, 8, 0, 0, 0, 5]),
-            Err(WireError::Authentication(5))
+            parse_backend(&[b'R', 0, 0, 0, 8, 0, 0, 0, 7]),
+            Err(WireError::Authentication(7))
         );
         assert!(matches!(
             parse_backend(&[b'd', 0x7F, 0, 0, 0]),
             Err(WireError::TooLong(_))
         ));
+    }
+
+    fn check_auth(body: &[u8], expected: Result<Backend, WireError>) {
+        let mut bytes = vec![b'R'];
+        bytes.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        bytes.extend_from_slice(body);
+        assert_eq!(
+            parse_backend(&bytes).map(|m| m.map(|(m, _)| m)),
+            expected.map(Some),
+            "{body:?}"
+        );
+    }
+
+    #[test]
+    fn authentication_requests_parse_or_refuse() {
+        check_auth(&[0, 0, 0, 0], Ok(Backend::AuthenticationOk));
+        check_auth(
+            &[0, 0, 0, 3],
+            Ok(Backend::Authentication(AuthRequest::Cleartext)),
+        );
+        check_auth(
+            &[0, 0, 0, 5, 1, 2, 3, 4],
+            Ok(Backend::Authentication(AuthRequest::Md5 {
+                salt: [1, 2, 3, 4],
+            })),
+        );
+        check_auth(
+            &[0, 0, 0, 5, 1, 2],
+            Err(WireError::Malformed("authentication")),
+        );
+        check_auth(
+            b"\0\0\0\x0aSCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0",
+            Ok(Backend::Authentication(AuthRequest::Sasl(vec![
+                "SCRAM-SHA-256-PLUS".into(),
+                "SCRAM-SHA-256".into(),
+            ]))),
+        );
+        check_auth(
+            b"\0\0\0\x0aSCRAM",
+            Err(WireError::Malformed("authentication")),
+        );
+        check_auth(
+            b"\0\0\0\x0br=abc",
+            Ok(Backend::Authentication(AuthRequest::SaslContinue(
+                b"r=abc".to_vec(),
+            ))),
+        );
+        check_auth(&[0, 0, 0, 2], Err(WireError::Authentication(2)));
+        check_auth(&[0, 0], Err(WireError::Malformed("authentication")));
+        assert_eq!(password("pw")[0], b'p');
+        assert_eq!(&password("pw")[5..], b"pw\0");
+        let ping = standby_status(Lsn(8), 7, true);
+        assert_eq!(ping.last(), Some(&1));
+        assert_eq!(status_update(Lsn(8), 7).last(), Some(&0));
     }
 
     #[test]

@@ -379,6 +379,12 @@ impl PgConn {
                 Backend::Error(fields) => {
                     return Err(ConnError::Postgres(Backend::error_message(&fields)));
                 }
+                Backend::Authentication(request) => {
+                    return Err(ConnError::Postgres(format!(
+                        "the compute asks for {} authentication; only trust is supported",
+                        request.name()
+                    )));
+                }
                 _ => {}
             }
         }

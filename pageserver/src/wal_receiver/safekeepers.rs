@@ -1,13 +1,14 @@
-//! The pageserver's WAL receiver: follows a timeline's committed WAL on the
-//! safekeepers and ingests it.
+//! The safekeepers as a WAL source: follows a timeline's committed WAL
+//! on them.
 //!
 //! It asks every safekeeper for its status and streams from the one with
 //! the highest commit LSN, starting at the end of the last record it
 //! ingested (a record boundary), so a switch resumes exactly where it left
 //! off. Safekeepers send only committed WAL. It switches when the stream
 //! fails (the safekeeper died) or stalls while another safekeeper has
-//! committed more, and reports the timeline's disk-consistent LSN to every
-//! safekeeper as it moves, so they can remove WAL the layers now hold.
+//! committed more (a stream that is merely idle is kept), and reports the
+//! timeline's durable LSN to every safekeeper as it moves, so they can
+//! remove WAL the layers now hold.
 //!
 //! Status queries and reports go over one long-lived connection per
 //! safekeeper ([`StatusLinks`]), dialled again after an error (a call on a
@@ -15,27 +16,25 @@
 //! fresh one). Every dial is bounded by [`CONNECT_TIMEOUT`] and every
 //! status answer by [`STATUS_TIMEOUT`].
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use quire_postgres::Lsn;
 use quire_postgres::wal::stream::WalStreamDecoder;
-use quire_safekeeper::server::conn::FramedConn;
+use quire_safekeeper::server::conn::{ConnError, FramedConn};
 use quire_safekeeper::wire::{Message, TimelineKey};
 
+use super::{FollowEnd, FollowPolicy, Progress, SessionEnd};
 use crate::ingest::WalIngest;
 
-/// How long a stream may stay silent before the receiver looks for a
-/// safekeeper that is further ahead.
-const STALL: Duration = Duration::from_millis(500);
 /// How long dialling a safekeeper may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a status query or report may wait for its answer.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where the WAL comes from.
+/// The safekeepers of a timeline.
 #[derive(Clone, Debug)]
-pub struct WalSource {
+pub struct SafekeeperSource {
     /// The safekeepers' `host:port`.
     pub safekeepers: Vec<String>,
     /// The timeline on them.
@@ -45,19 +44,6 @@ pub struct WalSource {
     /// The token to show the safekeepers (scope `pageserver`), when they
     /// check tokens.
     pub token: Option<String>,
-}
-
-/// What following did.
-#[derive(Clone, Debug, Default)]
-pub struct ReceiveStats {
-    /// Safekeepers connected to (a switch counts once more).
-    pub connections: u64,
-    /// WAL bytes received.
-    pub bytes: u64,
-    /// Times the disk-consistent LSN was reported to the safekeepers.
-    pub persisted_reports: u64,
-    /// Status connections dialled (one per safekeeper unless one failed).
-    pub status_dials: u64,
 }
 
 /// One kept status connection per safekeeper (`None` until dialled, and
@@ -135,7 +121,7 @@ impl StatusLinks {
 /// is the only one answering.
 async fn most_advanced(
     links: &mut StatusLinks,
-    source: &WalSource,
+    source: &SafekeeperSource,
     avoid: Option<usize>,
 ) -> Option<(usize, Lsn)> {
     let mut best: Option<(usize, Lsn)> = None;
@@ -155,7 +141,7 @@ async fn most_advanced(
     best.or(fallback)
 }
 
-async fn report_persisted(links: &mut StatusLinks, source: &WalSource, lsn: Lsn) {
+async fn report_persisted(links: &mut StatusLinks, source: &SafekeeperSource, lsn: Lsn) {
     let report = Message::ReportPersisted {
         key: source.key,
         lsn,
@@ -165,79 +151,89 @@ async fn report_persisted(links: &mut StatusLinks, source: &WalSource, lsn: Lsn)
     }
 }
 
-/// Ingests committed WAL from `start` (a record start) through the record
-/// that starts at `until`; returns the end of that record (rounded up to
-/// 8) and what it took.
-pub async fn follow(
-    ingest: &mut WalIngest,
-    source: &WalSource,
-    start: Lsn,
-    until: Lsn,
-    deadline: Duration,
-) -> Result<(Lsn, ReceiveStats)> {
-    let began = Instant::now();
-    let mut stats = ReceiveStats::default();
-    let mut resume = start;
-    let mut avoid = None;
-    let mut reported = ingest.timeline().disk_consistent_lsn();
-    let mut links = StatusLinks::new(source.safekeepers.len(), source.token.clone());
-    loop {
-        if began.elapsed() > deadline {
-            bail!("WAL up to {until} did not arrive in {deadline:?} (ingested to {resume})");
+/// Following the safekeepers: the kept status links and the safekeeper
+/// to avoid at the next choice (the one whose stream was just lost).
+pub(crate) struct Follower<'a> {
+    source: &'a SafekeeperSource,
+    pub(crate) links: StatusLinks,
+    avoid: Option<usize>,
+}
+
+impl<'a> Follower<'a> {
+    pub(crate) fn new(source: &'a SafekeeperSource) -> Follower<'a> {
+        Follower {
+            source,
+            links: StatusLinks::new(source.safekeepers.len(), source.token.clone()),
+            avoid: None,
         }
-        let Some((index, _)) = most_advanced(&mut links, source, avoid).await else {
-            quire_io::sleep(Duration::from_millis(100)).await;
-            continue;
+    }
+
+    /// One stream from the most advanced safekeeper, until `end`, a
+    /// failure, or a stall while another one is further ahead.
+    pub(crate) async fn session(
+        &mut self,
+        ingest: &mut WalIngest,
+        progress: &mut Progress,
+        end: FollowEnd,
+        policy: &FollowPolicy,
+    ) -> Result<SessionEnd> {
+        let source = self.source;
+        let Some((index, _)) = most_advanced(&mut self.links, source, self.avoid).await else {
+            return Ok(SessionEnd::Lost("no safekeeper answers".into()));
         };
-        let address = &source.safekeepers[index];
+        // A session ends only when lost: the next choice avoids this one.
+        self.avoid = Some(index);
+        let Some(address) = source.safekeepers.get(index) else {
+            return Ok(SessionEnd::Lost("no such safekeeper".into()));
+        };
         let dialled = async {
-            let mut conn = FramedConn::connect_timeout(address, CONNECT_TIMEOUT).await?;
+            let mut conn = FramedConn::connect_timeout(address, policy.connect_timeout).await?;
             conn.hello(source.token.as_deref()).await?;
-            Ok::<_, quire_safekeeper::server::conn::ConnError>(conn)
+            Ok::<_, ConnError>(conn)
         };
-        let Ok(mut conn) = dialled.await else {
-            avoid = Some(index);
-            continue;
+        let mut conn = match dialled.await {
+            Ok(conn) => conn,
+            Err(e) => return Ok(SessionEnd::Lost(format!("{address}: {e}"))),
         };
-        stats.connections += 1;
-        conn.set_read_timeout(Some(STALL));
-        if conn
-            .send(&Message::StreamWal {
-                key: source.key,
-                from: resume,
-            })
-            .await
-            .is_err()
-        {
-            avoid = Some(index);
-            continue;
+        progress.stats.connections += 1;
+        conn.set_read_timeout(Some(policy.switch_after));
+        let stream = Message::StreamWal {
+            key: source.key,
+            from: progress.resume,
+        };
+        if let Err(e) = conn.send(&stream).await {
+            return Ok(SessionEnd::Lost(format!("{address}: {e}")));
         }
-        let mut decoder = WalStreamDecoder::new(resume, source.segment_size);
-        let mut fed = resume;
+        let mut decoder = WalStreamDecoder::new(progress.resume, source.segment_size);
+        let mut fed = progress.resume;
         loop {
-            // A stall or a dead safekeeper: look again.
-            let Ok(message) = conn.receive().await else {
-                break;
+            let message = match conn.receive().await {
+                Ok(message) => message,
+                Err(ConnError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    // Silent: idle, or stuck behind the others? Stay unless
+                    // another safekeeper has committed more than we have.
+                    progress.maybe_flush(ingest, policy, false).await?;
+                    self.report(ingest, progress, fed).await;
+                    match most_advanced(&mut self.links, source, Some(index)).await {
+                        Some((other, commit)) if other != index && commit > fed => {
+                            return Ok(SessionEnd::Lost(format!("{address} stalled")));
+                        }
+                        _ => continue,
+                    }
+                }
+                Err(e) => return Ok(SessionEnd::Lost(format!("{address}: {e}"))),
             };
             match message {
                 Message::Wal { begin, bytes } if begin == fed => {
-                    stats.bytes += bytes.len() as u64;
+                    progress.stats.bytes += bytes.len() as u64;
+                    progress.flowed = true;
                     fed = Lsn(fed.0 + bytes.len() as u64);
                     decoder.feed(&bytes);
-                    loop {
-                        let record = match decoder.next_record() {
-                            Ok(Some(record)) => record,
-                            Ok(None) => break,
-                            Err(e) => bail!("WAL from {address} does not decode: {e}"),
-                        };
-                        let end = ingest
-                            .ingest_record(record.start, record.end, record.bytes)
-                            .await?;
-                        resume = end;
-                        if record.start == until {
-                            stats.status_dials = links.dialled;
-                            return Ok((end, stats));
-                        }
+                    if progress
+                        .ingest_decoded(ingest, &mut decoder, end, address)
+                        .await?
+                    {
+                        return Ok(SessionEnd::Reached);
                     }
                 }
                 Message::Wal { begin, .. } => {
@@ -245,19 +241,23 @@ pub async fn follow(
                 }
                 Message::Commit { .. } => {}
                 Message::Error { message } => {
-                    eprintln!("wal receiver: {address}: {message}");
-                    break;
+                    return Ok(SessionEnd::Lost(format!("{address}: {message}")));
                 }
                 other => bail!("{address} answered a WAL stream with {other:?}"),
             }
-            let persisted = ingest.timeline().disk_consistent_lsn();
-            if persisted > reported {
-                reported = persisted;
-                report_persisted(&mut links, source, persisted).await;
-                stats.persisted_reports += 1;
-            }
+            progress.maybe_flush(ingest, policy, false).await?;
+            self.report(ingest, progress, fed).await;
         }
-        avoid = Some(index);
+    }
+
+    /// Reports the durable LSN to every safekeeper when it moved.
+    async fn report(&mut self, ingest: &WalIngest, progress: &mut Progress, received: Lsn) {
+        let persisted = progress.durable(ingest.timeline(), received);
+        if persisted > progress.reported {
+            progress.reported = persisted;
+            report_persisted(&mut self.links, self.source, persisted).await;
+            progress.stats.persisted_reports += 1;
+        }
     }
 }
 
