@@ -19,6 +19,7 @@ use super::core::{Core, ServedTimeline, TenantShard};
 use super::files;
 use super::settings::{self, AncestorSettings, ShardSettings, TimelineSettings, WalSourceSettings};
 use crate::import::{import_datadir, read_control};
+use crate::ingest::WalIngest;
 
 /// A failed admin operation: the HTTP status it answers with and why.
 #[derive(Debug, Clone)]
@@ -287,6 +288,7 @@ async fn create_timeline(
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
+    let mut fresh = None;
     let (timeline, settings) = match origin {
         TimelineOrigin::Import { pgdata } => {
             let control =
@@ -313,6 +315,7 @@ async fn create_timeline(
                 pgdata.display(),
                 imported.lsn
             );
+            fresh = Some((imported.sizes, imported.slru_pages));
             let settings = TimelineSettings {
                 timeline: id.to_string(),
                 ancestor: None,
@@ -353,8 +356,18 @@ async fn create_timeline(
         timeline: Rc::new(timeline),
         settings,
         receiver: std::cell::RefCell::new(None),
+        receiver_error: std::cell::RefCell::new(None),
     });
-    shard.timelines.borrow_mut().insert(id, served);
+    shard.timelines.borrow_mut().insert(id, Rc::clone(&served));
+    let fresh = fresh.map(|(sizes, slru_pages)| {
+        WalIngest::new(
+            Rc::clone(&served.timeline),
+            sizes,
+            slru_pages,
+            Some((Rc::clone(&core.redo), shard.redo_key())),
+        )
+    });
+    super::receiver::start(core, &shard, &served, fresh).await?;
     Ok(json!({"timeline_id": id.to_string(), "lsn": lsn.to_string()}))
 }
 
@@ -394,7 +407,8 @@ pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize
         },
         "open_layer_bytes": timeline.open_layer_bytes(),
         "wal_source": served.settings.wal_source,
-        "receiving": served.receiver.borrow().is_some(),
+        "receiving": served.receiver.borrow().is_some() && served.receiver_error.borrow().is_none(),
+        "receiver_error": *served.receiver_error.borrow(),
     })
 }
 

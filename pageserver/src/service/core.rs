@@ -108,6 +108,8 @@ pub struct ServedTimeline {
     pub settings: TimelineSettings,
     /// The WAL receiver's task, while one runs (dropping it stops it).
     pub receiver: RefCell<Option<Task<()>>>,
+    /// Why the receiver stopped, if it did.
+    pub receiver_error: RefCell<Option<String>>,
 }
 
 /// A tenant shard on this core.
@@ -195,13 +197,17 @@ impl Core {
                 timeline: Rc::new(loaded),
                 settings: timeline,
                 receiver: RefCell::new(None),
+                receiver_error: RefCell::new(None),
             });
             eprintln!(
                 "pageserver: core {}: loaded timeline {tenant}/{id} at {}",
                 self.index,
                 served.timeline.last_record_lsn()
             );
-            shard.timelines.borrow_mut().insert(id, served);
+            shard.timelines.borrow_mut().insert(id, Rc::clone(&served));
+            super::receiver::start(self, &shard, &served, None)
+                .await
+                .with_context(|| format!("timeline {tenant}/{id}: start its WAL receiver"))?;
         }
         self.shards
             .borrow_mut()

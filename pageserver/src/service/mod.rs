@@ -21,6 +21,7 @@ pub mod core;
 pub mod files;
 pub mod http;
 pub mod metrics;
+pub mod receiver;
 pub mod session;
 pub mod settings;
 

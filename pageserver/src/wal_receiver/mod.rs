@@ -24,7 +24,7 @@
 //! (`quire verify --primary`: the walsender sends everything through the
 //! shutdown checkpoint, then ends the stream).
 
-mod conninfo;
+pub mod conninfo;
 pub mod primary;
 pub mod safekeepers;
 
