@@ -128,12 +128,12 @@ impl Pageserver {
         let stdout = child.stdout.take().context("stdout")?;
         self.child = Some(child);
         let (lines, line) = mpsc::channel();
+        // Drains stdout for the process's life: a closed pipe would make
+        // its next print fail.
         std::thread::spawn(move || {
             for text in BufReader::new(stdout).lines() {
                 let Ok(text) = text else { break };
-                if lines.send(text).is_err() {
-                    break;
-                }
+                let _ = lines.send(text);
             }
         });
         let began = Instant::now();
@@ -155,6 +155,10 @@ impl Pageserver {
                 .parse()
                 .with_context(|| format!("page address in {text:?}"))?;
             http.clone_into(&mut self.http);
+            // The line means the server is ready: it must take a connection
+            // at once.
+            TcpStream::connect_timeout(&self.page, Duration::from_secs(2))
+                .with_context(|| format!("the page service right after {text:?}"))?;
             println!("started: {text}");
             return Ok(());
         }
@@ -253,8 +257,22 @@ impl Pageserver {
 }
 
 impl Drop for Pageserver {
+    /// Kills it; its log's end goes to the test's output (shown when the
+    /// test fails).
     fn drop(&mut self) {
+        let exited = self.child.is_some() && !self.is_running();
         self.kill();
+        let log = self.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines
+            .get(lines.len().saturating_sub(40)..)
+            .unwrap_or_default();
+        println!(
+            "pageserver {} ({}), last lines of its log:\n{}",
+            self.dir.display(),
+            if exited { "had exited" } else { "killed" },
+            tail.join("\n")
+        );
     }
 }
 
