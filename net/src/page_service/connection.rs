@@ -86,6 +86,7 @@ pub async fn serve<T: Transport, S: PageSession>(
         frames.clear();
         let closing = closing.or_else(|| {
             fatal.map(|error| {
+                session.frame_refused(ServiceError::BadRequest);
                 push_error(
                     &mut out,
                     error.request_id(),
@@ -126,10 +127,12 @@ async fn answer_round<S: PageSession>(
                 id,
                 ErrorResponse::new(kind, ServiceError::ShuttingDown, "the server is stopping"),
             );
+            session.frame_refused(ServiceError::ShuttingDown);
             return Some("the server is stopping".into());
         }
         let frame = match frame {
             Err(error) => {
+                session.frame_refused(ServiceError::BadRequest);
                 push_error(
                     out,
                     error.request_id(),
@@ -142,6 +145,7 @@ async fn answer_round<S: PageSession>(
         };
         let request = match &frame.message {
             ClientMessage::Hello(_) => {
+                session.frame_refused(ServiceError::BadRequest);
                 push_error(
                     out,
                     frame.request_id,

@@ -148,4 +148,10 @@ pub trait PageSession {
     fn stopping(&self) -> bool {
         false
     }
+
+    /// Called for every `Error` the connection loop answers by itself (a
+    /// frame that breaks the spec or comes out of turn, a request while
+    /// stopping), so the server can count it with the session's own
+    /// failures.
+    fn frame_refused(&self, _error: ServiceError) {}
 }

@@ -503,8 +503,12 @@ async fn gc(
     let shard = shard_of(core, tenant, number)?;
     let served = timeline_of(&shard, id)?;
     let timeline = &served.timeline;
-    let cutoff =
+    let requested =
         cutoff.unwrap_or_else(|| timeline.gc_cutoff_for(GcPolicy::default(), SystemTime::now()));
+    // A read at the latest LSN is served at the last record, which may be
+    // below the disk-consistent LSN the engine clamps to (an import's is
+    // one past it): a cutoff above the last record would refuse them all.
+    let cutoff = requested.min(timeline.last_record_lsn());
     let retain: Vec<Lsn> = shard
         .timelines
         .borrow()
@@ -516,7 +520,7 @@ async fn gc(
         .collect();
     let report = timeline.gc(cutoff, &retain).await.map_err(|e| anyhow!(e))?;
     Ok(json!({
-        "requested_cutoff_lsn": cutoff.to_string(),
+        "requested_cutoff_lsn": requested.to_string(),
         "gc_cutoff_lsn": report.cutoff.to_string(),
         "removed_layers": report.removed.len(),
         "kept_layers": report.kept,

@@ -94,7 +94,8 @@ struct CoreSetup {
     shards: Vec<(PathBuf, ShardSettings)>,
 }
 
-/// Runs the pageserver until a core fails; prints where it listens.
+/// Runs the pageserver until a core fails; prints where it listens once
+/// every core has loaded its shards and listens.
 pub fn run(config: &PageserverConfig) -> Result<()> {
     let cores = config.cores.max(1);
     std::fs::create_dir_all(settings::tenants_dir(&config.dir))
@@ -167,10 +168,7 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
         ADMIN_THREADS,
     )
     .context("start the admin API threads")?;
-    println!(
-        "pageserver: page service on {listen}, admin API on http://{http_addr}, {cores} cores, data in {}",
-        config.dir.display()
-    );
+    let ready = announce_when_listening(cores, listen, http_addr, &config.dir)?;
     let setups = Arc::new(Mutex::new(setups.into_iter().map(Some).collect::<Vec<_>>()));
     let executors = ExecutorConfig {
         cpus: (0..cores).collect(),
@@ -185,9 +183,10 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
             .and_then(|mut all| all.get_mut(index).and_then(Option::take));
         let shared = Arc::clone(&shared);
         let config = config.clone();
+        let ready = ready.clone();
         async move {
             let setup = setup.ok_or_else(|| anyhow!("core {index} has no setup"))?;
-            run_core(index, setup, shared, &config, listen).await
+            run_core(index, setup, shared, &config, listen, ready).await
         }
     })
     .map_err(|e| anyhow!("{e}"))?;
@@ -195,6 +194,34 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
         result?;
     }
     Ok(())
+}
+
+/// Prints where the server listens once each of the `cores` has said on
+/// the channel returned that it has loaded its shards and listens. The line
+/// says the server is ready: a client that connects once it reads it must
+/// not be refused.
+fn announce_when_listening(
+    cores: usize,
+    listen: SocketAddr,
+    http: SocketAddr,
+    dir: &std::path::Path,
+) -> Result<std::sync::mpsc::SyncSender<usize>> {
+    let line = format!(
+        "pageserver: page service on {listen}, admin API on http://{http}, {cores} cores, data in {}",
+        dir.display()
+    );
+    let (ready, listening) = std::sync::mpsc::sync_channel::<usize>(cores);
+    std::thread::Builder::new()
+        .name("quire-ready".into())
+        .spawn(move || {
+            // A core that fails before it listens never says so; the
+            // process then ends with that core's error, without the line.
+            if (0..cores).all(|_| listening.recv().is_ok()) {
+                println!("{line}");
+            }
+        })
+        .context("start the readiness thread")?;
+    Ok(ready)
 }
 
 /// Every shard on disk with the core it runs on: the one its settings name,
@@ -235,13 +262,14 @@ fn place_shards(
 }
 
 /// One core: its redo pool, its shards loaded, the hand-off queues, the
-/// admin queue and the page listener.
+/// admin queue and the page listener (said on `ready` once it listens).
 async fn run_core(
     index: usize,
     setup: CoreSetup,
     shared: Arc<Shared>,
     config: &PageserverConfig,
     listen: SocketAddr,
+    ready: std::sync::mpsc::SyncSender<usize>,
 ) -> Result<()> {
     let mut redo_config = config.redo.clone();
     redo_config.scratch_root = redo_config.scratch_root.join(format!("core-{index}"));
@@ -293,6 +321,10 @@ async fn run_core(
     quire_io::spawn_local(publish_stats(stats_core)).detach();
     let listener =
         TcpListener::bind(listen).with_context(|| format!("core {index}: listen on {listen}"))?;
+    // Room for every core's message was made when the channel was; a
+    // failed send means the readiness thread is gone, which changes nothing.
+    let _ = ready.try_send(index);
+    drop(ready);
     accept::accept_loop(core, listener, Rc::new(outboxes)).await;
     Ok(())
 }

@@ -365,6 +365,14 @@ impl PageSession for TimelineSession {
     fn stopping(&self) -> bool {
         false
     }
+
+    fn frame_refused(&self, error: ServiceError) {
+        let metrics = &self.core.metrics;
+        metrics
+            .errors
+            .with_label_values(&[metrics.core(), error_name(error)])
+            .inc();
+    }
 }
 
 impl TimelineSession {
