@@ -56,6 +56,7 @@ fn start_safekeepers(root: &std::path::Path) -> Vec<String> {
             cpu: None,
             io_memory_bytes: 4 << 20,
             name: format!("sk{}", i + 1),
+            spin_before_park: None,
         };
         let _ = spawn_executor(&executor, move || async move {
             let server = Server::open(config).await.unwrap();

@@ -346,6 +346,7 @@ fn main() {
         cpu: Some(0),
         io_memory_bytes: 4 << 20,
         name: "getpage".into(),
+        spin_before_park: None,
     };
     run_local(&executor, move || async move {
         let core = CoreContext::new(32 << 20);

@@ -67,6 +67,7 @@ fn verify_on_one_core(
         cpus: vec![0],
         io_memory_bytes: 2 * 1024 * 1024,
         name: "quire-bench-ingest".into(),
+        spin_before_park: None,
     };
     let (work_path, base_path, data_path) =
         (work.path().to_owned(), base.to_owned(), datadir.to_owned());

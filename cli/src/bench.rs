@@ -86,6 +86,14 @@ pub struct GetPageArgs {
     /// A token of scope `compute`, when the pageserver checks tokens.
     #[arg(long)]
     auth_token_file: Option<PathBuf>,
+    /// Also time the round trip against an echo on a `quire_io` executor on
+    /// this CPU (the runtime's floor), spinning as the client does.
+    #[arg(long)]
+    runtime_echo_cpu: Option<usize>,
+    /// Microseconds the client executor polls before it parks (0: park at
+    /// once), as the pageserver's cores do.
+    #[arg(long, default_value_t = 50)]
+    spin_before_park_us: u64,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -210,11 +218,20 @@ fn getpage(args: &GetPageArgs) -> Result<()> {
         warm_up: args.warm_up,
         odirect_dir: args.odirect_dir.clone(),
         peer_samples: args.peer_samples,
+        runtime_echo: args.runtime_echo_cpu.map(|cpu| {
+            (
+                Some(cpu),
+                (args.spin_before_park_us > 0)
+                    .then(|| Duration::from_micros(args.spin_before_park_us)),
+            )
+        }),
     };
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let config = LocalConfig {
         cpu: Some(args.cpu.unwrap_or(cores - 1)),
         name: "quire-bench".into(),
+        spin_before_park: (args.spin_before_park_us > 0)
+            .then(|| Duration::from_micros(args.spin_before_park_us)),
         ..LocalConfig::default()
     };
     println!("{}", machine(&args.odirect_dir));

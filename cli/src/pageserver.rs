@@ -52,6 +52,10 @@ pub struct PageserverArgs {
     /// Spare redo processes per core.
     #[arg(long, default_value_t = 1)]
     redo_spares: usize,
+    /// Microseconds an idle core keeps polling before it parks (0: park at
+    /// once); trades idle CPU for the wake-up latency of each request.
+    #[arg(long, default_value_t = 50)]
+    spin_before_park_us: u64,
 }
 
 pub fn run(args: &PageserverArgs) -> Result<()> {
@@ -83,6 +87,8 @@ pub fn run(args: &PageserverArgs) -> Result<()> {
             timeout: Duration::from_secs(60),
         },
         redo_spares: args.redo_spares,
+        spin_before_park: (args.spin_before_park_us > 0)
+            .then(|| Duration::from_micros(args.spin_before_park_us)),
     };
     service::run(&config)
 }

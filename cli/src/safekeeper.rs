@@ -157,6 +157,7 @@ pub fn run(args: &SafekeeperArgs) -> Result<()> {
         cpus: vec![cpu],
         io_memory_bytes: 4 << 20,
         name: format!("quire-sk{}", args.id),
+        spin_before_park: None,
     };
     let (_, mut results) = run_per_core(&executor, move |_| {
         let config = config.clone();

@@ -128,6 +128,7 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
         cpus: vec![0],
         io_memory_bytes: 2 * 1024 * 1024,
         name: "quire-verify".into(),
+        spin_before_park: None,
     };
     let (_, mut results) = run_per_core(&executor, move |_| {
         let config = config.clone();

@@ -13,6 +13,8 @@
 //! tests, benchmarks and one-shot commands run their async code on; they
 //! skip the registration check (a server runs [`run_per_core`]).
 
+use std::time::Duration;
+
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::registration::{RegistrationStatus, probe_buffer_registration};
@@ -27,6 +29,11 @@ pub struct ExecutorConfig {
     pub io_memory_bytes: usize,
     /// Thread name prefix.
     pub name: String,
+    /// Keep polling this long for new work before parking the thread
+    /// (`None`: park at once). A parked executor costs a futex wake-up and a
+    /// reschedule per arriving request; spinning trades a core's idle time
+    /// for that latency.
+    pub spin_before_park: Option<Duration>,
 }
 
 impl ExecutorConfig {
@@ -37,6 +44,7 @@ impl ExecutorConfig {
             cpus: (0..count).collect(),
             io_memory_bytes,
             name: name.to_owned(),
+            spin_before_park: None,
         }
     }
 }
@@ -54,6 +62,8 @@ pub struct LocalConfig {
     pub io_memory_bytes: usize,
     /// Its thread's name.
     pub name: String,
+    /// See [`ExecutorConfig::spin_before_park`].
+    pub spin_before_park: Option<Duration>,
 }
 
 impl Default for LocalConfig {
@@ -63,6 +73,7 @@ impl Default for LocalConfig {
             cpu: None,
             io_memory_bytes: IO_MEMORY_BYTES_DEFAULT,
             name: "quire-local".to_owned(),
+            spin_before_park: None,
         }
     }
 }
@@ -132,14 +143,16 @@ where
 {
     let placement = config.cpu.map_or(Placement::Unbound, Placement::Fixed);
     let executor = describe(&config.name, config.cpu);
-    let handle = LocalExecutorBuilder::new(placement)
+    let mut builder = LocalExecutorBuilder::new(placement)
         .name(&config.name)
-        .io_memory(config.io_memory_bytes)
-        .spawn(task)
-        .map_err(|e| ExecutorError::Start {
-            executor: executor.clone(),
-            detail: e.to_string(),
-        })?;
+        .io_memory(config.io_memory_bytes);
+    if let Some(spin) = config.spin_before_park {
+        builder = builder.spin_before_park(spin);
+    }
+    let handle = builder.spawn(task).map_err(|e| ExecutorError::Start {
+        executor: executor.clone(),
+        detail: e.to_string(),
+    })?;
     Ok(ExecutorHandle { handle, executor })
 }
 
@@ -180,6 +193,7 @@ where
             cpu: Some(cpu),
             io_memory_bytes: config.io_memory_bytes,
             name: format!("{}-{index}", config.name),
+            spin_before_park: config.spin_before_park,
         };
         handles.push(spawn_executor(&local, move || task(index))?);
     }

@@ -23,6 +23,7 @@ fn blocks_written_durably_read_back_on_every_core() {
         cpus: vec![0, 1],
         io_memory_bytes: 1 << 20,
         name: "io-test".into(),
+        spin_before_park: None,
     };
     let base: PathBuf = dir.path().to_owned();
     let (status, results) = run_per_core(&config, move |core| {

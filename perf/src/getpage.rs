@@ -71,6 +71,9 @@ pub struct GetPageBench {
     pub odirect_dir: PathBuf,
     /// Samples of each peer.
     pub peer_samples: u32,
+    /// Also time the round trip against an echo on a `quire_io` executor on
+    /// this CPU, spinning this long before parking.
+    pub runtime_echo: Option<(Option<usize>, Option<Duration>)>,
 }
 
 /// What a run measured (microseconds).
@@ -90,6 +93,8 @@ pub struct GetPageReport {
     pub rtt: Histogram<u64>,
     /// The `O_DIRECT` read.
     pub odirect: Histogram<u64>,
+    /// The round trip against an echo on the runtime (when asked for).
+    pub rtt_runtime: Option<Histogram<u64>>,
 }
 
 fn histogram() -> Result<Histogram<u64>> {
@@ -222,6 +227,7 @@ impl GetPageBench {
             seconds: 0.0,
             rtt: histogram()?,
             odirect: histogram()?,
+            rtt_runtime: None,
         };
         for task in tasks {
             let (histogram, ok, errors, first_error) = task.await?;
@@ -233,6 +239,9 @@ impl GetPageBench {
         report.seconds = started.elapsed().as_secs_f64();
         report.rtt = loopback_rtt(self.peer_samples).await?;
         report.odirect = odirect_reads(&self.odirect_dir, self.peer_samples).await?;
+        if let Some((cpu, spin)) = self.runtime_echo {
+            report.rtt_runtime = Some(loopback_rtt_runtime(self.peer_samples, cpu, spin).await?);
+        }
         Ok(report)
     }
 
@@ -316,6 +325,61 @@ async fn loopback_rtt(samples: u32) -> Result<Histogram<u64>> {
         }
         Ok(())
     });
+    let rtt = time_round_trips(address, samples).await?;
+    let _ = server.join();
+    Ok(rtt)
+}
+
+/// The same round trip against an echo served by a `quire_io` executor on
+/// `server_cpu` (spinning as configured): the runtime's own floor, what
+/// the pageserver's sockets cost before it does any work.
+pub async fn loopback_rtt_runtime(
+    samples: u32,
+    server_cpu: Option<usize>,
+    spin_before_park: Option<Duration>,
+) -> Result<Histogram<u64>> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the echo peer")?;
+    let address = listener.local_addr()?;
+    drop(listener);
+    let (ready, is_ready) = std::sync::mpsc::channel();
+    let config = quire_io::LocalConfig {
+        cpu: server_cpu,
+        name: "quire-bench-echo".into(),
+        spin_before_park,
+        ..quire_io::LocalConfig::default()
+    };
+    let server = quire_io::spawn_executor(&config, move || async move {
+        let listener = match quire_io::net::TcpListener::bind(address) {
+            Ok(listener) => listener,
+            Err(error) => {
+                let _ = ready.send(Err(error.to_string()));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let mut request = [0u8; REQUEST_BYTES];
+        let reply = vec![0u8; REPLY_BYTES];
+        while stream.read_exact(&mut request).await.is_ok() {
+            if stream.write_all(&reply).await.is_err() {
+                break;
+            }
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    is_ready
+        .recv()
+        .context("the echo executor")?
+        .map_err(|e| anyhow::anyhow!("echo peer: {e}"))?;
+    let rtt = time_round_trips(address, samples).await?;
+    let _ = server.join();
+    Ok(rtt)
+}
+
+async fn time_round_trips(address: SocketAddr, samples: u32) -> Result<Histogram<u64>> {
     let mut stream = TcpStream::connect_timeout(address, Duration::from_secs(5)).await?;
     stream.set_nodelay(true)?;
     let request = [1u8; REQUEST_BYTES];
@@ -329,8 +393,6 @@ async fn loopback_rtt(samples: u32) -> Result<Histogram<u64>> {
             rtt.record(micros(start.elapsed())).context("record")?;
         }
     }
-    drop(stream);
-    let _ = server.join();
     Ok(rtt)
 }
 
@@ -437,6 +499,14 @@ pub fn render(bench: &GetPageBench, report: &GetPageReport) -> Vec<String> {
             ratio(h.value_at_quantile(0.5), rtt + odirect)
         ),
     ];
+    if let Some(runtime) = &report.rtt_runtime {
+        lines.push(format!(
+            "peer: the same round trip against an echo on a quire_io executor (the runtime's floor): us p50 {} p99 {} max {}",
+            runtime.value_at_quantile(0.5),
+            runtime.value_at_quantile(0.99),
+            runtime.max()
+        ));
+    }
     if let Some(error) = &report.first_error {
         lines.push(format!("first error: {error}"));
     }

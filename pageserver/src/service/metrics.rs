@@ -32,15 +32,33 @@ pub struct Metrics {
     layers: IntGaugeVec,
 }
 
+/// One counter per request kind.
+#[derive(Clone)]
+pub struct RequestCounters {
+    /// `GetPage`.
+    pub get_page: IntCounter,
+    /// `GetPages`.
+    pub get_pages: IntCounter,
+    /// `Nblocks`.
+    pub nblocks: IntCounter,
+    /// `Exists`.
+    pub exists: IntCounter,
+    /// `DbSize`.
+    pub db_size: IntCounter,
+    /// `SlruSegment`.
+    pub slru_segment: IntCounter,
+}
+
 /// One core's handles.
 #[derive(Clone)]
 pub struct CoreMetrics {
     /// Seconds from a page read's arrival in a batch to its pages being
     /// ready, per read.
     pub getpage_seconds: Histogram,
-    /// Requests by kind.
-    pub requests: IntCounterVec,
-    /// Errors answered, by code name.
+    /// Requests by kind, resolved once (a labelled lookup takes the vector's
+    /// lock; the request path must not).
+    pub requests: RequestCounters,
+    /// Errors answered, by code name (rare: looked up when counted).
     pub errors: IntCounterVec,
     /// Page connections open on the core.
     pub connections: IntGauge,
@@ -158,7 +176,17 @@ impl Metrics {
         let core = index.to_string();
         CoreMetrics {
             getpage_seconds: self.getpage_seconds.with_label_values(&[core.as_str()]),
-            requests: self.requests.clone(),
+            requests: {
+                let kind = |k: &str| self.requests.with_label_values(&[core.as_str(), k]);
+                RequestCounters {
+                    get_page: kind("get_page"),
+                    get_pages: kind("get_pages"),
+                    nblocks: kind("nblocks"),
+                    exists: kind("exists"),
+                    db_size: kind("db_size"),
+                    slru_segment: kind("slru_segment"),
+                }
+            },
             errors: self.errors.clone(),
             connections: self.connections.with_label_values(&[core.as_str()]),
             cache: self.cache.clone(),

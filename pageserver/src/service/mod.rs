@@ -84,6 +84,8 @@ pub struct PageserverConfig {
     pub redo: RedoConfig,
     /// Spare redo processes per core.
     pub redo_spares: usize,
+    /// How long an idle core polls before it parks.
+    pub spin_before_park: Option<Duration>,
 }
 
 /// What one core takes at start.
@@ -174,6 +176,7 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
         cpus: (0..cores).collect(),
         io_memory_bytes: config.io_memory_bytes,
         name: "quire-pageserver".into(),
+        spin_before_park: config.spin_before_park,
     };
     let config = config.clone();
     let (_, results) = run_per_core(&executors, move |index| {

@@ -18,7 +18,10 @@ use quire_postgres::types::{BLCKSZ, BlockNo, Oid, RelTag};
 use quire_postgres::{Key, Lsn};
 use quire_shard::{ReconstructInputs, TimelineError};
 
+use prometheus::IntCounter;
+
 use super::core::{Core, ServedTimeline, TenantShard};
+use super::metrics::RequestCounters;
 use crate::ingest::slru_key;
 
 /// The default tablespace and the shared one (`DEFAULTTABLESPACE_OID`,
@@ -267,10 +270,12 @@ impl PageSession for TimelineSession {
             }
             .await;
             self.count(
-                if read.count == 1 {
-                    "get_page"
-                } else {
-                    "get_pages"
+                |c| {
+                    if read.count == 1 {
+                        &c.get_page
+                    } else {
+                        &c.get_pages
+                    }
                 },
                 &result,
             );
@@ -302,7 +307,7 @@ impl PageSession for TimelineSession {
             Ok((lsn, size))
         }
         .await;
-        self.count("nblocks", &result);
+        self.count(|c| &c.nblocks, &result);
         result
     }
 
@@ -319,7 +324,7 @@ impl PageSession for TimelineSession {
             Ok((lsn, exists))
         }
         .await;
-        self.count("exists", &result);
+        self.count(|c| &c.exists, &result);
         result
     }
 
@@ -340,7 +345,7 @@ impl PageSession for TimelineSession {
             Ok((lsn, size))
         }
         .await;
-        self.count("db_size", &result);
+        self.count(|c| &c.db_size, &result);
         result
     }
 
@@ -358,7 +363,7 @@ impl PageSession for TimelineSession {
             Ok((lsn, count))
         }
         .await;
-        self.count("slru_segment", &result);
+        self.count(|c| &c.slru_segment, &result);
         result
     }
 
@@ -455,12 +460,13 @@ impl TimelineSession {
         Ok(count)
     }
 
-    fn count<T>(&self, kind: &str, result: &Result<T, RequestError>) {
+    fn count<T>(
+        &self,
+        kind: impl Fn(&RequestCounters) -> &IntCounter,
+        result: &Result<T, RequestError>,
+    ) {
         let metrics = &self.core.metrics;
-        metrics
-            .requests
-            .with_label_values(&[metrics.core(), kind])
-            .inc();
+        kind(&metrics.requests).inc();
         if let Err(error) = result {
             metrics
                 .errors
