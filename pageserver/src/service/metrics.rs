@@ -27,8 +27,7 @@ pub struct Metrics {
     connections: IntGaugeVec,
     cache: IntGaugeVec,
     redo_pages: IntGaugeVec,
-    ingest_bytes: IntCounterVec,
-    ingest_lag: IntGaugeVec,
+    timeline_lsn: IntGaugeVec,
     layers: IntGaugeVec,
 }
 
@@ -66,12 +65,11 @@ pub struct CoreMetrics {
     pub cache: IntGaugeVec,
     /// Redo counters (copied once a second).
     pub redo_pages: IntGaugeVec,
-    /// WAL bytes ingested.
-    pub ingest_bytes: IntCounter,
     /// Layers by kind (copied once a second).
     pub layers: IntGaugeVec,
-    /// Ingest lag in bytes, by timeline.
-    pub ingest_lag: IntGaugeVec,
+    /// Each timeline's ingested and disk-consistent LSNs (copied once a
+    /// second; their difference is what a crash would re-ingest).
+    pub timeline_lsn: IntGaugeVec,
     core: String,
 }
 
@@ -126,16 +124,12 @@ impl Metrics {
             ),
             &["core", "what"],
         )?;
-        let ingest_bytes = IntCounterVec::new(
-            Opts::new("quire_ingest_wal_bytes_total", "WAL bytes ingested"),
-            &["core"],
-        )?;
-        let ingest_lag = IntGaugeVec::new(
+        let timeline_lsn = IntGaugeVec::new(
             Opts::new(
-                "quire_ingest_lag_bytes",
-                "Bytes between the source's end of WAL and the last record ingested",
+                "quire_timeline_lsn",
+                "A timeline's LSNs as byte positions (what=ingested|disk_consistent)",
             ),
-            &["core", "timeline"],
+            &["core", "timeline", "what"],
         )?;
         let layers = IntGaugeVec::new(
             Opts::new(
@@ -151,8 +145,7 @@ impl Metrics {
             Box::new(connections.clone()),
             Box::new(cache.clone()),
             Box::new(redo_pages.clone()),
-            Box::new(ingest_bytes.clone()),
-            Box::new(ingest_lag.clone()),
+            Box::new(timeline_lsn.clone()),
             Box::new(layers.clone()),
         ] {
             registry.register(collector)?;
@@ -165,8 +158,7 @@ impl Metrics {
             connections,
             cache,
             redo_pages,
-            ingest_bytes,
-            ingest_lag,
+            timeline_lsn,
             layers,
         })
     }
@@ -191,9 +183,8 @@ impl Metrics {
             connections: self.connections.with_label_values(&[core.as_str()]),
             cache: self.cache.clone(),
             redo_pages: self.redo_pages.clone(),
-            ingest_bytes: self.ingest_bytes.with_label_values(&[core.as_str()]),
             layers: self.layers.clone(),
-            ingest_lag: self.ingest_lag.clone(),
+            timeline_lsn: self.timeline_lsn.clone(),
             core,
         }
     }

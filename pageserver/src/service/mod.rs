@@ -364,6 +364,16 @@ async fn publish_stats(core: Rc<Core>) {
         let (mut layers, mut l0) = (0usize, 0usize);
         for shard in core.shards.borrow().values() {
             for timeline in shard.timelines.borrow().values() {
+                let name = format!("{}/{}", shard.tenant, timeline.id);
+                for (what, lsn) in [
+                    ("ingested", timeline.timeline.ingested_lsn()),
+                    ("disk_consistent", timeline.timeline.disk_consistent_lsn()),
+                ] {
+                    metrics
+                        .timeline_lsn
+                        .with_label_values(&[label.as_str(), name.as_str(), what])
+                        .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
+                }
                 let map = timeline.timeline.layer_map();
                 layers += map.len();
                 l0 += map
