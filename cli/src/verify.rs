@@ -9,7 +9,7 @@
 //! how). Exit status 1 when any page differs.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
@@ -124,6 +124,43 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
         }))
     };
     let args = args.clone();
+    on_verify_executor(config, &temp, move |pool| {
+        let args = args.clone();
+        let work = work.clone();
+        let source = source.clone();
+        async move {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let base = args.base.clone().context("--base is needed")?;
+            let report = quire_pageserver::verify::verify_with(
+                &base,
+                &args.pgdata,
+                &work,
+                pool,
+                source.as_ref(),
+                args.restart_midway,
+                &mut out,
+            )
+            .await?;
+            out.flush().context("write to standard output")?;
+            Ok(report.different)
+        }
+    })
+}
+
+/// Runs `task` with a one-process redo pool (`config`) on one executor
+/// pinned to CPU 0, shuts the pool down after it (the processes end before
+/// their scratch directory goes), removes `temp`, and turns the number of
+/// different pages it returns into the exit status.
+pub(crate) fn on_verify_executor<F, Fut>(
+    config: RedoConfig,
+    temp: &Path,
+    task: F,
+) -> Result<ExitCode>
+where
+    F: Fn(Rc<RedoPool>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<u64>> + 'static,
+{
     let executor = ExecutorConfig {
         cpus: vec![0],
         io_memory_bytes: 2 * 1024 * 1024,
@@ -132,35 +169,18 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     };
     let (_, mut results) = run_per_core(&executor, move |_| {
         let config = config.clone();
-        let args = args.clone();
-        let work = work.clone();
-        let source = source.clone();
+        let task = task.clone();
         async move {
             let pool = RedoPool::new(config, 1, Duration::from_secs(60))
                 .await
                 .map_err(|e| anyhow!("{e}"))?;
-            let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            let base = args.base.clone().context("--base is needed")?;
-            let verified = quire_pageserver::verify::verify_with(
-                &base,
-                &args.pgdata,
-                &work,
-                Rc::clone(&pool),
-                source.as_ref(),
-                args.restart_midway,
-                &mut out,
-            )
-            .await;
-            // The redo processes end before their scratch directory goes.
+            let verified = task(Rc::clone(&pool)).await;
             pool.shutdown().await;
-            let report = verified?;
-            out.flush().context("write to standard output")?;
-            anyhow::Ok(report.different)
+            verified
         }
     })
     .map_err(|e| anyhow!("{e}"))?;
-    let _ = std::fs::remove_dir_all(&temp);
+    let _ = std::fs::remove_dir_all(temp);
     let different = results.pop().context("no result from the executor")??;
     Ok(if different == 0 {
         ExitCode::SUCCESS

@@ -8,15 +8,13 @@
 use std::io::Write;
 use std::net::ToSocketAddrs;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use quire_cluster::{PgInstall, RunAs};
-use quire_io::{ExecutorConfig, run_per_core};
 use quire_net::id::ShardIdentity;
 use quire_net::page_client::{PageClient, Target};
-use quire_redo::{RedoConfig, RedoPool};
+use quire_redo::RedoConfig;
 
 use crate::verify::VerifyArgs;
 
@@ -58,48 +56,20 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     };
     let pgdata = args.pgdata.clone();
     let wait = Duration::from_secs(args.wait_secs);
-    let executor = ExecutorConfig {
-        cpus: vec![0],
-        io_memory_bytes: 2 * 1024 * 1024,
-        name: "quire-verify".into(),
-        spin_before_park: None,
-    };
-    let (_, mut results) = run_per_core(&executor, move |_| {
-        let config = config.clone();
+    crate::verify::on_verify_executor(config, &temp, move |pool| {
         let target = target.clone();
         let pgdata = pgdata.clone();
         async move {
-            let pool = RedoPool::new(config, 1, Duration::from_secs(60))
+            let mut client = PageClient::connect(address, &target, Duration::from_secs(30))
                 .await
-                .map_err(|e| anyhow!("{e}"))?;
-            let verified = async {
-                let mut client = PageClient::connect(address, &target, Duration::from_secs(30))
-                    .await
-                    .with_context(|| format!("connect to the pageserver at {address}"))?;
-                let stdout = std::io::stdout();
-                let mut out = stdout.lock();
-                let report = quire_pageserver::verify::verify_remote(
-                    &pgdata,
-                    &mut client,
-                    Rc::clone(&pool),
-                    wait,
-                    &mut out,
-                )
-                .await?;
-                out.flush().context("write to standard output")?;
-                anyhow::Ok(report.different)
-            }
-            .await;
-            pool.shutdown().await;
-            verified
+                .with_context(|| format!("connect to the pageserver at {address}"))?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            let report =
+                quire_pageserver::verify::verify_remote(&pgdata, &mut client, pool, wait, &mut out)
+                    .await?;
+            out.flush().context("write to standard output")?;
+            Ok(report.different)
         }
-    })
-    .map_err(|e| anyhow!("{e}"))?;
-    let _ = std::fs::remove_dir_all(&temp);
-    let different = results.pop().context("no result from the executor")??;
-    Ok(if different == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     })
 }

@@ -289,64 +289,49 @@ impl PageSession for TimelineSession {
     }
 
     async fn nblocks(&self, lsn: ReadLsn, rel: RelTag) -> Result<(Lsn, u32), RequestError> {
-        let result = async {
-            self.check_shard_zero()?;
-            let lsn = self.resolve(lsn).await?;
-            let size = self
-                .timeline
-                .timeline
-                .rel_size(rel, lsn)
-                .await
-                .map_err(|e| storage_error(&e))?;
-            let size = size.ok_or_else(|| {
-                RequestError::new(
-                    ServiceError::NotFound,
-                    format!("{} does not exist at {lsn}", describe(rel)),
-                )
-            })?;
-            Ok((lsn, size))
-        }
-        .await;
-        self.count(|c| &c.nblocks, &result);
-        result
+        self.shard_zero_read(
+            lsn,
+            |c| &c.nblocks,
+            async |lsn| {
+                let size = self.timeline.timeline.rel_size(rel, lsn).await;
+                size.map_err(|e| storage_error(&e))?.ok_or_else(|| {
+                    RequestError::new(
+                        ServiceError::NotFound,
+                        format!("{} does not exist at {lsn}", describe(rel)),
+                    )
+                })
+            },
+        )
+        .await
     }
 
     async fn exists(&self, lsn: ReadLsn, rel: RelTag) -> Result<(Lsn, bool), RequestError> {
-        let result = async {
-            self.check_shard_zero()?;
-            let lsn = self.resolve(lsn).await?;
-            let exists = self
-                .timeline
-                .timeline
-                .rel_exists(rel, lsn)
-                .await
-                .map_err(|e| storage_error(&e))?;
-            Ok((lsn, exists))
-        }
-        .await;
-        self.count(|c| &c.exists, &result);
-        result
+        self.shard_zero_read(
+            lsn,
+            |c| &c.exists,
+            async |lsn| {
+                let exists = self.timeline.timeline.rel_exists(rel, lsn).await;
+                exists.map_err(|e| storage_error(&e))
+            },
+        )
+        .await
     }
 
     async fn db_size(&self, lsn: ReadLsn, db_oid: Oid) -> Result<(Lsn, u64), RequestError> {
-        let result = async {
-            self.check_shard_zero()?;
-            let lsn = self.resolve(lsn).await?;
-            let timeline = &self.timeline.timeline;
-            let spc = if db_oid == 0 {
-                GLOBAL_TABLESPACE
-            } else {
-                DEFAULT_TABLESPACE
-            };
-            let size = timeline
-                .database_size(spc, db_oid, lsn)
-                .await
-                .map_err(|e| storage_error(&e))?;
-            Ok((lsn, size))
-        }
-        .await;
-        self.count(|c| &c.db_size, &result);
-        result
+        let spc = if db_oid == 0 {
+            GLOBAL_TABLESPACE
+        } else {
+            DEFAULT_TABLESPACE
+        };
+        self.shard_zero_read(
+            lsn,
+            |c| &c.db_size,
+            async |lsn| {
+                let size = self.timeline.timeline.database_size(spc, db_oid, lsn).await;
+                size.map_err(|e| storage_error(&e))
+            },
+        )
+        .await
     }
 
     async fn slru_segment(
@@ -356,15 +341,12 @@ impl PageSession for TimelineSession {
         segment: u32,
         pages: &mut Vec<u8>,
     ) -> Result<(Lsn, u32), RequestError> {
-        let result = async {
-            self.check_shard_zero()?;
-            let lsn = self.resolve(lsn).await?;
-            let count = self.slru_pages(slru, segment, lsn, pages).await?;
-            Ok((lsn, count))
-        }
-        .await;
-        self.count(|c| &c.slru_segment, &result);
-        result
+        self.shard_zero_read(
+            lsn,
+            |c| &c.slru_segment,
+            async |lsn| self.slru_pages(slru, segment, lsn, pages).await,
+        )
+        .await
     }
 
     fn stopping(&self) -> bool {
@@ -381,6 +363,24 @@ impl PageSession for TimelineSession {
 }
 
 impl TimelineSession {
+    /// A read of shard 0's non-block keys: refused on other shards, served
+    /// by the LSN rule, counted under `kind`.
+    async fn shard_zero_read<T>(
+        &self,
+        lsn: ReadLsn,
+        kind: impl Fn(&RequestCounters) -> &IntCounter,
+        read: impl AsyncFnOnce(Lsn) -> Result<T, RequestError>,
+    ) -> Result<(Lsn, T), RequestError> {
+        let result = async {
+            self.check_shard_zero()?;
+            let lsn = self.resolve(lsn).await?;
+            Ok((lsn, read(lsn).await?))
+        }
+        .await;
+        self.count(kind, &result);
+        result
+    }
+
     /// Appends the segment's pages (those that exist, from its first) and
     /// returns how many.
     async fn slru_pages(
