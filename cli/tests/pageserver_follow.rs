@@ -113,11 +113,86 @@ fn wait_status(
     }
 }
 
+/// The last `lines` lines of `pg`'s server log.
+fn log_tail(pg: &PgCluster, lines: usize) -> String {
+    let log = std::fs::read_to_string(pg.log_path()).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all.get(all.len().saturating_sub(lines)..)
+        .unwrap_or_default()
+        .join("\n")
+}
+
 /// `pgbench` with `args` against `pg` (bounded).
 fn pgbench(pg: &PgCluster, args: &[&str]) -> Result<()> {
     run_checked(pg.client("pgbench").args(args), Duration::from_secs(300))
         .with_context(|| format!("pgbench {args:?}"))?;
     Ok(())
+}
+
+/// Runs pgbench (20 s) in the background; once each of `timelines` has
+/// flushed past `initial` (the flush interval is 10 s), or at the latest
+/// 12 s into the run, SIGKILLs the pageserver under it and starts it again
+/// on the same directory, where each timeline comes back at the
+/// disk-consistent LSN it had made durable; waits for pgbench. Those LSNs.
+fn kill_during_pgbench(
+    server: &mut Pageserver,
+    pg: &PgCluster,
+    timelines: &[&Imported],
+    initial: Lsn,
+) -> Result<Vec<Lsn>> {
+    let mut bench = pg.client("pgbench");
+    bench.args(["-n", "-c", "2", "-j", "2", "-T", "20"]);
+    let began = Instant::now();
+    let running = std::thread::spawn(move || run_checked(&mut bench, Duration::from_secs(300)));
+    loop {
+        let mut flushed = true;
+        for timeline in timelines {
+            let shown = timeline_show(server, timeline)?;
+            flushed &= lsn_field(&shown, "disk_consistent_lsn")? > initial;
+        }
+        if flushed || began.elapsed() > Duration::from_secs(12) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut at_kill = Vec::new();
+    for timeline in timelines {
+        let shown = timeline_show(server, timeline)?;
+        println!(
+            "before the kill, {}: last record {}, disk-consistent {}",
+            timeline.timeline, shown["last_record_lsn"], shown["disk_consistent_lsn"]
+        );
+        at_kill.push(lsn_field(&shown, "disk_consistent_lsn")?);
+    }
+    server.check_alive()?;
+    server.kill();
+    let killed_at = began.elapsed();
+    println!(
+        "pageserver killed (SIGKILL) {:.1} s into pgbench",
+        killed_at.as_secs_f64()
+    );
+    server.restart()?;
+    let mut loaded = Vec::new();
+    for (timeline, &durable) in timelines.iter().zip(&at_kill) {
+        // A flush may have ended between the status and the kill.
+        let shown = timeline_show(server, timeline)?;
+        let now = lsn_field(&shown, "disk_consistent_lsn")?;
+        ensure!(
+            now >= durable && lsn_field(&shown, "last_record_lsn")? >= now,
+            "{} after the restart: {shown}",
+            timeline.timeline
+        );
+        loaded.push(now);
+    }
+    running
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pgbench thread panicked"))?
+        .context("pgbench across the pageserver's restart")?;
+    ensure!(
+        killed_at < Duration::from_secs(18),
+        "the kill came {killed_at:?} into a pgbench run of 20 s"
+    );
+    Ok(loaded)
 }
 
 #[test]
@@ -168,54 +243,19 @@ fn two_timelines_follow_safekeepers_and_a_primary_across_a_pageserver_kill() -> 
 
     pgbench(&pg, &["-i", "-q", "-s", "1"])?;
     pg.psql_script("postgres", DDL_BEFORE)?;
-    // pgbench runs in the background; once both receivers have flushed a
-    // layer (the flush interval is 10 s) the pageserver dies under it and
-    // comes back on the same directory, each timeline at its
-    // disk-consistent LSN.
-    let mut bench = pg.client("pgbench");
-    bench.args(["-n", "-c", "2", "-j", "2", "-T", "20"]);
-    let began = Instant::now();
-    let running = std::thread::spawn(move || run_checked(&mut bench, Duration::from_secs(300)));
-    let mut at_kill = Vec::new();
-    for timeline in [&via_safekeepers, &via_primary] {
-        let shown = wait_status(
-            &server,
-            timeline,
-            Duration::from_secs(30),
-            "the receiver flushes past the import",
-            |shown| Ok(lsn_field(shown, "disk_consistent_lsn")? > initial),
-        )?;
-        println!(
-            "before the kill, {}: last record {}, disk-consistent {}",
-            timeline.timeline, shown["last_record_lsn"], shown["disk_consistent_lsn"]
-        );
-        at_kill.push(lsn_field(&shown, "disk_consistent_lsn")?);
-    }
-    server.check_alive()?;
-    server.kill();
-    println!(
-        "pageserver killed (SIGKILL) {:.1} s into pgbench",
-        began.elapsed().as_secs_f64()
-    );
-    server.restart()?;
-    for (timeline, &durable) in [&via_safekeepers, &via_primary].iter().zip(&at_kill) {
-        let shown = timeline_show(&server, timeline)?;
-        ensure!(
-            lsn_field(&shown, "disk_consistent_lsn")? == durable
-                && lsn_field(&shown, "last_record_lsn")? >= durable,
-            "{} after the restart: {shown}",
-            timeline.timeline
-        );
-    }
-    running
-        .join()
-        .map_err(|_| anyhow::anyhow!("the pgbench thread panicked"))?
-        .context("pgbench across the pageserver's restart")?;
+    let at_kill =
+        kill_during_pgbench(&mut server, &pg, &[&via_safekeepers, &via_primary], initial)?;
     pg.psql_script("postgres", DDL_AFTER)?;
     pg.psql("postgres", "CHECKPOINT")?;
     pg.stop()?;
     // The safekeepers and the pageserver knock while it shuts down.
-    assert_log_clean(&pg, &["the database system is shutting down"])?;
+    assert_log_clean(
+        &pg,
+        &[
+            "the database system is shutting down",
+            "terminating connection due to administrator command",
+        ],
+    )?;
     let checkpoint = checkpoint_of(&pg.datadir())?;
     println!("the primary stopped; its final checkpoint is at {checkpoint}");
 
@@ -250,5 +290,137 @@ fn two_timelines_follow_safekeepers_and_a_primary_across_a_pageserver_kill() -> 
         counts[0],
         counts[1]
     );
+    server.check_alive()
+}
+
+/// Phase 1 of the branch test: tables that phase 2 changes.
+const PHASE_1: &str = r"
+CREATE TABLE items (id int PRIMARY KEY, qty int, note text);
+INSERT INTO items SELECT g, g % 100, md5(g::text) FROM generate_series(1, 20000) g;
+CREATE INDEX items_qty ON items (qty);
+CREATE TABLE emptied AS SELECT g, repeat('e', 50) AS pad FROM generate_series(1, 5000) g;
+CREATE TABLE dropped AS SELECT g FROM generate_series(1, 5000) g;
+CREATE SEQUENCE ticket;
+SELECT count(nextval('ticket')) FROM generate_series(1, 50);
+VACUUM items;
+";
+
+/// Phase 2: the same tables changed (updates, deletes, a truncate, a
+/// drop), a new one.
+const PHASE_2: &str = r"
+UPDATE items SET qty = qty + 1, note = 'changed' WHERE id % 5 = 0;
+DELETE FROM items WHERE id % 7 = 0;
+TRUNCATE emptied;
+INSERT INTO emptied SELECT g, 'again' FROM generate_series(1, 100) g;
+DROP TABLE dropped;
+SELECT count(nextval('ticket')) FROM generate_series(1, 500);
+CREATE TABLE later AS SELECT g FROM generate_series(1, 3000) g;
+VACUUM items;
+";
+
+#[test]
+fn a_branch_at_a_stopped_primarys_checkpoint_serves_that_snapshot() -> Result<()> {
+    let install = pg_install()?;
+    let mut pg = PgCluster::create(&install, primary_options(PgClusterOptions::default()))?;
+    let root = tempfile::tempdir()?;
+    let base = root.path().join("base");
+    copy_dir(&pg.datadir(), &base)?;
+    pg.start()?;
+    create_slot(&pg)?;
+    let server = Pageserver::start(&root.path().join("pageserver"), &["--cores", "1"])?;
+    let primary = conninfo(&pg);
+    let parent = import_with(
+        &server,
+        &base,
+        &[],
+        &["--primary", &primary, "--slot", SLOT],
+        None,
+    )?;
+
+    pgbench(&pg, &["-i", "-q", "-s", "1"])?;
+    pg.psql_script("postgres", PHASE_1)?;
+    pgbench(&pg, &["-n", "-c", "2", "-j", "2", "-t", "200"])?;
+    pg.stop()?;
+    let snapshot = root.path().join("snapshot");
+    copy_dir(&pg.datadir(), &snapshot)?;
+    // The snapshot holds every change of the records before its shutdown
+    // checkpoint and none after. A record's values are stored at its end
+    // rounded up to 8, which is at most where the next record starts (the
+    // next one may start further on, past a page header), and a read at L
+    // sees the values stored at or below L. So at the checkpoint record's
+    // start, the control file's checkpoint LSN, a read sees every record
+    // before the checkpoint and nothing of it or after it: the branch
+    // point that makes the branch equal the snapshot. (The shutdown
+    // checkpoint changes no page, so its end would serve the same pages;
+    // the start is the exact rule.)
+    let point = checkpoint_of(&snapshot)?;
+    println!("snapshot taken; its checkpoint is at {point}");
+
+    pg.start()?;
+    pg.psql_script("postgres", PHASE_2)?;
+    pgbench(&pg, &["-n", "-c", "2", "-j", "2", "-t", "200"])?;
+    pg.psql("postgres", "CHECKPOINT")?;
+    // The receiver is back on the restarted primary (its retries back off
+    // to 5 s apart) and has phase 2 before the primary stops: a primary
+    // that stops with no walsender for us keeps its shutdown checkpoint.
+    let checkpointed: Lsn = pg
+        .psql(
+            "postgres",
+            "SELECT checkpoint_lsn FROM pg_control_checkpoint()",
+        )?
+        .trim()
+        .parse()?;
+    wait_status(
+        &server,
+        &parent,
+        Duration::from_secs(60),
+        "the parent follows the restarted primary",
+        |shown| Ok(lsn_field(shown, "last_record_lsn")? > checkpointed),
+    )
+    .with_context(|| format!("the primary's log:\n{}", log_tail(&pg, 40)))?;
+    pg.stop()?;
+    // The receiver knocks while the primary stops and starts.
+    assert_log_clean(
+        &pg,
+        &[
+            "the database system is shutting down",
+            "the database system is starting up",
+            "terminating connection due to administrator command",
+        ],
+    )?;
+    let last = checkpoint_of(&pg.datadir())?;
+    println!("the primary stopped again; its final checkpoint is at {last}");
+    wait_status(
+        &server,
+        &parent,
+        Duration::from_secs(60),
+        "the parent ingests phase 2",
+        |shown| Ok(lsn_field(shown, "last_record_lsn")? > last),
+    )
+    .with_context(|| format!("the primary's log:\n{}", log_tail(&pg, 40)))?;
+
+    let at_snapshot = branch(&server, &parent, point)?;
+    let shown = timeline_show(&server, &at_snapshot)?;
+    ensure!(
+        shown["ancestor"]["timeline_id"] == parent.timeline_text()
+            && shown["ancestor"]["lsn"] == point.to_string(),
+        "the branch's ancestor: {shown}"
+    );
+    let on_branch = verify(&server, &at_snapshot, &snapshot, None)?;
+    let on_parent = verify(&server, &parent, &pg.datadir(), None)?;
+    ensure!(
+        on_branch > 1_000 && on_parent > 1_000,
+        "pages compared: {on_branch} on the branch, {on_parent} on the parent"
+    );
+    // The check can fail: a branch at the final checkpoint is the final
+    // state, not the snapshot's.
+    let at_end = branch(&server, &parent, last)?;
+    let found = verify_counts(&server, &at_end, &snapshot, None, 30)?;
+    ensure!(
+        found.different > 0 && !found.success,
+        "a branch at {last} matches the snapshot at {point}: {found:?}"
+    );
+    verify(&server, &at_end, &pg.datadir(), None)?;
+    let mut server = server;
     server.check_alive()
 }

@@ -11,17 +11,15 @@
 mod pageserver_support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use quire_cluster::{PgCluster, PgClusterOptions, run_bounded, run_checked};
+use anyhow::{Context, Result, ensure};
+use quire_cluster::{PgCluster, PgClusterOptions, run_checked};
 use quire_net::id::ShardIdentity;
 use quire_net::page_protocol::ServiceError;
 use quire_postgres::Lsn;
 use quire_postgres::types::BlockNo;
 use quire_tests::{assert_log_clean, pg_install};
-use serde_json::Value;
 
 use pageserver_support::{
     Imported, PageConn, Pageserver, Source, field, get_page, hello, import, nblocks, quire,

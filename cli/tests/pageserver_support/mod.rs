@@ -174,9 +174,19 @@ impl Pageserver {
 
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
+        self.exit_status().is_none() && self.child.is_some()
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// How it exited, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+            .and_then(|child| child.try_wait().ok().flatten())
     }
 
     /// Its stderr so far.
@@ -260,7 +270,7 @@ impl Drop for Pageserver {
     /// Kills it; its log's end goes to the test's output (shown when the
     /// test fails).
     fn drop(&mut self) {
-        let exited = self.child.is_some() && !self.is_running();
+        let exited = self.exit_status();
         self.kill();
         let log = self.log_text();
         let lines: Vec<&str> = log.lines().collect();
@@ -270,7 +280,10 @@ impl Drop for Pageserver {
         println!(
             "pageserver {} ({}), last lines of its log:\n{}",
             self.dir.display(),
-            if exited { "had exited" } else { "killed" },
+            exited.map_or_else(
+                || "killed".to_owned(),
+                |status| format!("had exited: {status}")
+            ),
             tail.join("\n")
         );
     }
