@@ -35,7 +35,7 @@ const SLOT: &str = "quire_follow";
 /// DDL before the pgbench run: a table with an index, a sequence, a
 /// database made by WAL-logged copy (dropped later: that WAL carries each
 /// visibility-map page as a standard-page image whose hole is the whole
-/// map, so a replica, Postgres' own standby too, rebuilds the map zeroed
+/// map, 73 bytes a page in `pg_waldump`, so a replica, Postgres' own standby too, rebuilds the map zeroed
 /// where the primary has bits set; verification would count those pages
 /// as different).
 const DDL_BEFORE: &str = r"
@@ -243,8 +243,7 @@ fn two_timelines_follow_safekeepers_and_a_primary_across_a_pageserver_kill() -> 
 
     pgbench(&pg, &["-i", "-q", "-s", "1"])?;
     pg.psql_script("postgres", DDL_BEFORE)?;
-    let at_kill =
-        kill_during_pgbench(&mut server, &pg, &[&via_safekeepers, &via_primary], initial)?;
+    let loaded = kill_during_pgbench(&mut server, &pg, &[&via_safekeepers, &via_primary], initial)?;
     pg.psql_script("postgres", DDL_AFTER)?;
     pg.psql("postgres", "CHECKPOINT")?;
     pg.stop()?;
@@ -269,7 +268,7 @@ fn two_timelines_follow_safekeepers_and_a_primary_across_a_pageserver_kill() -> 
             timeline,
             Duration::from_secs(40),
             "the restarted receiver flushes",
-            |shown| Ok(lsn_field(shown, "disk_consistent_lsn")? > at_kill[counts.len() - 1]),
+            |shown| Ok(lsn_field(shown, "disk_consistent_lsn")? > loaded[counts.len() - 1]),
         )?;
         let last = lsn_field(&shown, "last_record_lsn")?;
         // Past it, even: the shutdown checkpoint record itself was ingested
