@@ -11,21 +11,19 @@
 mod pageserver_support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
-use quire_cluster::{PgCluster, PgClusterOptions, run_bounded, run_checked};
+use anyhow::{Context, Result, ensure};
+use quire_cluster::{PgCluster, PgClusterOptions, run_checked};
 use quire_net::id::ShardIdentity;
 use quire_net::page_protocol::ServiceError;
 use quire_postgres::Lsn;
 use quire_postgres::types::BlockNo;
 use quire_tests::{assert_log_clean, pg_install};
-use serde_json::Value;
 
 use pageserver_support::{
     Imported, PageConn, Pageserver, Source, field, get_page, hello, import, nblocks, quire,
-    quire_fails, quire_json,
+    quire_fails, quire_json, timeline_show, verify,
 };
 
 /// DDL after `pgbench -i`: an index, a sequence, a table created and
@@ -40,65 +38,6 @@ DELETE FROM pgbench_accounts WHERE aid % 7 = 0;
 VACUUM pgbench_accounts;
 CHECKPOINT;
 ";
-
-/// `quire verify --pageserver` against `server`: the page count of its
-/// `verify: N pages compared, N identical, 0 different` line.
-fn verify(
-    server: &Pageserver,
-    imported: &Imported,
-    pgdata: &Path,
-    token: Option<&Path>,
-) -> Result<u64> {
-    let page = server.page.to_string();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_quire"));
-    command
-        .args(["verify", "--pageserver", &page])
-        .args(["--tenant", &imported.tenant_text()])
-        .args(["--timeline", &imported.timeline_text()])
-        .arg("--pgdata")
-        .arg(pgdata)
-        .args(["--wait-secs", "30"]);
-    if let Some(token) = token {
-        command.arg("--pageserver-token-file").arg(token);
-    }
-    let output = run_bounded(&mut command, Duration::from_secs(180))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("verify: "))
-        .with_context(|| {
-            format!(
-                "quire verify printed no summary ({}): {stdout}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            )
-        })?
-        .to_owned();
-    println!("{line}");
-    let numbers: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let [compared, identical, different] = numbers[..] else {
-        bail!("unexpected summary {line:?}");
-    };
-    ensure!(
-        output.status.success() && compared > 0 && identical == compared && different == 0,
-        "verify found differences ({}): {line}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(compared)
-}
-
-fn timeline_show(server: &Pageserver, imported: &Imported) -> Result<Value> {
-    let mut args = vec!["timeline", "show"];
-    args.extend(server.api());
-    let (tenant, timeline) = (imported.tenant_text(), imported.timeline_text());
-    args.extend(["--tenant", &tenant, "--timeline", &timeline]);
-    quire_json(&args)
-}
 
 #[test]
 fn imported_cluster_verifies_over_the_protocol_across_a_restart() -> Result<()> {

@@ -1,11 +1,16 @@
 //! What the pageserver service tests share: a `quire pageserver` child on
 //! free loopback ports (killed when dropped), the `quire` admin commands
-//! with their JSON, a stopped Postgres 17 cluster to import with one table
+//! with their JSON (imports, branches, `quire verify --pageserver`: in
+//! `admin`), a stopped Postgres 17 cluster to import with one table
 //! whose file the tests read pages from, and a blocking page-protocol
 //! connection over `std::net::TcpStream` built on the net crate's codec, so
 //! a test can send any bytes and check every frame it gets back.
 
 #![allow(dead_code)]
+
+mod admin;
+
+pub use admin::*;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,13 +33,13 @@ use quire_tests::pg_install;
 use serde_json::Value;
 
 /// The longest any one `quire` command may take.
-const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
 /// How long a started pageserver has to say where it listens.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a test waits for any one frame.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
 
-fn quire_binary() -> &'static str {
+pub(crate) fn quire_binary() -> &'static str {
     env!("CARGO_BIN_EXE_quire")
 }
 
@@ -174,9 +179,19 @@ impl Pageserver {
 
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
+        self.exit_status().is_none() && self.child.is_some()
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// How it exited, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child
             .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+            .and_then(|child| child.try_wait().ok().flatten())
     }
 
     /// Its stderr so far.
@@ -260,7 +275,7 @@ impl Drop for Pageserver {
     /// Kills it; its log's end goes to the test's output (shown when the
     /// test fails).
     fn drop(&mut self) {
-        let exited = self.child.is_some() && !self.is_running();
+        let exited = self.exit_status();
         self.kill();
         let log = self.log_text();
         let lines: Vec<&str> = log.lines().collect();
@@ -270,82 +285,13 @@ impl Drop for Pageserver {
         println!(
             "pageserver {} ({}), last lines of its log:\n{}",
             self.dir.display(),
-            if exited { "had exited" } else { "killed" },
+            exited.map_or_else(
+                || "killed".to_owned(),
+                |status| format!("had exited: {status}")
+            ),
             tail.join("\n")
         );
     }
-}
-
-/// A tenant and timeline made through `quire tenant create` and `quire
-/// timeline create --import-pgdata`.
-#[derive(Clone, Debug)]
-pub struct Imported {
-    /// The tenant.
-    pub tenant: TenantId,
-    /// The timeline.
-    pub timeline: TimelineId,
-    /// The LSN the timeline starts at.
-    pub lsn: Lsn,
-    /// What `quire tenant create` printed.
-    pub tenant_json: Value,
-}
-
-impl Imported {
-    /// The tenant as text.
-    pub fn tenant_text(&self) -> String {
-        self.tenant.to_string()
-    }
-
-    /// The timeline as text.
-    pub fn timeline_text(&self) -> String {
-        self.timeline.to_string()
-    }
-}
-
-/// Creates a tenant (`create_args` added to `quire tenant create`) and
-/// imports `pgdata` as a timeline of it; `token` is an admin token file.
-pub fn import(
-    server: &Pageserver,
-    pgdata: &Path,
-    create_args: &[&str],
-    token: Option<&Path>,
-) -> Result<Imported> {
-    let token_args: Vec<&str> = match token {
-        Some(path) => vec!["--auth-token-file", path.to_str().context("path")?],
-        None => Vec::new(),
-    };
-    let mut args = vec!["tenant", "create"];
-    args.extend(server.api());
-    args.extend(&token_args);
-    args.extend(create_args);
-    let tenant_json = quire_json(&args)?;
-    let tenant = field(&tenant_json, "tenant_id")?.to_owned();
-    let mut args = vec!["timeline", "create", "--tenant", &tenant];
-    args.extend(server.api());
-    args.extend(&token_args);
-    let pgdata_text = pgdata.to_str().context("path")?;
-    args.extend(["--import-pgdata", pgdata_text]);
-    let timeline_json = quire_json(&args)?;
-    ensure!(
-        field(&timeline_json, "tenant_id")? == tenant,
-        "quire timeline create answered for another tenant: {timeline_json}"
-    );
-    let imported = Imported {
-        tenant: tenant.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
-        timeline: field(&timeline_json, "timeline_id")?
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        lsn: field(&timeline_json, "lsn")?.parse()?,
-        tenant_json,
-    };
-    println!(
-        "imported {} as {}/{} at {}",
-        pgdata.display(),
-        imported.tenant,
-        imported.timeline,
-        imported.lsn
-    );
-    Ok(imported)
 }
 
 /// A cleanly stopped cluster with a table `t` of `rows` rows (about 90
