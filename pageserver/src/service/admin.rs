@@ -258,6 +258,7 @@ fn delete_shard(core: &Core, tenant: TenantId, number: u32) -> Result<Value, Adm
     // Stop the receivers before the files go.
     for timeline in shard.timelines.borrow().values() {
         timeline.receiver.borrow_mut().take();
+        timeline.maintenance.borrow_mut().take();
     }
     // The settings file first: a crash midway leaves a directory the next
     // start removes.
@@ -357,6 +358,7 @@ async fn create_timeline(
         settings,
         receiver: std::cell::RefCell::new(None),
         receiver_error: std::cell::RefCell::new(None),
+        maintenance: std::cell::RefCell::new(None),
     });
     shard.timelines.borrow_mut().insert(id, Rc::clone(&served));
     let fresh = fresh.map(|(sizes, slru_pages)| {
@@ -367,6 +369,7 @@ async fn create_timeline(
             Some((Rc::clone(&core.redo), shard.redo_key())),
         )
     });
+    super::maintenance::start(core, &shard, &served);
     super::receiver::start(core, &shard, &served, fresh).await?;
     Ok(json!({"timeline_id": id.to_string(), "lsn": lsn.to_string()}))
 }
@@ -409,6 +412,7 @@ pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize
         "wal_source": served.settings.wal_source,
         "receiving": served.receiver.borrow().is_some() && served.receiver_error.borrow().is_none(),
         "receiver_error": *served.receiver_error.borrow(),
+        "maintenance": served.maintenance.borrow().is_some(),
     })
 }
 

@@ -110,6 +110,8 @@ pub struct ServedTimeline {
     pub receiver: RefCell<Option<Task<()>>>,
     /// Why the receiver stopped, if it did.
     pub receiver_error: RefCell<Option<String>>,
+    /// The background maintenance task (dropping it stops it).
+    pub maintenance: RefCell<Option<Task<()>>>,
 }
 
 /// A tenant shard on this core.
@@ -198,6 +200,7 @@ impl Core {
                 settings: timeline,
                 receiver: RefCell::new(None),
                 receiver_error: RefCell::new(None),
+                maintenance: RefCell::new(None),
             });
             eprintln!(
                 "pageserver: core {}: loaded timeline {tenant}/{id} at {}",
@@ -205,6 +208,7 @@ impl Core {
                 served.timeline.last_record_lsn()
             );
             shard.timelines.borrow_mut().insert(id, Rc::clone(&served));
+            super::maintenance::start(self, &shard, &served);
             super::receiver::start(self, &shard, &served, None)
                 .await
                 .with_context(|| format!("timeline {tenant}/{id}: start its WAL receiver"))?;

@@ -20,6 +20,7 @@ pub mod admin;
 pub mod core;
 pub mod files;
 pub mod http;
+pub mod maintenance;
 pub mod metrics;
 pub mod receiver;
 pub mod session;

@@ -19,6 +19,10 @@ use crate::wal_receiver::primary::PrimarySource;
 use crate::wal_receiver::safekeepers::SafekeeperSource;
 use crate::wal_receiver::{FollowPolicy, WalSource, spawn_forever};
 
+/// L0 layers past which ingest waits for compaction (maintenance compacts
+/// from 4).
+pub const L0_MAX: usize = 16;
+
 /// The receiver's source for `served`, if it has one.
 pub fn source_of(shard: &TenantShard, served: &ServedTimeline) -> Result<Option<WalSource>> {
     let settings = &served.settings;
@@ -77,7 +81,11 @@ pub async fn start(
         served.id,
         source.describe()
     );
-    let task = spawn_forever(ingest, source, from, FollowPolicy::default());
+    let policy = FollowPolicy {
+        l0_max: Some(L0_MAX),
+        ..FollowPolicy::default()
+    };
+    let task = spawn_forever(ingest, source, from, policy);
     let weak = Rc::downgrade(served);
     let index = core.index;
     let watcher = quire_io::spawn_local(async move {

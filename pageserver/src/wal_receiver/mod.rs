@@ -101,6 +101,34 @@ pub struct FollowPolicy {
     pub reply_flush_interval_min: Duration,
     /// Give up (an error) after this long in all; `None`: never.
     pub deadline: Option<Duration>,
+    /// Back-pressure: after a flush, hold ingest while the timeline has
+    /// more L0 layers than this (compaction, running beside it, catches
+    /// up); `None`: never hold.
+    pub l0_max: Option<usize>,
+}
+
+/// Waits while `timeline` has more than `max` L0 layers (polled every
+/// 100 ms; the wait is the back-pressure, so it has no limit).
+async fn hold_while_in_debt(timeline: &Timeline, max: usize) {
+    let debt = || {
+        timeline
+            .layer_map()
+            .layers()
+            .iter()
+            .filter(|l| quire_shard::compact::is_l0(l.name()))
+            .count()
+    };
+    let mut held = false;
+    while debt() > max {
+        if !held {
+            eprintln!(
+                "wal receiver: {} L0 layers (at most {max}): ingest held until compaction catches up",
+                debt()
+            );
+            held = true;
+        }
+        quire_io::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 impl Default for FollowPolicy {
@@ -116,6 +144,7 @@ impl Default for FollowPolicy {
             backoff_max: Duration::from_secs(5),
             reply_flush_interval_min: Duration::from_secs(1),
             deadline: None,
+            l0_max: None,
         }
     }
 }
@@ -230,6 +259,9 @@ impl Progress {
         if due {
             ingest.flush().await.context("flush the open layer")?;
             self.stats.flushes += 1;
+            if let Some(max) = policy.l0_max {
+                hold_while_in_debt(ingest.timeline(), max).await;
+            }
         }
         if due || bytes == 0 {
             self.last_flush = Instant::now();
