@@ -225,6 +225,8 @@ fn getpage(args: &GetPageArgs) -> Result<()> {
                     .then(|| Duration::from_micros(args.spin_before_park_us)),
             )
         }),
+        busy_poll: (args.spin_before_park_us > 0)
+            .then(|| Duration::from_micros(args.spin_before_park_us)),
     };
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let config = LocalConfig {

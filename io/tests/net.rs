@@ -218,3 +218,37 @@ fn unix_sockets_carry_bytes_and_bound_reads() {
         assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
     });
 }
+
+#[test]
+fn busy_polling_reads_take_bytes_during_and_after_the_spin_and_see_the_end() {
+    on_executor(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = spawn_local(async move {
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            // Within the reader's spin, then well after it, then a close.
+            stream.write_all(b"early").await.unwrap();
+            quire_io::sleep(Duration::from_millis(50)).await;
+            stream.write_all(b"late!").await.unwrap();
+            let mut reply = [0u8; 4];
+            stream.read_exact(&mut reply).await.unwrap();
+            assert_eq!(&reply, b"done");
+        });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.set_busy_poll(Some(Duration::from_millis(5)));
+        let mut first = [0u8; 5];
+        stream.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"early");
+        let started = Instant::now();
+        let mut second = [0u8; 5];
+        stream.read_exact(&mut second).await.unwrap();
+        assert_eq!(&second, b"late!");
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        stream.write_all(b"done").await.unwrap();
+        client.await;
+        let mut rest = [0u8; 8];
+        assert_eq!(stream.read(&mut rest).await.unwrap(), 0);
+        assert_eq!(stream.read(&mut []).await.unwrap(), 0);
+    });
+}

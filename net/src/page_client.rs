@@ -128,6 +128,12 @@ impl PageClient {
         Ok(client)
     }
 
+    /// Lets reads try the socket for up to `spin` before waiting (see
+    /// `quire_io::net::TcpStream::set_busy_poll`).
+    pub fn set_busy_poll(&mut self, spin: Option<Duration>) {
+        self.stream.set_busy_poll(spin);
+    }
+
     /// The server's limits, from its `HelloOk`.
     pub fn limits(&self) -> HelloOk {
         self.hello_ok

@@ -74,6 +74,9 @@ pub struct GetPageBench {
     /// Also time the round trip against an echo on a `quire_io` executor on
     /// this CPU, spinning this long before parking.
     pub runtime_echo: Option<(Option<usize>, Option<Duration>)>,
+    /// How long the client's reads try the socket before waiting (as the
+    /// executor's spin); the round-trip peers' client does the same.
+    pub busy_poll: Option<Duration>,
 }
 
 /// What a run measured (microseconds).
@@ -237,10 +240,11 @@ impl GetPageBench {
             report.first_error = report.first_error.or(first_error);
         }
         report.seconds = started.elapsed().as_secs_f64();
-        report.rtt = loopback_rtt(self.peer_samples).await?;
+        report.rtt = loopback_rtt(self.peer_samples, self.busy_poll).await?;
         report.odirect = odirect_reads(&self.odirect_dir, self.peer_samples).await?;
         if let Some((cpu, spin)) = self.runtime_echo {
-            report.rtt_runtime = Some(loopback_rtt_runtime(self.peer_samples, cpu, spin).await?);
+            report.rtt_runtime =
+                Some(loopback_rtt_runtime(self.peer_samples, cpu, spin, self.busy_poll).await?);
         }
         Ok(report)
     }
@@ -312,7 +316,7 @@ const REPLY_BYTES: usize = 8216;
 
 /// The loopback round trip: a thread echoing a GetPage-sized answer to
 /// every GetPage-sized request, timed at one request in flight.
-async fn loopback_rtt(samples: u32) -> Result<Histogram<u64>> {
+async fn loopback_rtt(samples: u32, busy_poll: Option<Duration>) -> Result<Histogram<u64>> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the echo peer")?;
     let address = listener.local_addr()?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
@@ -325,7 +329,7 @@ async fn loopback_rtt(samples: u32) -> Result<Histogram<u64>> {
         }
         Ok(())
     });
-    let rtt = time_round_trips(address, samples).await?;
+    let rtt = time_round_trips(address, samples, busy_poll).await?;
     let _ = server.join();
     Ok(rtt)
 }
@@ -337,6 +341,7 @@ pub async fn loopback_rtt_runtime(
     samples: u32,
     server_cpu: Option<usize>,
     spin_before_park: Option<Duration>,
+    busy_poll: Option<Duration>,
 ) -> Result<Histogram<u64>> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind the echo peer")?;
     let address = listener.local_addr()?;
@@ -361,6 +366,7 @@ pub async fn loopback_rtt_runtime(
             return;
         };
         let _ = stream.set_nodelay(true);
+        stream.set_busy_poll(spin_before_park);
         let mut request = [0u8; REQUEST_BYTES];
         let reply = vec![0u8; REPLY_BYTES];
         while stream.read_exact(&mut request).await.is_ok() {
@@ -374,14 +380,19 @@ pub async fn loopback_rtt_runtime(
         .recv()
         .context("the echo executor")?
         .map_err(|e| anyhow::anyhow!("echo peer: {e}"))?;
-    let rtt = time_round_trips(address, samples).await?;
+    let rtt = time_round_trips(address, samples, busy_poll).await?;
     let _ = server.join();
     Ok(rtt)
 }
 
-async fn time_round_trips(address: SocketAddr, samples: u32) -> Result<Histogram<u64>> {
+async fn time_round_trips(
+    address: SocketAddr,
+    samples: u32,
+    busy_poll: Option<Duration>,
+) -> Result<Histogram<u64>> {
     let mut stream = TcpStream::connect_timeout(address, Duration::from_secs(5)).await?;
     stream.set_nodelay(true)?;
+    stream.set_busy_poll(busy_poll);
     let request = [1u8; REQUEST_BYTES];
     let mut reply = vec![0u8; REPLY_BYTES];
     let mut rtt = histogram()?;

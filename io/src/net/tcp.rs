@@ -42,7 +42,7 @@ impl TcpListener {
         loop {
             let inner = self.inner.accept().await.map_err(io::Error::from)?;
             if let Ok(peer) = inner.peer_addr() {
-                return Ok((TcpStream { inner }, peer));
+                return Ok((TcpStream::wrap(inner), peer));
             }
         }
     }
@@ -52,6 +52,9 @@ impl TcpListener {
 #[derive(Debug)]
 pub struct TcpStream {
     inner: glommio::net::TcpStream,
+    /// How long a read keeps trying the socket itself before it waits for
+    /// readiness through the ring (see [`set_busy_poll`](Self::set_busy_poll)).
+    busy_poll: Option<Duration>,
 }
 
 impl TcpStream {
@@ -61,7 +64,7 @@ impl TcpStream {
         let mut failure = None;
         for candidate in resolve(address)? {
             match glommio::net::TcpStream::connect(candidate).await {
-                Ok(inner) => return Ok(TcpStream { inner }),
+                Ok(inner) => return Ok(TcpStream::wrap(inner)),
                 Err(e) => failure = Some(io::Error::from(e)),
             }
         }
@@ -82,17 +85,72 @@ impl TcpStream {
                 return Err(timed_out("connect"));
             }
             match glommio::net::TcpStream::connect_timeout(candidate, left).await {
-                Ok(inner) => return Ok(TcpStream { inner }),
+                Ok(inner) => return Ok(TcpStream::wrap(inner)),
                 Err(e) => failure = Some(io::Error::from(e)),
             }
         }
         Err(failure.unwrap_or_else(|| timed_out("connect")))
     }
 
+    fn wrap(inner: glommio::net::TcpStream) -> TcpStream {
+        TcpStream {
+            inner,
+            busy_poll: None,
+        }
+    }
+
+    /// Lets each read keep trying the socket with non-blocking `recv`
+    /// calls for up to `spin` (yielding to the core's other tasks between
+    /// tries) before it waits for readiness through the ring; `None` (the
+    /// default) waits at once. A readiness wait's completion reaches a
+    /// spinning executor only when the kernel next runs its task work, which
+    /// measured ≈ 30 µs per round trip on this machine; a request that
+    /// arrives while the read spins is taken at once.
+    pub fn set_busy_poll(&mut self, spin: Option<Duration>) {
+        self.busy_poll = spin;
+    }
+
     /// Reads what is there (at least one byte, waiting for it), up to
     /// `buf.len()`; `Ok(0)` when the peer has closed its side.
     pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(spin) = self.busy_poll {
+            let deadline = Instant::now() + spin;
+            loop {
+                if let Some(result) = self.try_read(buf) {
+                    return result;
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                crate::runtime::yield_now().await;
+            }
+        }
         self.inner.read(buf).await
+    }
+
+    /// One non-blocking `recv`: `None` when nothing is there.
+    fn try_read(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        if buf.is_empty() {
+            return Some(Ok(0));
+        }
+        // SAFETY: the descriptor is this stream's open socket, and `buf`
+        // is a valid writable region of `buf.len()` bytes for the call.
+        let received = unsafe {
+            libc::recv(
+                self.inner.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if let Ok(received) = usize::try_from(received) {
+            return Some(Ok(received));
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+            _ => Some(Err(error)),
+        }
     }
 
     /// Fills `buf`; a peer closing first is [`io::ErrorKind::UnexpectedEof`].
@@ -100,7 +158,18 @@ impl TcpStream {
     /// leaves the bytes already read consumed: use it where a timeout ends
     /// the connection.
     pub async fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.inner.read_exact(buf).await
+        let mut filled = 0;
+        while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
+            let read = self.read(rest).await?;
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection",
+                ));
+            }
+            filled += read;
+        }
+        Ok(())
     }
 
     /// [`read`](Self::read) that fails with [`io::ErrorKind::TimedOut`]
@@ -245,7 +314,7 @@ impl DetachedTcpStream {
         // `into_raw_fd` has just given up; the new stream takes it over
         // and is its only owner.
         let inner = unsafe { glommio::net::TcpStream::from_raw_fd(fd) };
-        TcpStream { inner }
+        TcpStream::wrap(inner)
     }
 }
 

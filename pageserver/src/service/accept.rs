@@ -249,6 +249,7 @@ async fn adopt(core: Rc<Core>, mut stream: TcpStream, handshake: Handshake, vers
     {
         return;
     }
+    stream.set_busy_poll(core.shared.busy_poll);
     core.connections.set(core.connections.get() + 1);
     core.metrics.connections.inc();
     let session = TimelineSession {

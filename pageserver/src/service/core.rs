@@ -44,6 +44,9 @@ pub struct Shared {
     pub max_connections_per_core: usize,
     /// Handshakes one core reads at once (connections not yet placed).
     pub max_handshakes_per_core: usize,
+    /// How long a page connection's read tries the socket before it waits
+    /// (the cores' spin before parking).
+    pub busy_poll: Option<std::time::Duration>,
     /// Checks tokens, when the server takes only signed ones.
     pub verifier: Option<TokenVerifier>,
     /// Tenant shards and their cores.

@@ -130,6 +130,7 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
         limits: config.limits,
         max_connections_per_core: config.max_connections_per_core,
         max_handshakes_per_core: 1024,
+        busy_poll: config.spin_before_park,
         verifier,
         placement: RwLock::new(placement),
         metrics: Metrics::new()?,
