@@ -5,7 +5,11 @@
 //! the last LSN of a delta layer below it; the search takes, among layers
 //! covering the key that start below the bound, the one reaching highest
 //! (its end clamped to the bound), preferring an image on a tie because it
-//! already contains everything at or below its LSN. The map is immutable:
+//! already contains everything at or below its LSN. Layers are kept in
+//! descending order of their LSN end, so the search stops at the first
+//! layer that can no longer reach as high as the best found (a clamped
+//! reach never exceeds the layer's end); a lookup visits the recent layers
+//! and the ones covering its key, not the whole map. The map is immutable:
 //! a change makes a new map, so readers keep a consistent snapshot (an
 //! `Rc`) across their I/O while flushes and compactions publish new ones.
 
@@ -18,16 +22,29 @@ use crate::layer_file::{LayerFile, LayerKindName, LayerName};
 /// The layers of a timeline.
 #[derive(Clone, Debug, Default)]
 pub struct LayerMap {
+    // Invariant: sorted by `lsn_end`, highest first.
     layers: Vec<Rc<LayerFile>>,
 }
 
 impl LayerMap {
+    /// A map of `layers` (in any order), built in one sort.
+    pub fn from_layers(mut layers: Vec<Rc<LayerFile>>) -> LayerMap {
+        layers.sort_by_key(|layer| std::cmp::Reverse(layer.name().lsn_end));
+        LayerMap { layers }
+    }
+
     /// The layer to read next for `key` when everything at or above `below`
     /// has been read.
     pub fn search(&self, key: Key, below: Lsn) -> Option<&Rc<LayerFile>> {
         let mut best: Option<(&Rc<LayerFile>, Lsn, bool)> = None;
         for layer in &self.layers {
             let name = layer.name();
+            if let Some((_, best_reach, _)) = best
+                && name.lsn_end < best_reach
+            {
+                // Every layer from here on ends below the best reach.
+                break;
+            }
             if key < name.key_start || key >= name.key_end || name.lsn_start >= below {
                 continue;
             }
@@ -50,7 +67,8 @@ impl LayerMap {
     #[must_use]
     pub fn with(&self, layer: Rc<LayerFile>) -> LayerMap {
         let mut layers = self.layers.clone();
-        layers.push(layer);
+        let at = layers.partition_point(|l| l.name().lsn_end >= layer.name().lsn_end);
+        layers.insert(at, layer);
         LayerMap { layers }
     }
 
@@ -64,7 +82,7 @@ impl LayerMap {
             .cloned()
             .collect();
         layers.extend(add);
-        LayerMap { layers }
+        LayerMap::from_layers(layers)
     }
 
     /// The layers' names.

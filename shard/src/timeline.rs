@@ -252,11 +252,11 @@ impl Timeline {
                 quire_io::remove_file(&entry.path()).await?;
             }
         }
-        let mut map = LayerMap::default();
+        let mut layers = Vec::with_capacity(metadata.layers.len());
         for name in &metadata.layers {
-            let layer = LayerFile::open_in(dir, *name, &core).await?;
-            map = map.with(Rc::new(layer));
+            layers.push(Rc::new(LayerFile::open_in(dir, *name, &core).await?));
         }
+        let map = LayerMap::from_layers(layers);
         Ok(Timeline::from_parts(
             dir,
             tenant_id,
