@@ -36,7 +36,7 @@ pub async fn accept_loop(
     outboxes: Rc<Vec<Option<Outbox<Handed>>>>,
 ) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, _peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 eprintln!("pageserver: core {}: accept failed: {error}", core.index);
@@ -59,7 +59,6 @@ pub async fn accept_loop(
             if let Some((stream, handshake, version)) = routed {
                 adopt(core, stream, handshake, version).await;
             }
-            let _ = peer;
         })
         .detach();
     }

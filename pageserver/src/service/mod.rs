@@ -89,6 +89,11 @@ pub struct PageserverConfig {
     pub spin_before_park: Option<Duration>,
 }
 
+/// Every tenant's shards and their cores.
+type Placement = HashMap<quire_net::id::TenantId, Vec<ShardPlace>>;
+/// The shards one core loads at start, with their directories.
+type CoreShards = Vec<(PathBuf, ShardSettings)>;
+
 /// What one core takes at start.
 struct CoreSetup {
     admin: mpsc::Receiver<AdminCommand>,
@@ -231,14 +236,7 @@ fn announce_when_listening(
 
 /// Every shard on disk with the core it runs on: the one its settings name,
 /// or, when that core is not running now, the least loaded one (persisted).
-#[allow(clippy::type_complexity)]
-fn place_shards(
-    root: &std::path::Path,
-    cores: usize,
-) -> Result<(
-    HashMap<quire_net::id::TenantId, Vec<ShardPlace>>,
-    Vec<Vec<(PathBuf, ShardSettings)>>,
-)> {
+fn place_shards(root: &std::path::Path, cores: usize) -> Result<(Placement, Vec<CoreShards>)> {
     let mut placement: HashMap<_, Vec<ShardPlace>> = HashMap::new();
     let mut per_core: Vec<Vec<(PathBuf, ShardSettings)>> = vec![Vec::new(); cores];
     let mut load = vec![0usize; cores];

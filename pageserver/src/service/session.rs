@@ -349,10 +349,6 @@ impl PageSession for TimelineSession {
         .await
     }
 
-    fn stopping(&self) -> bool {
-        false
-    }
-
     fn frame_refused(&self, error: ServiceError) {
         let metrics = &self.core.metrics;
         metrics
