@@ -58,34 +58,33 @@ fn storage_error(error: &TimelineError) -> RequestError {
 }
 
 impl TimelineSession {
-    /// The LSN a read is served at, after waiting (bounded) for its
-    /// `not_modified_since`.
-    async fn resolve(&self, lsn: ReadLsn) -> Result<Lsn, RequestError> {
+    /// The LSN a read is served at, after waiting for its
+    /// `not_modified_since` until `deadline` (shared by every read of a
+    /// batch, so a batch waits at most `lsn_wait` in all).
+    async fn resolve(&self, lsn: ReadLsn, deadline: Instant) -> Result<Lsn, RequestError> {
         let timeline = &self.timeline.timeline;
         let served = if let Some(served) = lsn.served_at(timeline.ingested_lsn()) {
             served
         } else {
-            {
-                let wait = self.core.shared.limits.lsn_wait;
-                let reached =
-                    quire_io::timeout(wait, timeline.wait_for_lsn(lsn.not_modified_since())).await;
-                let last = timeline.ingested_lsn();
-                match (reached, lsn.served_at(last)) {
-                    (Ok(_), Some(served)) => served,
-                    _ => {
-                        return Err(RequestError::new(
-                            ServiceError::WalNotIngested {
-                                waited_for: lsn.not_modified_since(),
-                                last_ingested: last,
-                            },
-                            format!(
-                                "timeline {}: WAL up to {} not ingested within {} ms (ingested up to {last})",
-                                self.timeline.id,
-                                lsn.not_modified_since(),
-                                wait.as_millis()
-                            ),
-                        ));
-                    }
+            let waited =
+                quire_io::timeout_at(deadline, timeline.wait_for_lsn(lsn.not_modified_since()))
+                    .await;
+            let last = timeline.ingested_lsn();
+            match (waited, lsn.served_at(last)) {
+                (Ok(_), Some(served)) => served,
+                _ => {
+                    return Err(RequestError::new(
+                        ServiceError::WalNotIngested {
+                            waited_for: lsn.not_modified_since(),
+                            last_ingested: last,
+                        },
+                        format!(
+                            "timeline {}: WAL up to {} not ingested within {} ms (ingested up to {last})",
+                            self.timeline.id,
+                            lsn.not_modified_since(),
+                            self.core.shared.limits.lsn_wait.as_millis()
+                        ),
+                    ));
                 }
             }
         };
@@ -260,11 +259,12 @@ impl PageSession for TimelineSession {
         pages: &mut [&mut [u8]],
     ) -> Vec<Result<Lsn, RequestError>> {
         let started = Instant::now();
+        let deadline = started + self.core.shared.limits.lsn_wait;
         let mut results = Vec::with_capacity(reads.len());
         for (read, out) in reads.iter().zip(pages.iter_mut()) {
             let result = async {
                 self.check_blocks(read)?;
-                let lsn = self.resolve(read.lsn).await?;
+                let lsn = self.resolve(read.lsn, deadline).await?;
                 self.read_one(read, lsn, out).await?;
                 Ok(lsn)
             }
@@ -369,7 +369,8 @@ impl TimelineSession {
     ) -> Result<(Lsn, T), RequestError> {
         let result = async {
             self.check_shard_zero()?;
-            let lsn = self.resolve(lsn).await?;
+            let deadline = Instant::now() + self.core.shared.limits.lsn_wait;
+            let lsn = self.resolve(lsn, deadline).await?;
             Ok((lsn, read(lsn).await?))
         }
         .await;
