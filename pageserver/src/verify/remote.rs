@@ -161,7 +161,7 @@ pub(super) async fn fetch(client: &mut PageClient, since: Lsn, keys: &[Key]) -> 
                 };
                 let at = block as usize * BLCKSZ;
                 found.push(match pages.get(at..at + BLCKSZ) {
-                    Some(page) => super::to_page(page),
+                    Some(page) => super::checker::to_page(page),
                     None => Err(format!(
                         "the pageserver's segment has {} pages",
                         pages.len() / BLCKSZ
@@ -201,7 +201,7 @@ async fn fetch_blocks(
         match client.recv().await {
             Ok(Response::GetPages { pages, .. }) => {
                 for page in pages.chunks_exact(BLCKSZ) {
-                    found.push(super::to_page(page));
+                    found.push(super::checker::to_page(page));
                 }
             }
             Ok(other) => bail!("GetPages answered with {other:?}"),

@@ -1,6 +1,9 @@
 //! Unit tests of `quire verify`'s classification of differences.
 
+use super::checker::tail_findings;
 use super::*;
+use crate::datadir::TailPages;
+use quire_postgres::types::RelTag;
 
 fn vm_fork() -> RelTag {
     RelTag {
