@@ -85,7 +85,9 @@ enum TimelineCommand {
         /// Branch from this timeline of the tenant.
         #[arg(long, requires = "at")]
         branch_of: Option<String>,
-        /// The branch point: an LSN (`X/Y`).
+        /// The branch point: an LSN (`X/Y`), or a time (RFC 3339 or
+        /// Postgres' output, with an offset) meaning the last commit at or
+        /// before it.
         #[arg(long)]
         at: Option<String>,
         /// Follow the WAL on these safekeepers (`host:port,...`).
@@ -199,9 +201,12 @@ pub fn run_timeline(args: &TimelineArgs) -> Result<()> {
                 }
                 (None, Some(parent)) => {
                     body["ancestor_timeline_id"] = json!(parent);
-                    body["ancestor_lsn"] = json!(at);
+                    match at {
+                        Some(lsn) if lsn.contains('/') => body["ancestor_lsn"] = json!(lsn),
+                        time => body["ancestor_timestamp"] = json!(time),
+                    }
                 }
-                _ => bail!("give --import-pgdata DIR or --branch-of TIMELINE --at LSN"),
+                _ => bail!("give --import-pgdata DIR or --branch-of TIMELINE --at LSN|TIMESTAMP"),
             }
             if !safekeepers.is_empty() {
                 body["wal_source"] = json!({"safekeepers": {"safekeepers": safekeepers}});

@@ -54,6 +54,11 @@ pub struct VerifyArgs {
     /// The token to show the pageserver (scope `compute`), when it checks.
     #[arg(long)]
     pub(crate) pageserver_token_file: Option<PathBuf>,
+    /// With --pageserver: read every page at this LSN (`X/Y`) instead of
+    /// the latest (a snapshot compared with a point in the timeline's
+    /// history, e.g. a branch at its branch point).
+    #[arg(long, requires = "pageserver")]
+    pub(crate) at_lsn: Option<String>,
     /// Seconds to wait for the pageserver to ingest the cluster's WAL.
     #[arg(long, default_value_t = 300)]
     pub(crate) wait_secs: u64,

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, anyhow};
 use quire_cluster::{PgInstall, RunAs};
 use quire_net::id::ShardIdentity;
 use quire_net::page_client::{PageClient, Target};
+use quire_postgres::Lsn;
 use quire_redo::RedoConfig;
 
 use crate::verify::VerifyArgs;
@@ -56,6 +57,14 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
     };
     let pgdata = args.pgdata.clone();
     let wait = Duration::from_secs(args.wait_secs);
+    let at: Option<Lsn> = args
+        .at_lsn
+        .as_deref()
+        .map(|text| {
+            text.parse()
+                .map_err(|_| anyhow!("--at-lsn {text:?} is not an LSN (X/Y in hex)"))
+        })
+        .transpose()?;
     crate::verify::on_verify_executor(config, &temp, move |pool| {
         let target = target.clone();
         let pgdata = pgdata.clone();
@@ -65,9 +74,14 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
                 .with_context(|| format!("connect to the pageserver at {address}"))?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            let report =
-                quire_pageserver::verify::verify_remote(&pgdata, &mut client, pool, wait, &mut out)
-                    .await?;
+            let report = quire_pageserver::verify::verify_remote(
+                &pgdata,
+                &mut client,
+                pool,
+                (wait, at),
+                &mut out,
+            )
+            .await?;
             out.flush().context("write to standard output")?;
             Ok(report.different)
         }

@@ -10,7 +10,8 @@
 //! killed with SIGKILL and started again on its directory, and both
 //! timelines resume from what they had made durable. Branches: a timeline
 //! branched at a stopped primary's checkpoint LSN serves that snapshot
-//! exactly, while its parent goes on to the primary's later state.
+//! exactly, while its parent goes on to the primary's later state; one
+//! branched at a time, the last commit at or before it.
 
 mod pageserver_support;
 
@@ -25,8 +26,8 @@ use quire_tests::{assert_log_clean, pg_install};
 use serde_json::Value;
 
 use pageserver_support::{
-    Imported, Pageserver, branch, copy_dir, import_with, lsn_field, timeline_show, verify,
-    verify_counts,
+    Imported, Pageserver, branch, branch_at, copy_dir, import_with, lsn_field, timeline_show,
+    verify, verify_counts, verify_counts_at,
 };
 
 /// The slot the pageserver follows the primary through.
@@ -317,10 +318,128 @@ CREATE TABLE later AS SELECT g FROM generate_series(1, 3000) g;
 VACUUM items;
 ";
 
+/// The last commit before a snapshot, bracketed by times and LSNs read on
+/// the primary: a table's creation, then (after `before`) one row's insert
+/// ending in `(insert_from, insert_to]`, then `after`.
+struct Marker {
+    before: String,
+    after: String,
+    insert_from: Lsn,
+    insert_to: Lsn,
+}
+
+impl Marker {
+    /// One session, so that no connection's catalog reads (which may
+    /// prune pages) come between the insert's commit and the shutdown.
+    fn commit(pg: &PgCluster) -> Result<Marker> {
+        let output = pg.psql_script(
+            "postgres",
+            "CREATE TABLE marker (at timestamptz);
+             SELECT clock_timestamp(), pg_current_wal_insert_lsn();
+             INSERT INTO marker VALUES (now());
+             SELECT clock_timestamp(), pg_current_wal_insert_lsn();",
+        )?;
+        let rows: Vec<(&str, &str)> = output
+            .lines()
+            .filter_map(|line| line.split_once('|'))
+            .collect();
+        let [(before, insert_from), (after, insert_to)] = rows[..] else {
+            anyhow::bail!("the marker script printed {output:?}");
+        };
+        let marker = Marker {
+            before: before.to_owned(),
+            after: after.to_owned(),
+            insert_from: insert_from.parse()?,
+            insert_to: insert_to.parse()?,
+        };
+        println!(
+            "marker committed in ({}, {}], between {} and {}",
+            marker.insert_from, marker.insert_to, marker.before, marker.after
+        );
+        Ok(marker)
+    }
+
+    /// A branch at `after` is the snapshot (stopped right after the
+    /// marker); one at `before` is not (the marker row is missing); the
+    /// lookup endpoint names the marker's commit; a time in the future is
+    /// refused.
+    fn check_branches(
+        &self,
+        server: &Pageserver,
+        parent: &Imported,
+        snapshot: &Path,
+        checkpoint: Lsn,
+    ) -> Result<()> {
+        let (at_after, answer) = branch_at(server, parent, &self.after)?;
+        let commit = &answer["ancestor_commit"];
+        let lsn = lsn_field(commit, "lsn")?;
+        ensure!(
+            lsn > self.insert_from && lsn <= self.insert_to && lsn <= checkpoint,
+            "the branch at {} is at {lsn}, not the marker's commit in ({}, {}]: {answer}",
+            self.after,
+            self.insert_from,
+            self.insert_to
+        );
+        let shown = timeline_show(server, &at_after)?;
+        ensure!(
+            shown["ancestor"]["lsn"] == lsn.to_string(),
+            "the branch point is not its commit's {lsn}: {shown}"
+        );
+        // The branch's latest page is at its branch point, but the snapshot's
+        // checkpoint is later: read at the branch point.
+        let found = verify_counts_at(server, &at_after, snapshot, (None, 30), Some(lsn))?;
+        ensure!(
+            found.success && found.compared > 1_000 && found.identical == found.compared,
+            "the branch at the marker's commit differs from the snapshot: {found:?}"
+        );
+        let (at_before, answer) = branch_at(server, parent, &self.before)?;
+        let earlier = lsn_field(&answer["ancestor_commit"], "lsn")?;
+        ensure!(
+            earlier <= self.insert_from,
+            "the branch at {} is at {earlier}, past the marker's insert from {}",
+            self.before,
+            self.insert_from
+        );
+        let found = verify_counts_at(server, &at_before, snapshot, (None, 30), Some(earlier))?;
+        ensure!(
+            !found.success,
+            "a branch before the marker's insert matches the snapshot: {found:?}"
+        );
+        let path = |time: &str| {
+            format!(
+                "/v1/tenant/{}/timeline/{}/lsn_by_timestamp?timestamp={}",
+                parent.tenant_text(),
+                parent.timeline_text(),
+                time.replace(' ', "%20")
+            )
+        };
+        let (status, body) = server.get(&path(&self.after), None)?;
+        ensure!(
+            status == 200 && body.contains(&format!("\"lsn\":\"{lsn}\"")),
+            "lsn_by_timestamp at {}: {status} {body}",
+            self.after
+        );
+        let (status, body) = server.get(&path("2999-01-01T00:00:00Z"), None)?;
+        ensure!(
+            status == 400 && body.contains("in the future"),
+            "a time in the future: {status} {body}"
+        );
+        let (status, body) = server.get(&path("1999-01-01T00:00:00Z"), None)?;
+        ensure!(
+            status == 404 && body.contains("no commit at or before"),
+            "a time before every commit: {status} {body}"
+        );
+        Ok(())
+    }
+}
+
 #[test]
 fn a_branch_at_a_stopped_primarys_checkpoint_serves_that_snapshot() -> Result<()> {
     let install = pg_install()?;
-    let mut pg = PgCluster::create(&install, primary_options(PgClusterOptions::default()))?;
+    // No autovacuum: its commits and page changes between the marker's
+    // commit and the shutdown would put the snapshot past that commit.
+    let options = primary_options(PgClusterOptions::default()).setting("autovacuum", "off");
+    let mut pg = PgCluster::create(&install, options)?;
     let root = tempfile::tempdir()?;
     let base = root.path().join("base");
     copy_dir(&pg.datadir(), &base)?;
@@ -339,6 +458,7 @@ fn a_branch_at_a_stopped_primarys_checkpoint_serves_that_snapshot() -> Result<()
     pgbench(&pg, &["-i", "-q", "-s", "1"])?;
     pg.psql_script("postgres", PHASE_1)?;
     pgbench(&pg, &["-n", "-c", "2", "-j", "2", "-t", "200"])?;
+    let marker = Marker::commit(&pg)?;
     pg.stop()?;
     let snapshot = root.path().join("snapshot");
     copy_dir(&pg.datadir(), &snapshot)?;
@@ -420,6 +540,7 @@ fn a_branch_at_a_stopped_primarys_checkpoint_serves_that_snapshot() -> Result<()
         "a branch at {last} matches the snapshot at {point}: {found:?}"
     );
     verify(&server, &at_end, &pg.datadir(), None)?;
+    marker.check_branches(&server, &parent, &snapshot, point)?;
     let mut server = server;
     server.check_alive()
 }

@@ -118,6 +118,7 @@ fn compare(config: &Config, effect_counts: &mut EffectCounts) -> Result<usize> {
     };
     let theirs = run_bounded(
         Command::new(install.bin("pg_waldump"))
+            .env("TZ", "UTC")
             .arg("--bkp-details")
             .arg(first)
             .arg(last),

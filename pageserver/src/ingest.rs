@@ -10,7 +10,9 @@
 //! `file_copy` by copying the template's pages) and dropped, relmapper
 //! files, two-phase state files, `pg_xact` status bits and multixact offsets
 //! and members (Rust redo records per SLRU page), SLRU pages zeroed,
-//! visibility-map bits cleared without a block reference, and checkpoints.
+//! visibility-map bits cleared without a block reference, checkpoints, and
+//! each commit's time under the commit-time key (the index from a timestamp
+//! to an LSN, [`quire_shard::commit_time`]).
 //!
 //! A record that references `InvalidBlockNumber` (0xFFFFFFFF) decodes, as
 //! `pg_waldump` decodes it, but no key names that block: ingest refuses
@@ -42,6 +44,7 @@ use quire_redo::rust_redo::{
     VM_HEAP_BLOCKS_PER_PAGE,
 };
 use quire_redo::{RedoPool, RedoRecord, TenantKey};
+use quire_shard::commit_time::commit_time_value;
 use quire_shard::keyspace::{dropped_value, size_value};
 use quire_shard::{Timeline, Value};
 use zerocopy::IntoBytes;
@@ -452,9 +455,15 @@ impl WalIngest {
                 xid,
                 subxacts,
                 prepared,
+                time,
             } => {
                 self.xact_status(status, xid, subxacts, prepared, lsn)
                     .await?;
+                if status == XactStatus::Committed {
+                    self.timeline
+                        .put(Key::commit_time(), lsn, commit_time_value(lsn, time))
+                        .await?;
+                }
                 return Ok(true);
             }
             Effect::TwoPhasePrepare { xid, file } => {

@@ -35,6 +35,9 @@ pub mod kind {
     pub const CONTROL_FILE: u8 = 0x08;
     /// The last checkpoint record's `CheckPoint` struct.
     pub const CHECKPOINT: u8 = 0x09;
+    /// The last commit's `xact_time`, one version per commit: the index
+    /// that turns a timestamp into an LSN.
+    pub const COMMIT_TIME: u8 = 0x0A;
 }
 
 /// The SLRUs the pageserver keeps.
@@ -132,6 +135,8 @@ pub enum KeyKind {
     ControlFile,
     /// The last checkpoint.
     Checkpoint,
+    /// The last commit's time.
+    CommitTime,
 }
 
 /// Bytes that are not a key.
@@ -288,6 +293,11 @@ impl Key {
         Key::of(kind::CHECKPOINT, 0, 0, 0, 0, 0)
     }
 
+    /// The last commit's time.
+    pub fn commit_time() -> Key {
+        Key::of(kind::COMMIT_TIME, 0, 0, 0, 0, 0)
+    }
+
     /// The key right after this one, or `None` for [`Key::MAX`].
     pub fn next(self) -> Option<Key> {
         let mut bytes = self.to_bytes();
@@ -407,6 +417,7 @@ impl Key {
             }
             kind::CONTROL_FILE => zero_tail(1).map(|()| KeyKind::ControlFile),
             kind::CHECKPOINT => zero_tail(1).map(|()| KeyKind::Checkpoint),
+            kind::COMMIT_TIME => zero_tail(1).map(|()| KeyKind::CommitTime),
             _ => Err("unknown kind"),
         }
     }
@@ -476,6 +487,7 @@ mod tests {
             Key::twophase_file(0, 745),
             Key::control_file(),
             Key::checkpoint(),
+            Key::commit_time(),
         ];
         for pair in keys.windows(2) {
             assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);

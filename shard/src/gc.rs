@@ -3,8 +3,8 @@
 //! A timeline keeps every read at or above its GC cutoff answerable, and
 //! every read at a child's branch point. The cutoff is the lower of two
 //! horizons ([`GcPolicy`]): an LSN distance behind the last record, and a
-//! PITR window (the newest LSN known to be older than `now - pitr`; LSN
-//! times come from ingest, [`Timeline::note_lsn_time`]; without one old
+//! PITR window (the last commit at or before `now - pitr`, from the
+//! commit-time index ingest keeps, [`crate::commit_time`]; without one old
 //! enough the window keeps everything).
 //!
 //! A read of a key at `P` walks layers from `P` down and stops at the
@@ -18,10 +18,10 @@
 //! `P ≥ s`. The new cutoff is written in the same metadata change that
 //! drops the layers; files are deleted only after it is durable.
 
-use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
 use quire_postgres::Lsn;
+use quire_postgres::timestamp::TimestampTz;
 
 use crate::layer_file::{LayerKindName, LayerName};
 use crate::timeline::{Timeline, TimelineError};
@@ -56,64 +56,33 @@ pub struct GcReport {
     pub kept: usize,
 }
 
-/// Points at most remembered; beyond it every other one is dropped, which
-/// only ever makes the PITR horizon older (keeps more).
-const LSN_TIMES_MAX: usize = 4096;
-
-/// Known (time, LSN) points, oldest first, in increasing LSN order.
-#[derive(Clone, Debug, Default)]
-pub struct LsnTimes {
-    points: VecDeque<(SystemTime, Lsn)>,
-}
-
-impl LsnTimes {
-    /// Records that the WAL at `lsn` was written at `time` (ignored unless
-    /// `lsn` is past the newest point).
-    pub fn note(&mut self, lsn: Lsn, time: SystemTime) {
-        if self.points.back().is_some_and(|(_, last)| *last >= lsn) {
-            return;
-        }
-        self.points.push_back((time, lsn));
-        if self.points.len() > LSN_TIMES_MAX {
-            let newest = self.points.len() - 1;
-            let mut index = 0;
-            self.points.retain(|_| {
-                let keep = index % 2 == 1 || index == newest;
-                index += 1;
-                keep
-            });
-        }
-    }
-
-    /// The newest LSN whose time is at or before `time`.
-    pub fn lsn_before(&self, time: SystemTime) -> Option<Lsn> {
-        self.points
-            .iter()
-            .rev()
-            .find(|(at, _)| *at <= time)
-            .map(|(_, lsn)| *lsn)
-    }
-}
-
 impl Timeline {
-    /// Records when the WAL at `lsn` was written (a commit timestamp), for
-    /// the PITR horizon.
-    pub fn note_lsn_time(&self, lsn: Lsn, time: SystemTime) {
-        self.lsn_times.borrow_mut().note(lsn, time);
-    }
-
-    /// The cutoff `policy` allows at `now`.
-    pub fn gc_cutoff_for(&self, policy: GcPolicy, now: SystemTime) -> Lsn {
+    /// The cutoff `policy` allows at `now`: the lower of the LSN distance
+    /// behind the last record and the PITR horizon, the last commit at or
+    /// before `now - pitr` ([`Timeline::commit_at_or_before`]; with none
+    /// recorded that old, the window keeps everything).
+    pub async fn gc_cutoff_for(
+        &self,
+        policy: GcPolicy,
+        now: SystemTime,
+    ) -> Result<Lsn, TimelineError> {
         let last = self.last_record_lsn();
         let by_distance = Lsn(last.0.saturating_sub(policy.horizon_bytes));
         let by_time = if policy.pitr.is_zero() {
             last
         } else {
-            now.checked_sub(policy.pitr)
-                .and_then(|horizon| self.lsn_times.borrow().lsn_before(horizon))
-                .unwrap_or(Lsn(0))
+            let horizon = now
+                .checked_sub(policy.pitr)
+                .and_then(TimestampTz::from_system_time);
+            match horizon {
+                Some(horizon) => self
+                    .commit_at_or_before(horizon)
+                    .await?
+                    .map_or(Lsn(0), |commit| commit.lsn),
+                None => Lsn(0),
+            }
         };
-        by_distance.min(by_time)
+        Ok(by_distance.min(by_time))
     }
 
     /// Raises the GC cutoff to `cutoff` (never past the disk-consistent

@@ -7,12 +7,14 @@
 //! metadata replaced atomically on every flush ([`metadata`]); layer files
 //! are read through the core's block cache ([`layer_file`]); L0 → L1
 //! compaction ([`compact`]), image creation ([`image`]), GC ([`gc`]),
-//! branching, the relation lookups over the key space ([`keyspace`]), and
+//! branching, the relation lookups over the key space ([`keyspace`]), the
+//! commit-time index from a timestamp to an LSN ([`commit_time`]), and
 //! waiting for ingest to reach an LSN ([`lsn_wait`]).
 //! Its state is `!Send` and lives on its core; it takes no lock and makes
 //! no cross-core hop on the GetPage path.
 #![forbid(unsafe_code)]
 
+pub mod commit_time;
 pub mod compact;
 mod flush;
 pub mod gc;
@@ -28,6 +30,7 @@ pub mod reconstruct;
 pub mod timeline;
 pub mod value;
 
+pub use commit_time::CommitPoint;
 pub use gc::{GcPolicy, GcReport};
 pub use image::{ImagePolicy, ImageReport};
 pub use reconstruct::{ReconstructInputs, Redo, RedoError, materialize};

@@ -18,7 +18,6 @@ use quire_io::BlockCache;
 use quire_layerfmt::LayerError;
 use quire_postgres::{Key, Lsn};
 
-use crate::gc::LsnTimes;
 use crate::in_memory_layer::{InMemoryLayer, PutError};
 use crate::layer_file::LayerFile;
 use crate::layer_map::LayerMap;
@@ -93,6 +92,14 @@ pub enum TimelineError {
     /// A relation size value in the wrong encoding.
     #[error(transparent)]
     BadSize(#[from] crate::keyspace::BadSizeValue),
+    /// A commit-time value in the wrong encoding.
+    #[error("the commit-time value read at {lsn} is corrupt: {what}")]
+    BadCommitTime {
+        /// The LSN read.
+        lsn: Lsn,
+        /// What is wrong.
+        what: &'static str,
+    },
     /// Redo failed while materialising a value.
     #[error(transparent)]
     Redo(#[from] RedoError),
@@ -131,8 +138,6 @@ pub struct Timeline {
     /// The parent timeline and the LSN this one branched at: values at or
     /// below it are the parent's.
     pub(crate) ancestor: Option<(Rc<Timeline>, Lsn)>,
-    /// Known (time, LSN) points, for the PITR window of GC.
-    pub(crate) lsn_times: RefCell<LsnTimes>,
     /// Keys whose reads applied many records: image creation covers them.
     pub(crate) expensive_keys: RefCell<BTreeSet<Key>>,
     /// Records applied by one read that make its key expensive.
@@ -298,7 +303,6 @@ impl Timeline {
             }),
             maintenance: futures::lock::Mutex::new(()),
             ancestor,
-            lsn_times: RefCell::new(LsnTimes::default()),
             expensive_keys: RefCell::new(BTreeSet::new()),
             expensive_read_records: Cell::new(DEFAULT_EXPENSIVE_READ_RECORDS),
             lsn_waiters: LsnWaiters::default(),

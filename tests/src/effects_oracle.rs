@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use quire_postgres::timestamp::TimestampTz;
 use quire_postgres::types::{ForkNumber, RelFileLocator, RelTag, TransactionId};
 use quire_postgres::wal::effects::{DbCreateStrategy, Effect, XactStatus};
 
@@ -131,8 +132,9 @@ fn expectations(effect: &Effect) -> Vec<Expect> {
             xid,
             subxacts,
             prepared,
+            time,
             ..
-        } => xact_expectations(*xid, subxacts, *prepared),
+        } => xact_expectations(*xid, subxacts, *prepared, *time),
         Effect::DbCreate {
             db_oid,
             spc_oid,
@@ -206,14 +208,24 @@ fn expectations(effect: &Effect) -> Vec<Expect> {
     }
 }
 
+/// `pg_waldump` run with `TZ=UTC` prints `xact_time` as
+/// `2026-12-01 19:57:31.123456 UTC`, after the prepared xid if any.
 fn xact_expectations(
     xid: TransactionId,
     subxacts: &[TransactionId],
     prepared: bool,
+    time: TimestampTz,
 ) -> Vec<Expect> {
+    let rfc3339 = time.to_string();
+    let shown = format!(
+        "{} UTC",
+        rfc3339.replacen('T', " ", 1).trim_end_matches('Z')
+    );
     let mut expect = Vec::new();
     if prepared {
-        expect.push(Expect::Prefix(format!("{}: ", xid.0)));
+        expect.push(Expect::Prefix(format!("{}: {shown}", xid.0)));
+    } else {
+        expect.push(Expect::Prefix(shown));
     }
     if subxacts.is_empty() {
         expect.push(Expect::Absent("; subxacts:"));

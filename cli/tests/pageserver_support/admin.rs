@@ -103,11 +103,16 @@ pub fn import_with(
 /// `quire timeline create --branch-of` `parent`'s timeline `--at` `at`: the
 /// branch, in `parent`'s tenant.
 pub fn branch(server: &Pageserver, parent: &Imported, at: Lsn) -> Result<Imported> {
-    let (tenant, timeline, at_text) =
-        (parent.tenant_text(), parent.timeline_text(), at.to_string());
+    Ok(branch_at(server, parent, &at.to_string())?.0)
+}
+
+/// `quire timeline create --branch-of` `parent` `--at` `at` (an LSN or a
+/// time); the branch and the command's JSON answer.
+pub fn branch_at(server: &Pageserver, parent: &Imported, at: &str) -> Result<(Imported, Value)> {
+    let (tenant, timeline) = (parent.tenant_text(), parent.timeline_text());
     let mut args = vec!["timeline", "create", "--tenant", &tenant];
     args.extend(server.api());
-    args.extend(["--branch-of", &timeline, "--at", &at_text]);
+    args.extend(["--branch-of", &timeline, "--at", at]);
     let json = quire_json(&args)?;
     let branch = Imported {
         tenant: parent.tenant,
@@ -121,7 +126,7 @@ pub fn branch(server: &Pageserver, parent: &Imported, at: Lsn) -> Result<Importe
         "branched {}/{} at {at} as {} (its LSN {})",
         parent.tenant, parent.timeline, branch.timeline, branch.lsn
     );
-    Ok(branch)
+    Ok((branch, json))
 }
 
 /// `quire timeline show` of `imported`.
@@ -163,6 +168,17 @@ pub fn verify_counts(
     token: Option<&Path>,
     wait_secs: u64,
 ) -> Result<Verified> {
+    verify_counts_at(server, imported, pgdata, (token, wait_secs), None)
+}
+
+/// [`verify_counts`], reading every page at `at` when given (`--at-lsn`).
+pub fn verify_counts_at(
+    server: &Pageserver,
+    imported: &Imported,
+    pgdata: &Path,
+    (token, wait_secs): (Option<&Path>, u64),
+    at: Option<Lsn>,
+) -> Result<Verified> {
     let page = server.page.to_string();
     let mut command = Command::new(quire_binary());
     command
@@ -174,6 +190,9 @@ pub fn verify_counts(
         .args(["--wait-secs", &wait_secs.to_string()]);
     if let Some(token) = token {
         command.arg("--pageserver-token-file").arg(token);
+    }
+    if let Some(at) = at {
+        command.args(["--at-lsn", &at.to_string()]);
     }
     let deadline = COMMAND_DEADLINE + Duration::from_secs(wait_secs);
     let output = run_bounded(&mut command, deadline)?;

@@ -11,6 +11,7 @@ use anyhow::{Context, anyhow};
 use quire_net::id::{TenantId, TimelineId};
 use quire_postgres::Lsn;
 use quire_postgres::key::KeyKind;
+use quire_postgres::timestamp::TimestampTz;
 use quire_shard::compact::is_l0;
 use quire_shard::{GcPolicy, ImagePolicy, Timeline};
 use serde_json::{Value, json};
@@ -133,6 +134,19 @@ pub enum AdminCommand {
         /// Where the answer goes.
         reply: Reply,
     },
+    /// The last commit at or before a time (shard 0 holds the index).
+    CommitAtOrBefore {
+        /// The tenant.
+        tenant: TenantId,
+        /// The shard number.
+        number: u32,
+        /// The timeline.
+        timeline: TimelineId,
+        /// The time.
+        time: TimestampTz,
+        /// Where the answer goes.
+        reply: Reply,
+    },
     /// Garbage-collect below the PITR window (or the LSN given).
     Gc {
         /// The tenant.
@@ -196,6 +210,16 @@ pub async fn handle(core: Rc<Core>, command: AdminCommand) {
             reply,
         } => {
             let _ = reply.try_send(compact(&core, tenant, number, timeline).await);
+        }
+        AdminCommand::CommitAtOrBefore {
+            tenant,
+            number,
+            timeline,
+            time,
+            reply,
+        } => {
+            let found = commit_at_or_before(&core, tenant, number, timeline, time).await;
+            let _ = reply.try_send(found);
         }
         AdminCommand::Gc {
             tenant,
@@ -436,6 +460,39 @@ fn status(
     ))
 }
 
+/// The last commit at or before `time`: `{lsn, commit_time, timestamp}`,
+/// or 404 when the readable history holds none that early.
+async fn commit_at_or_before(
+    core: &Core,
+    tenant: TenantId,
+    number: u32,
+    id: TimelineId,
+    time: TimestampTz,
+) -> Result<Value, AdminError> {
+    let shard = shard_of(core, tenant, number)?;
+    let served = timeline_of(&shard, id)?;
+    let timeline = &served.timeline;
+    let found = timeline
+        .commit_at_or_before(time)
+        .await
+        .map_err(|e| AdminError::new(500, format!("commit-time index of {id}: {e}")))?;
+    match found {
+        Some(commit) => Ok(json!({
+            "lsn": commit.lsn.to_string(),
+            "commit_time": commit.time.to_string(),
+            "timestamp": time.to_string(),
+        })),
+        None => Err(AdminError::new(
+            404,
+            format!(
+                "timeline {id} records no commit at or before {time} at or above LSN {} \
+                 (commits before its import, or below its GC cutoff, are not known)",
+                timeline.lowest_readable_lsn()
+            ),
+        )),
+    }
+}
+
 async fn relations(
     core: &Core,
     tenant: TenantId,
@@ -507,8 +564,13 @@ async fn gc(
     let shard = shard_of(core, tenant, number)?;
     let served = timeline_of(&shard, id)?;
     let timeline = &served.timeline;
-    let requested =
-        cutoff.unwrap_or_else(|| timeline.gc_cutoff_for(GcPolicy::default(), SystemTime::now()));
+    let requested = match cutoff {
+        Some(cutoff) => cutoff,
+        None => timeline
+            .gc_cutoff_for(GcPolicy::default(), SystemTime::now())
+            .await
+            .map_err(|e| AdminError::new(500, format!("GC cutoff: {e}")))?,
+    };
     // A read at the latest LSN is served at the last record, which may be
     // below the disk-consistent LSN the engine clamps to (an import's is
     // one past it): a cutoff above the last record would refuse them all.

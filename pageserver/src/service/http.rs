@@ -12,6 +12,7 @@ use futures::channel::mpsc;
 use quire_net::id::{ShardIdentity, TenantId, TimelineId};
 use quire_net::token::{Scope, TokenVerifier};
 use quire_postgres::Lsn;
+use quire_postgres::timestamp::TimestampTz;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tiny_http::{Header, Method, Request, Response, Server};
@@ -76,6 +77,8 @@ struct CreateTimeline {
     #[serde(default)]
     ancestor_lsn: Option<String>,
     #[serde(default)]
+    ancestor_timestamp: Option<String>,
+    #[serde(default)]
     wal_source: Option<WalSourceSettings>,
 }
 
@@ -101,6 +104,48 @@ fn parse_timeline(text: &str) -> Result<TimelineId, AdminError> {
 fn parse_lsn(text: &str) -> Result<Lsn, AdminError> {
     text.parse()
         .map_err(|_| bad(format!("{text:?} is not an LSN (X/Y in hex)")))
+}
+
+/// A time to branch at or look up: RFC 3339 or Postgres' output, with an
+/// offset, and not in the future (what happens then is not known yet).
+fn parse_time(text: &str) -> Result<TimestampTz, AdminError> {
+    let time = TimestampTz::parse(text).map_err(|e| bad(e.to_string()))?;
+    let now = TimestampTz::from_system_time(std::time::SystemTime::now())
+        .ok_or_else(|| AdminError::new(500, "the clock is outside Postgres' range"))?;
+    if time > now {
+        return Err(bad(format!(
+            "{time} is in the future (now is {now}): its commits are not known yet"
+        )));
+    }
+    Ok(time)
+}
+
+/// The value of `name` in a query string, `%XX` escapes decoded (a `+`
+/// stays a plus: it is the offset sign of a timestamp far more often than
+/// a form's space).
+fn query_value(query: &str, name: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.split_once('=').filter(|(key, _)| *key == name))?
+        .1;
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        let escaped = (byte == b'%')
+            .then(|| bytes.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        if let Some(value) = escaped {
+            decoded.push(value);
+            at += 3;
+        } else {
+            decoded.push(byte);
+            at += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
 }
 
 /// A fresh random id (from the kernel's random source).
@@ -135,7 +180,7 @@ impl AdminApi {
     fn route(&self, request: &mut Request) -> Result<(u16, Body), AdminError> {
         let method = request.method().clone();
         let url = request.url().to_owned();
-        let path = url.split('?').next().unwrap_or_default();
+        let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         if parts == ["metrics"] && method == Method::Get {
             let text = self.shared.metrics.render()?;
@@ -177,7 +222,7 @@ impl AdminApi {
             }
             (method, ["v1", "tenant", tenant, "timeline", timeline, rest @ ..]) => {
                 let (tenant, timeline) = (parse_tenant(tenant)?, parse_timeline(timeline)?);
-                self.route_timeline(&method, tenant, timeline, rest, &body)
+                self.route_timeline(&method, (tenant, timeline), rest, query, &body)
             }
             _ => Err(AdminError::new(404, format!("no such endpoint: {path}"))),
         }
@@ -186,12 +231,21 @@ impl AdminApi {
     fn route_timeline(
         &self,
         method: &Method,
-        tenant: TenantId,
-        timeline: TimelineId,
+        (tenant, timeline): (TenantId, TimelineId),
         rest: &[&str],
+        query: &str,
         body: &str,
     ) -> Result<(u16, Body), AdminError> {
         match (method, rest) {
+            (&Method::Get, ["lsn_by_timestamp"]) => {
+                let text = query_value(query, "timestamp")
+                    .ok_or_else(|| bad("give ?timestamp=<RFC 3339 time with an offset>"))?;
+                let time = parse_time(&text)?;
+                Ok((
+                    200,
+                    Body::Json(self.commit_at_or_before(tenant, timeline, time)?),
+                ))
+            }
             (&Method::Get, []) => {
                 let mut shards = Vec::new();
                 for place in self.places(tenant)? {
@@ -278,6 +332,23 @@ impl AdminApi {
             .copied()
             .ok_or_else(|| AdminError::new(500, format!("tenant {tenant} has no shard 0")))?;
         Ok((zero, places))
+    }
+
+    /// The last commit of `timeline` at or before `time`, from shard 0.
+    fn commit_at_or_before(
+        &self,
+        tenant: TenantId,
+        timeline: TimelineId,
+        time: TimestampTz,
+    ) -> Result<Value, AdminError> {
+        let (place, _) = self.shard_zero(tenant)?;
+        self.ask(place.core, |reply| AdminCommand::CommitAtOrBefore {
+            tenant,
+            number: 0,
+            timeline,
+            time,
+            reply,
+        })
     }
 
     /// Sends a command to `core` and waits for its answer.
@@ -408,19 +479,33 @@ impl AdminApi {
             Some(text) => parse_timeline(text)?,
             None => TimelineId(random_id()?),
         };
+        let mut branch_commit = None;
         let origin = match (&request.import_pgdata, &request.ancestor_timeline_id) {
             (Some(pgdata), None) => TimelineOrigin::Import {
                 pgdata: pgdata.into(),
             },
             (None, Some(ancestor)) => {
-                let lsn = request
-                    .ancestor_lsn
-                    .as_deref()
-                    .ok_or_else(|| bad("a branch needs ancestor_lsn"))?;
-                TimelineOrigin::Branch {
-                    ancestor: parse_timeline(ancestor)?,
-                    lsn: parse_lsn(lsn)?,
-                }
+                let ancestor = parse_timeline(ancestor)?;
+                let lsn = match (&request.ancestor_lsn, &request.ancestor_timestamp) {
+                    (Some(lsn), None) => parse_lsn(lsn)?,
+                    (None, Some(time)) => {
+                        let commit =
+                            self.commit_at_or_before(tenant, ancestor, parse_time(time)?)?;
+                        let lsn = commit
+                            .get("lsn")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        let lsn = parse_lsn(lsn)?;
+                        branch_commit = Some(commit);
+                        lsn
+                    }
+                    _ => {
+                        return Err(bad(
+                            "a branch needs exactly one of ancestor_lsn and ancestor_timestamp",
+                        ));
+                    }
+                };
+                TimelineOrigin::Branch { ancestor, lsn }
             }
             _ => {
                 return Err(bad(
@@ -445,9 +530,11 @@ impl AdminApi {
             .first()
             .and_then(|s| s.get("lsn").cloned())
             .unwrap_or(Value::Null);
-        Ok(
-            json!({"tenant_id": tenant.to_string(), "timeline_id": timeline.to_string(), "lsn": lsn}),
-        )
+        let mut created = json!({"tenant_id": tenant.to_string(), "timeline_id": timeline.to_string(), "lsn": lsn});
+        if let Some(commit) = branch_commit {
+            created["ancestor_commit"] = commit;
+        }
+        Ok(created)
     }
 }
 
@@ -508,4 +595,34 @@ fn authorize_with(verifier: &TokenVerifier, request: &Request) -> Result<(), Adm
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_time, query_value};
+
+    #[test]
+    fn query_values_are_unescaped_and_a_plus_stays() {
+        let query = "x=1&timestamp=2026-12-01%2019:57:31.5+00&y=";
+        assert_eq!(
+            query_value(query, "timestamp").as_deref(),
+            Some("2026-12-01 19:57:31.5+00")
+        );
+        assert_eq!(query_value(query, "y").as_deref(), Some(""));
+        assert_eq!(query_value(query, "z"), None);
+        assert_eq!(query_value("t=%zz%4", "t").as_deref(), Some("%zz%4"));
+        assert_eq!(query_value("t=%ff", "t"), None);
+    }
+
+    #[test]
+    fn times_in_the_future_or_without_a_zone_are_refused() {
+        assert!(parse_time("2026-01-01T00:00:00Z").is_ok());
+        let future = parse_time("2999-01-01T00:00:00Z").unwrap_err();
+        assert!(
+            future.message.contains("in the future"),
+            "{}",
+            future.message
+        );
+        assert_eq!(parse_time("2026-01-01 00:00:00").unwrap_err().status, 400);
+    }
 }

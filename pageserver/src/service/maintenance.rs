@@ -131,7 +131,13 @@ pub async fn run(
         }
         if since_gc >= policy.gc_period {
             since_gc = Duration::ZERO;
-            let cutoff = timeline.gc_cutoff_for(policy.gc, SystemTime::now());
+            let cutoff = match timeline.gc_cutoff_for(policy.gc, SystemTime::now()).await {
+                Ok(cutoff) => cutoff,
+                Err(error) => {
+                    eprintln!("pageserver: {name}: GC cutoff: {error}");
+                    continue;
+                }
+            };
             match timeline.gc(cutoff, &retain()).await {
                 Ok(report) if !report.removed.is_empty() => eprintln!(
                     "pageserver: {name}: GC to {} removed {} layers",

@@ -27,7 +27,10 @@ pub(super) enum PageSource<'a> {
     /// Rebuilt here from a timeline at an LSN.
     Local { timeline: &'a Timeline, lsn: Lsn },
     /// Read from a running pageserver over the page protocol.
-    Remote(&'a mut quire_net::page_client::PageClient, Lsn),
+    Remote(
+        &'a mut quire_net::page_client::PageClient,
+        quire_net::page_protocol::ReadLsn,
+    ),
 }
 
 /// Compares pages and keeps the counts.
@@ -258,7 +261,7 @@ impl<W: Write> Checker<'_, W> {
     /// of zeros, as reading a hole in a relation file gives).
     async fn rebuild(&mut self, keys: &[Key]) -> Result<Vec<Result<Box<[u8; BLCKSZ]>, String>>> {
         let (timeline, lsn) = match &mut self.pages {
-            PageSource::Remote(client, since) => return remote::fetch(client, *since, keys).await,
+            PageSource::Remote(client, read) => return remote::fetch(client, *read, keys).await,
             PageSource::Local { timeline, lsn } => (*timeline, *lsn),
         };
         let mut inputs: Vec<ReconstructInputs> = Vec::with_capacity(keys.len());

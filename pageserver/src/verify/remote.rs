@@ -7,7 +7,9 @@
 //!
 //! Reads ask for the latest page with `not_modified_since` at the
 //! cluster's final checkpoint, so the server must have ingested the WAL up
-//! to it; verification first waits (bounded) until it has. What it cannot
+//! to it; verification first waits (bounded) until it has. Given an LSN
+//! (`--at-lsn`), every read is at that LSN instead: a snapshot compared
+//! with a point in the timeline's history (a branch point, for a branch). What it cannot
 //! see remotely: forks the pageserver has and the directory lacks (the
 //! protocol lists no relations), and visibility-map pages whose map the WAL
 //! never carried (the local verification learns them from ingest; here
@@ -21,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use quire_net::page_client::{ClientError, PageClient};
-use quire_net::page_protocol::{BLOCKS_PER_REQUEST_MAX, ReadLsn, Request, Response, ServiceError};
+use quire_net::page_protocol::{
+    BLOCKS_PER_REQUEST_MAX, ReadLsn, Request, RequestLsn, Response, ServiceError,
+};
 use quire_postgres::key::KeyKind;
 use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
@@ -38,15 +42,25 @@ pub async fn verify_remote(
     pgdata: &Path,
     client: &mut PageClient,
     pool: Rc<RedoPool>,
-    wait: Duration,
+    (wait, at): (Duration, Option<Lsn>),
     out: &mut impl Write,
 ) -> Result<VerifyReport> {
     let control = read_control(pgdata)?;
-    let since = control.checkpoint_lsn();
-    let served = wait_ingested(client, since, wait).await?;
+    let since = at.unwrap_or_else(|| control.checkpoint_lsn());
+    let read = match at {
+        Some(lsn) => ReadLsn::new(RequestLsn::At(lsn), lsn),
+        None => ReadLsn::latest(since),
+    }
+    .map_err(|e| anyhow::anyhow!("read LSN: {e}"))?;
+    let served = wait_ingested(client, read, wait).await?;
+    let what = if at.is_some() {
+        "the LSN asked for"
+    } else {
+        "the cluster's final checkpoint"
+    };
     writeln!(
         out,
-        "pageserver has ingested {since} (the cluster's final checkpoint); reading at {served}"
+        "pageserver has ingested {since} ({what}); reading at {served}"
     )?;
     let mut report = VerifyReport {
         final_lsn: served,
@@ -58,7 +72,7 @@ pub async fn verify_remote(
     }
     let none = HashSet::new();
     let mut checker = Checker {
-        pages: PageSource::Remote(client, since),
+        pages: PageSource::Remote(client, read),
         vm_without_map: &none,
         pool: &pool,
         report: &mut report,
@@ -72,7 +86,7 @@ pub async fn verify_remote(
         let PageSource::Remote(client, _) = &mut checker.pages else {
             bail!("remote verification without a client");
         };
-        let ours = nblocks(client, *rel, since).await?;
+        let ours = nblocks(client, *rel, read).await?;
         checker.relation(*rel, rel_files, ours).await?;
     }
     for (&(kind, segment), path) in &files.slru_segments {
@@ -83,17 +97,13 @@ pub async fn verify_remote(
     Ok(report)
 }
 
-fn read_lsn(since: Lsn) -> Result<ReadLsn> {
-    ReadLsn::latest(since).map_err(|e| anyhow::anyhow!("read LSN: {e}"))
-}
-
-/// Waits until the server has ingested `since`; returns the LSN it served
-/// at.
-async fn wait_ingested(client: &mut PageClient, since: Lsn, wait: Duration) -> Result<Lsn> {
+/// Waits until the server has ingested what `read` needs; returns the LSN
+/// it served at.
+async fn wait_ingested(client: &mut PageClient, read: ReadLsn, wait: Duration) -> Result<Lsn> {
     let deadline = Instant::now() + wait;
     loop {
         let request = Request::DbSize {
-            lsn: read_lsn(since)?,
+            lsn: read,
             db_oid: 0,
         };
         match client.call(request).await {
@@ -105,20 +115,17 @@ async fn wait_ingested(client: &mut PageClient, since: Lsn, wait: Duration) -> R
             {
                 quire_io::sleep(Duration::from_millis(200)).await;
             }
-            Err(error) => bail!("waiting for the pageserver to ingest {since}: {error}"),
+            Err(error) => bail!(
+                "waiting for the pageserver to ingest {}: {error}",
+                read.not_modified_since()
+            ),
         }
     }
 }
 
 /// The fork's size on the server; `None` when it has no such fork.
-async fn nblocks(client: &mut PageClient, rel: RelTag, since: Lsn) -> Result<Option<u32>> {
-    match client
-        .call(Request::Nblocks {
-            lsn: read_lsn(since)?,
-            rel,
-        })
-        .await
-    {
+async fn nblocks(client: &mut PageClient, rel: RelTag, read: ReadLsn) -> Result<Option<u32>> {
+    match client.call(Request::Nblocks { lsn: read, rel }).await {
         Ok(Response::Nblocks { nblocks, .. }) => Ok(Some(nblocks)),
         Ok(other) => bail!("Nblocks answered with {other:?}"),
         Err(ClientError::Refused(error)) if error.error == ServiceError::NotFound => Ok(None),
@@ -130,18 +137,18 @@ type Pages = Vec<Result<Box<[u8; BLCKSZ]>, String>>;
 
 /// The server's pages for `keys`: consecutive blocks of one fork, or pages
 /// of one SLRU segment.
-pub(super) async fn fetch(client: &mut PageClient, since: Lsn, keys: &[Key]) -> Result<Pages> {
+pub(super) async fn fetch(client: &mut PageClient, read: ReadLsn, keys: &[Key]) -> Result<Pages> {
     let Some(first) = keys.first() else {
         return Ok(Vec::new());
     };
     match first.describe() {
         Ok(KeyKind::RelBlock(rel, block)) => {
-            fetch_blocks(client, since, rel, block, keys.len()).await
+            fetch_blocks(client, read, rel, block, keys.len()).await
         }
         Ok(KeyKind::SlruBlock(kind, segment, _)) => {
             let answer = client
                 .call(Request::SlruSegment {
-                    lsn: read_lsn(since)?,
+                    lsn: read,
                     slru: kind,
                     segment,
                 })
@@ -176,7 +183,7 @@ pub(super) async fn fetch(client: &mut PageClient, since: Lsn, keys: &[Key]) -> 
 
 async fn fetch_blocks(
     client: &mut PageClient,
-    since: Lsn,
+    read: ReadLsn,
     rel: RelTag,
     first: BlockNo,
     count: usize,
@@ -188,7 +195,7 @@ async fn fetch_blocks(
     while block < end {
         let n = (end - block).min(BLOCKS_PER_REQUEST_MAX);
         client.send(Request::GetPages {
-            lsn: read_lsn(since)?,
+            lsn: read,
             rel,
             first_block: BlockNo(block),
             count: n,

@@ -13,6 +13,7 @@
 
 use crate::control::CheckPoint;
 use crate::lsn::Lsn;
+use crate::timestamp::TimestampTz;
 use crate::types::{
     BLCKSZ, BlockNo, ForkNumber, MultiXactId, Oid, RelFileLocator, RelTag, TransactionId,
 };
@@ -126,6 +127,8 @@ pub enum Effect {
         subxacts: Vec<TransactionId>,
         /// For COMMIT/ABORT PREPARED: the prepared transaction whose state file goes away.
         prepared: bool,
+        /// The record's `xact_time`: when the transaction committed or aborted.
+        time: TimestampTz,
     },
     /// A transaction was prepared: its `pg_twophase` state file contents
     /// (the record's main data plus the CRC Postgres appends to the file).

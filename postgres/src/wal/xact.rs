@@ -9,6 +9,7 @@
 //! (count + 12 bytes each), invalidations (commit only; count + 16 bytes
 //! each), the prepared xid (4) and its NUL-terminated GID, origin (16).
 
+use crate::timestamp::TimestampTz;
 use crate::types::TransactionId;
 use crate::wal::effects::{Effect, EffectError, Fields, XactStatus};
 
@@ -75,7 +76,8 @@ fn completion_effects(
     commit: bool,
     prepared: bool,
 ) -> Result<Vec<Effect>, EffectError> {
-    let mut at = 8; // xact_time
+    let time = TimestampTz(fields.i64(0)?);
+    let mut at = 8;
     let xinfo = if info & XLOG_XACT_HAS_INFO != 0 {
         at += 4;
         fields.u32(8)?
@@ -132,6 +134,7 @@ fn completion_effects(
         xid,
         subxacts,
         prepared,
+        time,
     }];
     if !dropped.is_empty() {
         effects.push(Effect::RelDrop(dropped));
