@@ -14,7 +14,6 @@
 //!   relation sizes and SLRU pages it had, and ingests more WAL; both
 //!   shards then refuse `CREATE DATABASE ... STRATEGY file_copy` with an
 //!   error naming it, having stored nothing of it.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
