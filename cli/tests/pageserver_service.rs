@@ -5,7 +5,8 @@
 //! SIGKILL and a restart on the same directory; tokens decide who opens
 //! which tenant and who may use the admin API; tenants spread over the
 //! cores and the metrics count each core's requests; a two-shard tenant
-//! serves each block only on the shard owning it. `pageserver_abuse.rs`
+//! serves each block only on the shard owning it, and each shard stores
+//! about half the layer bytes of the same data unsharded. `pageserver_abuse.rs`
 //! has the hostile clients.
 
 mod pageserver_support;
