@@ -5,7 +5,8 @@
 //! SIGKILL and a restart on the same directory; tokens decide who opens
 //! which tenant and who may use the admin API; tenants spread over the
 //! cores and the metrics count each core's requests; a two-shard tenant
-//! serves each block only on the shard owning it. `pageserver_abuse.rs`
+//! serves each block only on the shard owning it, and each shard stores
+//! about half the layer bytes of the same data unsharded. `pageserver_abuse.rs`
 //! has the hostile clients.
 
 mod pageserver_support;
@@ -291,8 +292,10 @@ fn tokens_decide_who_opens_which_tenant_and_who_administers() -> Result<()> {
     server.check_alive()
 }
 
-/// A two-shard tenant of stripe 8: each block served by its owner alone.
-fn two_shards(server: &Pageserver, source: &Source) -> Result<()> {
+/// A two-shard tenant of stripe 8: each block served by its owner alone,
+/// and stored by it alone (each shard's layers well below `unsharded`'s,
+/// the same data imported unsharded).
+fn two_shards(server: &Pageserver, source: &Source, unsharded: &Imported) -> Result<()> {
     let z = import(
         server,
         &source.pg.datadir(),
@@ -305,6 +308,23 @@ fn two_shards(server: &Pageserver, source: &Source) -> Result<()> {
         "the two shards share a core: {}",
         z.tenant_json
     );
+    let layer_bytes = |status: &serde_json::Value| status["layers"]["bytes"].as_u64();
+    let whole = layer_bytes(&timeline_show(server, unsharded)?).context("unsharded layer bytes")?;
+    let status = timeline_show(server, &z)?;
+    let per_shard: Vec<Option<u64>> = status["shards"]
+        .as_array()
+        .context("shards of the timeline")?
+        .iter()
+        .map(layer_bytes)
+        .collect();
+    ensure!(
+        per_shard.len() == 2
+            && per_shard
+                .iter()
+                .all(|b| b.is_some_and(|b| b > 0 && b < whole * 7 / 10)),
+        "layer bytes per shard {per_shard:?}, unsharded {whole}: not split"
+    );
+    println!("two shards: layer bytes {per_shard:?}, unsharded {whole}");
     let identity = |number| ShardIdentity::new(number, 2, 8);
     let mut conns = Vec::new();
     for number in 0..2 {
@@ -409,6 +429,6 @@ fn tenants_spread_over_cores_and_shards_serve_only_their_blocks() -> Result<()> 
         println!("quire_page_requests_total{{{core}}} = {requests}");
     }
 
-    two_shards(&server, &source)?;
+    two_shards(&server, &source, &x)?;
     server.check_alive()
 }

@@ -5,6 +5,10 @@
 //! SLRU pages and `pg_control` become images at the cluster's checkpoint
 //! LSN, with every fork's size. WAL after that checkpoint then goes through
 //! [`crate::ingest`]. Unlogged and temporary relations are not imported.
+//!
+//! A shard of a sharded tenant reads every file but stores only the
+//! relation blocks it owns, and every other key ([`crate::shard_filter`]);
+//! the sizes it returns cover every relation fork.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -20,6 +24,7 @@ use quire_shard::{Timeline, Value};
 
 use crate::datadir::{self, SLRU_PAGES_PER_SEGMENT};
 use crate::ingest::slru_key;
+use crate::shard_filter::ShardFilter;
 
 /// What an import produced.
 #[derive(Debug)]
@@ -30,8 +35,10 @@ pub struct Imported {
     pub sizes: HashMap<RelTag, u32>,
     /// SLRU pages present.
     pub slru_pages: HashSet<(SlruKind, u32)>,
-    /// Pages imported (relation and SLRU).
+    /// Pages stored (relation and SLRU).
     pub pages: u64,
+    /// Relation pages read but not stored: another shard owns them.
+    pub pages_not_owned: u64,
 }
 
 /// The control file of `pgdata`.
@@ -41,8 +48,13 @@ pub fn read_control(pgdata: &Path) -> Result<ControlFileData> {
     ControlFileData::decode(&bytes).with_context(|| format!("decode {}", path.display()))
 }
 
-/// Imports `pgdata` (cleanly shut down) into an empty `timeline`.
-pub async fn import_datadir(timeline: &Timeline, pgdata: &Path) -> Result<Imported> {
+/// Imports `pgdata` (cleanly shut down) into an empty `timeline`, keeping
+/// what `shard` keeps.
+pub async fn import_datadir(
+    timeline: &Timeline,
+    pgdata: &Path,
+    shard: ShardFilter,
+) -> Result<Imported> {
     let control = read_control(pgdata)?;
     if control.state.get() != DbState::Shutdowned as u32 {
         bail!(
@@ -58,6 +70,7 @@ pub async fn import_datadir(timeline: &Timeline, pgdata: &Path) -> Result<Import
         sizes: HashMap::new(),
         slru_pages: HashSet::new(),
         pages: 0,
+        pages_not_owned: 0,
     };
     for files in dir.relations.values() {
         let mut blocks = 0u32;
@@ -75,21 +88,26 @@ pub async fn import_datadir(timeline: &Timeline, pgdata: &Path) -> Result<Import
                     .with_context(|| format!("{} reaches past block 2^32", path.display()))?;
                 let key = Key::try_rel_block(files.rel, block)
                     .with_context(|| format!("{} reaches past the last block", path.display()))?;
-                timeline.put(key, lsn, Value::Image(Rc::from(page))).await?;
+                let value = Value::Image(Rc::from(page));
+                if shard.put(timeline, key, lsn, value).await? {
+                    imported.pages += 1;
+                } else {
+                    imported.pages_not_owned += 1;
+                }
                 // block ≤ MaxBlockNumber (the key is valid): no overflow.
                 blocks = blocks.max(block.0.saturating_add(1));
-                imported.pages += 1;
             }
         }
-        timeline
-            .put(Key::rel_size(files.rel), lsn, size_value(blocks))
+        shard
+            .put(timeline, Key::rel_size(files.rel), lsn, size_value(blocks))
             .await?;
         imported.sizes.insert(files.rel, blocks);
     }
     for (&(spc, db), path) in &dir.relmaps {
         let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-        timeline
-            .put(Key::rel_map(spc, db), lsn, Value::Image(bytes.into()))
+        let value = Value::Image(bytes.into());
+        shard
+            .put(timeline, Key::rel_map(spc, db), lsn, value)
             .await?;
     }
     for (&(kind, segment), path) in &dir.slru_segments {
@@ -99,23 +117,26 @@ pub async fn import_datadir(timeline: &Timeline, pgdata: &Path) -> Result<Import
                 .ok()
                 .and_then(|i| segment.checked_mul(SLRU_PAGES_PER_SEGMENT)?.checked_add(i))
                 .with_context(|| format!("{} reaches past SLRU page 2^32", path.display()))?;
-            timeline
-                .put(slru_key(kind, page_no), lsn, Value::Image(Rc::from(page)))
+            let value = Value::Image(Rc::from(page));
+            shard
+                .put(timeline, slru_key(kind, page_no), lsn, value)
                 .await?;
             imported.slru_pages.insert((kind, page_no));
             imported.pages += 1;
         }
         let pages = u32::try_from(bytes.len() / BLCKSZ).context("SLRU segment too large")?;
-        timeline
+        shard
             .put(
+                timeline,
                 Key::slru_segment_size(kind, segment),
                 lsn,
                 size_value(pages),
             )
             .await?;
     }
-    timeline
+    shard
         .put(
+            timeline,
             Key::control_file(),
             lsn,
             Value::Image(Rc::from(control.encode())),

@@ -23,6 +23,14 @@
 //! at or below its last record LSN: WAL read again after a restart) is
 //! skipped. [`resume`] rebuilds this state from a timeline's own keys.
 //!
+//! A shard of a sharded tenant ([`WalIngest::with_shard`]) ingests the
+//! whole stream but stores only the relation blocks it owns; every other
+//! key goes to every shard, since [`resume`] rebuilds the state above from
+//! the shard's own size and SLRU keys (see [`crate::shard_filter`]). Every
+//! value goes through the shard's filter. The sizes kept in memory cover
+//! every relation on every shard; `CREATE DATABASE ... STRATEGY file_copy`
+//! is refused there ([`crate::shard_filter::ShardedFileCopy`]).
+//!
 //! Not kept: free-space-map page changes (Postgres never WAL-logs them; the
 //! FSM fork's size is not shrunk by a truncation either), `pg_subtrans`
 //! (rebuilt by Postgres at start), `commit_ts`, and SLRU segment removal.
@@ -50,6 +58,7 @@ use quire_shard::{Timeline, Value};
 use zerocopy::IntoBytes;
 
 use crate::datadir::SLRU_PAGES_PER_SEGMENT;
+use crate::shard_filter::{ShardFilter, ShardTimeline};
 
 pub mod resume;
 
@@ -83,6 +92,8 @@ pub struct IngestStats {
     pub flushes: u64,
     /// Records skipped because the timeline already held them.
     pub skipped_records: u64,
+    /// Relation block values not stored: another shard owns the block.
+    pub not_owned_values: u64,
 }
 
 impl std::ops::AddAssign for IngestStats {
@@ -99,12 +110,13 @@ impl std::ops::AddAssign for IngestStats {
         self.rust_page_records += other.rust_page_records;
         self.flushes += other.flushes;
         self.skipped_records += other.skipped_records;
+        self.not_owned_values += other.not_owned_values;
     }
 }
 
 /// The state ingest keeps beside the timeline.
 pub struct WalIngest {
-    timeline: Rc<Timeline>,
+    timeline: ShardTimeline,
     sizes: HashMap<RelTag, u32>,
     slru_pages: HashSet<(SlruKind, u32)>,
     slru_segments: HashMap<(SlruKind, u32), u32>,
@@ -131,7 +143,7 @@ impl WalIngest {
             *size = (*size).max(page % SLRU_PAGES_PER_SEGMENT + 1);
         }
         WalIngest {
-            timeline,
+            timeline: ShardTimeline::new(timeline, ShardFilter::unsharded()),
             sizes,
             slru_pages,
             slru_segments,
@@ -141,14 +153,25 @@ impl WalIngest {
         }
     }
 
+    /// This ingest as `shard` runs it: only the relation blocks `shard`
+    /// owns are stored (an unsharded filter, the default, keeps all).
+    #[must_use]
+    pub fn with_shard(mut self, shard: ShardFilter) -> WalIngest {
+        self.timeline.set_filter(shard);
+        self
+    }
+
     /// The timeline ingested into.
     pub fn timeline(&self) -> &Rc<Timeline> {
-        &self.timeline
+        self.timeline.rc()
     }
 
     /// The counters.
     pub fn stats(&self) -> IngestStats {
-        self.stats
+        IngestStats {
+            not_owned_values: self.timeline.not_kept(),
+            ..self.stats
+        }
     }
 
     /// Relation forks and their sizes in blocks.
@@ -678,8 +701,10 @@ impl WalIngest {
     }
 
     /// `CREATE DATABASE ... STRATEGY file_copy`: the template's files are
-    /// copied outside the WAL, so its pages at this LSN become images.
+    /// copied outside the WAL, so its pages at this LSN become images. A
+    /// shard of a sharded tenant refuses it ([`ShardFilter::refuse_file_copy`]).
     async fn copy_database(&mut self, from: (Oid, Oid), to: (Oid, Oid), lsn: Lsn) -> Result<()> {
+        self.timeline.filter().refuse_file_copy(lsn)?;
         let Some((pool, tenant)) = self.redo.clone() else {
             bail!(
                 "CREATE DATABASE with STRATEGY file_copy at {lsn} needs redo to copy the template"

@@ -7,6 +7,8 @@
 //!   files become images at its checkpoint LSN).
 //! - [`ingest`]: WAL records become keys and values (pages, sizes, SLRU
 //!   bits, relmapper and two-phase files, checkpoints).
+//! - [`shard_filter`]: which values a shard of a sharded tenant stores
+//!   (its own relation blocks, every other key) as it imports and ingests.
 //! - [`verify`]: `quire verify`, every page rebuilt and compared with
 //!   Postgres' files after Postgres' own masking.
 //!
@@ -18,5 +20,6 @@ pub mod datadir;
 pub mod import;
 pub mod ingest;
 pub mod service;
+pub mod shard_filter;
 pub mod verify;
 pub mod wal_receiver;

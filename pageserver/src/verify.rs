@@ -47,6 +47,7 @@ use quire_shard::{CoreContext, Timeline};
 use crate::datadir;
 use crate::import::{import_datadir, read_control};
 use crate::ingest::{IngestStats, WalIngest};
+use crate::shard_filter::ShardFilter;
 use crate::wal_receiver::{FollowEnd, FollowPolicy, WalSource, follow, receive};
 
 mod checker;
@@ -148,7 +149,7 @@ pub async fn verify_with(
     }
     let core = CoreContext::new(CACHE_BYTES);
     let timeline = Rc::new(Timeline::create(&dir, TENANT_ID, TIMELINE_ID, start, core).await?);
-    let imported = import_datadir(&timeline, base).await?;
+    let imported = import_datadir(&timeline, base, ShardFilter::unsharded()).await?;
     writeln!(
         out,
         "imported {} pages of {} relation forks from {} at {}",

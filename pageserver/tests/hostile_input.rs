@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use quire_pageserver::import::import_datadir;
 use quire_pageserver::ingest::WalIngest;
+use quire_pageserver::shard_filter::ShardFilter;
 use quire_postgres::control::{ControlFileData, DbState};
 use quire_postgres::key::InvalidKey;
 use quire_postgres::types::{BlockNo, ForkNumber, RelFileLocator, RelTag};
@@ -127,13 +128,17 @@ fn import_refuses_file_names_past_the_last_block() {
     ] {
         with_timeline(move |timeline, root| async move {
             let pgdata = data_directory(&root, &[file]);
-            let error = import_datadir(&timeline, &pgdata).await.unwrap_err();
+            let error = import_datadir(&timeline, &pgdata, ShardFilter::unsharded())
+                .await
+                .unwrap_err();
             assert!(format!("{error:#}").contains(file), "{file}: {error:#}");
         });
     }
     with_timeline(|timeline, root| async move {
         let pgdata = data_directory(&root, &["base/5/16384.32767", "pg_xact/7FFFFFF"]);
-        let imported = import_datadir(&timeline, &pgdata).await.unwrap();
+        let imported = import_datadir(&timeline, &pgdata, ShardFilter::unsharded())
+            .await
+            .unwrap();
         assert_eq!(imported.pages, 2);
     });
 }

@@ -13,6 +13,9 @@
 //!   [`crate::ingest`]); segment sizes follow from them as in
 //!   [`WalIngest::new`].
 //!
+//! A shard of a sharded tenant holds all of these keys, not only shard
+//! 0 ([`crate::shard_filter`]), so every shard resumes this way.
+//!
 //! Not rebuilt: the counters (they start at zero) and the verification-only
 //! [`WalIngest::vm_pages_without_map`], which a restart loses.
 //!

@@ -327,7 +327,7 @@ async fn create_timeline(
             )
             .await
             .map_err(|e| anyhow!(e))?;
-            let imported = import_datadir(&timeline, &pgdata)
+            let imported = import_datadir(&timeline, &pgdata, shard.filter())
                 .await
                 .map_err(|e| AdminError::new(400, format!("import {}: {e:#}", pgdata.display())))?;
             timeline.freeze();

@@ -20,6 +20,7 @@ use quire_shard::{CoreContext, Timeline};
 
 use super::metrics::{CoreMetrics, Metrics};
 use super::settings::{self, ShardSettings, TimelineSettings};
+use crate::shard_filter::ShardFilter;
 
 /// Where a tenant shard lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +134,11 @@ impl TenantShard {
     /// The key its redo processes go by: one process per tenant shard.
     pub fn redo_key(&self) -> TenantKey {
         u128::from_be_bytes(self.tenant.0) ^ u128::from(self.identity.number())
+    }
+
+    /// The values it stores: its own relation blocks and every other key.
+    pub fn filter(&self) -> ShardFilter {
+        ShardFilter::new(self.identity)
     }
 
     /// A timeline of it.

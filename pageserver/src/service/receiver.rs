@@ -1,7 +1,8 @@
 //! Each timeline's WAL receiver on its core: built from the timeline's
 //! persisted source (the safekeepers holding the same tenant and timeline
 //! ids, or a Postgres 17 primary through a slot), fed by ingest that starts
-//! from an import or resumes from the timeline itself after a restart, and
+//! from an import or resumes from the timeline itself after a restart
+//! (either way storing only what the shard keeps, `crate::shard_filter`), and
 //! run until its task is dropped (timeline or shard deleted) or a fatal
 //! error, which the timeline's status then shows.
 
@@ -74,6 +75,8 @@ pub async fn start(
         let from = wal_restart_lsn(timeline.last_record_lsn(), served.settings.segment_size);
         (WalIngest::resume(Rc::clone(&timeline), redo).await?, from)
     };
+    // Every shard takes the whole stream and stores what it keeps.
+    let ingest = ingest.with_shard(shard.filter());
     eprintln!(
         "pageserver: core {}: timeline {}/{} follows {} from {from}",
         core.index,
