@@ -252,3 +252,39 @@ fn busy_polling_reads_take_bytes_during_and_after_the_spin_and_see_the_end() {
         assert_eq!(stream.read(&mut []).await.unwrap(), 0);
     });
 }
+
+#[test]
+fn busy_polling_writes_fill_a_slow_reader_in_order_and_wait_past_the_spin() {
+    on_executor(|| async {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        // 8 MiB: far more than the socket buffers hold, so the write meets a
+        // full socket, spins, and (the reader pausing 20 ms, past the
+        // write's 2 ms spin) waits through the ring too.
+        let bytes: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let expected = bytes.clone();
+        let reader = spawn_local(async move {
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            let mut got = Vec::with_capacity(expected.len());
+            let mut buf = vec![0u8; 64 << 10];
+            let mut reads = 0;
+            loop {
+                let n = stream.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                reads += 1;
+                if reads % 16 == 0 {
+                    quire_io::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            assert!(got == expected, "the bytes arrived changed or out of order");
+        });
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.set_busy_poll(Some(Duration::from_micros(50)));
+        stream.write_all(&bytes).await.unwrap();
+        stream.shutdown(Shutdown::Write).await.unwrap();
+        reader.await;
+    });
+}

@@ -5,9 +5,13 @@
 //! and asks its source for blocks, passing each block's expected CRC so the
 //! source checks it before caching or returning it ([`check_block`]). Index
 //! nodes are read in place: entries are `zerocopy` views into the block.
+//! Internal index nodes stay resident in the reader once checked.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::rc::Rc;
 
+use quire_postgres::key::KEY_SIZE;
 use quire_postgres::{Key, Lsn};
 use zerocopy::FromBytes;
 
@@ -91,12 +95,24 @@ impl<B: AsRef<[u8]>> AsRef<[u8]> for ValueBytes<B> {
     }
 }
 
+/// Internal index nodes a reader keeps resident at most (2 MiB): with
+/// about 270 children per node, enough for every internal node of a layer
+/// of some 70,000 leaves.
+const RESIDENT_NODES_MAX: usize = 256;
+
 /// An open layer.
+///
+/// The internal (non-leaf) nodes of its index stay resident once read and
+/// checked, so that a lookup reads one leaf and the value: a cold read
+/// costs two dependent reads whatever the index height, and a warm one
+/// touches the block cache twice.
 #[derive(Debug)]
 pub struct LayerReader {
     file: String,
     summary: Summary,
     crcs: Vec<u32>,
+    /// Checked internal nodes by block number, sorted.
+    resident: RefCell<Vec<(u32, Rc<[u8]>)>>,
 }
 
 impl LayerReader {
@@ -176,6 +192,7 @@ impl LayerReader {
             file: file.to_owned(),
             summary,
             crcs,
+            resident: RefCell::new(Vec::new()),
         })
     }
 
@@ -191,7 +208,54 @@ impl LayerReader {
 
     /// Memory this reader holds, in bytes (the summary and checksum table).
     pub fn memory_bytes(&self) -> usize {
-        size_of::<Self>() + self.file.len() + self.crcs.len() * 4
+        size_of::<Self>()
+            + self.file.len()
+            + self.crcs.len() * 4
+            + self.resident.borrow().len() * (BLOCK_SIZE + size_of::<(u32, Rc<[u8]>)>())
+    }
+
+    /// A resident internal node.
+    fn resident_node(&self, block: u32) -> Option<Rc<[u8]>> {
+        let resident = self.resident.borrow();
+        resident
+            .binary_search_by_key(&block, |(b, _)| *b)
+            .ok()
+            .and_then(|at| resident.get(at))
+            .map(|(_, node)| Rc::clone(node))
+    }
+
+    /// Keeps a checked internal node resident (while there is room).
+    fn keep_resident(&self, block: u32, bytes: &[u8]) {
+        let mut resident = self.resident.borrow_mut();
+        if resident.len() >= RESIDENT_NODES_MAX {
+            return;
+        }
+        if let Err(at) = resident.binary_search_by_key(&block, |(b, _)| *b) {
+            resident.insert(at, (block, Rc::from(bytes)));
+        }
+    }
+
+    /// The child of internal node `block` whose subtree holds `target`.
+    fn child_for(
+        &self,
+        block: u32,
+        bytes: &[u8],
+        header: &NodeHeader,
+        target: ([u8; KEY_SIZE], u64),
+    ) -> Result<u32, LayerError> {
+        let entries = self.internal_entries(block, bytes, header)?;
+        let position = entries
+            .partition_point(|e| (e.key, e.lsn.get()) <= target)
+            .saturating_sub(1);
+        match entries.get(position).map(|e| e.child.get()) {
+            Some(child) if child < block => Ok(child),
+            _ => Err(corrupt(
+                &self.file,
+                block,
+                "index",
+                "child pointer out of order".into(),
+            )),
+        }
     }
 
     async fn block<S: BlockSource>(&self, source: &S, block: u32) -> Result<S::Block, LayerError> {
@@ -218,6 +282,12 @@ impl LayerReader {
         let target = (key.to_bytes(), lsn.0);
         let mut block = self.summary.index_root_block.get();
         for _ in 0..self.summary.index_height.get() {
+            if let Some(node) = self.resident_node(block) {
+                // Only internal nodes are kept, checked when they were read.
+                let header = self.node_header(block, &node)?;
+                block = self.child_for(block, &node, &header, target)?;
+                continue;
+            }
             let bytes = self.block(source, block).await?;
             let header = self.node_header(block, bytes.as_ref())?;
             if header.level == 0 {
@@ -227,22 +297,9 @@ impl LayerReader {
                     .checked_sub(1);
                 return Ok((block, bytes, position));
             }
-            let entries = self.internal_entries(block, bytes.as_ref(), &header)?;
-            let position = entries
-                .partition_point(|e| (e.key, e.lsn.get()) <= target)
-                .saturating_sub(1);
-            let child = entries.get(position).map(|e| e.child.get());
-            match child {
-                Some(child) if child < block => block = child,
-                _ => {
-                    return Err(corrupt(
-                        &self.file,
-                        block,
-                        "index",
-                        "child pointer out of order".into(),
-                    ));
-                }
-            }
+            let child = self.child_for(block, bytes.as_ref(), &header, target)?;
+            self.keep_resident(block, bytes.as_ref());
+            block = child;
         }
         Err(corrupt(
             &self.file,

@@ -255,6 +255,23 @@ fn a_large_delta_layer_has_a_deep_index_and_bounded_lookups() {
         .unwrap();
     assert_eq!(*source.reads.borrow(), height, "one block per level");
     assert!(entry.lsn.get() <= 1100);
+    // The internal nodes stay resident: a lookup elsewhere in the layer reads
+    // one leaf, plus each internal node of its path not read before (below
+    // the root, at most one per level).
+    *source.reads.borrow_mut() = 0;
+    block_on(reader.newest_at_or_below(&source, key(1234), Lsn(1150))).unwrap();
+    assert_eq!(
+        *source.reads.borrow(),
+        1,
+        "a warm path reads its leaf alone"
+    );
+    *source.reads.borrow_mut() = 0;
+    block_on(reader.newest_at_or_below(&source, key(2900), Lsn(1100))).unwrap();
+    assert!(
+        *source.reads.borrow() < height,
+        "the root was read again: {} reads",
+        source.reads.borrow()
+    );
     check_layer(&model, source.bytes, &[1000, 1001, 1050, 1095, 1999, 5000]);
 }
 

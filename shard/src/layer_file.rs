@@ -128,7 +128,7 @@ impl fmt::Debug for LayerFile {
 struct CachedBlocks<'a> {
     file: &'a BlockFile,
     cache: &'a RefCell<BlockCache>,
-    file_name: String,
+    file_name: &'a str,
 }
 
 impl BlockSource for CachedBlocks<'_> {
@@ -160,7 +160,7 @@ impl BlockSource for CachedBlocks<'_> {
             .read_blocks(block, 1)
             .await
             .map_err(|e| LayerError::Read {
-                file: self.file_name.clone(),
+                file: self.file_name.to_owned(),
                 block,
                 what: e.to_string(),
             })?;
@@ -168,7 +168,7 @@ impl BlockSource for CachedBlocks<'_> {
             // Block 0 and the checksum table are checked by the reader itself.
             return Ok(Rc::from(&*read));
         };
-        check_block(&self.file_name, block, &read, expected)?;
+        check_block(self.file_name, block, &read, expected)?;
         let bytes: Rc<[u8]> = Rc::from(&*read);
         self.cache.borrow_mut().insert(key, bytes.clone());
         Ok(bytes)
@@ -211,7 +211,7 @@ impl LayerFile {
         let source = CachedBlocks {
             file: &file,
             cache: &cache,
-            file_name: file_name.clone(),
+            file_name: &file_name,
         };
         let reader = LayerReader::open(&file_name, &source).await?;
         let summary = reader.summary();
@@ -266,7 +266,7 @@ impl LayerFile {
         CachedBlocks {
             file: &self.file,
             cache: &self.cache,
-            file_name: self.reader.file().to_owned(),
+            file_name: self.reader.file(),
         }
     }
 

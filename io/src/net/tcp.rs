@@ -209,9 +209,52 @@ impl TcpStream {
         self.inner.write(buf).await
     }
 
-    /// Writes all of `buf`.
+    /// Writes all of `buf`. Under [`set_busy_poll`](Self::set_busy_poll), a
+    /// full socket is retried with non-blocking sends (yielding between
+    /// tries) for up to [`WRITE_SPIN_MAX`] before the write waits through
+    /// the ring: glommio reaps ring completions only when no task is ready
+    /// (or every 100 ms), so under a load that always has a ready task a
+    /// ring wait for room took up to 100 ms (p99.9 of four pipelined
+    /// connections: 0.1-0.5 s).
     pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_all(buf).await
+        let mut rest = buf;
+        if self.busy_poll.is_some() {
+            let mut deadline = Instant::now() + WRITE_SPIN_MAX;
+            while !rest.is_empty() {
+                match self.try_send(rest) {
+                    Some(Ok(sent)) => {
+                        rest = rest.get(sent..).unwrap_or_default();
+                        deadline = Instant::now() + WRITE_SPIN_MAX;
+                    }
+                    Some(Err(error)) => return Err(error),
+                    None if Instant::now() < deadline => crate::runtime::yield_now().await,
+                    None => break,
+                }
+            }
+        }
+        self.inner.write_all(rest).await
+    }
+
+    /// One non-blocking `send`: `None` when the socket has no room.
+    fn try_send(&self, buf: &[u8]) -> Option<io::Result<usize>> {
+        // SAFETY: the descriptor is this stream's open socket, and `buf`
+        // is a valid readable region of `buf.len()` bytes for the call.
+        let sent = unsafe {
+            libc::send(
+                self.inner.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if let Ok(sent) = usize::try_from(sent) {
+            return Some(Ok(sent));
+        }
+        let error = io::Error::last_os_error();
+        match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+            _ => Some(Err(error)),
+        }
     }
 
     /// Shuts down reading, writing or both (the peer reads end of stream
@@ -273,6 +316,10 @@ impl TcpStream {
         })
     }
 }
+
+/// How long a busy-polling write keeps retrying a full socket without
+/// progress before it waits through the ring.
+pub const WRITE_SPIN_MAX: Duration = Duration::from_millis(2);
 
 /// Puts a stream's read timeout back when a deadline read ends (or is
 /// dropped mid-way).

@@ -1,6 +1,7 @@
 //! One connection's request loop, after `HelloOk`: read, decode at most
 //! `pipeline_depth` frames ahead, answer them in order (consecutive page
-//! reads as one batch), write the round's answers in one write.
+//! reads as one batch), write the round's answers in one write, and let
+//! the core's other tasks run before the next round.
 //!
 //! Page answers are laid out in the output buffer before they are read:
 //! each read's header space and pages, which the session fills in place,
@@ -105,6 +106,12 @@ pub async fn serve<T: Transport, S: PageSession>(
         if let Some(reason) = closing {
             return Ended::Refused(reason);
         }
+        // A client that keeps its pipeline full would find its next round
+        // always readable and its answers always writable, so this task
+        // would never wait and the core's other connections would starve
+        // (measured: p99.9 of 0.4-0.9 s with four pipelined connections).
+        // One yield per round hands the core on in turn.
+        quire_io::yield_now().await;
     }
 }
 
