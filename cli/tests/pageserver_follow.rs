@@ -280,9 +280,10 @@ fn two_timelines_follow_safekeepers_and_a_primary_across_a_pageserver_kill() -> 
             timeline.timeline
         );
         println!(
-            "{}: last record {last}, disk-consistent {} (imported at {imported_at})",
-            timeline.timeline, shown["disk_consistent_lsn"]
+            "{}: last record {last}, disk-consistent {} (imported at {imported_at}), ingest {}",
+            timeline.timeline, shown["disk_consistent_lsn"], shown["ingest"]
         );
+        check_ingest_gauges(&server, timeline, &shown, checkpoint)?;
     }
     ensure!(
         counts[0] == counts[1] && counts[0] > 1_000,
@@ -291,6 +292,37 @@ fn two_timelines_follow_safekeepers_and_a_primary_across_a_pageserver_kill() -> 
         counts[1]
     );
     server.check_alive()
+}
+
+/// The receiver's gauges in a timeline's status and metrics: what it took
+/// since the restart, the source's end as it said (at least the final
+/// checkpoint, all ingested).
+fn check_ingest_gauges(
+    server: &Pageserver,
+    timeline: &Imported,
+    shown: &Value,
+    checkpoint: Lsn,
+) -> Result<()> {
+    let ingest = &shown["ingest"];
+    let source_end = lsn_field(ingest, "source_end_lsn")?;
+    ensure!(
+        ingest["wal_bytes_received"].as_u64().is_some_and(|b| b > 0)
+            && source_end >= checkpoint
+            && ingest["lag_bytes"]
+                .as_u64()
+                .is_some_and(|lag| lag < 1 << 20)
+            && ingest["held_by_l0_debt"] == Value::Bool(false),
+        "{} ingest gauges: {shown}",
+        timeline.timeline
+    );
+    let name = format!("timeline=\"{}/{}\"", timeline.tenant, timeline.timeline);
+    let labels = format!("{name},what=\"wal_bytes_received\"");
+    let received = server.metric("quire_ingest", &labels)?;
+    ensure!(
+        received > 0.0,
+        "quire_ingest wal_bytes_received of {name}: {received}"
+    );
+    Ok(())
 }
 
 /// Phase 1 of the branch test: tables that phase 2 changes.

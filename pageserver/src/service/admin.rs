@@ -382,6 +382,7 @@ async fn create_timeline(
         settings,
         receiver: std::cell::RefCell::new(None),
         receiver_error: std::cell::RefCell::new(None),
+        receiver_gauges: Rc::default(),
         maintenance: std::cell::RefCell::new(None),
     });
     shard.timelines.borrow_mut().insert(id, Rc::clone(&served));
@@ -401,6 +402,7 @@ async fn create_timeline(
 /// One timeline's status.
 pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize) -> Value {
     let timeline = &served.timeline;
+    let gauges = &served.receiver_gauges;
     let map = timeline.layer_map();
     let mut l0 = 0usize;
     let mut images = 0usize;
@@ -436,6 +438,13 @@ pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize
         "wal_source": served.settings.wal_source,
         "receiving": served.receiver.borrow().is_some() && served.receiver_error.borrow().is_none(),
         "receiver_error": *served.receiver_error.borrow(),
+        "ingest": {
+            "wal_bytes_received": gauges.bytes.get(),
+            "source_end_lsn": gauges.source_end.get().to_string(),
+            "lag_bytes": gauges.source_end.get().0.saturating_sub(timeline.ingested_lsn().0),
+            "held_by_l0_debt": gauges.held.get(),
+            "connections": gauges.connections.get(),
+        },
         "maintenance": served.maintenance.borrow().is_some(),
     })
 }

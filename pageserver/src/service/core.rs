@@ -21,6 +21,7 @@ use quire_shard::{CoreContext, Timeline};
 use super::metrics::{CoreMetrics, Metrics};
 use super::settings::{self, ShardSettings, TimelineSettings};
 use crate::shard_filter::ShardFilter;
+use crate::wal_receiver::ReceiverGauges;
 
 /// Where a tenant shard lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +115,8 @@ pub struct ServedTimeline {
     pub receiver: RefCell<Option<Task<()>>>,
     /// Why the receiver stopped, if it did.
     pub receiver_error: RefCell<Option<String>>,
+    /// What the receiver shows while it runs (bytes, the source's end).
+    pub receiver_gauges: Rc<ReceiverGauges>,
     /// The background maintenance task (dropping it stops it).
     pub maintenance: RefCell<Option<Task<()>>>,
 }
@@ -209,6 +212,7 @@ impl Core {
                 settings: timeline,
                 receiver: RefCell::new(None),
                 receiver_error: RefCell::new(None),
+                receiver_gauges: Rc::default(),
                 maintenance: RefCell::new(None),
             });
             eprintln!(

@@ -28,6 +28,7 @@ pub struct Metrics {
     cache: IntGaugeVec,
     redo_pages: IntGaugeVec,
     timeline_lsn: IntGaugeVec,
+    ingest: IntGaugeVec,
     layers: IntGaugeVec,
 }
 
@@ -70,6 +71,10 @@ pub struct CoreMetrics {
     /// Each timeline's ingested and disk-consistent LSNs (copied once a
     /// second; their difference is what a crash would re-ingest).
     pub timeline_lsn: IntGaugeVec,
+    /// Each timeline's receiver: WAL bytes received, the lag behind the
+    /// source's end of WAL, whether the L0 debt holds it (copied once a
+    /// second).
+    pub ingest: IntGaugeVec,
     core: String,
 }
 
@@ -127,7 +132,14 @@ impl Metrics {
         let timeline_lsn = IntGaugeVec::new(
             Opts::new(
                 "quire_timeline_lsn",
-                "A timeline's LSNs as byte positions (what=ingested|disk_consistent)",
+                "A timeline's LSNs as byte positions (what=ingested|disk_consistent|source_end)",
+            ),
+            &["core", "timeline", "what"],
+        )?;
+        let ingest = IntGaugeVec::new(
+            Opts::new(
+                "quire_ingest",
+                "A timeline's WAL receiver (what=wal_bytes_received|lag_bytes|held_by_l0_debt)",
             ),
             &["core", "timeline", "what"],
         )?;
@@ -146,6 +158,7 @@ impl Metrics {
             Box::new(cache.clone()),
             Box::new(redo_pages.clone()),
             Box::new(timeline_lsn.clone()),
+            Box::new(ingest.clone()),
             Box::new(layers.clone()),
         ] {
             registry.register(collector)?;
@@ -159,6 +172,7 @@ impl Metrics {
             cache,
             redo_pages,
             timeline_lsn,
+            ingest,
             layers,
         })
     }
@@ -185,6 +199,7 @@ impl Metrics {
             redo_pages: self.redo_pages.clone(),
             layers: self.layers.clone(),
             timeline_lsn: self.timeline_lsn.clone(),
+            ingest: self.ingest.clone(),
             core,
         }
     }

@@ -365,14 +365,30 @@ async fn publish_stats(core: Rc<Core>) {
         for shard in core.shards.borrow().values() {
             for timeline in shard.timelines.borrow().values() {
                 let name = format!("{}/{}", shard.tenant, timeline.id);
+                let gauges = &timeline.receiver_gauges;
                 for (what, lsn) in [
                     ("ingested", timeline.timeline.ingested_lsn()),
                     ("disk_consistent", timeline.timeline.disk_consistent_lsn()),
+                    ("source_end", gauges.source_end.get()),
                 ] {
                     metrics
                         .timeline_lsn
                         .with_label_values(&[label.as_str(), name.as_str(), what])
                         .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
+                }
+                let ingested = timeline.timeline.ingested_lsn();
+                for (what, value) in [
+                    ("wal_bytes_received", gauges.bytes.get()),
+                    (
+                        "lag_bytes",
+                        gauges.source_end.get().0.saturating_sub(ingested.0),
+                    ),
+                    ("held_by_l0_debt", u64::from(gauges.held.get())),
+                ] {
+                    metrics
+                        .ingest
+                        .with_label_values(&[label.as_str(), name.as_str(), what])
+                        .set(i64::try_from(value).unwrap_or(i64::MAX));
                 }
                 let map = timeline.timeline.layer_map();
                 layers += map.len();

@@ -88,7 +88,12 @@ pub async fn start(
         l0_max: Some(L0_MAX),
         ..FollowPolicy::default()
     };
-    let task = spawn_forever(ingest, source, from, policy);
+    let task = spawn_forever(
+        ingest,
+        source,
+        (from, policy),
+        Rc::clone(&served.receiver_gauges),
+    );
     let weak = Rc::downgrade(served);
     let index = core.index;
     let watcher = quire_io::spawn_local(async move {

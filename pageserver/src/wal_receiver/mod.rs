@@ -28,6 +28,8 @@ pub mod conninfo;
 pub mod primary;
 pub mod safekeepers;
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -109,7 +111,7 @@ pub struct FollowPolicy {
 
 /// Waits while `timeline` has more than `max` L0 layers (polled every
 /// 100 ms; the wait is the back-pressure, so it has no limit).
-async fn hold_while_in_debt(timeline: &Timeline, max: usize) {
+async fn hold_while_in_debt(timeline: &Timeline, max: usize, held_now: &Cell<bool>) {
     let debt = || {
         timeline
             .layer_map()
@@ -127,8 +129,10 @@ async fn hold_while_in_debt(timeline: &Timeline, max: usize) {
             );
             held = true;
         }
+        held_now.set(true);
         quire_io::sleep(Duration::from_millis(100)).await;
     }
+    held_now.set(false);
 }
 
 impl Default for FollowPolicy {
@@ -170,6 +174,37 @@ pub struct ReceiveStats {
     pub slots_reused: u64,
 }
 
+/// What a running receiver shows while it runs (its core's own cells,
+/// read by the status and metrics of the service).
+#[derive(Debug, Default)]
+pub struct ReceiverGauges {
+    /// WAL bytes received, over every session.
+    pub bytes: Cell<u64>,
+    /// The source's end of WAL as it last said: a primary's flushed WAL
+    /// end (each `XLogData` and keepalive), the safekeepers' commit LSN, or
+    /// the end of what arrived when that is further.
+    pub source_end: Cell<Lsn>,
+    /// Sessions started with the source.
+    pub connections: Cell<u64>,
+    /// Whether ingest is held now by the L0 debt (back-pressure).
+    pub held: Cell<bool>,
+}
+
+impl ReceiverGauges {
+    /// Notes that the source's WAL reaches at least `lsn`.
+    pub(crate) fn saw_end(&self, lsn: Lsn) {
+        if lsn > self.source_end.get() {
+            self.source_end.set(lsn);
+        }
+    }
+
+    /// Notes `bytes` more received.
+    pub(crate) fn received(&self, bytes: usize) {
+        self.bytes
+            .set(self.bytes.get().saturating_add(bytes as u64));
+    }
+}
+
 /// Where following ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Followed {
@@ -203,11 +238,14 @@ pub(crate) struct Progress {
     last_flush: Instant,
     /// The durable LSN last reported upstream.
     pub(crate) reported: Lsn,
+    /// What the service sees of this receiver.
+    pub(crate) gauges: Rc<ReceiverGauges>,
 }
 
 impl Progress {
-    fn new(start: Lsn, timeline: &Timeline) -> Progress {
+    fn new(start: Lsn, timeline: &Timeline, gauges: Rc<ReceiverGauges>) -> Progress {
         Progress {
+            gauges,
             resume: start,
             last_record: None,
             stats: ReceiveStats::default(),
@@ -260,7 +298,7 @@ impl Progress {
             ingest.flush().await.context("flush the open layer")?;
             self.stats.flushes += 1;
             if let Some(max) = policy.l0_max {
-                hold_while_in_debt(ingest.timeline(), max).await;
+                hold_while_in_debt(ingest.timeline(), max, &self.gauges.held).await;
             }
         }
         if due || bytes == 0 {
@@ -292,11 +330,23 @@ pub async fn receive(
     end: FollowEnd,
     policy: &FollowPolicy,
 ) -> Result<(Followed, ReceiveStats)> {
+    let gauges = Rc::new(ReceiverGauges::default());
+    receive_shown(ingest, source, (start, end), policy, gauges).await
+}
+
+/// [`receive`], showing its progress in `gauges` as it goes.
+pub async fn receive_shown(
+    ingest: &mut WalIngest,
+    source: &WalSource,
+    (start, end): (Lsn, FollowEnd),
+    policy: &FollowPolicy,
+    gauges: Rc<ReceiverGauges>,
+) -> Result<(Followed, ReceiveStats)> {
     if end == FollowEnd::SourceShutdown && matches!(source, WalSource::Safekeepers(_)) {
         bail!("the safekeepers never end their stream: follow them forever or to an LSN");
     }
     let began = Instant::now();
-    let mut progress = Progress::new(start, ingest.timeline());
+    let mut progress = Progress::new(start, ingest.timeline(), gauges);
     let mut sources = match source {
         WalSource::Safekeepers(s) => Session::Safekeepers(safekeepers::Follower::new(s)),
         WalSource::Primary(p) => Session::Primary(p),
@@ -377,11 +427,12 @@ pub async fn follow(
 pub fn spawn_forever(
     mut ingest: WalIngest,
     source: WalSource,
-    start: Lsn,
-    policy: FollowPolicy,
+    (start, policy): (Lsn, FollowPolicy),
+    gauges: Rc<ReceiverGauges>,
 ) -> quire_io::Task<Result<ReceiveStats>> {
     quire_io::spawn_local(async move {
-        let (_, stats) = receive(&mut ingest, &source, start, FollowEnd::Forever, &policy).await?;
+        let forever = (start, FollowEnd::Forever);
+        let (_, stats) = receive_shown(&mut ingest, &source, forever, &policy, gauges).await?;
         Ok(stats)
     })
 }

@@ -40,7 +40,7 @@ use quire_postgres::wal::stream::WalStreamDecoder;
 use quire_safekeeper::pg_wire::{self, AuthRequest, Backend, Replication, WireError};
 
 use super::conninfo::ConnInfo;
-use super::{FollowEnd, FollowPolicy, Progress, SessionEnd};
+use super::{FollowEnd, FollowPolicy, Progress, ReceiverGauges, SessionEnd};
 use crate::ingest::WalIngest;
 
 /// The longest replication slot name Postgres accepts.
@@ -513,6 +513,7 @@ pub(crate) async fn session(
         Err(e) => return lost(e),
     };
     progress.stats.connections += 1;
+    progress.gauges.connections.set(progress.stats.connections);
     match stream(ingest, source, client, progress, end, policy).await? {
         Ok(()) => Ok(SessionEnd::Reached),
         Err(e) => lost(e),
@@ -545,7 +546,7 @@ async fn stream(
             Ok(None | Some(Backend::Other(_))) => {}
             Ok(Some(Backend::CopyData(body))) => {
                 last_heard = Instant::now();
-                match pg_wire::parse_replication(&body) {
+                match parse_noting_end(&body, &progress.gauges) {
                     Ok(Replication::XLogData { start, data, .. }) => {
                         if start != fed {
                             return Ok(Err(
@@ -632,6 +633,21 @@ async fn stream(
     }
 }
 
+/// Parses a replication message, noting the primary's end of WAL that
+/// data and keepalives carry.
+fn parse_noting_end<'a>(
+    body: &'a [u8],
+    gauges: &ReceiverGauges,
+) -> Result<Replication<'a>, WireError> {
+    let message = pg_wire::parse_replication(body);
+    if let Ok(Replication::XLogData { wal_end, .. } | Replication::Keepalive { wal_end, .. }) =
+        &message
+    {
+        gauges.saw_end(*wal_end);
+    }
+    message
+}
+
 /// A chunk of WAL from the primary and the decoder it goes into.
 struct Wal<'a, 'b> {
     decoder: &'a mut WalStreamDecoder,
@@ -649,6 +665,7 @@ async fn take_wal(
     policy: &FollowPolicy,
 ) -> Result<Option<bool>> {
     progress.stats.bytes += wal.data.len() as u64;
+    progress.gauges.received(wal.data.len());
     progress.flowed = true;
     wal.decoder.feed(wal.data);
     if progress

@@ -196,6 +196,7 @@ impl<'a> Follower<'a> {
             Err(e) => return Ok(SessionEnd::Lost(format!("{address}: {e}"))),
         };
         progress.stats.connections += 1;
+        progress.gauges.connections.set(progress.stats.connections);
         conn.set_read_timeout(Some(policy.switch_after));
         let stream = Message::StreamWal {
             key: source.key,
@@ -226,8 +227,10 @@ impl<'a> Follower<'a> {
             match message {
                 Message::Wal { begin, bytes } if begin == fed => {
                     progress.stats.bytes += bytes.len() as u64;
+                    progress.gauges.received(bytes.len());
                     progress.flowed = true;
                     fed = Lsn(fed.0 + bytes.len() as u64);
+                    progress.gauges.saw_end(fed);
                     decoder.feed(&bytes);
                     if progress
                         .ingest_decoded(ingest, &mut decoder, end, address)
@@ -239,7 +242,7 @@ impl<'a> Follower<'a> {
                 Message::Wal { begin, .. } => {
                     bail!("{address} sent WAL at {begin}, expected {fed}");
                 }
-                Message::Commit { .. } => {}
+                Message::Commit { lsn, .. } => progress.gauges.saw_end(lsn),
                 Message::Error { message } => {
                     return Ok(SessionEnd::Lost(format!("{address}: {message}")));
                 }
