@@ -37,8 +37,9 @@ impl Hasher for BlockKeyHasher {
     }
 
     fn write_u64(&mut self, word: u64) {
-        // Fx-style mixing; the rotation spreads the low bits hashbrown
-        // takes its control bytes from.
+        // Fx-style mixing: the multiply carries every input bit up, and the
+        // rotation brings high product bits down to the low bits hashbrown
+        // picks the bucket with (its control bytes come from the top 7).
         self.0 = (self.0.rotate_left(5) ^ word)
             .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
             .rotate_left(26);

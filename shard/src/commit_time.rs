@@ -77,18 +77,36 @@ impl Timeline {
 
     /// The last commit at or before `time` among the readable history up
     /// to the last ingested record; `None` if every commit recorded there
-    /// is later (or there is none).
+    /// is later (or there is none). A commit below the lowest readable LSN
+    /// (GC has passed it, and no commit came between) is answered at that
+    /// LSN instead, which has the same committed state and can be read.
     pub async fn commit_at_or_before(
         &self,
         time: TimestampTz,
     ) -> Result<Option<CommitPoint>, TimelineError> {
+        // A GC that raises the cutoff during the search makes a probe
+        // unreadable: search again once from the new cutoff.
+        match self.search_commit(time).await {
+            Err(TimelineError::BelowGcCutoff { .. }) => self.search_commit(time).await,
+            other => other,
+        }
+    }
+
+    async fn search_commit(&self, time: TimestampTz) -> Result<Option<CommitPoint>, TimelineError> {
         let fits = |commit: Option<CommitPoint>| commit.is_none_or(|c| c.time <= time);
         let mut high = self.ingested_lsn();
+        let lowest = self.lowest_readable_lsn().min(high);
+        let readable = |commit: Option<CommitPoint>| {
+            commit.map(|c| CommitPoint {
+                lsn: c.lsn.max(lowest),
+                ..c
+            })
+        };
         let newest = self.last_commit_at(high).await?;
         if fits(newest) {
-            return Ok(newest);
+            return Ok(readable(newest));
         }
-        let mut low = self.lowest_readable_lsn().min(high);
+        let mut low = lowest;
         let mut below = self.last_commit_at(low).await?;
         if !fits(below) {
             return Ok(None);
@@ -104,6 +122,6 @@ impl Timeline {
                 high = middle;
             }
         }
-        Ok(below)
+        Ok(readable(below))
     }
 }

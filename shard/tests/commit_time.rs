@@ -152,6 +152,17 @@ async fn run(dir: &std::path::Path) {
         parent.gc_cutoff_for(policy, long_ago).await.unwrap(),
         Lsn(0)
     );
+
+    // GC past commit 2 (between it and commit 3): a time at or after commit
+    // 2 and before 3 is answered at the cutoff, the lowest readable LSN
+    // (without the clamp: commit 2's LSN, which a branch would refuse).
+    let cutoff = Lsn(commit(2).lsn.0 + 0x80);
+    parent.gc(cutoff, &[commit(4).lsn]).await.unwrap();
+    assert_eq!(parent.gc_cutoff_lsn(), cutoff);
+    assert_eq!(at_or_before(parent, 2_500_000).await, Some(cutoff));
+    assert_eq!(at_or_before(parent, 3_000_000).await, Some(commit(3).lsn));
+    // Before commit 2 the state is below the cutoff: not readable.
+    assert_eq!(at_or_before(parent, 1_500_000).await, None);
 }
 
 #[test]

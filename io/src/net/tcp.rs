@@ -211,23 +211,31 @@ impl TcpStream {
 
     /// Writes all of `buf`. Under [`set_busy_poll`](Self::set_busy_poll), a
     /// full socket is retried with non-blocking sends (yielding between
-    /// tries) for up to [`WRITE_SPIN_MAX`] before the write waits through
+    /// tries) for up to [`WRITE_SPIN_MAX`] without progress (and
+    /// [`WRITE_SPIN_TOTAL_MAX`] in all) before the write waits through
     /// the ring: glommio reaps ring completions only when no task is ready
     /// (or every 100 ms), so under a load that always has a ready task a
     /// ring wait for room took up to 100 ms (p99.9 of four pipelined
     /// connections: 0.1-0.5 s).
     pub async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         let mut rest = buf;
-        if self.busy_poll.is_some() {
-            let mut deadline = Instant::now() + WRITE_SPIN_MAX;
+        if self.busy_poll.is_some_and(|spin| !spin.is_zero()) {
+            // Progress renews the stall allowance, within a total bound: a
+            // peer opening its window a little at a time must not keep the
+            // core's ring unreaped for as long as the write may take.
+            let started = Instant::now();
+            let mut stalled_until = started + WRITE_SPIN_MAX;
+            let spin_until = started + WRITE_SPIN_TOTAL_MAX;
             while !rest.is_empty() {
                 match self.try_send(rest) {
                     Some(Ok(sent)) => {
                         rest = rest.get(sent..).unwrap_or_default();
-                        deadline = Instant::now() + WRITE_SPIN_MAX;
+                        stalled_until = Instant::now() + WRITE_SPIN_MAX;
                     }
                     Some(Err(error)) => return Err(error),
-                    None if Instant::now() < deadline => crate::runtime::yield_now().await,
+                    None if Instant::now() < stalled_until.min(spin_until) => {
+                        crate::runtime::yield_now().await;
+                    }
                     None => break,
                 }
             }
@@ -320,6 +328,10 @@ impl TcpStream {
 /// How long a busy-polling write keeps retrying a full socket without
 /// progress before it waits through the ring.
 pub const WRITE_SPIN_MAX: Duration = Duration::from_millis(2);
+
+/// How long a busy-polling write spins in all before it waits through the
+/// ring for whatever is left.
+pub const WRITE_SPIN_TOTAL_MAX: Duration = Duration::from_millis(20);
 
 /// Puts a stream's read timeout back when a deadline read ends (or is
 /// dropped mid-way).

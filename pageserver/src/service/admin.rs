@@ -51,6 +51,10 @@ impl From<anyhow::Error> for AdminError {
 /// and the HTTP thread reads with a timeout.
 pub type Reply = std::sync::mpsc::SyncSender<Result<Value, AdminError>>;
 
+/// How long creating a branch waits for its parent (on this shard) to
+/// ingest the branch point.
+const BRANCH_POINT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How a new timeline starts.
 #[derive(Clone, Debug)]
 pub enum TimelineOrigin {
@@ -134,7 +138,8 @@ pub enum AdminCommand {
         /// Where the answer goes.
         reply: Reply,
     },
-    /// The last commit at or before a time (shard 0 holds the index).
+    /// The last commit at or before a time (every shard keeps the index;
+    /// shard 0 answers for the tenant).
     CommitAtOrBefore {
         /// The tenant.
         tenant: TenantId,
@@ -352,6 +357,9 @@ async fn create_timeline(
         }
         TimelineOrigin::Branch { ancestor, lsn } => {
             let parent = timeline_of(&shard, ancestor)?;
+            // The shards of a tenant ingest on their own: this one may not
+            // have reached a point another shard resolved (a time, say).
+            let _ = quire_io::timeout(BRANCH_POINT_WAIT, parent.timeline.wait_for_lsn(lsn)).await;
             let timeline = Timeline::branch(
                 &dir,
                 id.0,
@@ -403,6 +411,7 @@ async fn create_timeline(
 pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize) -> Value {
     let timeline = &served.timeline;
     let gauges = &served.receiver_gauges;
+    let receiving = served.receiver.borrow().is_some() && served.receiver_error.borrow().is_none();
     let map = timeline.layer_map();
     let mut l0 = 0usize;
     let mut images = 0usize;
@@ -436,12 +445,13 @@ pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize
         },
         "open_layer_bytes": timeline.open_layer_bytes(),
         "wal_source": served.settings.wal_source,
-        "receiving": served.receiver.borrow().is_some() && served.receiver_error.borrow().is_none(),
+        "receiving": receiving,
         "receiver_error": *served.receiver_error.borrow(),
         "ingest": {
             "wal_bytes_received": gauges.bytes.get(),
             "source_end_lsn": gauges.source_end.get().to_string(),
-            "lag_bytes": gauges.source_end.get().0.saturating_sub(timeline.ingested_lsn().0),
+            // Only while receiving: a stopped receiver's source end is stale.
+            "lag_bytes": receiving.then(|| gauges.source_end.get().0.saturating_sub(timeline.ingested_lsn().0)),
             "held_by_l0_debt": gauges.held.get(),
             "connections": gauges.connections.get(),
         },

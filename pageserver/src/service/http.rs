@@ -135,6 +135,7 @@ fn query_value(query: &str, name: &str) -> Option<String> {
         let escaped = (byte == b'%')
             .then(|| bytes.get(at + 1..at + 3))
             .flatten()
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
             .and_then(|hex| std::str::from_utf8(hex).ok())
             .and_then(|hex| u8::from_str_radix(hex, 16).ok());
         if let Some(value) = escaped {
@@ -612,6 +613,7 @@ mod tests {
         assert_eq!(query_value(query, "z"), None);
         assert_eq!(query_value("t=%zz%4", "t").as_deref(), Some("%zz%4"));
         assert_eq!(query_value("t=%ff", "t"), None);
+        assert_eq!(query_value("t=%+5", "t").as_deref(), Some("%+5"));
     }
 
     #[test]

@@ -109,6 +109,15 @@ pub struct FollowPolicy {
     pub l0_max: Option<usize>,
 }
 
+/// Clears a flag however its scope ends (a task may be dropped mid-wait).
+struct ClearOnDrop<'a>(&'a Cell<bool>);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 /// Waits while `timeline` has more than `max` L0 layers (polled every
 /// 100 ms; the wait is the back-pressure, so it has no limit).
 async fn hold_while_in_debt(timeline: &Timeline, max: usize, held_now: &Cell<bool>) {
@@ -120,6 +129,7 @@ async fn hold_while_in_debt(timeline: &Timeline, max: usize, held_now: &Cell<boo
             .filter(|l| quire_shard::compact::is_l0(l.name()))
             .count()
     };
+    let _clear = ClearOnDrop(held_now);
     let mut held = false;
     while debt() > max {
         if !held {
@@ -132,7 +142,6 @@ async fn hold_while_in_debt(timeline: &Timeline, max: usize, held_now: &Cell<boo
         held_now.set(true);
         quire_io::sleep(Duration::from_millis(100)).await;
     }
-    held_now.set(false);
 }
 
 impl Default for FollowPolicy {
