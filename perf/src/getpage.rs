@@ -283,7 +283,7 @@ impl GetPageBench {
             PageClient::connect(self.address, &self.target, Duration::from_secs(10)).await?;
         // As its peers and the server do: a read that waited on the ring
         // while the executor's other connections kept it busy was reaped
-        // only at glommio's 100 ms preemption (the p99.9 of several
+        // only at the runtime's 100 ms preemption (the p99.9 of several
         // pipelined connections was that wait).
         client.set_busy_poll(self.busy_poll);
         let mut latency = histogram()?;
