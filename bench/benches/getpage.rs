@@ -193,12 +193,12 @@ async fn cold_image_vs_pread(timeline: &Timeline, core: &CoreContext, at: Lsn) {
     let raw_blocks = permutation(IMAGE_KEYS, 11);
     let (mut misses_max, mut misses_total) = (0u64, 0u64);
     for (i, block) in keys.iter().enumerate() {
-        let before = core.cache.borrow().stats().misses;
+        let before = core.cache_misses();
         let start = Instant::now();
         let inputs = timeline.get(key(1, *block), at).await.unwrap();
         engine.record(start.elapsed().as_nanos() as u64).unwrap();
         assert!(inputs.image.is_some() && inputs.records.is_empty());
-        let misses = core.cache.borrow().stats().misses - before;
+        let misses = core.cache_misses() - before;
         misses_max = misses_max.max(misses);
         misses_total += misses;
 
@@ -236,12 +236,12 @@ async fn first_lookup_blocks(dir: &Path) {
         .filter(|l| l.name().key_start <= probe && probe < l.name().key_end)
         .map(|l| l.index_height())
         .sum();
-    let before = core.cache.borrow().stats().misses;
+    let before = core.cache_misses();
     timeline
         .get(probe, timeline.last_record_lsn())
         .await
         .unwrap();
-    let misses = core.cache.borrow().stats().misses - before;
+    let misses = core.cache_misses() - before;
     println!(
         "    first lookup with an empty cache: {misses} blocks read; the layers on its path have {levels} index levels, + 1 value block"
     );

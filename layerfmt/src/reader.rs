@@ -38,6 +38,18 @@ pub trait BlockSource {
         block: u32,
         expected_crc: Option<u32>,
     ) -> impl Future<Output = Result<Self::Block, LayerError>>;
+
+    /// Reads block `block` of the layer's index (a leaf or internal node),
+    /// checked as [`read_block`](BlockSource::read_block) checks. A source
+    /// that caches may keep index blocks apart from values, so that a cold
+    /// value costs one read; by default this is `read_block`.
+    fn read_index_block(
+        &self,
+        block: u32,
+        expected_crc: u32,
+    ) -> impl Future<Output = Result<Self::Block, LayerError>> {
+        self.read_block(block, Some(expected_crc))
+    }
 }
 
 /// Checks a block against its expected CRC-32C.
@@ -258,16 +270,31 @@ impl LayerReader {
         }
     }
 
-    async fn block<S: BlockSource>(&self, source: &S, block: u32) -> Result<S::Block, LayerError> {
-        let Some(&expected) = self.crcs.get(block as usize) else {
-            return Err(corrupt(
+    fn expected_crc(&self, block: u32) -> Result<u32, LayerError> {
+        self.crcs.get(block as usize).copied().ok_or_else(|| {
+            corrupt(
                 &self.file,
                 block,
                 "index",
                 "block number past the checksum table".into(),
-            ));
-        };
-        source.read_block(block, Some(expected)).await
+            )
+        })
+    }
+
+    async fn block<S: BlockSource>(&self, source: &S, block: u32) -> Result<S::Block, LayerError> {
+        source
+            .read_block(block, Some(self.expected_crc(block)?))
+            .await
+    }
+
+    async fn index_block<S: BlockSource>(
+        &self,
+        source: &S,
+        block: u32,
+    ) -> Result<S::Block, LayerError> {
+        source
+            .read_index_block(block, self.expected_crc(block)?)
+            .await
     }
 
     /// The index's entries form a tree; this finds the leaf holding the last
@@ -288,7 +315,7 @@ impl LayerReader {
                 block = self.child_for(block, &node, &header, target)?;
                 continue;
             }
-            let bytes = self.block(source, block).await?;
+            let bytes = self.index_block(source, block).await?;
             let header = self.node_header(block, bytes.as_ref())?;
             if header.level == 0 {
                 let entries = self.leaf_entries(block, bytes.as_ref(), &header)?;
@@ -485,7 +512,7 @@ impl LayerReader {
         let mut block = self.summary.index_first_block.get();
         let last = block + self.summary.index_block_count.get();
         loop {
-            let bytes = self.block(source, block).await?;
+            let bytes = self.index_block(source, block).await?;
             let header = self.node_header(block, bytes.as_ref())?;
             if header.level != 0 {
                 return Err(corrupt(

@@ -33,10 +33,11 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// A layer file in memory; counts block reads.
+/// A layer file in memory; counts block reads, and among them index reads.
 struct MemoryFile {
     bytes: Vec<u8>,
     reads: RefCell<u32>,
+    index_reads: RefCell<u32>,
 }
 
 impl BlockSource for MemoryFile {
@@ -64,6 +65,11 @@ impl BlockSource for MemoryFile {
             check_block("memory", block, bytes, expected)?;
         }
         Ok(bytes.to_vec())
+    }
+
+    async fn read_index_block(&self, block: u32, expected_crc: u32) -> Result<Vec<u8>, LayerError> {
+        *self.index_reads.borrow_mut() += 1;
+        self.read_block(block, Some(expected_crc)).await
     }
 }
 
@@ -153,6 +159,7 @@ fn check_layer(model: &Model, file: Vec<u8>, probe_lsns: &[u64]) {
     let source = MemoryFile {
         bytes: file,
         reads: RefCell::new(0),
+        index_reads: RefCell::new(0),
     };
     let reader = block_on(LayerReader::open("memory", &source)).unwrap();
     assert_eq!(reader.summary().entry_count.get(), model.len() as u64);
@@ -200,18 +207,30 @@ fn an_image_page_reads_in_one_block() {
     let source = MemoryFile {
         bytes: file,
         reads: RefCell::new(0),
+        index_reads: RefCell::new(0),
     };
     let reader = block_on(LayerReader::open("memory", &source)).unwrap();
+    *source.reads.borrow_mut() = 0;
     let entry = block_on(reader.newest_at_or_below(&source, key(2), Lsn(100)))
         .unwrap()
         .unwrap();
+    // The lookup read the index alone, and through the index path (a
+    // caching source keeps those blocks apart from values).
+    assert_eq!(*source.reads.borrow(), *source.index_reads.borrow());
+    assert!(*source.index_reads.borrow() >= 1);
     *source.reads.borrow_mut() = 0;
+    *source.index_reads.borrow_mut() = 0;
     let bytes = block_on(reader.read_value(&source, &entry)).unwrap();
     assert!(matches!(
         bytes,
         quire_layerfmt::reader::ValueBytes::Block(_)
     ));
     assert_eq!(*source.reads.borrow(), 1, "one block for a page image");
+    assert_eq!(
+        *source.index_reads.borrow(),
+        0,
+        "a value is not an index block"
+    );
     assert_eq!(bytes.as_ref(), value(2, BLOCK_SIZE).as_slice());
     assert!(
         block_on(reader.newest_at_or_below(&source, key(3), Lsn(100)))
@@ -242,6 +261,7 @@ fn a_large_delta_layer_has_a_deep_index_and_bounded_lookups() {
     let source = MemoryFile {
         bytes: file,
         reads: RefCell::new(0),
+        index_reads: RefCell::new(0),
     };
     let reader = block_on(LayerReader::open("memory", &source)).unwrap();
     let height = reader.summary().index_height.get();
@@ -299,6 +319,7 @@ fn a_flipped_bit_in_any_block_is_reported() {
             let source = MemoryFile {
                 bytes: corrupt,
                 reads: RefCell::new(0),
+                index_reads: RefCell::new(0),
             };
             let outcome = block_on(async {
                 let reader = LayerReader::open("memory", &source).await?;
@@ -393,6 +414,7 @@ fn summaries_claiming_more_than_the_file_are_corrupt() {
         let source = MemoryFile {
             bytes: forged,
             reads: RefCell::new(0),
+            index_reads: RefCell::new(0),
         };
         let outcome = block_on(LayerReader::open("memory", &source));
         assert!(

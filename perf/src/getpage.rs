@@ -71,6 +71,11 @@ pub struct GetPageBench {
     pub odirect_dir: PathBuf,
     /// Samples of each peer.
     pub peer_samples: u32,
+    /// Run the `O_DIRECT` peer on an executor of its own on this CPU (the
+    /// server's: a read's completion interrupt may go to one CPU, and a
+    /// reader elsewhere pays a cross-CPU wake-up), spinning as `busy_poll`;
+    /// `None`: on the client's executor.
+    pub odirect_cpu: Option<usize>,
     /// Also time the round trip against an echo on a `quire_io` executor on
     /// this CPU, spinning this long before parking.
     pub runtime_echo: Option<(Option<usize>, Option<Duration>)>,
@@ -241,7 +246,12 @@ impl GetPageBench {
         }
         report.seconds = started.elapsed().as_secs_f64();
         report.rtt = loopback_rtt(self.peer_samples, self.busy_poll).await?;
-        report.odirect = odirect_reads(&self.odirect_dir, self.peer_samples).await?;
+        report.odirect = match self.odirect_cpu {
+            None => odirect_reads(&self.odirect_dir, self.peer_samples).await?,
+            Some(cpu) => {
+                odirect_reads_on(&self.odirect_dir, self.peer_samples, cpu, self.busy_poll).await?
+            }
+        };
         if let Some((cpu, spin)) = self.runtime_echo {
             report.rtt_runtime =
                 Some(loopback_rtt_runtime(self.peer_samples, cpu, spin, self.busy_poll).await?);
@@ -448,6 +458,45 @@ async fn odirect_reads(dir: &Path, samples: u32) -> Result<Histogram<u64>> {
     Ok(reads)
 }
 
+/// [`odirect_reads`] on an executor of its own pinned to `cpu`; this one
+/// waits for it without blocking its thread.
+async fn odirect_reads_on(
+    dir: &Path,
+    samples: u32,
+    cpu: usize,
+    spin_before_park: Option<Duration>,
+) -> Result<Histogram<u64>> {
+    let (done, result) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    let config = quire_io::LocalConfig {
+        cpu: Some(cpu),
+        name: "quire-bench-odirect".into(),
+        spin_before_park,
+        ..quire_io::LocalConfig::default()
+    };
+    let reader = quire_io::spawn_executor(&config, move || async move {
+        let _ = done.send(
+            odirect_reads(&dir, samples)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        );
+    })
+    .map_err(|e| anyhow::anyhow!("the O_DIRECT peer on CPU {cpu}: {e}"))?;
+    let reads = loop {
+        match result.try_recv() {
+            Ok(reads) => break reads,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                quire_io::sleep(Duration::from_millis(5)).await;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                bail!("the O_DIRECT peer on CPU {cpu} stopped without an answer")
+            }
+        }
+    };
+    let _ = reader.join();
+    reads.map_err(|e| anyhow::anyhow!("O_DIRECT peer on CPU {cpu}: {e}"))
+}
+
 /// The machine: cores, kernel, and the filesystem holding `dir`.
 pub fn machine(dir: &Path) -> String {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
@@ -510,7 +559,10 @@ pub fn render(bench: &GetPageBench, report: &GetPageReport) -> Vec<String> {
             report.rtt.max()
         ),
         format!(
-            "peer: O_DIRECT 8 KiB random read, one in flight: us p50 {odirect} p99 {} max {}",
+            "peer: O_DIRECT 8 KiB random read, one in flight, on {}: us p50 {odirect} p99 {} max {}",
+            bench
+                .odirect_cpu
+                .map_or_else(|| "the client's CPU".into(), |cpu| format!("CPU {cpu}")),
             report.odirect.value_at_quantile(0.99),
             report.odirect.max()
         ),

@@ -1,5 +1,6 @@
 //! A layer file open for reading on this core: the layer's reader, its
-//! direct-I/O file, and the core's block cache as the block source.
+//! direct-I/O file, and the core's two block caches (values, index) as the
+//! block source.
 //!
 //! Blocks are checked against the layer's checksum table when read from
 //! disk, before they enter the cache; a cached block is served without a
@@ -115,7 +116,16 @@ pub struct LayerFile {
     name: LayerName,
     reader: LayerReader,
     file: BlockFile,
-    cache: Rc<RefCell<BlockCache>>,
+    caches: LayerCaches,
+}
+
+/// The core's two caches a layer reads through: values and index blocks.
+#[derive(Clone)]
+pub struct LayerCaches {
+    /// Value blocks.
+    pub values: Rc<RefCell<BlockCache>>,
+    /// Index blocks (leaves and internal nodes).
+    pub index: Rc<RefCell<BlockCache>>,
 }
 
 impl fmt::Debug for LayerFile {
@@ -127,28 +137,25 @@ impl fmt::Debug for LayerFile {
 /// The layer's blocks, through the cache.
 struct CachedBlocks<'a> {
     file: &'a BlockFile,
-    cache: &'a RefCell<BlockCache>,
+    caches: &'a LayerCaches,
     file_name: &'a str,
 }
 
-impl BlockSource for CachedBlocks<'_> {
-    type Block = Rc<[u8]>;
-
-    fn block_count(&self) -> u32 {
-        self.file.blocks()
-    }
-
-    async fn read_block(
+impl CachedBlocks<'_> {
+    /// A block through `cache` (none for block 0 and the checksum table,
+    /// which the reader checks itself).
+    async fn read_through(
         &self,
         block: u32,
         expected_crc: Option<u32>,
+        cache: &RefCell<BlockCache>,
     ) -> Result<Rc<[u8]>, LayerError> {
         let key = BlockKey {
             file: self.file.id(),
             block,
         };
         let cached = if expected_crc.is_some() {
-            self.cache.borrow_mut().get(key)
+            cache.borrow_mut().get(key)
         } else {
             None
         };
@@ -170,8 +177,34 @@ impl BlockSource for CachedBlocks<'_> {
         };
         check_block(self.file_name, block, &read, expected)?;
         let bytes: Rc<[u8]> = Rc::from(&*read);
-        self.cache.borrow_mut().insert(key, bytes.clone());
+        cache.borrow_mut().insert(key, bytes.clone());
         Ok(bytes)
+    }
+}
+
+impl BlockSource for CachedBlocks<'_> {
+    type Block = Rc<[u8]>;
+
+    fn block_count(&self) -> u32 {
+        self.file.blocks()
+    }
+
+    async fn read_block(
+        &self,
+        block: u32,
+        expected_crc: Option<u32>,
+    ) -> Result<Rc<[u8]>, LayerError> {
+        self.read_through(block, expected_crc, &self.caches.values)
+            .await
+    }
+
+    async fn read_index_block(
+        &self,
+        block: u32,
+        expected_crc: u32,
+    ) -> Result<Rc<[u8]>, LayerError> {
+        self.read_through(block, Some(expected_crc), &self.caches.index)
+            .await
     }
 }
 
@@ -187,7 +220,10 @@ impl LayerFile {
             &dir.join(name.to_string()),
             name,
             core.file_id(),
-            core.cache.clone(),
+            LayerCaches {
+                values: core.cache.clone(),
+                index: core.index_cache.clone(),
+            },
         )
         .await
     }
@@ -198,7 +234,7 @@ impl LayerFile {
         path: &Path,
         name: LayerName,
         id: FileId,
-        cache: Rc<RefCell<BlockCache>>,
+        caches: LayerCaches,
     ) -> Result<LayerFile, LayerError> {
         let file_name = path.display().to_string();
         let file = BlockFile::open(path, id)
@@ -210,7 +246,7 @@ impl LayerFile {
             })?;
         let source = CachedBlocks {
             file: &file,
-            cache: &cache,
+            caches: &caches,
             file_name: &file_name,
         };
         let reader = LayerReader::open(&file_name, &source).await?;
@@ -238,7 +274,7 @@ impl LayerFile {
             name,
             reader,
             file,
-            cache,
+            caches,
         })
     }
 
@@ -265,7 +301,7 @@ impl LayerFile {
     fn source(&self) -> CachedBlocks<'_> {
         CachedBlocks {
             file: &self.file,
-            cache: &self.cache,
+            caches: &self.caches,
             file_name: self.reader.file(),
         }
     }
@@ -340,7 +376,8 @@ impl LayerFile {
 
     /// Closes the file and drops its blocks from the cache.
     pub async fn close(self) {
-        self.cache.borrow_mut().forget_file(self.file.id());
+        self.caches.values.borrow_mut().forget_file(self.file.id());
+        self.caches.index.borrow_mut().forget_file(self.file.id());
         // A failed close of a read-only file loses nothing.
         let _ = self.file.close().await;
     }

@@ -26,21 +26,41 @@ use crate::metadata::{MetadataError, TimelineMetadata};
 use crate::reconstruct::{ReconstructInputs, RedoError};
 use crate::value::Value;
 
-/// What one core's timelines share: the block cache and file identities.
+/// What one core's timelines share: the block caches and file identities.
 #[derive(Debug)]
 pub struct CoreContext {
-    /// The core's block cache.
+    /// The core's block cache: values (and in-memory layer blocks).
     pub cache: Rc<RefCell<BlockCache>>,
+    /// The core's cache of layer index blocks, apart from values so that a
+    /// scan of values cannot evict the index and a cold page costs one read.
+    pub index_cache: Rc<RefCell<BlockCache>>,
     next_file_id: Cell<u64>,
 }
 
+/// The index cache a context gets by default: 64 MiB, the index of some
+/// 10 GiB of image layers (an index leaf holds about 200 entries).
+pub const INDEX_CACHE_BYTES_DEFAULT: usize = 64 << 20;
+
 impl CoreContext {
-    /// A context with a block cache of `cache_bytes`.
+    /// A context with a block cache of `cache_bytes` and the default index
+    /// cache.
     pub fn new(cache_bytes: usize) -> Rc<CoreContext> {
+        CoreContext::with_index_cache(cache_bytes, INDEX_CACHE_BYTES_DEFAULT)
+    }
+
+    /// A context with a block cache of `cache_bytes` and an index cache of
+    /// `index_bytes`.
+    pub fn with_index_cache(cache_bytes: usize, index_bytes: usize) -> Rc<CoreContext> {
         Rc::new(CoreContext {
             cache: Rc::new(RefCell::new(BlockCache::new(cache_bytes))),
+            index_cache: Rc::new(RefCell::new(BlockCache::new(index_bytes))),
             next_file_id: Cell::new(1),
         })
+    }
+
+    /// Blocks read from disk into either cache since the context was made.
+    pub fn cache_misses(&self) -> u64 {
+        self.cache.borrow().stats().misses + self.index_cache.borrow().stats().misses
     }
 
     pub(crate) fn file_id(&self) -> u64 {

@@ -26,6 +26,7 @@ pub struct Metrics {
     errors: IntCounterVec,
     connections: IntGaugeVec,
     cache: IntGaugeVec,
+    index_cache: IntGaugeVec,
     redo_pages: IntGaugeVec,
     timeline_lsn: IntGaugeVec,
     ingest: IntGaugeVec,
@@ -64,6 +65,8 @@ pub struct CoreMetrics {
     pub connections: IntGauge,
     /// Block cache hits, misses, evictions and bytes (copied once a second).
     pub cache: IntGaugeVec,
+    /// Index cache hits, misses and evictions (copied once a second).
+    pub index_cache: IntGaugeVec,
     /// Redo counters (copied once a second).
     pub redo_pages: IntGaugeVec,
     /// Layers by kind (copied once a second).
@@ -122,6 +125,13 @@ impl Metrics {
             ),
             &["core", "what"],
         )?;
+        let index_cache = IntGaugeVec::new(
+            Opts::new(
+                "quire_index_cache",
+                "Layer index block cache counters (hits, misses, evictions)",
+            ),
+            &["core", "what"],
+        )?;
         let redo_pages = IntGaugeVec::new(
             Opts::new(
                 "quire_redo",
@@ -156,6 +166,7 @@ impl Metrics {
             Box::new(errors.clone()),
             Box::new(connections.clone()),
             Box::new(cache.clone()),
+            Box::new(index_cache.clone()),
             Box::new(redo_pages.clone()),
             Box::new(timeline_lsn.clone()),
             Box::new(ingest.clone()),
@@ -170,6 +181,7 @@ impl Metrics {
             errors,
             connections,
             cache,
+            index_cache,
             redo_pages,
             timeline_lsn,
             ingest,
@@ -196,6 +208,7 @@ impl Metrics {
             errors: self.errors.clone(),
             connections: self.connections.with_label_values(&[core.as_str()]),
             cache: self.cache.clone(),
+            index_cache: self.index_cache.clone(),
             redo_pages: self.redo_pages.clone(),
             layers: self.layers.clone(),
             timeline_lsn: self.timeline_lsn.clone(),

@@ -68,10 +68,15 @@ pub struct PageserverConfig {
     pub listen: String,
     /// The admin API's address.
     pub http: String,
-    /// Executors (one per CPU, from CPU 0).
+    /// Executors (one per CPU, from CPU 0 unless `cpus` names them).
     pub cores: usize,
+    /// The CPUs to pin the executors to, one each (its length is `cores`);
+    /// `None`: CPUs 0 to `cores - 1`.
+    pub cpus: Option<Vec<usize>>,
     /// Block cache per core, bytes.
     pub cache_bytes_per_core: usize,
+    /// Layer index cache per core, bytes.
+    pub index_cache_bytes_per_core: usize,
     /// Registered I/O memory per core, bytes.
     pub io_memory_bytes: usize,
     /// Page connections' limits.
@@ -102,10 +107,21 @@ struct CoreSetup {
     shards: Vec<(PathBuf, ShardSettings)>,
 }
 
+impl PageserverConfig {
+    /// The CPU of each executor, in core order.
+    fn executor_cpus(&self) -> Vec<usize> {
+        match &self.cpus {
+            Some(cpus) if !cpus.is_empty() => cpus.clone(),
+            _ => (0..self.cores.max(1)).collect(),
+        }
+    }
+}
+
 /// Runs the pageserver until a core fails; prints where it listens once
 /// every core has loaded its shards and listens.
 pub fn run(config: &PageserverConfig) -> Result<()> {
-    let cores = config.cores.max(1);
+    let cpus = config.executor_cpus();
+    let cores = cpus.len();
     std::fs::create_dir_all(settings::tenants_dir(&config.dir))
         .with_context(|| format!("create {}", config.dir.display()))?;
     let _lock = lock_dir(&config.dir)?;
@@ -180,7 +196,7 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
     let ready = announce_when_listening(cores, listen, http_addr, &config.dir)?;
     let setups = Arc::new(Mutex::new(setups.into_iter().map(Some).collect::<Vec<_>>()));
     let executors = ExecutorConfig {
-        cpus: (0..cores).collect(),
+        cpus,
         io_memory_bytes: config.io_memory_bytes,
         name: "quire-pageserver".into(),
         spin_before_park: config.spin_before_park,
@@ -283,7 +299,10 @@ async fn run_core(
         .map_err(|e| anyhow!("core {index}: {e}"))?;
     let core = Rc::new(Core {
         index,
-        context: CoreContext::new(config.cache_bytes_per_core),
+        context: CoreContext::with_index_cache(
+            config.cache_bytes_per_core,
+            config.index_cache_bytes_per_core,
+        ),
         redo,
         metrics: shared.metrics.core(index),
         shared,
@@ -336,17 +355,21 @@ async fn run_core(
 async fn publish_stats(core: Rc<Core>) {
     let label = core.metrics.core().to_owned();
     loop {
-        let cache = core.context.cache.borrow().stats();
         let metrics = &core.metrics;
-        for (what, value) in [
-            ("hits", cache.hits),
-            ("misses", cache.misses),
-            ("evictions", cache.evictions),
+        for (cache, gauges) in [
+            (&core.context.cache, &metrics.cache),
+            (&core.context.index_cache, &metrics.index_cache),
         ] {
-            metrics
-                .cache
-                .with_label_values(&[label.as_str(), what])
-                .set(i64::try_from(value).unwrap_or(i64::MAX));
+            let stats = cache.borrow().stats();
+            for (what, value) in [
+                ("hits", stats.hits),
+                ("misses", stats.misses),
+                ("evictions", stats.evictions),
+            ] {
+                gauges
+                    .with_label_values(&[label.as_str(), what])
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
         }
         let redo = core.redo.stats();
         for (what, value) in [
