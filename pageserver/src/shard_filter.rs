@@ -26,6 +26,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use quire_net::id::ShardIdentity;
+use quire_postgres::types::ForkNumber;
 use quire_postgres::{Key, Lsn};
 use quire_shard::{ReconstructInputs, Timeline, TimelineError, Value};
 
@@ -57,9 +58,11 @@ impl ShardFilter {
         self.identity.count() > 1
     }
 
-    /// Whether this shard stores `key`.
+    /// Whether this shard stores `key`: its own blocks, every block of an
+    /// init fork (a few per unlogged relation, which shard 0 puts into
+    /// every basebackup) and every key that is not a relation block.
     pub fn keeps(self, key: &Key) -> bool {
-        !key.is_rel_block() || self.identity.owns(key)
+        !key.is_rel_block() || key.field4 == ForkNumber::Init as u8 || self.identity.owns(key)
     }
 
     /// `CREATE DATABASE ... STRATEGY file_copy` at `lsn`: refused when the

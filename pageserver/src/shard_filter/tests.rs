@@ -45,7 +45,7 @@ fn non_block_keys() -> Vec<Key> {
 }
 
 #[test]
-fn each_block_is_kept_by_its_owner_alone_and_every_other_key_by_all() {
+fn each_block_is_kept_by_its_owner_alone_and_init_forks_and_every_other_key_by_all() {
     for (count, stripe) in [(2, 8), (3, 1), (4, 2048)] {
         let shards: Vec<ShardFilter> = (0..count).map(|n| filter(n, count, stripe)).collect();
         for fork in [ForkNumber::Main, ForkNumber::VisibilityMap] {
@@ -66,6 +66,12 @@ fn each_block_is_kept_by_its_owner_alone_and_every_other_key_by_all() {
             if stripe < 64 {
                 assert!(owners.len() > 1, "{count} shards: one owner for 64 blocks");
             }
+        }
+        // Init forks are kept whole by every shard, for shard 0's basebackups.
+        let init = RelTag::new(REL, ForkNumber::Init);
+        for block in 0..4 {
+            let key = Key::rel_block(init, BlockNo(block));
+            assert!(shards.iter().all(|shard| shard.keeps(&key)), "{key}");
         }
         for key in non_block_keys() {
             for shard in &shards {
