@@ -16,10 +16,10 @@ use crate::auth_files::read_token;
 pub struct ApiArgs {
     /// The admin API's `host:port`.
     #[arg(long, default_value = "127.0.0.1:9898")]
-    pageserver_http: String,
+    pub(crate) pageserver_http: String,
     /// A token of scope `admin`, when the pageserver checks tokens.
     #[arg(long)]
-    auth_token_file: Option<PathBuf>,
+    pub(crate) auth_token_file: Option<PathBuf>,
 }
 
 /// `quire tenant`.
@@ -111,6 +111,9 @@ enum TimelineCommand {
         #[arg(long)]
         timeline: String,
     },
+    /// Fetch a basebackup at an LSN (the files a compute starts from) and
+    /// unpack it into a new directory, or write the tar.
+    Basebackup(crate::basebackup::BasebackupArgs),
     /// Every timeline of a tenant.
     List {
         #[command(flatten)]
@@ -230,6 +233,7 @@ pub fn run_timeline(args: &TimelineArgs) -> Result<()> {
             &format!("/v1/tenant/{tenant}/timeline/{timeline}"),
             None,
         )?),
+        TimelineCommand::Basebackup(args) => crate::basebackup::run(args),
         TimelineCommand::List { api, tenant } => print(&call(
             api,
             "GET",

@@ -7,6 +7,7 @@
 
 mod admin;
 mod auth_files;
+mod basebackup;
 mod bench;
 mod demo;
 mod elect;

@@ -16,6 +16,7 @@
 //!   shards on cores, the page service, the admin API and metrics.
 #![forbid(unsafe_code)]
 
+pub mod basebackup;
 pub mod datadir;
 pub mod import;
 pub mod ingest;

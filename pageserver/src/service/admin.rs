@@ -152,6 +152,13 @@ pub enum AdminCommand {
         /// Where the answer goes.
         reply: Reply,
     },
+    /// Stream a basebackup (shard 0's core).
+    Basebackup {
+        /// What is asked for, and where the tar goes.
+        request: super::basebackup::BasebackupRequest,
+        /// Where the answer goes before the tar: the LSN, or why not.
+        reply: Reply,
+    },
     /// Garbage-collect below the PITR window (or the LSN given).
     Gc {
         /// The tenant.
@@ -200,6 +207,9 @@ pub async fn handle(core: Rc<Core>, command: AdminCommand) {
         } => {
             let _ = reply.try_send(status(&core, tenant, number, timeline));
         }
+        AdminCommand::Basebackup { request, reply } => {
+            super::basebackup::serve(core, request, reply).await;
+        }
         AdminCommand::Relations {
             tenant,
             number,
@@ -238,12 +248,19 @@ pub async fn handle(core: Rc<Core>, command: AdminCommand) {
     }
 }
 
-fn shard_of(core: &Core, tenant: TenantId, number: u32) -> Result<Rc<TenantShard>, AdminError> {
+pub(super) fn shard_of(
+    core: &Core,
+    tenant: TenantId,
+    number: u32,
+) -> Result<Rc<TenantShard>, AdminError> {
     core.shard(tenant, number)
         .ok_or_else(|| AdminError::new(404, format!("no shard {number} of tenant {tenant} here")))
 }
 
-fn timeline_of(shard: &TenantShard, id: TimelineId) -> Result<Rc<ServedTimeline>, AdminError> {
+pub(super) fn timeline_of(
+    shard: &TenantShard,
+    id: TimelineId,
+) -> Result<Rc<ServedTimeline>, AdminError> {
     shard.timeline(id).ok_or_else(|| {
         AdminError::new(404, format!("tenant {} has no timeline {id}", shard.tenant))
     })

@@ -162,6 +162,16 @@ impl AdminApi {
     fn serve(&self, mut request: Request) {
         let answer = self.route(&mut request);
         let (status, body) = match answer {
+            Ok((status, Body::Tar(reader, lsn))) => {
+                let mut response = Response::new(status.into(), Vec::new(), reader, None, None);
+                for (name, value) in [("Content-Type", "application/x-tar"), ("Quire-Lsn", &lsn)] {
+                    if let Ok(header) = Header::from_bytes(name, value) {
+                        response = response.with_header(header);
+                    }
+                }
+                let _ = request.respond(response);
+                return;
+            }
             Ok((status, Body::Json(value))) => (status, value.to_string()),
             Ok((status, Body::Text(text))) => (status, text),
             Err(error) => (error.status, json!({"error": error.message}).to_string()),
@@ -262,6 +272,38 @@ impl AdminApi {
                     map.insert("shards".into(), Value::Array(shards));
                 }
                 Ok((200, Body::Json(value)))
+            }
+            (&Method::Get, ["basebackup"]) => {
+                let lsn = query_value(query, "lsn")
+                    .map(|t| parse_lsn(&t))
+                    .transpose()?;
+                let full = match query_value(query, "full").as_deref() {
+                    None | Some("false" | "0") => false,
+                    Some("true" | "1") => true,
+                    Some(other) => return Err(bad(&format!("full={other}: give true or false"))),
+                };
+                let (place, _) = self.shard_zero(tenant)?;
+                let (chunks, tar) =
+                    std::sync::mpsc::sync_channel(super::basebackup::CHUNKS_IN_FLIGHT);
+                let started = self.ask(place.core, |reply| AdminCommand::Basebackup {
+                    request: super::basebackup::BasebackupRequest {
+                        tenant,
+                        timeline,
+                        lsn,
+                        options: crate::basebackup::BasebackupOptions { full },
+                        chunks,
+                    },
+                    reply,
+                })?;
+                let lsn = started
+                    .get("lsn")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok((
+                    200,
+                    Body::Tar(super::basebackup::ChunkReader::new(tar), lsn),
+                ))
             }
             (&Method::Get, ["relations"]) => {
                 let (place, _) = self.shard_zero(tenant)?;
@@ -542,6 +584,8 @@ impl AdminApi {
 enum Body {
     Json(Value),
     Text(String),
+    /// A tar streamed from a core, and the LSN it holds.
+    Tar(super::basebackup::ChunkReader, String),
 }
 
 fn read_body(request: &mut Request) -> Result<String, AdminError> {

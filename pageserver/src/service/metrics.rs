@@ -31,6 +31,8 @@ pub struct Metrics {
     timeline_lsn: IntGaugeVec,
     ingest: IntGaugeVec,
     layers: IntGaugeVec,
+    basebackup_seconds: HistogramVec,
+    basebackup_bytes: IntCounterVec,
 }
 
 /// One counter per request kind.
@@ -56,6 +58,10 @@ pub struct CoreMetrics {
     /// Seconds from a page read's arrival in a batch to its pages being
     /// ready, per read.
     pub getpage_seconds: Histogram,
+    /// Seconds to write a basebackup.
+    pub basebackup_seconds: Histogram,
+    /// Bytes of basebackups written.
+    pub basebackup_bytes: IntCounter,
     /// Requests by kind, resolved once (a labelled lookup takes the vector's
     /// lock; the request path must not).
     pub requests: RequestCounters,
@@ -98,6 +104,23 @@ impl Metrics {
                 "Time to serve a page read (GetPage or GetPages), per request",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
+            &["core"],
+        )?;
+        let basebackup_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "quire_basebackup_seconds",
+                "Time to write a basebackup, from the request to its last byte",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+            ]),
+            &["core"],
+        )?;
+        let basebackup_bytes = IntCounterVec::new(
+            Opts::new(
+                "quire_basebackup_bytes_total",
+                "Bytes of basebackups written",
+            ),
             &["core"],
         )?;
         let requests = IntCounterVec::new(
@@ -171,6 +194,8 @@ impl Metrics {
             Box::new(timeline_lsn.clone()),
             Box::new(ingest.clone()),
             Box::new(layers.clone()),
+            Box::new(basebackup_seconds.clone()),
+            Box::new(basebackup_bytes.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -186,6 +211,8 @@ impl Metrics {
             timeline_lsn,
             ingest,
             layers,
+            basebackup_seconds,
+            basebackup_bytes,
         })
     }
 
@@ -194,6 +221,8 @@ impl Metrics {
         let core = index.to_string();
         CoreMetrics {
             getpage_seconds: self.getpage_seconds.with_label_values(&[core.as_str()]),
+            basebackup_seconds: self.basebackup_seconds.with_label_values(&[core.as_str()]),
+            basebackup_bytes: self.basebackup_bytes.with_label_values(&[core.as_str()]),
             requests: {
                 let kind = |k: &str| self.requests.with_label_values(&[core.as_str(), k]);
                 RequestCounters {

@@ -17,6 +17,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod basebackup;
 pub mod core;
 pub mod files;
 pub mod http;
