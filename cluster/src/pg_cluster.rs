@@ -12,7 +12,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -123,6 +124,46 @@ impl PgCluster {
             cluster.options.init_timeout,
         )
         .context("initdb")?;
+        cluster.port = free_port()?;
+        cluster.write_settings()?;
+        Ok(cluster)
+    }
+
+    /// A cluster on a data directory `fill` writes into `data/` of a new
+    /// temporary directory (a basebackup unpacked, a copy): made the
+    /// server user's, mode 0700, with the settings appended to its
+    /// `postgresql.conf` (created if missing). The cluster is not started.
+    pub fn adopt(
+        install: &PgInstall,
+        options: PgClusterOptions,
+        fill: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PgCluster> {
+        let run_as = RunAs::detect()?;
+        let root = tempfile::Builder::new()
+            .prefix("quire-pg-")
+            .tempdir()
+            .context("create a temporary directory for a Postgres cluster")?
+            .keep();
+        run_as.give(&root)?;
+        let mut cluster = PgCluster {
+            install: install.clone(),
+            run_as,
+            options,
+            root,
+            port: 0,
+            running: false,
+            keep: false,
+        };
+        let data = cluster.datadir();
+        fill(&data).context("fill the data directory")?;
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod {}", data.display()))?;
+        give_tree(&cluster.run_as, &data)?;
+        let conf = data.join("postgresql.conf");
+        if !conf.exists() {
+            fs::write(&conf, b"").with_context(|| format!("create {}", conf.display()))?;
+            cluster.run_as.give(&conf)?;
+        }
         cluster.port = free_port()?;
         cluster.write_settings()?;
         Ok(cluster)
@@ -319,6 +360,20 @@ impl PgCluster {
         file.write_all(text.as_bytes())
             .with_context(|| format!("write {}", conf.display()))
     }
+}
+
+/// `run_as.give` on `path` and everything under it (no symbolic links
+/// followed).
+fn give_tree(run_as: &RunAs, path: &Path) -> Result<()> {
+    run_as.give(path)?;
+    let metadata =
+        fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
+    if metadata.is_dir() {
+        for entry in fs::read_dir(path).with_context(|| format!("list {}", path.display()))? {
+            give_tree(run_as, &entry?.path())?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for PgCluster {
