@@ -78,6 +78,9 @@ pub struct BasebackupSummary {
     pub relation_blocks: u64,
 }
 
+/// Relation blocks read at once by a full basebackup.
+const READ_BATCH_BLOCKS: u32 = 32;
+
 /// Bytes gathered before a chunk goes to the sink.
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -245,8 +248,9 @@ pub async fn write_basebackup<P: PageSource, S: TarSink>(
             Ok(KeyKind::SlruSegmentSize(slru, segment)) => {
                 write_slru_segment(pages, &mut tar, slru, segment, lsn).await?;
             }
-            Ok(KeyKind::TwoPhaseFile { epoch, xid }) => {
+            Ok(KeyKind::TwoPhaseFile { xid, .. }) => {
                 if let Some(state) = pages.value(*key, lsn).await?.filter(|s| !s.is_empty()) {
+                    let epoch = epoch_of(xid, checkpoint.next_xid.get());
                     tar.file(&format!("pg_twophase/{epoch:08X}{xid:08X}"), &state)
                         .await?;
                 }
@@ -266,6 +270,20 @@ pub async fn write_basebackup<P: PageSource, S: TarSink>(
         bytes,
         relation_blocks,
     })
+}
+
+/// The epoch of `xid`, a transaction before `next_full_xid` (epoch in the
+/// high 32 bits): the next XID's epoch, or the one before when `xid` is
+/// numerically above the next XID (it was assigned before the wrap), as
+/// Postgres names `pg_twophase` files.
+fn epoch_of(xid: u32, next_full_xid: u64) -> u32 {
+    let next_epoch = u32::try_from(next_full_xid >> 32).unwrap_or(u32::MAX);
+    let next_xid = u32::try_from(next_full_xid & 0xFFFF_FFFF).unwrap_or(0);
+    if xid > next_xid {
+        next_epoch.saturating_sub(1)
+    } else {
+        next_epoch
+    }
 }
 
 /// The directory of a database's relation files.
@@ -396,16 +414,32 @@ async fn write_fork<P: PageSource, S: TarSink>(
         };
         tar.begin_file(&name, u64::from(count) * BLCKSZ as u64)
             .await?;
-        for block in first..first + count {
-            let key = Key::try_rel_block(rel, BlockNo(block))
-                .with_context(|| format!("block {block} of {rel:?}"))?;
-            match pages.value(key, lsn).await? {
-                Some(page) if page.len() == BLCKSZ => tar.append(&page).await?,
-                Some(page) => bail!("block {block} of {rel:?}: {} bytes, not a page", page.len()),
-                // Inside the fork with no value: a page Postgres extended
-                // with zeros and never wrote.
-                None => tar.append(&[0u8; BLCKSZ]).await?,
+        // Blocks are read a batch at a time, so that their cold reads
+        // share a submission.
+        let mut batch_start = first;
+        while batch_start < first + count {
+            let batch_end = (first + count).min(batch_start + READ_BATCH_BLOCKS);
+            let mut keys = Vec::with_capacity((batch_end - batch_start) as usize);
+            for block in batch_start..batch_end {
+                keys.push(
+                    Key::try_rel_block(rel, BlockNo(block))
+                        .with_context(|| format!("block {block} of {rel:?}"))?,
+                );
             }
+            let values =
+                futures::future::join_all(keys.iter().map(|key| pages.value(*key, lsn))).await;
+            for (block, value) in (batch_start..).zip(values) {
+                match value? {
+                    Some(page) if page.len() == BLCKSZ => tar.append(&page).await?,
+                    Some(page) => {
+                        bail!("block {block} of {rel:?}: {} bytes, not a page", page.len())
+                    }
+                    // Inside the fork with no value: a page Postgres
+                    // extended with zeros and never wrote.
+                    None => tar.append(&[0u8; BLCKSZ]).await?,
+                }
+            }
+            batch_start = batch_end;
         }
         tar.end_file().await?;
     }
@@ -543,5 +577,14 @@ mod tests {
             checkpoint_position(Lsn(0x01FF_FFF9), segment),
             Some(Lsn(0x0200_0028))
         );
+    }
+
+    #[test]
+    fn a_prepared_xid_takes_the_epoch_it_was_assigned_in() {
+        let next = (3u64 << 32) | 100;
+        assert_eq!(epoch_of(99, next), 3);
+        assert_eq!(epoch_of(100, next), 3);
+        assert_eq!(epoch_of(4_000_000_000, next), 2);
+        assert_eq!(epoch_of(5, 200), 0);
     }
 }
