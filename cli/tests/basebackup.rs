@@ -4,7 +4,8 @@
 //! transaction and a ledger of committed rows, while a timeline follows it
 //! through a slot. A *full* basebackup at an LSN between two phases of the
 //! ledger is a data directory vanilla Postgres starts from without
-//! recovery: it holds the first phase and none of the second, its prepared
+//! recovery (data checksums on, so Postgres checks every page it reads): it
+//! holds the first phase and none of the second, its prepared
 //! transaction commits, its unlogged table is there and empty, amcheck is
 //! clean (`verify_heapam` also refuses any tuple whose xmin is not below
 //! the start's nextXid), and it takes writes and restarts. A plain
@@ -141,7 +142,10 @@ fn amcheck_clean(pg: &PgCluster) -> Result<u32> {
 #[test]
 fn a_basebackup_starts_vanilla_postgres_at_its_lsn() -> Result<()> {
     let install = pg_install()?;
+    // Data checksums: Postgres checks each page of the full basebackup as
+    // it reads it.
     let options = PgClusterOptions::default()
+        .initdb_arg("--data-checksums")
         .setting("wal_keep_size", "'1GB'")
         .setting("max_prepared_transactions", "4");
     let mut pg = PgCluster::create(&install, options.clone())?;

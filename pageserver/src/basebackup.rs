@@ -24,6 +24,7 @@ use std::future::Future;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use quire_postgres::checksum::set_page_checksum;
 use quire_postgres::control::{CheckPoint, ControlFileData, DbState};
 use quire_postgres::key::{KeyKind, SlruKind};
 use quire_postgres::types::{
@@ -169,11 +170,6 @@ pub async fn write_basebackup<P: PageSource, S: TarSink>(
         .with_context(|| format!("the timeline holds no pg_control at {lsn}"))?;
     let mut control = ControlFileData::decode(&control_bytes)
         .with_context(|| format!("the timeline's pg_control at {lsn}"))?;
-    if options.full && control.data_checksum_version.get() != 0 {
-        bail!(
-            "a full basebackup of a cluster with data checksums is not supported: its pages would need their checksums set"
-        );
-    }
     let mut checkpoint = match pages.value(Key::checkpoint(), lsn).await? {
         Some(bytes) => CheckPoint::read_from_bytes(&bytes).map_err(|_| {
             anyhow::anyhow!("the checkpoint value at {lsn} is {} bytes", bytes.len())
@@ -258,7 +254,9 @@ pub async fn write_basebackup<P: PageSource, S: TarSink>(
             _ => {}
         }
     }
-    let relation_blocks = write_relations(pages, &mut tar, lsn, options, catalog_version).await?;
+    let checksums = control.data_checksum_version.get() != 0;
+    let relation_blocks =
+        write_relations(pages, &mut tar, lsn, (options, checksums), catalog_version).await?;
     let wal_name = segment_file_name(checkpoint.this_timeline.get(), start, segment_size);
     tar.file(&format!("pg_wal/{wal_name}"), &wal).await?;
     tar.file("global/pg_control", &control.encode()).await?;
@@ -358,7 +356,7 @@ async fn write_relations<P: PageSource, S: TarSink>(
     pages: &P,
     tar: &mut TarWriter<'_, S>,
     lsn: Lsn,
-    options: BasebackupOptions,
+    (options, checksums): (BasebackupOptions, bool),
     catalog_version: u32,
 ) -> Result<u64> {
     let relations = pages
@@ -378,26 +376,47 @@ async fn write_relations<P: PageSource, S: TarSink>(
             continue;
         };
         let directory = database_directory(rel.spc_oid, rel.db_oid, catalog_version);
-        written += write_fork(pages, tar, &directory, rel, rel.fork, blocks, lsn).await?;
+        let fork = ForkFile {
+            directory: &directory,
+            rel,
+            blocks,
+            checksums,
+        };
+        written += write_fork(pages, tar, &fork, rel.fork, lsn).await?;
         if rel.fork == ForkNumber::Init {
             // The unlogged relation's main fork starts as its init fork.
-            written +=
-                write_fork(pages, tar, &directory, rel, ForkNumber::Main, blocks, lsn).await?;
+            written += write_fork(pages, tar, &fork, ForkNumber::Main, lsn).await?;
         }
     }
     Ok(written)
 }
 
-/// The segment files of fork `as_fork` holding `rel`'s `blocks` blocks.
+/// A fork's files to write.
+struct ForkFile<'a> {
+    /// The database's directory.
+    directory: &'a str,
+    /// The fork read.
+    rel: RelTag,
+    /// Its size.
+    blocks: u32,
+    /// Whether the cluster has data checksums (each page's is set).
+    checksums: bool,
+}
+
+/// The segment files of fork `as_fork` holding `fork`'s blocks.
 async fn write_fork<P: PageSource, S: TarSink>(
     pages: &P,
     tar: &mut TarWriter<'_, S>,
-    directory: &str,
-    rel: RelTag,
+    fork: &ForkFile<'_>,
     as_fork: ForkNumber,
-    blocks: u32,
     lsn: Lsn,
 ) -> Result<u64> {
+    let ForkFile {
+        directory,
+        rel,
+        blocks,
+        checksums,
+    } = *fork;
     let suffix = match as_fork {
         ForkNumber::Main => String::new(),
         other => format!("_{}", other.name()),
@@ -430,7 +449,17 @@ async fn write_fork<P: PageSource, S: TarSink>(
                 futures::future::join_all(keys.iter().map(|key| pages.value(*key, lsn))).await;
             for (block, value) in (batch_start..).zip(values) {
                 match value? {
-                    Some(page) if page.len() == BLCKSZ => tar.append(&page).await?,
+                    Some(page) if page.len() == BLCKSZ => {
+                        let mut page: [u8; BLCKSZ] = page
+                            .try_into()
+                            .map_err(|_| anyhow::anyhow!("block {block}: not a page"))?;
+                        // Redo leaves a page's checksum as it was; Postgres
+                        // checks it on every read.
+                        if checksums {
+                            set_page_checksum(&mut page, block);
+                        }
+                        tar.append(&page).await?;
+                    }
                     Some(page) => {
                         bail!("block {block} of {rel:?}: {} bytes, not a page", page.len())
                     }

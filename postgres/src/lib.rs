@@ -9,6 +9,7 @@
 //! `patches/`) and Quire's C extensions (`extensions/`).
 #![forbid(unsafe_code)]
 
+pub mod checksum;
 pub mod control;
 pub mod key;
 pub mod lsn;
