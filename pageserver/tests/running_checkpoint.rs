@@ -7,16 +7,17 @@
 //! - `nextOid` is the last `NEXTOID` (or the import's, before the first);
 //! - `nextMulti` and `nextMultiOffset` are past every multixact created.
 //!
-//! The workload: a few thousand transactions, a hundred and fifty
+//! The workload: a few thousand transactions while another session
+//! checkpoints over and over (online checkpoints older than the xids
+//! logged before them), a hundred and fifty
 //! subtransactions (SAVEPOINTs and PL/pgSQL exception blocks), a multixact
 //! from two sessions' `SELECT ... FOR SHARE` of one row, more than 8192
-//! OIDs (large objects and tables: `NEXTOID` twice) and an online
-//! checkpoint. Midway the ingest is flushed, its timeline reloaded and the
+//! OIDs (large objects and tables: `NEXTOID` twice). Midway the ingest is flushed, its timeline reloaded and the
 //! ingest resumed: the running checkpoint comes back as it was. After the
 //! clean stop the stored value is the shutdown checkpoint `pg_controldata`
 //! prints.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,19 @@ const TENANT: [u8; 16] = [3; 16];
 const TIMELINE: [u8; 16] = [4; 16];
 const CACHE_BYTES: usize = 64 << 20;
 
-/// Before the two sessions: transactions, subtransactions, OIDs.
-const BEFORE: &str = r"
+/// The table the workload changes.
+const TABLE: &str = r"
 CREATE TABLE t (id int PRIMARY KEY, v int);
 INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g;
-DO $$ BEGIN FOR i IN 1..2500 LOOP UPDATE t SET v = v + 1 WHERE id = i % 100 + 1; COMMIT; END LOOP; END $$;
+";
+
+/// Transactions while another session checkpoints.
+const UPDATES: &str = r"
+DO $$ BEGIN FOR i IN 1..4000 LOOP UPDATE t SET v = v + 1 WHERE id = i % 100 + 1; COMMIT; END LOOP; END $$;
+";
+
+/// Before the two sessions: subtransactions, OIDs.
+const BEFORE: &str = r"
 BEGIN;
 INSERT INTO t VALUES (1001, 1);
 SAVEPOINT a;
@@ -64,6 +73,44 @@ const AFTER: &str = r"
 DO $$ BEGIN FOR i IN 1..40 LOOP EXECUTE format('CREATE TABLE many_%s (a int, b text)', i); COMMIT; END LOOP; END $$;
 DO $$ BEGIN FOR i IN 1..600 LOOP INSERT INTO t VALUES (5000 + i, i); COMMIT; END LOOP; END $$;
 ";
+
+/// [`UPDATES`] while a second session checkpoints over and over: online
+/// checkpoints whose counters, read at their start, are older than xids
+/// the WAL carries before their record.
+fn updates_across_checkpoints(pg: &PgCluster) -> Result<()> {
+    let mut checkpoints = pg.client("psql");
+    checkpoints.args(["--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1"]);
+    for _ in 0..40 {
+        checkpoints.args(["-c", "CHECKPOINT", "-c", "SELECT pg_sleep(0.02)"]);
+    }
+    let mut child = checkpoints
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start the checkpointing session")?;
+    let updated = pg.psql_script("postgres", UPDATES);
+    let status = wait(&mut child, Duration::from_secs(120))?;
+    updated?;
+    ensure!(
+        status.success(),
+        "the checkpointing session failed: {status}"
+    );
+    Ok(())
+}
+
+/// `child`'s exit, or an error (and the child killed) after `timeout`.
+fn wait(child: &mut Child, timeout: Duration) -> Result<ExitStatus> {
+    let began = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if began.elapsed() > timeout {
+            child.kill()?;
+            bail!("a session did not finish in {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 fn install() -> Result<PgInstall> {
     PgInstall::locate().context("locate the patched Postgres build")
@@ -90,7 +137,6 @@ fn multixact_from_two_sessions(pg: &PgCluster) -> Result<()> {
             "COMMIT",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .context("start the first session")?;
     let waited = (|| {
@@ -117,17 +163,7 @@ fn multixact_from_two_sessions(pg: &PgCluster) -> Result<()> {
         )
     });
     let flagged = pg.psql("postgres", "INSERT INTO flag VALUES (1)");
-    let began = Instant::now();
-    let status = loop {
-        if let Some(status) = first.try_wait()? {
-            break status;
-        }
-        if began.elapsed() > Duration::from_secs(60) {
-            first.kill()?;
-            bail!("the first session did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = wait(&mut first, Duration::from_secs(90))?;
     second?;
     flagged?;
     ensure!(status.success(), "the first session failed: {status}");
@@ -338,6 +374,8 @@ fn the_stored_checkpoint_is_safe_to_start_from_after_every_record() -> Result<()
         Duration::from_secs(60),
     )?;
     pg.start()?;
+    pg.psql_script("postgres", TABLE)?;
+    updates_across_checkpoints(&pg)?;
     pg.psql_script("postgres", BEFORE)?;
     multixact_from_two_sessions(&pg)?;
     pg.psql_script("postgres", AFTER)?;
