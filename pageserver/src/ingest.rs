@@ -58,7 +58,6 @@ use quire_redo::{RedoPool, RedoRecord, TenantKey};
 use quire_shard::commit_time::commit_time_value;
 use quire_shard::keyspace::{dropped_value, size_value};
 use quire_shard::{Timeline, Value};
-use zerocopy::IntoBytes;
 
 use crate::datadir::SLRU_PAGES_PER_SEGMENT;
 use crate::ingest::checkpoint::RunningCheckpoint;
@@ -256,7 +255,8 @@ impl WalIngest {
             self.set_size(rel, blocks, end).await?;
         }
 
-        self.checkpoint.note_record(record.header.xid, &effects);
+        self.note_checkpoint(record.header.xid, &effects, end)
+            .await?;
         let mut rust = false;
         for effect in effects {
             rust |= self.apply_effect(effect, end).await?;
@@ -271,10 +271,6 @@ impl WalIngest {
             self.stats.rust_redo_records += 1;
         } else {
             self.stats.other_records += 1;
-        }
-        if let Some(checkpoint) = self.checkpoint.take_changed() {
-            let value = Value::Image(Rc::from(checkpoint.as_bytes()));
-            self.timeline.put(Key::checkpoint(), end, value).await?;
         }
         self.timeline.advance(end);
         if self.timeline.open_layer_bytes() >= FLUSH_BYTES {

@@ -17,6 +17,7 @@
 //! clean stop the stored value is the shutdown checkpoint `pg_controldata`
 //! prints.
 
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -80,7 +81,7 @@ DO $$ BEGIN FOR i IN 1..600 LOOP INSERT INTO t VALUES (5000 + i, i); COMMIT; END
 fn updates_across_checkpoints(pg: &PgCluster) -> Result<()> {
     let mut checkpoints = pg.client("psql");
     checkpoints.args(["--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1"]);
-    for _ in 0..40 {
+    for _ in 0..15 {
         checkpoints.args(["-c", "CHECKPOINT", "-c", "SELECT pg_sleep(0.02)"]);
     }
     let mut child = checkpoints
@@ -230,7 +231,7 @@ fn parse_dump_line(line: &str) -> Result<Dumped> {
 }
 
 /// `pg_waldump` of `pgdata`'s WAL from `from` to its end.
-fn waldump(install: &PgInstall, pgdata: &std::path::Path, from: Lsn) -> Result<Vec<Dumped>> {
+fn waldump(install: &PgInstall, pgdata: &Path, from: Lsn) -> Result<Vec<Dumped>> {
     // It exits 1 where the WAL ends; what it printed counts.
     let output = run_bounded(
         Command::new(install.bin("pg_waldump"))
@@ -248,7 +249,7 @@ fn waldump(install: &PgInstall, pgdata: &std::path::Path, from: Lsn) -> Result<V
 }
 
 /// `pg_controldata`'s next xid (epoch, xid), OID, multixact and offset.
-fn controldata(install: &PgInstall, pgdata: &std::path::Path) -> Result<(u64, u32, u32, u32)> {
+fn controldata(install: &PgInstall, pgdata: &Path) -> Result<(u64, u32, u32, u32)> {
     let output = run_checked(
         Command::new(install.bin("pg_controldata")).arg(pgdata),
         Duration::from_secs(30),
@@ -274,7 +275,7 @@ fn controldata(install: &PgInstall, pgdata: &std::path::Path) -> Result<(u64, u3
 
 /// The records of `pgdata`'s `pg_wal` from the start of the segment
 /// holding `from` to the end of the WAL.
-fn wal_records(pgdata: &std::path::Path, from: Lsn) -> Result<Vec<RawRecord>> {
+fn wal_records(pgdata: &Path, from: Lsn) -> Result<Vec<RawRecord>> {
     let mut decoder: Option<WalStreamDecoder> = None;
     let mut records = Vec::new();
     for path in wal_segment_files(&pgdata.join("pg_wal"))? {
@@ -363,29 +364,15 @@ async fn stored(timeline: &Timeline, lsn: Lsn) -> Result<CheckPoint> {
     CheckPoint::read_from_bytes(&bytes).map_err(|_| anyhow!("checkpoint of {} bytes", bytes.len()))
 }
 
-#[test]
-fn the_stored_checkpoint_is_safe_to_start_from_after_every_record() -> Result<()> {
-    let install = install()?;
-    let options = PgClusterOptions::default().setting("wal_keep_size", "'1GB'");
-    let mut pg = PgCluster::create(&install, options)?;
-    let base = pg.datadir().with_file_name("base-copy");
-    run_checked(
-        Command::new("cp").arg("-a").arg(pg.datadir()).arg(&base),
-        Duration::from_secs(60),
-    )?;
-    pg.start()?;
-    pg.psql_script("postgres", TABLE)?;
-    updates_across_checkpoints(&pg)?;
-    pg.psql_script("postgres", BEFORE)?;
-    multixact_from_two_sessions(&pg)?;
-    pg.psql_script("postgres", AFTER)?;
-    pg.stop()?;
-    let unexpected = pg.unexpected_log_errors(&[])?;
-    ensure!(unexpected.is_empty(), "server log: {unexpected:?}");
-
-    let start = read_control(&base)?.checkpoint_lsn();
-    let dumped = waldump(&install, &pg.datadir(), start)?;
-    let records: Vec<RawRecord> = wal_records(&pg.datadir(), start)?
+/// The records from `start` to the end of `pgdata`'s WAL, and what
+/// `pg_waldump` says of each; the workload made what the test needs.
+fn read_wal(
+    install: &PgInstall,
+    pgdata: &Path,
+    start: Lsn,
+) -> Result<(Vec<RawRecord>, Vec<Dumped>)> {
+    let dumped = waldump(install, pgdata, start)?;
+    let records: Vec<RawRecord> = wal_records(pgdata, start)?
         .into_iter()
         .filter(|r| r.start >= start)
         .collect();
@@ -408,6 +395,31 @@ fn the_stored_checkpoint_is_safe_to_start_from_after_every_record() -> Result<()
         dumped.iter().any(|d| d.xids.len() > 100),
         "no commit with many subtransactions"
     );
+    Ok((records, dumped))
+}
+
+#[test]
+fn the_stored_checkpoint_is_safe_to_start_from_after_every_record() -> Result<()> {
+    let install = install()?;
+    let options = PgClusterOptions::default().setting("wal_keep_size", "'1GB'");
+    let mut pg = PgCluster::create(&install, options)?;
+    let base = pg.datadir().with_file_name("base-copy");
+    run_checked(
+        Command::new("cp").arg("-a").arg(pg.datadir()).arg(&base),
+        Duration::from_secs(60),
+    )?;
+    pg.start()?;
+    pg.psql_script("postgres", TABLE)?;
+    updates_across_checkpoints(&pg)?;
+    pg.psql_script("postgres", BEFORE)?;
+    multixact_from_two_sessions(&pg)?;
+    pg.psql_script("postgres", AFTER)?;
+    pg.stop()?;
+    let unexpected = pg.unexpected_log_errors(&[])?;
+    ensure!(unexpected.is_empty(), "server log: {unexpected:?}");
+
+    let start = read_control(&base)?.checkpoint_lsn();
+    let (records, dumped) = read_wal(&install, &pg.datadir(), start)?;
     let control = controldata(&install, &pg.datadir())?;
     let shutdown = read_control(&pg.datadir())?.checkpoint_copy;
 
@@ -474,7 +486,7 @@ fn the_stored_checkpoint_is_safe_to_start_from_after_every_record() -> Result<()
 
 /// `ingest` flushed, its timeline reloaded from disk and resumed: the
 /// running checkpoint is the one it had.
-async fn resumed(mut ingest: WalIngest, dir: &std::path::Path) -> Result<WalIngest> {
+async fn resumed(mut ingest: WalIngest, dir: &Path) -> Result<WalIngest> {
     ingest.flush().await?;
     let before = *ingest.checkpoint().context("no running checkpoint")?;
     drop(ingest);

@@ -49,9 +49,17 @@
 //! nor a stored checkpoint), the first checkpoint record is taken as it is
 //! and nothing is stored before it.
 
+use std::rc::Rc;
+
+use anyhow::Result;
 use quire_postgres::control::CheckPoint;
 use quire_postgres::types::TransactionId;
 use quire_postgres::wal::effects::Effect;
+use quire_postgres::{Key, Lsn};
+use quire_shard::Value;
+use zerocopy::IntoBytes;
+
+use super::WalIngest;
 
 /// `nextXid` moves in steps: to the next multiple of this above the
 /// highest xid seen, so a put is needed once per 1024 xids, not per
@@ -71,6 +79,24 @@ pub const XID_STEP: u64 = 1024;
 
 /// `FirstNormalTransactionId`.
 const FIRST_NORMAL_XID: u32 = TransactionId::FIRST_NORMAL.0;
+
+impl WalIngest {
+    /// The running checkpoint after the record (header xid `xl_xid`) whose
+    /// effects are `effects`, stored at `lsn` if it changed.
+    pub(super) async fn note_checkpoint(
+        &mut self,
+        xl_xid: TransactionId,
+        effects: &[Effect],
+        lsn: Lsn,
+    ) -> Result<()> {
+        self.checkpoint.note_record(xl_xid, effects);
+        if let Some(checkpoint) = self.checkpoint.take_changed() {
+            let value = Value::Image(Rc::from(checkpoint.as_bytes()));
+            self.timeline.put(Key::checkpoint(), lsn, value).await?;
+        }
+        Ok(())
+    }
+}
 
 /// The `CheckPoint` ingest keeps current.
 #[derive(Clone, Debug)]
