@@ -3,7 +3,9 @@
 //! Used for a cluster fresh from initdb (cleanly stopped): every WAL-logged
 //! relation fork's blocks, the relmapper files, the `pg_xact` and multixact
 //! SLRU pages and `pg_control` become images at the cluster's checkpoint
-//! LSN, with every fork's size. WAL after that checkpoint then goes through
+//! LSN, with every fork's size, and so does the control file's copy of
+//! that checkpoint under the checkpoint key (where ingest keeps it running,
+//! [`crate::ingest::checkpoint`]). WAL after that checkpoint then goes through
 //! [`crate::ingest`]. Unlogged and temporary relations are not imported.
 //!
 //! A shard of a sharded tenant reads every file but stores only the
@@ -15,12 +17,13 @@ use std::path::Path;
 use std::rc::Rc;
 
 use anyhow::{Context, Result, bail};
-use quire_postgres::control::{ControlFileData, DbState};
+use quire_postgres::control::{CheckPoint, ControlFileData, DbState};
 use quire_postgres::key::SlruKind;
 use quire_postgres::types::{BLCKSZ, BlockNo, RELSEG_SIZE, RelTag};
 use quire_postgres::{Key, Lsn};
 use quire_shard::keyspace::size_value;
 use quire_shard::{Timeline, Value};
+use zerocopy::IntoBytes;
 
 use crate::datadir::{self, SLRU_PAGES_PER_SEGMENT};
 use crate::ingest::slru_key;
@@ -39,6 +42,9 @@ pub struct Imported {
     pub pages: u64,
     /// Relation pages read but not stored: another shard owns them.
     pub pages_not_owned: u64,
+    /// The control file's `checkPointCopy`: the shutdown checkpoint at
+    /// `lsn`, for ingest to keep running ([`crate::ingest::WalIngest::new`]).
+    pub checkpoint: CheckPoint,
 }
 
 /// The control file of `pgdata`.
@@ -71,6 +77,7 @@ pub async fn import_datadir(
         slru_pages: HashSet::new(),
         pages: 0,
         pages_not_owned: 0,
+        checkpoint: control.checkpoint_copy,
     };
     for files in dir.relations.values() {
         let mut blocks = 0u32;
@@ -140,6 +147,14 @@ pub async fn import_datadir(
             Key::control_file(),
             lsn,
             Value::Image(Rc::from(control.encode())),
+        )
+        .await?;
+    shard
+        .put(
+            timeline,
+            Key::checkpoint(),
+            lsn,
+            Value::Image(Rc::from(control.checkpoint_copy.as_bytes())),
         )
         .await?;
     timeline.advance(lsn);

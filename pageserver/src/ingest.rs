@@ -10,9 +10,11 @@
 //! `file_copy` by copying the template's pages) and dropped, relmapper
 //! files, two-phase state files, `pg_xact` status bits and multixact offsets
 //! and members (Rust redo records per SLRU page), SLRU pages zeroed,
-//! visibility-map bits cleared without a block reference, checkpoints, and
-//! each commit's time under the commit-time key (the index from a timestamp
-//! to an LSN, [`quire_shard::commit_time`]).
+//! visibility-map bits cleared without a block reference, each commit's
+//! time under the commit-time key (the index from a timestamp to an LSN,
+//! [`quire_shard::commit_time`]), and the running checkpoint: a `CheckPoint`
+//! kept current record by record (next xid, OID, multixact), stored when
+//! it changes ([`checkpoint`]).
 //!
 //! A record that references `InvalidBlockNumber` (0xFFFFFFFF) decodes, as
 //! `pg_waldump` decodes it, but no key names that block: ingest refuses
@@ -39,6 +41,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 
 use anyhow::{Context, Result, bail};
+use quire_postgres::control::CheckPoint;
 use quire_postgres::key::SlruKind;
 use quire_postgres::types::{BLCKSZ, BlockNo, ForkNumber, Oid, RelFileLocator, RelTag};
 use quire_postgres::wal::effects::{
@@ -55,64 +58,21 @@ use quire_redo::{RedoPool, RedoRecord, TenantKey};
 use quire_shard::commit_time::commit_time_value;
 use quire_shard::keyspace::{dropped_value, size_value};
 use quire_shard::{Timeline, Value};
-use zerocopy::IntoBytes;
 
 use crate::datadir::SLRU_PAGES_PER_SEGMENT;
+use crate::ingest::checkpoint::RunningCheckpoint;
 use crate::shard_filter::{ShardFilter, ShardTimeline};
 
+pub mod checkpoint;
 pub mod resume;
+mod stats;
+
+pub use stats::IngestStats;
 
 pub use resume::wal_restart_lsn;
 
 /// Open-layer size at which ingest freezes and flushes to an L0 layer.
 pub const FLUSH_BYTES: usize = 256 * 1024 * 1024;
-
-/// What ingest has done.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IngestStats {
-    /// WAL records ingested.
-    pub records: u64,
-    /// Their bytes.
-    pub bytes: u64,
-    /// Records with at least one block reference replayed by Postgres.
-    pub postgres_redo_records: u64,
-    /// Records whose page changes are all full-page images (no redo).
-    pub image_records: u64,
-    /// Records turned into Rust redo records (SLRU bits, visibility map).
-    pub rust_redo_records: u64,
-    /// Records with neither (metadata, or nothing for the storage).
-    pub other_records: u64,
-    /// Page images stored.
-    pub page_images: u64,
-    /// Postgres redo records stored (one per block reference).
-    pub page_records: u64,
-    /// Rust records stored on relation pages (visibility-map clears).
-    pub rust_page_records: u64,
-    /// Layers flushed.
-    pub flushes: u64,
-    /// Records skipped because the timeline already held them.
-    pub skipped_records: u64,
-    /// Relation block values not stored: another shard owns the block.
-    pub not_owned_values: u64,
-}
-
-impl std::ops::AddAssign for IngestStats {
-    /// Sums the counters (of one ingest before a restart and after).
-    fn add_assign(&mut self, other: IngestStats) {
-        self.records += other.records;
-        self.bytes += other.bytes;
-        self.postgres_redo_records += other.postgres_redo_records;
-        self.image_records += other.image_records;
-        self.rust_redo_records += other.rust_redo_records;
-        self.other_records += other.other_records;
-        self.page_images += other.page_images;
-        self.page_records += other.page_records;
-        self.rust_page_records += other.rust_page_records;
-        self.flushes += other.flushes;
-        self.skipped_records += other.skipped_records;
-        self.not_owned_values += other.not_owned_values;
-    }
-}
 
 /// The state ingest keeps beside the timeline.
 pub struct WalIngest {
@@ -123,16 +83,20 @@ pub struct WalIngest {
     redo: Option<(Rc<RedoPool>, TenantKey)>,
     stats: IngestStats,
     vm_map_not_in_wal: HashSet<(RelTag, u32)>,
+    checkpoint: RunningCheckpoint,
 }
 
 impl WalIngest {
     /// Ingest into `timeline`, whose relation sizes and SLRU pages are
-    /// `sizes` and `slru_pages` (as an import left them). `redo` rebuilds
-    /// template pages for `CREATE DATABASE ... STRATEGY file_copy`.
+    /// `sizes` and `slru_pages` (as an import left them), with `checkpoint`
+    /// the `CheckPoint` to keep running (the import's; `None` waits for
+    /// the first checkpoint record). `redo` rebuilds template pages for
+    /// `CREATE DATABASE ... STRATEGY file_copy`.
     pub fn new(
         timeline: Rc<Timeline>,
         sizes: HashMap<RelTag, u32>,
         slru_pages: HashSet<(SlruKind, u32)>,
+        checkpoint: Option<CheckPoint>,
         redo: Option<(Rc<RedoPool>, TenantKey)>,
     ) -> WalIngest {
         let mut slru_segments = HashMap::new();
@@ -150,6 +114,7 @@ impl WalIngest {
             redo,
             stats: IngestStats::default(),
             vm_map_not_in_wal: HashSet::new(),
+            checkpoint: RunningCheckpoint::new(checkpoint),
         }
     }
 
@@ -192,6 +157,11 @@ impl WalIngest {
     /// verification that restarts its ingest midway carries them across).
     pub fn carry_vm_pages_without_map(&mut self, pages: HashSet<(RelTag, u32)>) {
         self.vm_map_not_in_wal.extend(pages);
+    }
+
+    /// The running checkpoint as of the last record ingested.
+    pub fn checkpoint(&self) -> Option<&CheckPoint> {
+        self.checkpoint.value()
     }
 
     /// SLRU pages that exist.
@@ -285,6 +255,8 @@ impl WalIngest {
             self.set_size(rel, blocks, end).await?;
         }
 
+        self.note_checkpoint(record.header.xid, &effects, end)
+            .await?;
         let mut rust = false;
         for effect in effects {
             rust |= self.apply_effect(effect, end).await?;
@@ -508,17 +480,11 @@ impl WalIngest {
                 heap_block,
                 bits,
             } => return self.vm_clear(rel, heap_block, bits, lsn).await,
-            Effect::Checkpoint { checkpoint, .. } => {
-                self.timeline
-                    .put(
-                        Key::checkpoint(),
-                        lsn,
-                        Value::Image(Rc::from(checkpoint.as_bytes())),
-                    )
-                    .await?;
-            }
-            Effect::MultiXactTruncate { .. } | Effect::ClogTruncate { .. } | Effect::NextOid(_) => {
-            }
+            // The running checkpoint took these (`note_record`).
+            Effect::Checkpoint { .. }
+            | Effect::MultiXactTruncate { .. }
+            | Effect::ClogTruncate { .. }
+            | Effect::NextOid(_) => {}
         }
         Ok(false)
     }

@@ -159,7 +159,13 @@ pub async fn verify_with(
         imported.lsn
     )?;
     let redo = Some((Rc::clone(&pool), TENANT));
-    let mut ingest = WalIngest::new(timeline, imported.sizes, imported.slru_pages, redo);
+    let mut ingest = WalIngest::new(
+        timeline,
+        imported.sizes,
+        imported.slru_pages,
+        Some(imported.checkpoint),
+        redo,
+    );
     let began = Instant::now();
     let last = if restart_midway {
         let (resumed, last, stats) =

@@ -64,7 +64,8 @@ where
 #[test]
 fn invalid_block_number_is_a_typed_error_and_max_block_grows_the_fork() {
     with_timeline(|timeline, _| async move {
-        let mut ingest = WalIngest::new(timeline.clone(), HashMap::new(), HashSet::new(), None);
+        let mut ingest =
+            WalIngest::new(timeline.clone(), HashMap::new(), HashSet::new(), None, None);
         let rel = RelTag::new(REL, ForkNumber::Main);
 
         let bad = record_on(BlockNo::INVALID.0);

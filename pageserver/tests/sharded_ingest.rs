@@ -362,8 +362,14 @@ async fn phase_one(
         let timeline = create(root, id, base, &core).await?;
         let imported = import_datadir(&timeline, base, filter).await?;
         let redo = Some((Rc::clone(pool), REDO_TENANT));
-        let mut ingest =
-            WalIngest::new(timeline, imported.sizes, imported.slru_pages, redo).with_shard(filter);
+        let mut ingest = WalIngest::new(
+            timeline,
+            imported.sizes,
+            imported.slru_pages,
+            Some(imported.checkpoint),
+            redo,
+        )
+        .with_shard(filter);
         ingest_all(&mut ingest, records).await?;
         ingests.push(ingest);
     }

@@ -12,6 +12,11 @@
 //! - SLRU pages: every SLRU block key (pages are never removed, see
 //!   [`crate::ingest`]); segment sizes follow from them as in
 //!   [`WalIngest::new`].
+//! - the running checkpoint ([`super::checkpoint`]): the value of
+//!   [`Key::checkpoint`] at that LSN (none there, a timeline ingested
+//!   without an import: it waits for the next checkpoint record). Every
+//!   change is stored at the record that made it, so the stored value is
+//!   the running one; a `nextXid` stored rounded up stays rounded up.
 //!
 //! A shard of a sharded tenant holds all of these keys, not only shard
 //! 0 ([`crate::shard_filter`]), so every shard resumes this way.
@@ -26,12 +31,14 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::rc::Rc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
+use quire_postgres::control::CheckPoint;
 use quire_postgres::key::{KeyKind, SlruKind, kind};
 use quire_postgres::types::RelTag;
 use quire_postgres::{Key, Lsn};
 use quire_redo::{RedoPool, TenantKey};
 use quire_shard::Timeline;
+use zerocopy::FromBytes;
 
 use super::WalIngest;
 use crate::datadir::SLRU_PAGES_PER_SEGMENT;
@@ -70,8 +77,34 @@ impl WalIngest {
                 slru_pages.insert((slru, slru_page(slru, segment, block)?));
             }
         }
-        Ok(WalIngest::new(timeline, sizes, slru_pages, redo))
+        let checkpoint = stored_checkpoint(&timeline, lsn).await?;
+        Ok(WalIngest::new(
+            timeline, sizes, slru_pages, checkpoint, redo,
+        ))
     }
+}
+
+/// The `CheckPoint` stored under [`Key::checkpoint`] at `lsn`, if any.
+async fn stored_checkpoint(timeline: &Timeline, lsn: Lsn) -> Result<Option<CheckPoint>> {
+    let key = Key::checkpoint();
+    let inputs = timeline
+        .get(key, lsn)
+        .await
+        .with_context(|| format!("read the checkpoint at {lsn}"))?;
+    if !inputs.records.is_empty() {
+        bail!("the checkpoint key holds a record at {lsn}, not an image");
+    }
+    let Some((_, bytes)) = inputs.image else {
+        return Ok(None);
+    };
+    let checkpoint = CheckPoint::read_from_bytes(&bytes).map_err(|_| {
+        anyhow!(
+            "the checkpoint at {lsn} is {} bytes, not {}",
+            bytes.len(),
+            size_of::<CheckPoint>()
+        )
+    })?;
+    Ok(Some(checkpoint))
 }
 
 /// Where to start decoding WAL of `segment_size`-byte segments for a

@@ -362,7 +362,7 @@ async fn create_timeline(
                 pgdata.display(),
                 imported.lsn
             );
-            fresh = Some((imported.sizes, imported.slru_pages));
+            fresh = Some((imported.sizes, imported.slru_pages, imported.checkpoint));
             let settings = TimelineSettings {
                 timeline: id.to_string(),
                 ancestor: None,
@@ -411,11 +411,12 @@ async fn create_timeline(
         maintenance: std::cell::RefCell::new(None),
     });
     shard.timelines.borrow_mut().insert(id, Rc::clone(&served));
-    let fresh = fresh.map(|(sizes, slru_pages)| {
+    let fresh = fresh.map(|(sizes, slru_pages, checkpoint)| {
         WalIngest::new(
             Rc::clone(&served.timeline),
             sizes,
             slru_pages,
+            Some(checkpoint),
             Some((Rc::clone(&core.redo), shard.redo_key())),
         )
     });

@@ -149,8 +149,8 @@ fn a_shard_ingests_every_record_but_stores_only_its_blocks() {
         for number in 0..2 {
             let shard = filter(number, 2, 8);
             let timeline = empty_timeline(&root.join(format!("shard-{number}"))).await;
-            let mut ingest =
-                WalIngest::new(timeline, HashMap::new(), HashSet::new(), None).with_shard(shard);
+            let mut ingest = WalIngest::new(timeline, HashMap::new(), HashSet::new(), None, None)
+                .with_shard(shard);
             ingest_blocks(&mut ingest, BLOCKS).await;
             let lsn = ingest.timeline().last_record_lsn();
             let keys = ingest
@@ -179,7 +179,7 @@ fn a_shard_ingests_every_record_but_stores_only_its_blocks() {
 
         // Unsharded: everything, nothing dropped.
         let timeline = empty_timeline(&root.join("unsharded")).await;
-        let mut ingest = WalIngest::new(timeline, HashMap::new(), HashSet::new(), None);
+        let mut ingest = WalIngest::new(timeline, HashMap::new(), HashSet::new(), None, None);
         ingest_blocks(&mut ingest, BLOCKS).await;
         let lsn = ingest.timeline().last_record_lsn();
         let keys = ingest
@@ -211,9 +211,14 @@ fn file_copy_is_refused_by_a_shard_of_a_sharded_tenant() {
         let (start, end) = (Lsn(0x2000), Lsn(0x2000 + record.len() as u64));
         for number in 0..2 {
             let timeline = empty_timeline(&root.join(format!("shard-{number}"))).await;
-            let mut ingest =
-                WalIngest::new(Rc::clone(&timeline), HashMap::new(), HashSet::new(), None)
-                    .with_shard(filter(number, 2, 8));
+            let mut ingest = WalIngest::new(
+                Rc::clone(&timeline),
+                HashMap::new(),
+                HashSet::new(),
+                None,
+                None,
+            )
+            .with_shard(filter(number, 2, 8));
             let error = ingest.ingest_record(start, end, &record).await.unwrap_err();
             let refused = error.downcast_ref::<ShardedFileCopy>();
             assert!(refused.is_some(), "shard {number}: {error:#}");
@@ -228,7 +233,7 @@ fn file_copy_is_refused_by_a_shard_of_a_sharded_tenant() {
         }
         // Unsharded, the copy is attempted (and needs redo here).
         let timeline = empty_timeline(&root.join("unsharded")).await;
-        let mut ingest = WalIngest::new(timeline, HashMap::new(), HashSet::new(), None);
+        let mut ingest = WalIngest::new(timeline, HashMap::new(), HashSet::new(), None, None);
         let error = ingest.ingest_record(start, end, &record).await.unwrap_err();
         assert!(
             error.downcast_ref::<ShardedFileCopy>().is_none(),

@@ -142,7 +142,7 @@ fn resume_after_a_reload_rebuilds_the_state_ingest_had() {
                 .await
                 .unwrap(),
         );
-        let mut ingest = WalIngest::new(timeline, HashMap::new(), HashSet::new(), None);
+        let mut ingest = WalIngest::new(timeline, HashMap::new(), HashSet::new(), None, None);
         let end = workload(&mut ingest).await;
         let before = state(&ingest);
         assert_eq!(before.0.get(&main_fork(REL_A)), Some(&3));
@@ -192,7 +192,13 @@ fn resume_on_a_branch_sees_the_ancestors_keys_below_the_branch_point() {
                 .await
                 .unwrap(),
         );
-        let mut ingest = WalIngest::new(Rc::clone(&parent), HashMap::new(), HashSet::new(), None);
+        let mut ingest = WalIngest::new(
+            Rc::clone(&parent),
+            HashMap::new(),
+            HashSet::new(),
+            None,
+            None,
+        );
         let at = workload(&mut ingest).await;
         let parent_state = state(&ingest);
         ingest.flush().await.unwrap();
