@@ -40,13 +40,14 @@ pub struct BasebackupArgs {
 }
 
 pub fn run(args: &BasebackupArgs) -> Result<()> {
-    let mut path = format!(
-        "/v1/tenant/{}/timeline/{}/basebackup?full={}",
+    let lsn_query = args
+        .lsn
+        .as_ref()
+        .map_or_else(String::new, |lsn| format!("&lsn={lsn}"));
+    let path = format!(
+        "/v1/tenant/{}/timeline/{}/basebackup?full={}{lsn_query}",
         args.tenant, args.timeline, args.full
     );
-    if let Some(lsn) = &args.lsn {
-        path.push_str(&format!("&lsn={lsn}"));
-    }
     let url = format!("http://{}{path}", args.api.pageserver_http);
     let mut request = ureq::get(&url);
     if let Some(token) = read_token(args.api.auth_token_file.as_deref())? {

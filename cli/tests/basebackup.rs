@@ -185,40 +185,7 @@ fn a_basebackup_starts_vanilla_postgres_at_its_lsn() -> Result<()> {
     let unpacked = root.path().join("full");
     let answer = basebackup(&server, &timeline, Some(cut), true, &unpacked)?;
     ensure!(answer["lsn"] == cut.to_string(), "answered {answer}");
-    let mut at_cut =
-        PgCluster::adopt(&install, options.clone(), |data| move_into(&unpacked, data))?;
-    at_cut.start()?;
-    let ledger = at_cut.psql("postgres", "SELECT count(*), max(phase) FROM ledger")?;
-    ensure!(ledger.trim() == "300|1", "the ledger at the cut: {ledger}");
-    let prepared = at_cut.psql("postgres", "SELECT gid FROM pg_prepared_xacts")?;
-    ensure!(
-        prepared.trim() == "held",
-        "prepared transactions: {prepared}"
-    );
-    let scratch = at_cut.psql("postgres", "SELECT count(*) FROM scratch WHERE id > 0")?;
-    ensure!(scratch.trim() == "0", "the unlogged table: {scratch}");
-    at_cut.psql("postgres", "INSERT INTO scratch VALUES (1, 'x')")?;
-    let accounts = at_cut.psql("postgres", "SELECT count(*) FROM pgbench_accounts")?;
-    ensure!(
-        accounts.trim() == "100000",
-        "pgbench_accounts at the cut: {accounts}"
-    );
-    let checked = amcheck_clean(&at_cut)?;
-    ensure!(checked >= 4, "amcheck checked {checked} B-trees");
-    at_cut.psql("postgres", "COMMIT PREPARED 'held'")?;
-    at_cut.psql(
-        "postgres",
-        "INSERT INTO ledger SELECT g, 3 FROM generate_series(1001, 1100) g",
-    )?;
-    at_cut.restart()?;
-    let ledger = at_cut.psql("postgres", "SELECT count(*) FROM ledger")?;
-    ensure!(
-        ledger.trim() == "401",
-        "the ledger after writes and a restart: {ledger}"
-    );
-    amcheck_clean(&at_cut)?;
-    at_cut.stop()?;
-    assert_log_clean(&at_cut, &[])?;
+    check_at_cut(&install, &options, &unpacked)?;
 
     // A plain basebackup at the end, with the stopped primary's relation
     // files: every phase; the small files are the primary's own.
@@ -263,6 +230,51 @@ fn a_basebackup_starts_vanilla_postgres_at_its_lsn() -> Result<()> {
     assert_log_clean(&at_end, &[])?;
     let mut server = server;
     server.check_alive()
+}
+
+/// The full basebackup at the cut, started: the first phase, none of the
+/// second, the prepared transaction, the unlogged table empty, amcheck
+/// clean, writes and a restart.
+fn check_at_cut(
+    install: &quire_cluster::PgInstall,
+    options: &PgClusterOptions,
+    unpacked: &Path,
+) -> Result<()> {
+    let mut at_cut = PgCluster::adopt(install, options.clone(), |data| move_into(unpacked, data))?;
+    at_cut.start()?;
+    let ledger = at_cut.psql("postgres", "SELECT count(*), max(phase) FROM ledger")?;
+    ensure!(ledger.trim() == "300|1", "the ledger at the cut: {ledger}");
+    let prepared = at_cut.psql("postgres", "SELECT gid FROM pg_prepared_xacts")?;
+    ensure!(
+        prepared.trim() == "held",
+        "prepared transactions: {prepared}"
+    );
+    let scratch = at_cut.psql("postgres", "SELECT count(*) FROM scratch WHERE id > 0")?;
+    ensure!(scratch.trim() == "0", "the unlogged table: {scratch}");
+    at_cut.psql("postgres", "INSERT INTO scratch VALUES (1, 'x')")?;
+    let accounts = at_cut.psql("postgres", "SELECT count(*) FROM pgbench_accounts")?;
+    ensure!(
+        accounts.trim() == "100000",
+        "pgbench_accounts at the cut: {accounts}"
+    );
+    let checked = amcheck_clean(&at_cut)?;
+    ensure!(checked >= 4, "amcheck checked {checked} B-trees");
+    at_cut.psql("postgres", "COMMIT PREPARED 'held'")?;
+    at_cut.psql(
+        "postgres",
+        "INSERT INTO ledger SELECT g, 3 FROM generate_series(1001, 1100) g",
+    )?;
+    at_cut.restart()?;
+    let ledger = at_cut.psql("postgres", "SELECT count(*) FROM ledger")?;
+    ensure!(
+        ledger.trim() == "401",
+        "the ledger after writes and a restart: {ledger}"
+    );
+    amcheck_clean(&at_cut)?;
+    at_cut.stop()?;
+    assert_log_clean(&at_cut, &[])?;
+
+    Ok(())
 }
 
 /// Every relation file of a stopped data directory (`global/`, `base/`),

@@ -164,43 +164,14 @@ pub async fn write_basebackup<P: PageSource, S: TarSink>(
     options: BasebackupOptions,
     sink: &mut S,
 ) -> Result<BasebackupSummary> {
-    let control_bytes = pages
-        .value(Key::control_file(), lsn)
-        .await?
-        .with_context(|| format!("the timeline holds no pg_control at {lsn}"))?;
-    let mut control = ControlFileData::decode(&control_bytes)
-        .with_context(|| format!("the timeline's pg_control at {lsn}"))?;
-    let mut checkpoint = match pages.value(Key::checkpoint(), lsn).await? {
-        Some(bytes) => CheckPoint::read_from_bytes(&bytes).map_err(|_| {
-            anyhow::anyhow!("the checkpoint value at {lsn} is {} bytes", bytes.len())
-        })?,
-        None => control.checkpoint_copy,
-    };
-    let segment_size = control.xlog_seg_size.get();
-    let start = checkpoint_position(lsn, segment_size)
-        .with_context(|| format!("no WAL position after {lsn}"))?;
     let now = unix_seconds();
-    checkpoint.redo.set(start.0);
-    checkpoint.oldest_active_xid.set(0);
-    checkpoint.time.set(now);
-    let wal = checkpoint_segment(
-        &checkpoint,
+    let StartFiles {
+        control,
+        checkpoint,
         start,
-        Lsn::INVALID,
-        segment_size,
-        control.system_identifier.get(),
-    )
-    .context("write the checkpoint segment")?;
-    control.checkpoint.set(start.0);
-    control.checkpoint_copy = checkpoint;
-    control.state.set(DbState::Shutdowned as u32);
-    control.time.set(now);
-    control.min_recovery_point.set(0);
-    control.min_recovery_point_tli.set(0);
-    control.backup_start_point.set(0);
-    control.backup_end_point.set(0);
-    control.backup_end_required = 0;
-
+        wal,
+    } = start_files(pages, lsn, now).await?;
+    let segment_size = control.xlog_seg_size.get();
     let mut tar = TarWriter::new(sink, now);
     for directory in DIRECTORIES {
         tar.directory(directory).await?;
@@ -267,6 +238,62 @@ pub async fn write_basebackup<P: PageSource, S: TarSink>(
         entries,
         bytes,
         relation_blocks,
+    })
+}
+
+/// The control file and WAL segment of a start at `lsn`.
+struct StartFiles {
+    control: ControlFileData,
+    checkpoint: CheckPoint,
+    /// Where the checkpoint record is.
+    start: Lsn,
+    wal: Vec<u8>,
+}
+
+/// `pg_control` and the checkpoint segment for a start at `lsn`, from the
+/// timeline's control file and running checkpoint there.
+async fn start_files<P: PageSource>(pages: &P, lsn: Lsn, now: i64) -> Result<StartFiles> {
+    let control_bytes = pages
+        .value(Key::control_file(), lsn)
+        .await?
+        .with_context(|| format!("the timeline holds no pg_control at {lsn}"))?;
+    let mut control = ControlFileData::decode(&control_bytes)
+        .with_context(|| format!("the timeline's pg_control at {lsn}"))?;
+    let mut checkpoint = match pages.value(Key::checkpoint(), lsn).await? {
+        Some(bytes) => CheckPoint::read_from_bytes(&bytes).map_err(|_| {
+            anyhow::anyhow!("the checkpoint value at {lsn} is {} bytes", bytes.len())
+        })?,
+        None => control.checkpoint_copy,
+    };
+    let segment_size = control.xlog_seg_size.get();
+    let start = checkpoint_position(lsn, segment_size)
+        .with_context(|| format!("no WAL position after {lsn}"))?;
+    checkpoint.redo.set(start.0);
+    checkpoint.oldest_active_xid.set(0);
+    checkpoint.time.set(now);
+    let wal = checkpoint_segment(
+        &checkpoint,
+        start,
+        Lsn::INVALID,
+        segment_size,
+        control.system_identifier.get(),
+    )
+    .context("write the checkpoint segment")?;
+    control.checkpoint.set(start.0);
+    control.checkpoint_copy = checkpoint;
+    control.state.set(DbState::Shutdowned as u32);
+    control.time.set(now);
+    control.min_recovery_point.set(0);
+    control.min_recovery_point_tli.set(0);
+    control.backup_start_point.set(0);
+    control.backup_end_point.set(0);
+    control.backup_end_required = 0;
+
+    Ok(StartFiles {
+        control,
+        checkpoint,
+        start,
+        wal,
     })
 }
 
@@ -610,7 +637,7 @@ mod tests {
 
     #[test]
     fn a_prepared_xid_takes_the_epoch_it_was_assigned_in() {
-        let next = (3u64 << 32) | 100;
+        let next = (3u64 << 32) + 100;
         assert_eq!(epoch_of(99, next), 3);
         assert_eq!(epoch_of(100, next), 3);
         assert_eq!(epoch_of(4_000_000_000, next), 2);

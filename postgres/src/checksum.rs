@@ -5,7 +5,7 @@
 //! words; 32 running sums, each started at its own constant, take one word
 //! per row (`sum = (sum ^ word) * FNV_PRIME ^ ((sum ^ word) >> 17)`),
 //! then two rounds of zero words; the sums are folded by XOR, the block
-//! number is XORed in, and the result is reduced to `1..=65535` (mod
+//! number is mixed in by XOR, and the result is reduced to `1..=65535` (mod
 //! 65535, plus one). `pd_checksum` itself counts as zero. A new page (all
 //! zero, `pd_upper == 0`) carries no checksum. Checked against the pages
 //! of a real checksummed cluster (`tests/tests/page_checksum.rs`).

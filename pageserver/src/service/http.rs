@@ -273,38 +273,7 @@ impl AdminApi {
                 }
                 Ok((200, Body::Json(value)))
             }
-            (&Method::Get, ["basebackup"]) => {
-                let lsn = query_value(query, "lsn")
-                    .map(|t| parse_lsn(&t))
-                    .transpose()?;
-                let full = match query_value(query, "full").as_deref() {
-                    None | Some("false" | "0") => false,
-                    Some("true" | "1") => true,
-                    Some(other) => return Err(bad(&format!("full={other}: give true or false"))),
-                };
-                let (place, _) = self.shard_zero(tenant)?;
-                let (chunks, tar) =
-                    std::sync::mpsc::sync_channel(super::basebackup::CHUNKS_IN_FLIGHT);
-                let started = self.ask(place.core, |reply| AdminCommand::Basebackup {
-                    request: super::basebackup::BasebackupRequest {
-                        tenant,
-                        timeline,
-                        lsn,
-                        options: crate::basebackup::BasebackupOptions { full },
-                        chunks,
-                    },
-                    reply,
-                })?;
-                let lsn = started
-                    .get("lsn")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                Ok((
-                    200,
-                    Body::Tar(super::basebackup::ChunkReader::new(tar), lsn),
-                ))
-            }
+            (&Method::Get, ["basebackup"]) => self.basebackup(tenant, timeline, query),
             (&Method::Get, ["relations"]) => {
                 let (place, _) = self.shard_zero(tenant)?;
                 let value = self.ask(place.core, |reply| AdminCommand::Relations {
@@ -348,6 +317,44 @@ impl AdminApi {
             }
             _ => Err(AdminError::new(404, "no such timeline endpoint")),
         }
+    }
+
+    /// Starts a basebackup on shard 0's core; the tar streams from it.
+    fn basebackup(
+        &self,
+        tenant: TenantId,
+        timeline: TimelineId,
+        query: &str,
+    ) -> Result<(u16, Body), AdminError> {
+        let lsn = query_value(query, "lsn")
+            .map(|t| parse_lsn(&t))
+            .transpose()?;
+        let full = match query_value(query, "full").as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(other) => return Err(bad(format!("full={other}: give true or false"))),
+        };
+        let (place, _) = self.shard_zero(tenant)?;
+        let (chunks, tar) = std::sync::mpsc::sync_channel(super::basebackup::CHUNKS_IN_FLIGHT);
+        let started = self.ask(place.core, |reply| AdminCommand::Basebackup {
+            request: super::basebackup::BasebackupRequest {
+                tenant,
+                timeline,
+                lsn,
+                options: crate::basebackup::BasebackupOptions { full },
+                chunks,
+            },
+            reply,
+        })?;
+        let lsn = started
+            .get("lsn")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        Ok((
+            200,
+            Body::Tar(super::basebackup::ChunkReader::new(tar), lsn),
+        ))
     }
 
     /// With a public key, only `admin` tokens may use the API.

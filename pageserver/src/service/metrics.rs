@@ -106,23 +106,7 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["core"],
         )?;
-        let basebackup_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "quire_basebackup_seconds",
-                "Time to write a basebackup, from the request to its last byte",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
-            ]),
-            &["core"],
-        )?;
-        let basebackup_bytes = IntCounterVec::new(
-            Opts::new(
-                "quire_basebackup_bytes_total",
-                "Bytes of basebackups written",
-            ),
-            &["core"],
-        )?;
+        let (basebackup_seconds, basebackup_bytes) = basebackup_metrics()?;
         let requests = IntCounterVec::new(
             Opts::new(
                 "quire_page_requests_total",
@@ -148,13 +132,7 @@ impl Metrics {
             ),
             &["core", "what"],
         )?;
-        let index_cache = IntGaugeVec::new(
-            Opts::new(
-                "quire_index_cache",
-                "Layer index block cache counters (hits, misses, evictions)",
-            ),
-            &["core", "what"],
-        )?;
+        let index_cache = index_cache_gauges()?;
         let redo_pages = IntGaugeVec::new(
             Opts::new(
                 "quire_redo",
@@ -254,4 +232,37 @@ impl Metrics {
             .context("encode metrics")?;
         String::from_utf8(out).context("metrics are not UTF-8")
     }
+}
+
+/// The index cache's counters.
+fn index_cache_gauges() -> Result<IntGaugeVec> {
+    Ok(IntGaugeVec::new(
+        Opts::new(
+            "quire_index_cache",
+            "Layer index block cache counters (hits, misses, evictions)",
+        ),
+        &["core", "what"],
+    )?)
+}
+
+/// The basebackups' time histogram and byte counter.
+fn basebackup_metrics() -> Result<(HistogramVec, IntCounterVec)> {
+    let basebackup_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "quire_basebackup_seconds",
+            "Time to write a basebackup, from the request to its last byte",
+        )
+        .buckets(vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+        ]),
+        &["core"],
+    )?;
+    let basebackup_bytes = IntCounterVec::new(
+        Opts::new(
+            "quire_basebackup_bytes_total",
+            "Bytes of basebackups written",
+        ),
+        &["core"],
+    )?;
+    Ok((basebackup_seconds, basebackup_bytes))
 }
