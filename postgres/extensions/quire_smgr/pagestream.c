@@ -209,7 +209,8 @@ now_ms(void)
  * otherwise -1 with errmsg set (the caller decides whether to close).
  */
 static int
-wait_ready(PsConn *conn, int fd, short events, int64_t deadline, const char *what)
+wait_ready(PsConn *conn, int fd, short events, int64_t deadline, int timeout_ms,
+		   const char *what)
 {
 	for (;;)
 	{
@@ -225,7 +226,7 @@ wait_ready(PsConn *conn, int fd, short events, int64_t deadline, const char *wha
 		}
 		if (left <= 0)
 		{
-			set_error(conn, "timed out %s", what);
+			set_error(conn, "timed out after %d ms %s", timeout_ms, what);
 			return -1;
 		}
 		slice = left > INTERRUPT_POLL_MS ? INTERRUPT_POLL_MS : (int) left;
@@ -269,7 +270,7 @@ write_all(PsConn *conn, const uint8_t *buf, size_t len, int64_t deadline,
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 		{
-			if (wait_ready(conn, conn->fd, POLLOUT, deadline, what) != 0)
+			if (wait_ready(conn, conn->fd, POLLOUT, deadline, conn->io_timeout_ms, what) != 0)
 			{
 				ps_close(conn);
 				return PS_BROKEN;
@@ -305,7 +306,7 @@ read_exact(PsConn *conn, uint8_t *buf, size_t len, int64_t deadline,
 			continue;
 		if (errno == EAGAIN || errno == EWOULDBLOCK)
 		{
-			if (wait_ready(conn, conn->fd, POLLIN, deadline, what) != 0)
+			if (wait_ready(conn, conn->fd, POLLIN, deadline, conn->io_timeout_ms, what) != 0)
 			{
 				ps_close(conn);
 				return PS_BROKEN;
@@ -611,7 +612,7 @@ receive_frame(PsConn *conn, const PsPending *head, PsAnswer *answer,
 
 /* Connects a non-blocking socket to one address before deadline; fd or -1. */
 static int
-connect_one(PsConn *conn, const struct addrinfo *ai, int64_t deadline)
+connect_one(PsConn *conn, const struct addrinfo *ai, int64_t deadline, int timeout_ms)
 {
 	int			fd;
 	int			one = 1;
@@ -632,7 +633,7 @@ connect_one(PsConn *conn, const struct addrinfo *ai, int64_t deadline)
 			(void) close(fd);
 			return -1;
 		}
-		if (wait_ready(conn, fd, POLLOUT, deadline, "connecting") != 0)
+		if (wait_ready(conn, fd, POLLOUT, deadline, timeout_ms, "connecting") != 0)
 		{
 			(void) close(fd);
 			return -1;
@@ -734,10 +735,12 @@ ps_connect(PsConn *conn, const char *host, const char *port,
 		set_error(conn, "could not resolve pageserver \"%s:%s\": %s", host, port, gai_strerror(gai));
 		return PS_BROKEN;
 	}
-	deadline = now_ms() + (connect_timeout_ms > 0 ? connect_timeout_ms : 1);
+	if (connect_timeout_ms < 1)
+		connect_timeout_ms = 1;
+	deadline = now_ms() + connect_timeout_ms;
 	set_error(conn, "pageserver \"%s:%s\" has no address", host, port);
 	for (struct addrinfo *ai = addrs; ai != NULL && conn->fd < 0; ai = ai->ai_next)
-		conn->fd = connect_one(conn, ai, deadline);
+		conn->fd = connect_one(conn, ai, deadline, connect_timeout_ms);
 	freeaddrinfo(addrs);
 	if (conn->fd < 0)
 	{

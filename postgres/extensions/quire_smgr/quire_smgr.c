@@ -179,9 +179,12 @@ refusal_sqlstate(uint16_t code)
 	}
 }
 
-/* Turns a failed pagestream call into an ERROR; never returns. */
+/*
+ * Turns a failed pagestream call into an ERROR; never returns.  request
+ * names the request, or is NULL for opening the connection.
+ */
 static void
-report(PsResult rc, const char *what)
+report(PsResult rc, const char *request)
 {
 	if (rc == PS_REFUSED)
 	{
@@ -189,7 +192,8 @@ report(PsResult rc, const char *what)
 
 		ereport(ERROR,
 				(errcode(refusal_sqlstate(r->code)),
-				 errmsg("pageserver refused %s: %s: %s", what,
+				 errmsg("pageserver refused %s: %s: %s",
+						request != NULL ? request : "the connection",
 						ps_error_name(r->code), r->message),
 				 errdetail("Error code %u, details %llu and %llu%s.", r->code,
 						   (unsigned long long) r->detail1,
@@ -198,9 +202,13 @@ report(PsResult rc, const char *what)
 	}
 	/* The interrupt, if that is what stopped the wait, takes precedence. */
 	CHECK_FOR_INTERRUPTS();
+	if (request == NULL)
+		ereport(ERROR,
+				(errcode(rc == PS_INVALID ? ERRCODE_INVALID_PARAMETER_VALUE : ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not open a pageserver connection: %s", conn.errmsg)));
 	ereport(ERROR,
 			(errcode(rc == PS_INVALID ? ERRCODE_INVALID_PARAMETER_VALUE : ERRCODE_CONNECTION_FAILURE),
-			 errmsg("%s: %s", what, conn.errmsg)));
+			 errmsg("pageserver %s failed: %s", request, conn.errmsg)));
 }
 
 /* Opens conn if it is closed or was opened with other settings. */
@@ -245,7 +253,7 @@ ensure_connected(void)
 	conn.interrupted = backend_interrupted;
 	rc = ps_connect(&conn, host, port, &target, connect_timeout_ms, request_timeout_ms);
 	if (rc != PS_OK)
-		report(rc, "could not open a pageserver connection");
+		report(rc, NULL);
 	conn_settings = MemoryContextStrdup(TopMemoryContext, settings);
 	pfree(settings);
 }
