@@ -16,10 +16,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use quire_cluster::{PgCluster, PgClusterOptions};
+use quire_cluster::{PgCluster, PgClusterOptions, PgInstall};
 use quire_tests::pg_install;
 
-use pageserver_support::{Pageserver, import};
+use pageserver_support::{Imported, Pageserver, import};
 
 const BLCKSZ: usize = 8192;
 /// The default tablespace.
@@ -84,10 +84,10 @@ fn fails(compute: &PgCluster, sql: &str) -> Result<(String, Duration)> {
     }
 }
 
-#[test]
-fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
-    let install = pg_install()?;
-    let mut source = PgCluster::create(&install, PgClusterOptions::default())?;
+/// A stopped cluster with a table `t` of more than 32 blocks: the cluster,
+/// the `postgres` database's oid, `pg_class` and `t`.
+fn source(install: &PgInstall) -> Result<(PgCluster, u32, SourceRel, SourceRel)> {
+    let mut source = PgCluster::create(install, PgClusterOptions::default())?;
     source.start()?;
     source.psql_script(
         "postgres",
@@ -109,28 +109,25 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
         t.blocks()
     );
 
-    let root = tempfile::tempdir()?;
-    let mut server = Pageserver::start(&root.path().join("pageserver"), &[])?;
-    let imported = import(&server, &source.datadir(), &[], None)?;
+    Ok((source, db, class, t))
+}
 
-    let mut compute = PgCluster::create(&install, PgClusterOptions::default())?;
-    compute.start()?;
-    compute.psql("postgres", "CREATE EXTENSION quire_smgr")?;
-    let settings = format!(
-        "ALTER DATABASE postgres SET quire.pageserver = '{}';\n\
-         ALTER DATABASE postgres SET quire.tenant = '{}';\n\
-         ALTER DATABASE postgres SET quire.timeline = '{}';\n",
-        server.page,
-        imported.tenant_text(),
-        imported.timeline_text()
-    );
-    compute.psql_script("postgres", &settings)?;
-
+/// Pages of `pg_class`, one `GetPage` each, at latest and at the import
+/// LSN; all of `t` through pipelined `GetPages` of 32 blocks.
+fn pages(
+    compute: &PgCluster,
+    db: u32,
+    class: &SourceRel,
+    t: &SourceRel,
+    imported: &Imported,
+) -> Result<()> {
+    let class_node = class.node;
+    let t_node = t.node;
     // Pages of pg_class, one GetPage each, at latest and at the import LSN.
     let last = class.blocks() - 1;
     for block in [0, 1, last / 2, last] {
         let got = one_line(
-            &compute,
+            compute,
             &format!("SELECT encode(quire_getpage({SPC}, {db}, {class_node}, 0, {block}), 'hex')"),
         )?;
         ensure!(
@@ -139,7 +136,7 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
         );
     }
     let got = one_line(
-        &compute,
+        compute,
         &format!(
             "SELECT encode(quire_getpage({SPC}, {db}, {class_node}, 0, 0, '{}'), 'hex')",
             imported.lsn
@@ -153,7 +150,7 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
 
     // All of t through pipelined GetPages of 32 blocks.
     let got = one_line(
-        &compute,
+        compute,
         &format!(
             "SELECT encode(quire_getpages({SPC}, {db}, {t_node}, 0, 0, {}), 'hex')",
             t.blocks()
@@ -164,11 +161,16 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
         "t's {} blocks read with GetPages differ from its file",
         t.blocks()
     );
+    Ok(())
+}
 
+/// Sizes and existence.
+fn sizes(compute: &PgCluster, db: u32, class: &SourceRel, t: &SourceRel) -> Result<()> {
+    let class_node = class.node;
     // Sizes and existence.
-    for rel in [&class, &t] {
+    for rel in [class, t] {
         let nblocks: usize = one_line(
-            &compute,
+            compute,
             &format!("SELECT quire_nblocks({SPC}, {db}, {}, 0)", rel.node),
         )?
         .parse()?;
@@ -180,7 +182,7 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
         );
     }
     let exists = one_line(
-        &compute,
+        compute,
         &format!(
             "SELECT quire_exists({SPC}, {db}, {class_node}, 0), quire_exists({SPC}, {db}, 987654321, 0)"
         ),
@@ -189,12 +191,18 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
         exists == "t|f",
         "quire_exists of pg_class, made-up: {exists}"
     );
-    let db_size: usize = one_line(&compute, &format!("SELECT quire_dbsize({db})"))?.parse()?;
+    let db_size: usize = one_line(compute, &format!("SELECT quire_dbsize({db})"))?.parse()?;
     ensure!(
         db_size >= class.file.len() + t.file.len(),
         "quire_dbsize {db_size} is below pg_class and t alone"
     );
+    Ok(())
+}
 
+/// A refused request leaves the connection usable; a refused Hello is an
+/// ERROR naming the server's code, and the next call connects anew.
+fn refusals(compute: &PgCluster, db: u32, class: &SourceRel) -> Result<()> {
+    let class_node = class.node;
     // A refused request leaves the connection usable; a refused Hello is
     // an ERROR naming the server's code, and the next call connects anew.
     let script = format!(
@@ -220,7 +228,7 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
         "after NotFound and UnknownTenant in one session: {out:?}"
     );
     let (error, _) = fails(
-        &compute,
+        compute,
         &format!(
             "SET quire.tenant = '0123456789abcdef0123456789abcdef'; SELECT quire_nblocks({SPC}, {db}, {class_node}, 0)"
         ),
@@ -228,7 +236,7 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
     ensure!(error.contains("UnknownTenant"), "a wrong tenant: {error}");
     println!("a wrong tenant: {error}");
     let (error, _) = fails(
-        &compute,
+        compute,
         &format!(
             "SET quire.timeline = '0123456789abcdef0123456789abcdef'; SELECT quire_exists({SPC}, {db}, {class_node}, 0)"
         ),
@@ -237,12 +245,18 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
         error.contains("UnknownTimeline"),
         "a wrong timeline: {error}"
     );
+    Ok(())
+}
 
+/// A closed port fails at once; a server that accepts and never answers
+/// fails when `quire.request_timeout` runs out.
+fn unreachable(compute: &PgCluster, db: u32, class: &SourceRel) -> Result<()> {
+    let class_node = class.node;
     // A closed port fails at once; a server that accepts and never answers
     // fails when quire.request_timeout runs out.
     let closed = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let (error, took) = fails(
-        &compute,
+        compute,
         &format!(
             "SET quire.pageserver = '{closed}'; SELECT quire_nblocks({SPC}, {db}, {class_node}, 0)"
         ),
@@ -254,7 +268,7 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
     println!("a closed port ({took:?}): {error}");
     let silent = TcpListener::bind("127.0.0.1:0")?;
     let (error, took) = fails(
-        &compute,
+        compute,
         &format!(
             "SET quire.pageserver = '{}'; SET quire.request_timeout = 1500; SELECT quire_nblocks({SPC}, {db}, {class_node}, 0)",
             silent.local_addr()?
@@ -268,6 +282,35 @@ fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
     );
     println!("a server that never answers ({took:?}): {error}");
     drop(silent);
+    Ok(())
+}
+
+#[test]
+fn quire_smgr_probes_read_an_imported_cluster() -> Result<()> {
+    let install = pg_install()?;
+    let (source, db, class, t) = source(&install)?;
+
+    let root = tempfile::tempdir()?;
+    let mut server = Pageserver::start(&root.path().join("pageserver"), &[])?;
+    let imported = import(&server, &source.datadir(), &[], None)?;
+
+    let mut compute = PgCluster::create(&install, PgClusterOptions::default())?;
+    compute.start()?;
+    compute.psql("postgres", "CREATE EXTENSION quire_smgr")?;
+    let settings = format!(
+        "ALTER DATABASE postgres SET quire.pageserver = '{}';\n\
+         ALTER DATABASE postgres SET quire.tenant = '{}';\n\
+         ALTER DATABASE postgres SET quire.timeline = '{}';\n",
+        server.page,
+        imported.tenant_text(),
+        imported.timeline_text()
+    );
+    compute.psql_script("postgres", &settings)?;
+
+    pages(&compute, db, &class, &t, &imported)?;
+    sizes(&compute, db, &class, &t)?;
+    refusals(&compute, db, &class)?;
+    unreachable(&compute, db, &class)?;
 
     server.check_alive()?;
     compute.stop()?;
