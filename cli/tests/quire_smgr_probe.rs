@@ -282,6 +282,21 @@ fn unreachable(compute: &PgCluster, db: u32, class: &SourceRel) -> Result<()> {
     );
     println!("a server that never answers ({took:?}): {error}");
     drop(silent);
+    // Settings are checked once the library is loaded.
+    for (name, value) in [
+        ("quire.timeline", "not-32-hex-digits"),
+        ("quire.tenant", "0123"),
+        ("quire.pageserver", "no-port"),
+    ] {
+        let (error, _) = fails(
+            compute,
+            &format!("SELECT quire_exists({SPC}, {db}, {class_node}, 0); SET {name} = '{value}'"),
+        )?;
+        ensure!(
+            error.contains(&format!("invalid value for parameter \"{name}\"")),
+            "{name} = {value}: {error}"
+        );
+    }
     Ok(())
 }
 

@@ -706,19 +706,14 @@ PsResult
 ps_connect(PsConn *conn, const char *host, const char *port,
 		   const PsTarget *target, int connect_timeout_ms, int io_timeout_ms)
 {
-	uint8_t		hello[PS_HEADER_BYTES + HELLO_FIXED_BYTES + PS_TOKEN_BYTES_MAX];
 	struct addrinfo hints;
 	struct addrinfo *addrs = NULL;
 	int64_t		deadline;
 	size_t		token_len = 0;
-	size_t		hello_len;
-	PsPending	head;
-	PsLimits	limits;
-	PsResult	rc;
+	int			fd = -1;
 	int			gai;
 
 	ps_close(conn);
-	conn->io_timeout_ms = io_timeout_ms > 0 ? io_timeout_ms : 1;
 	if (!target_valid(conn, target, &token_len))
 		return PS_INVALID;
 
@@ -739,10 +734,10 @@ ps_connect(PsConn *conn, const char *host, const char *port,
 		connect_timeout_ms = 1;
 	deadline = now_ms() + connect_timeout_ms;
 	set_error(conn, "pageserver \"%s:%s\" has no address", host, port);
-	for (struct addrinfo *ai = addrs; ai != NULL && conn->fd < 0; ai = ai->ai_next)
-		conn->fd = connect_one(conn, ai, deadline, connect_timeout_ms);
+	for (struct addrinfo *ai = addrs; ai != NULL && fd < 0; ai = ai->ai_next)
+		fd = connect_one(conn, ai, deadline, connect_timeout_ms);
 	freeaddrinfo(addrs);
-	if (conn->fd < 0)
+	if (fd < 0)
 	{
 		char		why[PS_ERRMSG_BYTES];
 
@@ -750,6 +745,32 @@ ps_connect(PsConn *conn, const char *host, const char *port,
 		set_error(conn, "pageserver \"%s:%s\": %s", host, port, why);
 		return PS_BROKEN;
 	}
+	return ps_handshake(conn, fd, target, io_timeout_ms);
+}
+
+PsResult
+ps_handshake(PsConn *conn, int fd, const PsTarget *target, int io_timeout_ms)
+{
+	uint8_t		hello[PS_HEADER_BYTES + HELLO_FIXED_BYTES + PS_TOKEN_BYTES_MAX];
+	size_t		token_len = 0;
+	size_t		hello_len;
+	PsPending	head;
+	PsLimits	limits;
+	PsResult	rc;
+	int			flags;
+
+	ps_close(conn);
+	conn->fd = fd;
+	conn->io_timeout_ms = io_timeout_ms > 0 ? io_timeout_ms : 1;
+	if (!target_valid(conn, target, &token_len))
+	{
+		ps_close(conn);
+		return PS_INVALID;
+	}
+	/* Every wait is a poll(2) with a deadline, so the socket must not block. */
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0)
+		return broken(conn, "could not make the pageserver socket non-blocking: %s", strerror(errno));
 
 	/* The Hello: magic, versions, identities, shard, token. */
 	hello_len = PS_HEADER_BYTES + HELLO_FIXED_BYTES + token_len;

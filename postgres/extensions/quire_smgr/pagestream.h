@@ -202,6 +202,14 @@ extern PsResult ps_connect(PsConn *conn, const char *host, const char *port,
 						   int io_timeout_ms);
 
 /*
+ * ps_connect's handshake on a stream socket the caller connected (a Unix
+ * socket, a test's socketpair); the connection owns fd from here on, also
+ * when this fails.
+ */
+extern PsResult ps_handshake(PsConn *conn, int fd, const PsTarget *target,
+							 int io_timeout_ms);
+
+/*
  * Sends one request and queues it; its id goes to *request_id if not NULL.
  * PS_INVALID if the request breaks a rule of the spec (checked before
  * anything is written) or the pipeline is full; PS_BROKEN if the write

@@ -101,8 +101,8 @@ check_id(char **newval, void **extra, GucSource source)
 }
 
 /*
- * Splits "host:port" (or "[v6]:port") into its parts, in palloc'd memory;
- * false if it is not of that form.
+ * Splits "host:port" (or "[v6]:port") into its parts, in palloc'd memory
+ * (with host NULL, only checks the form); false if it is not of that form.
  */
 static bool
 split_address(const char *address, char **host, char **port)
@@ -113,25 +113,23 @@ split_address(const char *address, char **host, char **port)
 	if (colon == NULL || colon == address || colon[1] == '\0')
 		return false;
 	host_len = colon - address;
+	if (address[0] == '[' && (host_len < 3 || address[host_len - 1] != ']'))
+		return false;
+	if (host == NULL)
+		return true;
 	if (address[0] == '[')
-	{
-		if (host_len < 3 || address[host_len - 1] != ']')
-			return false;
 		*host = pnstrdup(address + 1, host_len - 2);
-	}
 	else
 		*host = pnstrdup(address, host_len);
 	*port = pstrdup(colon + 1);
 	return true;
 }
 
+/* Check hooks may run in any memory context: this one allocates nothing. */
 static bool
 check_pageserver(char **newval, void **extra, GucSource source)
 {
-	char	   *host;
-	char	   *port;
-
-	if (*newval == NULL || (*newval)[0] == '\0' || split_address(*newval, &host, &port))
+	if (*newval == NULL || (*newval)[0] == '\0' || split_address(*newval, NULL, NULL))
 		return true;
 	GUC_check_errdetail("Expected host:port.");
 	return false;
