@@ -203,6 +203,7 @@ fn quire_smgr_client_refuses_every_protocol_violation() -> Result<()> {
     compute.psql("postgres", "CREATE EXTENSION quire_smgr")?;
     handshake_violations(&compute)?;
     handshake_errors(&compute)?;
+    small_frames(&compute)?;
     answer_violations(&compute)?;
     stalls(&compute)?;
     reconnects(&compute)?;
@@ -299,6 +300,20 @@ fn handshake_violations(compute: &PgCluster) -> Result<()> {
         refused(compute, what, vec![one], NBLOCKS, expected)?;
     }
     Ok(())
+}
+
+/// A server whose frames cannot hold one `GetPages` page is never asked
+/// for one.
+fn small_frames(compute: &PgCluster) -> Result<()> {
+    let mut body = hello_ok_body(1);
+    body[4..8].copy_from_slice(&8216u32.to_le_bytes());
+    refused(
+        compute,
+        "frames too small for GetPages",
+        vec![script(frame(HELLO_OK, 0, &body), Vec::new())],
+        "SELECT quire_getpages(1663, 5, 1259, 0, 0, 2)",
+        "would exceed the server's frame_bytes_max 8216",
+    )
 }
 
 /// A Hello's `Error` whose lengths disagree, and one with the longest

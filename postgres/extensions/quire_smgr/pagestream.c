@@ -859,6 +859,14 @@ request_valid(PsConn *conn, const PsRequest *r)
 				  r->count, r->block, conn->limits.blocks_per_request_max);
 		return false;
 	}
+	/* A server whose limits disagree must not be asked for a frame it will not send. */
+	if (r->kind == PS_KIND_GET_PAGES &&
+		(uint64_t) PS_HEADER_BYTES + 16 + (uint64_t) r->count * PS_PAGE_BYTES > conn->limits.frame_bytes_max)
+	{
+		set_error(conn, "GetPages of %u blocks: its answer would exceed the server's frame_bytes_max %u",
+				  r->count, conn->limits.frame_bytes_max);
+		return false;
+	}
 	if ((r->kind == PS_KIND_GET_PAGE || r->kind == PS_KIND_GET_PAGES) && r->pages == NULL)
 	{
 		set_error(conn, "internal: a %s without a page buffer", kind_name(r->kind));

@@ -399,7 +399,15 @@ quire_getpages(PG_FUNCTION_ARGS)
 	ensure_connected();
 	while (received < (uint32_t) count)
 	{
-		uint32_t	step = conn.limits.blocks_per_request_max;
+		/*
+		 * As many blocks as the server takes and its frames hold; at least
+		 * one, so that a server whose frames cannot hold even one GetPages
+		 * page is refused by ps_send rather than looped on.
+		 */
+		uint32_t	step = Min(conn.limits.blocks_per_request_max,
+							   (conn.limits.frame_bytes_max - PS_HEADER_BYTES - 16) / PS_PAGE_BYTES);
+
+		step = Max(step, 1);
 
 		/* Keep the pipeline full, never past what the server reads ahead. */
 		while (sent < (uint32_t) count && ps_pending(&conn) < conn.depth_max)
