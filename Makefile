@@ -34,9 +34,11 @@ extensions: postgres
 check-postgres: postgres
 	postgres/regress.sh
 
-# The source pin and the build scripts' own checks (no download needed).
+# The source pin and the build scripts' own checks (no download needed),
+# and quire_smgr's page-protocol client under sanitizers (needs only cc).
 check-build-scripts: postgres
 	postgres/tests/source_pin.sh
+	postgres/tests/pagestream_fuzz.sh 20000
 
 # rustfmt and clippy are rustup components a minimal toolchain may lack.
 lint:
