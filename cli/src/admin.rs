@@ -138,15 +138,23 @@ fn call(api: &ApiArgs, method: &str, path: &str, body: Option<&Value>) -> Result
         Ok(response) => response
             .into_json()
             .with_context(|| format!("{method} {url}: the answer is not JSON")),
-        Err(ureq::Error::Status(status, response)) => {
+        Err(error) => Err(api_error(method, &url, error)),
+    }
+}
+
+/// A failed call's error: the API's own message for an HTTP error status,
+/// else the transport's.
+pub(crate) fn api_error(method: &str, url: &str, error: ureq::Error) -> anyhow::Error {
+    match error {
+        ureq::Error::Status(status, response) => {
             let text = response.into_string().unwrap_or_default();
             let message = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or(text);
-            bail!("{method} {url}: {status}: {message}")
+            anyhow::anyhow!("{method} {url}: {status}: {message}")
         }
-        Err(error) => bail!("{method} {url}: {error}"),
+        error @ ureq::Error::Transport(_) => anyhow::anyhow!("{method} {url}: {error}"),
     }
 }
 

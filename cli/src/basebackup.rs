@@ -10,9 +10,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::admin::ApiArgs;
+use crate::admin::{ApiArgs, api_error};
 use crate::auth_files::read_token;
 
 /// `quire timeline basebackup`.
@@ -54,18 +54,9 @@ pub fn run(args: &BasebackupArgs) -> Result<()> {
         request = request.set("Authorization", &format!("Bearer {token}"));
     }
     let started = Instant::now();
-    let response = match request.call() {
-        Ok(response) => response,
-        Err(ureq::Error::Status(status, response)) => {
-            let text = response.into_string().unwrap_or_default();
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or(text);
-            bail!("GET {url}: {status}: {message}")
-        }
-        Err(error) => bail!("GET {url}: {error}"),
-    };
+    let response = request
+        .call()
+        .map_err(|error| api_error("GET", &url, error))?;
     let lsn = response.header("Quire-Lsn").unwrap_or_default().to_owned();
     let mut counted = Counted {
         inner: response.into_reader(),

@@ -95,22 +95,7 @@ impl PgCluster {
     /// Runs `initdb` into a new temporary directory and writes the settings.
     /// The cluster is not started.
     pub fn create(install: &PgInstall, options: PgClusterOptions) -> Result<PgCluster> {
-        let run_as = RunAs::detect()?;
-        let root = tempfile::Builder::new()
-            .prefix("quire-pg-")
-            .tempdir()
-            .context("create a temporary directory for a Postgres cluster")?
-            .keep();
-        run_as.give(&root)?;
-        let mut cluster = PgCluster {
-            install: install.clone(),
-            run_as,
-            options,
-            root,
-            port: 0,
-            running: false,
-            keep: false,
-        };
+        let mut cluster = PgCluster::in_new_root(install, options)?;
         let data = cluster.datadir();
         run_checked(
             cluster
@@ -138,22 +123,7 @@ impl PgCluster {
         options: PgClusterOptions,
         fill: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<PgCluster> {
-        let run_as = RunAs::detect()?;
-        let root = tempfile::Builder::new()
-            .prefix("quire-pg-")
-            .tempdir()
-            .context("create a temporary directory for a Postgres cluster")?
-            .keep();
-        run_as.give(&root)?;
-        let mut cluster = PgCluster {
-            install: install.clone(),
-            run_as,
-            options,
-            root,
-            port: 0,
-            running: false,
-            keep: false,
-        };
+        let mut cluster = PgCluster::in_new_root(install, options)?;
         let data = cluster.datadir();
         fill(&data).context("fill the data directory")?;
         fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
@@ -167,6 +137,27 @@ impl PgCluster {
         cluster.port = free_port()?;
         cluster.write_settings()?;
         Ok(cluster)
+    }
+
+    /// A cluster value over a new temporary directory (the server user's),
+    /// with no data directory yet.
+    fn in_new_root(install: &PgInstall, options: PgClusterOptions) -> Result<PgCluster> {
+        let run_as = RunAs::detect()?;
+        let root = tempfile::Builder::new()
+            .prefix("quire-pg-")
+            .tempdir()
+            .context("create a temporary directory for a Postgres cluster")?
+            .keep();
+        run_as.give(&root)?;
+        Ok(PgCluster {
+            install: install.clone(),
+            run_as,
+            options,
+            root,
+            port: 0,
+            running: false,
+            keep: false,
+        })
     }
 
     /// The data directory.
