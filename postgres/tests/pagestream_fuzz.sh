@@ -14,5 +14,5 @@ trap 'rm -rf "$work"' EXIT
 
 ${CC:-cc} -std=gnu11 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined \
     -fno-sanitize-recover=all -fno-omit-frame-pointer -pthread -I"$src" \
-    "$here/tests/pagestream_fuzz.c" "$src/pagestream.c" -o "$work/pagestream_fuzz"
+    "$here/tests/pagestream_fuzz.c" "$src/pagestream.c" "$src/pagestream_bytes.c" -o "$work/pagestream_fuzz"
 "$work/pagestream_fuzz" "$@"
