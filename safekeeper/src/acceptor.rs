@@ -267,9 +267,23 @@ impl Acceptor {
     /// log with history `history`: it holds them durably and its own log
     /// agrees with that history over them.
     pub fn can_serve(&self, history: &TermHistory, from: Lsn, to: Lsn) -> bool {
+        self.can_serve_kept(history, from, to, self.durable.removable_before)
+    }
+
+    /// [`can_serve`](Self::can_serve) for a host whose WAL store still
+    /// holds everything from `kept_from` (WAL is removed in whole segments,
+    /// so the bytes from the start of the segment holding the removal
+    /// horizon are still there, and an election reads from that start).
+    pub fn can_serve_kept(
+        &self,
+        history: &TermHistory,
+        from: Lsn,
+        to: Lsn,
+        kept_from: Lsn,
+    ) -> bool {
         from <= to
             && to <= self.flush
-            && from >= self.durable.removable_before
+            && from >= self.durable.removable_before.min(kept_from)
             && self
                 .durable
                 .history

@@ -143,7 +143,7 @@ pub async fn elect(
             continue;
         };
         let donor_history = TermHistory(won.history.0[..won.history.0.len() - 1].to_vec());
-        let record_end = last_record_end(
+        let (record_end, prev_record) = last_record_end(
             donor,
             token,
             key,
@@ -153,7 +153,7 @@ pub async fn elect(
             u64::from(segment_size),
         )
         .await?;
-        let won = won.starting_at(record_end);
+        let won = won.starting_at(record_end, prev_record);
         announce(safekeepers, token, key, &won, compute).await?;
         return Ok(won);
     }
@@ -163,9 +163,10 @@ pub async fn elect(
     )))
 }
 
-/// Where the donor's last whole record ends at or below `flush`: decodes
-/// its WAL from the first record start of the segment holding `flush`
-/// (or an earlier one).
+/// Where the donor's last whole record ends at or below `flush`, and where
+/// it begins (`Lsn::INVALID` if no record lies before `flush`): decodes its
+/// WAL from the first record start of the segment holding `flush` (or an
+/// earlier one).
 async fn last_record_end(
     donor: &str,
     token: Option<&str>,
@@ -174,7 +175,7 @@ async fn last_record_end(
     history: &TermHistory,
     flush: Lsn,
     segment_size: u64,
-) -> Result<Lsn, ControlError> {
+) -> Result<(Lsn, Lsn), ControlError> {
     let failed = |what: String| ControlError::Safekeeper {
         address: donor.to_owned(),
         what,
@@ -191,7 +192,7 @@ async fn last_record_end(
         let segment_start = Lsn(segment * segment_size);
         let from = segment_start.max(wal_start);
         if from >= flush {
-            return Ok(flush);
+            return Ok((flush, Lsn::INVALID));
         }
         let bytes = fetch_range(donor, token, key, term, history, from, flush).await?;
         let start = if from == segment_start {
@@ -206,7 +207,7 @@ async fn last_record_end(
         };
         let Some(start) = start else {
             if segment == 0 || from == wal_start {
-                return Ok(from);
+                return Ok((from, Lsn::INVALID));
             }
             segment -= 1;
             continue;
@@ -215,11 +216,13 @@ async fn last_record_end(
         let skip = usize::try_from(start.0 - from.0).unwrap_or(0);
         decoder.feed(&bytes[skip.min(bytes.len())..]);
         let mut end = start;
+        let mut last_start = Lsn::INVALID;
         while let Ok(Some(record)) = decoder.next_record() {
             // The decoder refuses the LSN space's last page: this rounds.
             end = record.end.align_up(8).unwrap_or(record.end);
+            last_start = record.start;
         }
-        return Ok(end.min(flush));
+        return Ok((end.min(flush), last_start));
     }
 }
 

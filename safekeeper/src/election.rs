@@ -35,6 +35,10 @@ pub struct Won {
     pub start: Lsn,
     /// The voter whose log was chosen.
     pub donor: NodeId,
+    /// Where the last whole record before `start` begins (the `xl_prev` of
+    /// the new compute's first record), when the election read it from the
+    /// donor; `Lsn::INVALID` when no record lies in the WAL before `start`.
+    pub prev_record: Lsn,
 }
 
 impl Won {
@@ -44,7 +48,7 @@ impl Won {
     /// last whole record ends. The partial record was never committed
     /// (Postgres commits at records' ends), and acceptors cut it.
     #[must_use]
-    pub fn starting_at(&self, start: Lsn) -> Won {
+    pub fn starting_at(&self, start: Lsn, prev_record: Lsn) -> Won {
         let start = start.min(self.start);
         let donor = TermHistory(self.history.0[..self.history.0.len().saturating_sub(1)].to_vec());
         Won {
@@ -52,6 +56,7 @@ impl Won {
             history: donor.elect(start, self.term),
             start,
             donor: self.donor,
+            prev_record,
         }
     }
 }
@@ -136,6 +141,7 @@ impl Election {
             history: donor.history.elect(donor.flush, self.term),
             start: donor.flush,
             donor: donor.node,
+            prev_record: Lsn::INVALID,
         })
     }
 }
@@ -244,7 +250,7 @@ mod tests {
         let won = election
             .outcome()
             .expect("a majority")
-            .starting_at(Lsn(872));
+            .starting_at(Lsn(872), Lsn::INVALID);
         assert_eq!(won.start, Lsn(872));
         assert_eq!(
             won.history.0,

@@ -135,6 +135,11 @@ impl WalStore {
 
     /// The LSN of segment `number`'s first byte (numbers come from file
     /// names and LSNs, so it is a valid LSN; saturated all the same).
+    /// The first LSN whose bytes the store still holds.
+    pub fn first_kept(&self) -> Lsn {
+        self.first_kept
+    }
+
     fn segment_start(&self, number: u64) -> Lsn {
         Lsn(number.saturating_mul(self.segment_size))
     }

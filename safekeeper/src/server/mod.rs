@@ -472,7 +472,10 @@ impl Server {
         };
         // One frame carries at most 1 MiB; the requester asks again.
         let to = to.min(Lsn(from.0.saturating_add(1 << 20)));
-        if !state.acceptor.can_serve(history, from, to) {
+        if !state
+            .acceptor
+            .can_serve_kept(history, from, to, state.wal.first_kept())
+        {
             return Message::Refused {
                 term: state.acceptor.term(),
                 why: format!("cannot serve {from}..{to} of that history (term {term})"),

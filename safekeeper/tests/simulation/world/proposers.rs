@@ -144,7 +144,7 @@ impl World {
                 };
                 // The new compute starts where the donor's last whole
                 // record ends.
-                let won = won.starting_at(lsn_of(whole_records(offset(won.start))));
+                let won = won.starting_at(lsn_of(whole_records(offset(won.start))), Lsn::INVALID);
                 let mut donor_log = logs
                     .iter()
                     .rev()
