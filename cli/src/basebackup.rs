@@ -29,6 +29,10 @@ pub struct BasebackupArgs {
     /// The LSN (`X/Y`; default: the last record the timeline ingested).
     #[arg(long)]
     lsn: Option<String>,
+    /// Where the last record before `--lsn` begins (what `quire elect`
+    /// prints as "previous record at"): the checkpoint record's back link.
+    #[arg(long, requires = "lsn")]
+    prev_lsn: Option<String>,
     /// Every relation block too: a data directory vanilla Postgres serves
     /// without Quire.
     #[arg(long)]
@@ -44,8 +48,12 @@ pub fn run(args: &BasebackupArgs) -> Result<()> {
         .lsn
         .as_ref()
         .map_or_else(String::new, |lsn| format!("&lsn={lsn}"));
+    let prev_query = args
+        .prev_lsn
+        .as_ref()
+        .map_or_else(String::new, |prev| format!("&prev={prev}"));
     let path = format!(
-        "/v1/tenant/{}/timeline/{}/basebackup?full={}{lsn_query}",
+        "/v1/tenant/{}/timeline/{}/basebackup?full={}{lsn_query}{prev_query}",
         args.tenant, args.timeline, args.full
     );
     let url = format!("http://{}{path}", args.api.pageserver_http);

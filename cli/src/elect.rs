@@ -74,6 +74,11 @@ pub fn run(args: &ElectArgs) -> Result<()> {
     })
     .map_err(|e| anyhow!("{e}"))?
     .context("election")?;
+    // The basebackup's checkpoint record must link back to the record
+    // before the start (`quire timeline basebackup --prev-lsn`).
+    if won.prev_record != Lsn::INVALID {
+        println!("previous record at {}", won.prev_record);
+    }
     println!(
         "elected term {} (donor safekeeper {}); the compute's WAL starts at {}",
         won.term, won.donor.0, won.start

@@ -62,6 +62,12 @@ pub struct BasebackupOptions {
     /// Every relation block too: a data directory vanilla Postgres serves
     /// alone.
     pub full: bool,
+    /// The start of the last record before the LSN, for the checkpoint
+    /// record's `xl_prev`, so that the WAL the compute writes links back to
+    /// the timeline's as Postgres' does (the safekeepers and the pageserver
+    /// check every link); `Lsn::INVALID` when no record precedes it in the
+    /// WAL a reader will decode (the timeline's first LSN).
+    pub prev_record: Lsn,
 }
 
 /// What a basebackup held.
@@ -134,7 +140,7 @@ const CONFIG_FILES: &[(&str, &[u8])] = &[
     ("pg_ident.conf", b""),
     (
         "pg_hba.conf",
-        b"# Written by Quire's basebackup: local connections only.\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
+        b"# Written by Quire's basebackup: local connections only (the safekeepers\n# stream WAL over replication connections).\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal replication all trust\nhost replication all 127.0.0.1/32 trust\nhost replication all ::1/128 trust\n",
     ),
 ];
 
@@ -170,7 +176,7 @@ pub async fn write_basebackup<P: PageSource, S: TarSink>(
         checkpoint,
         start,
         wal,
-    } = start_files(pages, lsn, now).await?;
+    } = start_files(pages, lsn, options.prev_record, now).await?;
     let segment_size = control.xlog_seg_size.get();
     let mut tar = TarWriter::new(sink, now);
     for directory in DIRECTORIES {
@@ -252,7 +258,12 @@ struct StartFiles {
 
 /// `pg_control` and the checkpoint segment for a start at `lsn`, from the
 /// timeline's control file and running checkpoint there.
-async fn start_files<P: PageSource>(pages: &P, lsn: Lsn, now: i64) -> Result<StartFiles> {
+async fn start_files<P: PageSource>(
+    pages: &P,
+    lsn: Lsn,
+    prev_record: Lsn,
+    now: i64,
+) -> Result<StartFiles> {
     let control_bytes = pages
         .value(Key::control_file(), lsn)
         .await?
@@ -274,7 +285,7 @@ async fn start_files<P: PageSource>(pages: &P, lsn: Lsn, now: i64) -> Result<Sta
     let wal = checkpoint_segment(
         &checkpoint,
         start,
-        Lsn::INVALID,
+        prev_record,
         segment_size,
         control.system_identifier.get(),
     )

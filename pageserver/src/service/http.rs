@@ -334,6 +334,17 @@ impl AdminApi {
             Some("true" | "1") => true,
             Some(other) => return Err(bad(format!("full={other}: give true or false"))),
         };
+        let prev_record = query_value(query, "prev")
+            .map(|t| parse_lsn(&t))
+            .transpose()?
+            .unwrap_or(Lsn::INVALID);
+        if let Some(lsn) = lsn
+            && prev_record >= lsn
+        {
+            return Err(bad(format!(
+                "prev={prev_record} is not below lsn={lsn}: it names the record before it"
+            )));
+        }
         let (place, _) = self.shard_zero(tenant)?;
         let (chunks, tar) = std::sync::mpsc::sync_channel(super::basebackup::CHUNKS_IN_FLIGHT);
         let started = self.ask(place.core, |reply| AdminCommand::Basebackup {
@@ -341,7 +352,7 @@ impl AdminApi {
                 tenant,
                 timeline,
                 lsn,
-                options: crate::basebackup::BasebackupOptions { full },
+                options: crate::basebackup::BasebackupOptions { full, prev_record },
                 chunks,
             },
             reply,
