@@ -20,7 +20,7 @@ mod wal_files;
 
 pub use bounded::{run_bounded, run_checked};
 pub use install::PgInstall;
-pub use pg_cluster::{PgCluster, PgClusterOptions, SUPERUSER};
+pub use pg_cluster::{PgCluster, PgClusterOptions, SUPERUSER, free_port};
 pub use pgbench::PgbenchSummary;
 pub use run_as::RunAs;
 pub use smgr_count::read_smgr_counts;

@@ -42,6 +42,8 @@ pub struct PgClusterOptions {
     pub stop_timeout: Duration,
     /// Bound on each client command (`psql`).
     pub query_timeout: Duration,
+    /// The port to listen on (default: a free one, probed).
+    pub port: Option<u16>,
 }
 
 impl Default for PgClusterOptions {
@@ -53,6 +55,7 @@ impl Default for PgClusterOptions {
             start_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(60),
             query_timeout: Duration::from_secs(300),
+            port: None,
         }
     }
 }
@@ -63,6 +66,14 @@ impl PgClusterOptions {
     #[must_use]
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Listens on `port` (one the caller must know before the cluster
+    /// exists: a compute's address is announced to its safekeepers first).
+    #[must_use]
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -109,7 +120,7 @@ impl PgCluster {
             cluster.options.init_timeout,
         )
         .context("initdb")?;
-        cluster.port = free_port()?;
+        cluster.port = cluster.options.port.map_or_else(free_port, Ok)?;
         cluster.write_settings()?;
         Ok(cluster)
     }
@@ -134,7 +145,7 @@ impl PgCluster {
             fs::write(&conf, b"").with_context(|| format!("create {}", conf.display()))?;
             cluster.run_as.give(&conf)?;
         }
-        cluster.port = free_port()?;
+        cluster.port = cluster.options.port.map_or_else(free_port, Ok)?;
         cluster.write_settings()?;
         Ok(cluster)
     }
@@ -390,7 +401,8 @@ impl Drop for PgCluster {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16> {
+/// A free loopback port (probed: free when asked, not reserved).
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("probe for a free loopback port")?;
     Ok(listener
         .local_addr()

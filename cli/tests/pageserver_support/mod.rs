@@ -112,6 +112,17 @@ impl Pageserver {
 
     /// Starts it (again) on the same directory, on new free ports.
     pub fn restart(&mut self) -> Result<()> {
+        self.restart_listening("127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// Starts it again on the same directory and the same ports (its
+    /// clients keep their addresses).
+    pub fn restart_on_same_ports(&mut self) -> Result<()> {
+        let (page, http) = (self.page.to_string(), self.http.clone());
+        self.restart_listening(&page, &http)
+    }
+
+    fn restart_listening(&mut self, page: &str, http: &str) -> Result<()> {
         self.kill();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -122,7 +133,7 @@ impl Pageserver {
             .arg("pageserver")
             .arg("--dir")
             .arg(&self.dir)
-            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["--listen", page, "--http", http])
             .args(["--cache-mib", "32"])
             .args(&self.args)
             .stdin(Stdio::null())

@@ -41,3 +41,32 @@ REVOKE ALL ON FUNCTION quire_getpages(oid, oid, oid, int, bigint, int, pg_lsn) F
 REVOKE ALL ON FUNCTION quire_nblocks(oid, oid, oid, int, pg_lsn) FROM PUBLIC;
 REVOKE ALL ON FUNCTION quire_exists(oid, oid, oid, int, pg_lsn) FROM PUBLIC;
 REVOKE ALL ON FUNCTION quire_dbsize(oid, pg_lsn) FROM PUBLIC;
+
+-- What the storage manager did since start (or the last reset): counters
+-- and the sizes of its shared caches. Needs quire_smgr preloaded.
+CREATE FUNCTION quire_smgr_stats(OUT name text, OUT value bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'quire_smgr_stats'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+-- The read requests' latency (send to answer), in microseconds: every
+-- non-empty bucket with its upper bound.
+CREATE FUNCTION quire_getpage_histogram(OUT le_us bigint, OUT count bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'quire_getpage_histogram'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+-- The same as percentiles (bucket upper bounds, at most 12.5% high).
+CREATE FUNCTION quire_getpage_latency(OUT requests bigint, OUT p50_us float8,
+                                      OUT p90_us float8, OUT p99_us float8,
+                                      OUT max_us float8, OUT mean_us float8)
+RETURNS record
+AS 'MODULE_PATHNAME', 'quire_getpage_latency'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+CREATE FUNCTION quire_smgr_reset_stats()
+RETURNS void
+AS 'MODULE_PATHNAME', 'quire_smgr_reset_stats'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+REVOKE ALL ON FUNCTION quire_smgr_reset_stats() FROM PUBLIC;

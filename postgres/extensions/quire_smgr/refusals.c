@@ -1,0 +1,87 @@
+/*-------------------------------------------------------------------------
+ *
+ * refusals.c
+ *	  Refuses the commands that copy relation files behind the storage
+ *	  manager's back: CREATE DATABASE ... STRATEGY file_copy and ALTER
+ *	  DATABASE ... SET TABLESPACE.
+ *
+ * Both copy a database's files directory by directory (copydir), so on a
+ * compute whose relations live on the pageserver they would copy nothing,
+ * and the WAL they write names no page.  They are refused with a clear
+ * error before they start; CREATE DATABASE's default strategy, wal_log,
+ * goes through shared buffers and works.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "commands/defrem.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
+
+#include "quire_smgr.h"
+
+static ProcessUtility_hook_type previous_utility_hook = NULL;
+
+static bool
+has_option(List *options, const char *name)
+{
+	ListCell   *cell;
+
+	foreach(cell, options)
+	{
+		DefElem    *option = lfirst_node(DefElem, cell);
+
+		if (strcmp(option->defname, name) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool
+asks_file_copy(List *options)
+{
+	ListCell   *cell;
+
+	foreach(cell, options)
+	{
+		DefElem    *option = lfirst_node(DefElem, cell);
+
+		if (strcmp(option->defname, "strategy") == 0 && option->arg != NULL &&
+			pg_strcasecmp(defGetString(option), "file_copy") == 0)
+			return true;
+	}
+	return false;
+}
+
+static void
+refuse_file_copies(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				   ProcessUtilityContext context, ParamListInfo params,
+				   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *statement = pstmt->utilityStmt;
+
+	if (IsA(statement, CreatedbStmt) && asks_file_copy(((CreatedbStmt *) statement)->options))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("CREATE DATABASE ... STRATEGY file_copy is not supported on a Quire compute"),
+				 errdetail("It copies files directly, but this compute's relations live on the pageserver."),
+				 errhint("Use STRATEGY wal_log (the default).")));
+	if (IsA(statement, AlterDatabaseStmt) &&
+		has_option(((AlterDatabaseStmt *) statement)->options, "tablespace"))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("ALTER DATABASE ... SET TABLESPACE is not supported on a Quire compute"),
+				 errdetail("It copies files directly, but this compute's relations live on the pageserver.")));
+	if (previous_utility_hook)
+		previous_utility_hook(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+}
+
+void
+refusals_install(void)
+{
+	previous_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = refuse_file_copies;
+}
