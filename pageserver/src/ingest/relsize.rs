@@ -20,8 +20,8 @@ impl WalIngest {
         let Some(&size) = self.sizes.get(&rel) else {
             self.stats.relsize_unknown_forks += 1;
             eprintln!(
-                "ingest: warning: the relation-size message at {lsn} names {rel} ({blocks} blocks), \
-                 which the timeline does not have: ignored"
+                "ingest: warning: the relation-size message of the record ending at {lsn} names {rel} \
+                 ({blocks} blocks), which the timeline does not have: ignored"
             );
             return Ok(());
         };
@@ -38,7 +38,8 @@ impl WalIngest {
     pub(super) fn relsize_malformed(&mut self, why: RelSizeMalformed, lsn: Lsn) {
         self.stats.relsize_malformed += 1;
         eprintln!(
-            "ingest: warning: the relation-size message at {lsn} is malformed ({why}): ignored"
+            "ingest: warning: the relation-size message of the record ending at {lsn} is malformed \
+             ({why}): ignored"
         );
     }
 }
