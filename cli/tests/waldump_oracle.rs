@@ -3,7 +3,8 @@
 //! Each configuration runs a workload on the patched Postgres 17 (pgbench;
 //! tables, indexes, a database created and dropped; TRUNCATE; VACUUM;
 //! rows large enough to be stored out of line; subtransactions; two-phase commit; a logical message larger
-//! than a WAL segment; a WAL switch), stops the server cleanly, and compares
+//! than a WAL segment; the compute's relation-size message, well-formed and
+//! not; a WAL switch), stops the server cleanly, and compares
 //! every record both tools decode from the same segment files: LSN, resource
 //! manager, total length, and each block reference's relation, fork, block
 //! and image flag. Configurations vary `wal_level`, `wal_compression`, and
@@ -13,7 +14,7 @@
 //! record's page updates and non-page effects must extract without error,
 //! and each non-page effect must agree with the description `pg_waldump`
 //! prints for its record (relations, subtransactions, databases, relmapper,
-//! multixact members, checkpoints, OIDs).
+//! multixact members, checkpoints, OIDs, relation-size messages).
 
 use std::process::Command;
 use std::time::Duration;
@@ -80,6 +81,8 @@ INSERT INTO fleeting SELECT generate_series(1, 1000);
 CHECKPOINT;
 UPDATE items SET v = 'after checkpoint' WHERE id % 13 = 0;
 SELECT pg_logical_emit_message(true, 'quire', repeat('m', {message_mib} * 1024 * 1024));
+SELECT pg_logical_emit_message(false, 'quire.relsize', '\x7f06000005000000064000000200000087d61200'::bytea);
+SELECT pg_logical_emit_message(false, 'quire.relsize', '\x7f060000050000000640000002000000'::bytea);
 DROP TABLE scratch;
 SELECT pg_switch_wal();
 INSERT INTO items VALUES (400001, 'after switch');
@@ -240,6 +243,8 @@ fn quire_waldump_matches_pg_waldump() -> Result<()> {
         "multixact create",
         "checkpoint",
         "next oid",
+        "rel size at least",
+        "rel size message malformed",
     ] {
         ensure!(
             effect_counts.get(required).is_some_and(|n| *n > 0),

@@ -54,6 +54,21 @@ pub fn read_control(pgdata: &Path) -> Result<ControlFileData> {
     ControlFileData::decode(&bytes).with_context(|| format!("decode {}", path.display()))
 }
 
+/// The `pg_control` an import stored in `timeline`, read at `lsn`. Only an
+/// import writes it (ingest never does), so it is the same at every LSN of
+/// the timeline and of its branches.
+pub async fn stored_control(timeline: &Timeline, lsn: Lsn) -> Result<ControlFileData> {
+    let inputs = timeline
+        .get(Key::control_file(), lsn)
+        .await
+        .with_context(|| format!("read the stored pg_control at {lsn}"))?;
+    let Some((_, bytes)) = inputs.image.filter(|_| inputs.records.is_empty()) else {
+        bail!("the timeline holds no pg_control image at {lsn}");
+    };
+    ControlFileData::decode(&bytes)
+        .with_context(|| format!("decode the stored pg_control at {lsn}"))
+}
+
 /// Imports `pgdata` (cleanly shut down) into an empty `timeline`, keeping
 /// what `shard` keeps.
 pub async fn import_datadir(

@@ -14,7 +14,8 @@
 //! time under the commit-time key (the index from a timestamp to an LSN,
 //! [`quire_shard::commit_time`]), and the running checkpoint: a `CheckPoint`
 //! kept current record by record (next xid, OID, multixact), stored when
-//! it changes ([`checkpoint`]).
+//! it changes ([`checkpoint`]). The compute's relation-size messages raise
+//! a fork's size, never lower it ([`relsize`]).
 //!
 //! A record that references `InvalidBlockNumber` (0xFFFFFFFF) decodes, as
 //! `pg_waldump` decodes it, but no key names that block: ingest refuses
@@ -64,6 +65,7 @@ use crate::ingest::checkpoint::RunningCheckpoint;
 use crate::shard_filter::{ShardFilter, ShardTimeline};
 
 pub mod checkpoint;
+mod relsize;
 pub mod resume;
 mod stats;
 
@@ -480,6 +482,8 @@ impl WalIngest {
                 heap_block,
                 bits,
             } => return self.vm_clear(rel, heap_block, bits, lsn).await,
+            Effect::RelSizeAtLeast { rel, blocks } => self.size_at_least(rel, blocks, lsn).await?,
+            Effect::RelSizeMessageMalformed(why) => self.relsize_malformed(why, lsn),
             // The running checkpoint took these (`note_record`).
             Effect::Checkpoint { .. }
             | Effect::MultiXactTruncate { .. }

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use quire_postgres::timestamp::TimestampTz;
 use quire_postgres::types::{ForkNumber, RelFileLocator, RelTag, TransactionId};
 use quire_postgres::wal::effects::{DbCreateStrategy, Effect, XactStatus};
+use quire_postgres::wal::relsize::relsize_payload;
 
 /// Counts of effects by kind, for a test's report and coverage checks.
 pub type EffectCounts = BTreeMap<&'static str, usize>;
@@ -71,6 +72,8 @@ pub fn kind(effect: &Effect) -> &'static str {
         Effect::VmClear { .. } => "vm clear",
         Effect::Checkpoint { .. } => "checkpoint",
         Effect::NextOid(_) => "next oid",
+        Effect::RelSizeAtLeast { .. } => "rel size at least",
+        Effect::RelSizeMessageMalformed(_) => "rel size message malformed",
     }
 }
 
@@ -203,9 +206,28 @@ fn expectations(effect: &Effect) -> Vec<Expect> {
             vec![Prefix(format!("redo {}", checkpoint.redo_lsn()))]
         }
         Effect::NextOid(oid) => vec![Prefix(oid.to_string())],
+        Effect::RelSizeAtLeast { .. } | Effect::RelSizeMessageMalformed(_) => {
+            relsize_expectations(effect)
+        }
         // pg_waldump does not describe these on their own; the redo oracle checks them.
         Effect::VmClear { .. } => Vec::new(),
     }
+}
+
+/// `pg_waldump` prints a logical message's flag and prefix, then its
+/// payload in hex.
+fn relsize_expectations(effect: &Effect) -> Vec<Expect> {
+    let Effect::RelSizeAtLeast { rel, blocks } = effect else {
+        return vec![Expect::Contains(", prefix \"quire.relsize\"; ".to_owned())];
+    };
+    let payload: Vec<String> = relsize_payload(*rel, *blocks)
+        .iter()
+        .map(|byte| format!("{byte:02X}"))
+        .collect();
+    vec![Expect::Prefix(format!(
+        "non-transactional, prefix \"quire.relsize\"; payload (20 bytes): {}",
+        payload.join(" ")
+    ))]
 }
 
 /// `pg_waldump` run with `TZ=UTC` prints `xact_time` as

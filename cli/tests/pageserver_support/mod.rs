@@ -1,14 +1,16 @@
 //! What the pageserver service tests share: a `quire pageserver` child on
 //! free loopback ports (killed when dropped), the `quire` admin commands
 //! with their JSON (imports, branches, `quire verify --pageserver`: in
-//! `admin`), a stopped Postgres 17 cluster to import with one table
-//! whose file the tests read pages from, and a blocking page-protocol
+//! `admin`), a timeline following a running primary and a fork's every
+//! page read (in `primary`), a stopped Postgres 17 cluster to import with
+//! one table whose file the tests read pages from, and a blocking page-protocol
 //! connection over `std::net::TcpStream` built on the net crate's codec, so
 //! a test can send any bytes and check every frame it gets back.
 
 #![allow(dead_code)]
 
 mod admin;
+pub mod primary;
 
 pub use admin::*;
 

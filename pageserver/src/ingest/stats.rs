@@ -27,6 +27,15 @@ pub struct IngestStats {
     pub skipped_records: u64,
     /// Relation block values not stored: another shard owns the block.
     pub not_owned_values: u64,
+    /// The compute's relation-size messages taken (whether they raised a
+    /// size or not).
+    pub relsize_messages: u64,
+    /// Of them, those that raised a size.
+    pub relsize_raised: u64,
+    /// Relation-size messages ignored: the timeline has no such fork.
+    pub relsize_unknown_forks: u64,
+    /// Relation-size messages ignored: their payload is off the layout.
+    pub relsize_malformed: u64,
 }
 
 impl std::ops::AddAssign for IngestStats {
@@ -44,5 +53,9 @@ impl std::ops::AddAssign for IngestStats {
         self.flushes += other.flushes;
         self.skipped_records += other.skipped_records;
         self.not_owned_values += other.not_owned_values;
+        self.relsize_messages += other.relsize_messages;
+        self.relsize_raised += other.relsize_raised;
+        self.relsize_unknown_forks += other.relsize_unknown_forks;
+        self.relsize_malformed += other.relsize_malformed;
     }
 }

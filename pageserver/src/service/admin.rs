@@ -336,7 +336,7 @@ async fn create_timeline(
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
     let mut fresh = None;
-    let (timeline, settings) = match origin {
+    let (timeline, settings, data_checksums) = match origin {
         TimelineOrigin::Import { pgdata } => {
             let control =
                 read_control(&pgdata).map_err(|e| AdminError::new(400, format!("{e:#}")))?;
@@ -370,7 +370,7 @@ async fn create_timeline(
                 segment_size: control.xlog_seg_size.get(),
                 wal_source,
             };
-            (timeline, settings)
+            (timeline, settings, control.data_checksum_version.get() != 0)
         }
         TimelineOrigin::Branch { ancestor, lsn } => {
             let parent = timeline_of(&shard, ancestor)?;
@@ -396,7 +396,7 @@ async fn create_timeline(
                 segment_size: parent.settings.segment_size,
                 wal_source,
             };
-            (timeline, settings)
+            (timeline, settings, parent.data_checksums)
         }
     };
     files::store(&settings::timeline_file(&shard.dir, id), &settings)?;
@@ -405,6 +405,7 @@ async fn create_timeline(
         id,
         timeline: Rc::new(timeline),
         settings,
+        data_checksums,
         receiver: std::cell::RefCell::new(None),
         receiver_error: std::cell::RefCell::new(None),
         receiver_gauges: Rc::default(),
@@ -455,6 +456,7 @@ pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize
         "gc_cutoff_lsn": timeline.gc_cutoff_lsn().to_string(),
         "ancestor": served.settings.ancestor.as_ref().map(|a| json!({"timeline_id": a.timeline, "lsn": a.lsn})),
         "system_identifier": served.settings.system_identifier.to_string(),
+        "data_checksums": served.data_checksums,
         "layers": {
             "count": map.len(),
             "l0": l0,

@@ -20,6 +20,7 @@ use quire_shard::{CoreContext, Timeline};
 
 use super::metrics::{CoreMetrics, Metrics};
 use super::settings::{self, ShardSettings, TimelineSettings};
+use crate::import::stored_control;
 use crate::shard_filter::ShardFilter;
 use crate::wal_receiver::ReceiverGauges;
 
@@ -111,6 +112,12 @@ pub struct ServedTimeline {
     pub timeline: Rc<Timeline>,
     /// What is persisted about it.
     pub settings: TimelineSettings,
+    /// Whether its cluster has data checksums (`pg_control`'s
+    /// `data_checksum_version` is not 0): then every page served gets its
+    /// checksum set for its block. Invariant: equal to the stored control
+    /// file's flag, which only an import writes (ingest never does), so it
+    /// is read once, when the timeline is created or loaded.
+    pub data_checksums: bool,
     /// The WAL receiver's task, while one runs (dropping it stops it).
     pub receiver: RefCell<Option<Task<()>>>,
     /// Why the receiver stopped, if it did.
@@ -206,10 +213,14 @@ impl Core {
             )
             .await
             .with_context(|| format!("load timeline {id} of tenant {tenant}"))?;
+            let control = stored_control(&loaded, loaded.last_record_lsn())
+                .await
+                .with_context(|| format!("timeline {id} of tenant {tenant}"))?;
             let served = Rc::new(ServedTimeline {
                 id,
                 timeline: Rc::new(loaded),
                 settings: timeline,
+                data_checksums: control.data_checksum_version.get() != 0,
                 receiver: RefCell::new(None),
                 receiver_error: RefCell::new(None),
                 receiver_gauges: Rc::default(),

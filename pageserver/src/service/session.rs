@@ -7,12 +7,15 @@
 //! owns), then every page's reconstruction inputs are gathered; pages with
 //! an image and nothing above it are copied straight into the answer, and
 //! the others go to the tenant's redo process together, one round trip.
+//! When the timeline's cluster has data checksums, each page's checksum is
+//! then set in the answer buffer for the block it is served as.
 
 use std::rc::Rc;
 use std::time::Instant;
 
 use quire_net::page_protocol::{ReadLsn, ServiceError};
 use quire_net::page_service::{PageRead, PageSession, RequestError};
+use quire_postgres::checksum::set_page_checksum;
 use quire_postgres::key::SlruKind;
 use quire_postgres::types::{BLCKSZ, BlockNo, Oid, RelTag};
 use quire_postgres::{Key, Lsn};
@@ -183,9 +186,26 @@ impl TimelineSession {
                 None => self.missing_block(read.rel, block, lsn).await?,
             }
         }
-        if redo.is_empty() {
-            return Ok(());
+        if !redo.is_empty() {
+            self.redo_into(read.rel, lsn, (&redo, &inputs), out).await?;
         }
+        // Redo and ingest leave a page's checksum as it was; Postgres checks
+        // it on every read.
+        if self.timeline.data_checksums {
+            set_checksums(out, read.first_block);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the pages `redo` names (their index in `out`, their key)
+    /// from `inputs` through the tenant's redo lane, into `out`.
+    async fn redo_into(
+        &self,
+        rel: RelTag,
+        lsn: Lsn,
+        (redo, inputs): (&[(usize, Key)], &[ReconstructInputs]),
+        out: &mut [u8],
+    ) -> Result<(), RequestError> {
         let items: Vec<(Key, Lsn, &ReconstructInputs)> = redo
             .iter()
             .map(|&(i, key)| (key, lsn, &inputs[i]))
@@ -199,7 +219,7 @@ impl TimelineSession {
             let page = page.map_err(|e| {
                 RequestError::new(
                     ServiceError::RedoFailed,
-                    format!("{}: {}", describe(read.rel), e.what),
+                    format!("{}: {}", describe(rel), e.what),
                 )
             })?;
             let slot = out
@@ -238,6 +258,16 @@ impl TimelineSession {
                 ServiceError::NotFound,
                 format!("{} does not exist at {lsn}", describe(rel)),
             )),
+        }
+    }
+}
+
+/// Sets the checksum of each page of `out` for the block it is served as
+/// (`first_block` on), in place; a new page (all zero) has none.
+fn set_checksums(out: &mut [u8], first_block: BlockNo) {
+    for (page, block) in out.chunks_exact_mut(BLCKSZ).zip(first_block.0..) {
+        if let Ok(page) = <&mut [u8; BLCKSZ]>::try_from(page) {
+            set_page_checksum(page, block);
         }
     }
 }

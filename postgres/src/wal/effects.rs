@@ -7,9 +7,10 @@
 //! relation forks created and truncated, databases created and dropped,
 //! relmapper files, transaction status for `pg_xact` (with subtransactions
 //! and two-phase commit), prepared-transaction state, multixacts,
-//! visibility-map bits cleared without a block reference, checkpoints and
-//! OID counters. Layouts are Postgres 17's (little-endian); a main data
-//! that does not parse is an [`EffectError`], never a panic.
+//! visibility-map bits cleared without a block reference, checkpoints, OID
+//! counters, and the compute's relation-size messages
+//! ([`super::relsize`]). Layouts are Postgres 17's (little-endian); a main
+//! data that does not parse is an [`EffectError`], never a panic.
 
 use crate::control::CheckPoint;
 use crate::lsn::Lsn;
@@ -19,9 +20,10 @@ use crate::types::{
 };
 use crate::wal::image::ImageError;
 use crate::wal::record::DecodedRecord;
+use crate::wal::relsize::{RelSizeMalformed, logical_message_effects};
 use crate::wal::rmgr::{
-    RM_CLOG_ID, RM_DBASE_ID, RM_HEAP_ID, RM_HEAP2_ID, RM_MULTIXACT_ID, RM_RELMAP_ID, RM_SMGR_ID,
-    RM_XACT_ID, RM_XLOG_ID,
+    RM_CLOG_ID, RM_DBASE_ID, RM_HEAP_ID, RM_HEAP2_ID, RM_LOGICALMSG_ID, RM_MULTIXACT_ID,
+    RM_RELMAP_ID, RM_SMGR_ID, RM_XACT_ID, RM_XLOG_ID,
 };
 use zerocopy::FromBytes;
 
@@ -195,6 +197,16 @@ pub enum Effect {
     },
     /// `XLOG_NEXTOID`: the OID counter advanced.
     NextOid(Oid),
+    /// The compute's `quire.relsize` logical message: the fork has at least
+    /// `blocks` blocks (some perhaps extended with zeros and never logged).
+    RelSizeAtLeast {
+        /// The relation fork.
+        rel: RelTag,
+        /// Its size is at least this.
+        blocks: u32,
+    },
+    /// A `quire.relsize` logical message off its layout: storage ignores it.
+    RelSizeMessageMalformed(RelSizeMalformed),
 }
 
 /// A record whose contents do not parse.
@@ -281,6 +293,7 @@ pub fn record_effects(record: &DecodedRecord<'_>) -> Result<Vec<Effect>, EffectE
         RM_CLOG_ID => clog_effects(info, data),
         RM_MULTIXACT_ID => multixact_effects(info, data),
         RM_HEAP_ID | RM_HEAP2_ID => Ok(heap_vm_effects(record)),
+        RM_LOGICALMSG_ID => Ok(logical_message_effects(info, data)),
         _ => Ok(Vec::new()),
     }
 }
