@@ -2,14 +2,19 @@
  *
  * refusals.c
  *	  Refuses the commands that copy relation files behind the storage
- *	  manager's back: CREATE DATABASE ... STRATEGY file_copy and ALTER
- *	  DATABASE ... SET TABLESPACE.
+ *	  manager's back (CREATE DATABASE ... STRATEGY file_copy, ALTER
+ *	  DATABASE ... SET TABLESPACE) and CREATE TABLESPACE.
  *
  * Both copy a database's files directory by directory (copydir), so on a
  * compute whose relations live on the pageserver they would copy nothing,
  * and the WAL they write names no page.  They are refused with a clear
  * error before they start; CREATE DATABASE's default strategy, wal_log,
  * goes through shared buffers and works.
+ *
+ * A tablespace is a local directory: the basebackup a compute starts from
+ * has none, and DROP TABLESPACE would find it empty (its relations are on
+ * the pageserver) and drop it with relations still in it.  So CREATE
+ * TABLESPACE is refused; relations live in pg_default and pg_global.
  *
  *-------------------------------------------------------------------------
  */
@@ -73,6 +78,11 @@ refuse_file_copies(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("ALTER DATABASE ... SET TABLESPACE is not supported on a Quire compute"),
 				 errdetail("It copies files directly, but this compute's relations live on the pageserver.")));
+	if (IsA(statement, CreateTableSpaceStmt))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("CREATE TABLESPACE is not supported on a Quire compute"),
+				 errdetail("A tablespace is a local directory, but this compute's relations live on the pageserver.")));
 	if (previous_utility_hook)
 		previous_utility_hook(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 	else
