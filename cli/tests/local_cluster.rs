@@ -5,10 +5,12 @@
 //! connection string; psql creates a table and fills it; `quire status`
 //! shows every process up; the compute is stopped and a new one started
 //! from an empty data directory, which sees the rows and takes more; the
-//! whole cluster is stopped and started again (the pageserver re-reads
-//! the WAL across both computes' starts), and every row is there; a
-//! `quire start` on the running cluster is refused; `quire stop` twice
-//! is harmless. No log holds an unexpected ERROR, FATAL or PANIC.
+//! `quire branch create` at the LSN after the first rows starts a compute
+//! that sees only those, and the branch's writes and the parent's stay
+//! apart; the whole cluster is stopped and started again (the pageserver
+//! re-reads the WAL across the computes' starts), and every row is there,
+//! on the branch too; a `quire start` on the running cluster is refused;
+//! `quire stop` twice is harmless. No log holds an unexpected ERROR, FATAL or PANIC.
 //!
 //! The default compute reads its relations through `quire_smgr`; the
 //! local-data mode (`--full-basebackup`) runs the same steps with the
@@ -134,6 +136,19 @@ fn unexpected_log_lines(dir: &Path, expected: &[&str]) -> Result<Vec<String>> {
     Ok(found)
 }
 
+/// The connection string on the `branch NAME: compute: postgresql://…` line.
+fn branch_url(output: &str, name: &str) -> Result<String> {
+    let prefix = format!("branch {name}: compute: ");
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map(str::to_owned)
+        .with_context(|| format!("no `{prefix}…` line in:\n{output}"))
+}
+
+/// The rows of the ledger: `count|max(phase)`.
+const LEDGER: &str = "SELECT count(*), max(phase) FROM ledger";
+
 fn run_scenario(mode: &[&str]) -> Result<()> {
     let install = pg_install()?;
     let root = tempfile::tempdir()?;
@@ -153,6 +168,7 @@ fn run_scenario(mode: &[&str]) -> Result<()> {
         "CREATE TABLE ledger (id int PRIMARY KEY, phase int NOT NULL); \
          INSERT INTO ledger SELECT g, 1 FROM generate_series(1, 5000) g",
     )?;
+    let branch_point = psql(&install, &url, "SELECT pg_current_wal_insert_lsn()")?;
 
     // A new compute from an empty data directory.
     let compute_dir = cluster.dir.join("compute");
@@ -166,25 +182,67 @@ fn run_scenario(mode: &[&str]) -> Result<()> {
     let status = quire(&["status", "--dir", cluster.dir()])?;
     ensure!(status.contains("compute: down"), "{status}");
     let url = compute_url(&quire(&["compute", "start", "--cluster", cluster.dir()])?)?;
-    let rows = psql(&install, &url, "SELECT count(*), max(phase) FROM ledger")?;
+    let rows = psql(&install, &url, LEDGER)?;
     ensure!(rows == "5000|1", "after the compute restart: {rows}");
     psql(
         &install,
         &url,
         "INSERT INTO ledger SELECT g, 2 FROM generate_series(5001, 6000) g",
     )?;
-    check_status(&cluster, &processes)?;
 
+    // A branch at the LSN after the first phase sees that moment; its
+    // writes and the parent's stay apart.
+    let created = quire(&[
+        "branch",
+        "create",
+        "past",
+        "--at",
+        &branch_point,
+        "--dir",
+        cluster.dir(),
+    ])?;
+    let branch = branch_url(&created, "past")?;
+    let rows = psql(&install, &branch, LEDGER)?;
+    ensure!(rows == "5000|1", "the branch at {branch_point}: {rows}");
+    psql(
+        &install,
+        &branch,
+        "INSERT INTO ledger SELECT g, 3 FROM generate_series(9001, 9010) g",
+    )?;
+    let rows = psql(&install, &url, LEDGER)?;
+    ensure!(
+        rows == "6000|2",
+        "the parent after the branch's writes: {rows}"
+    );
+    let status = check_status(&cluster, &processes)?;
+    ensure!(
+        status.contains("branch past (timeline") && status.contains("compute: up"),
+        "{status}"
+    );
+
+    restart_and_stop(&install, &cluster, &processes)
+}
+
+/// The whole cluster stopped and started again with every row there, a
+/// second start refused, two stops, clean logs.
+fn restart_and_stop(install: &PgInstall, cluster: &Cluster, processes: &[&str]) -> Result<()> {
     // The whole cluster stopped and started again.
     let stopped = quire(&["stop", "--dir", cluster.dir()])?;
     ensure!(
-        stopped.lines().filter(|l| l.ends_with(": stopped")).count() == 5,
+        stopped.lines().filter(|l| l.ends_with(": stopped")).count() == 6,
         "{stopped}"
     );
-    let url = compute_url(&quire(&["start", "--dir", cluster.dir()])?)?;
-    let rows = psql(&install, &url, "SELECT count(*), max(phase) FROM ledger")?;
+    let started = quire(&["start", "--dir", cluster.dir()])?;
+    let url = compute_url(&started)?;
+    let rows = psql(install, &url, LEDGER)?;
     ensure!(rows == "6000|2", "after the cluster restart: {rows}");
-    check_status(&cluster, &processes)?;
+    let branch = branch_url(&started, "past")?;
+    let rows = psql(install, &branch, "SELECT count(*) FROM ledger")?;
+    ensure!(
+        rows == "5010",
+        "the branch after the cluster restart: {rows}"
+    );
+    check_status(cluster, processes)?;
 
     // A running cluster is not started twice.
     let again = run_bounded(
@@ -205,7 +263,7 @@ fn run_scenario(mode: &[&str]) -> Result<()> {
             .lines()
             .filter(|l| l.ends_with(": was not running"))
             .count()
-            == 5,
+            == 6,
         "the second quire stop: {second}"
     );
     let unexpected = unexpected_log_lines(

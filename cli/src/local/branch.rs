@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 
 use super::cluster_file::{BranchEntry, ComputeEntry, LocalCluster};
 use super::start::create_safekeeper_timeline;
-use super::{ComputeOverrides, free_port, start_compute};
+use super::{ComputeOverrides, free_port, start_compute, target_of};
 use crate::admin::call_api;
+use crate::compute::start::timeline_status;
 
 /// `quire branch`.
 #[derive(Args)]
@@ -93,7 +94,14 @@ pub fn run(args: &BranchArgs) -> Result<()> {
             .with_context(|| format!("no {name} in {answer}"))
     };
     let timeline_id = field("timeline_id")?;
-    let lsn_text = field("lsn")?;
+    // The branch point is the ancestor LSN the branch shares history up
+    // to (the answer's `lsn` is the branch's last record LSN, one past it).
+    let status = timeline_status(&target_of(&cluster, &timeline_id, None))?;
+    let lsn_text = status
+        .get("ancestor")
+        .and_then(|a| a.get("lsn"))
+        .and_then(Value::as_str)
+        .map_or_else(|| field("lsn"), |lsn| Ok(lsn.to_owned()))?;
     let lsn: Lsn = lsn_text
         .parse()
         .with_context(|| format!("the branch LSN {lsn_text:?}"))?;
