@@ -266,10 +266,15 @@ impl Acceptor {
     /// Whether this acceptor can give a peer the bytes `[from, to)` of a
     /// log with history `history`: it holds them durably and its own log
     /// agrees with that history over them.
+    ///
+    /// The removal horizon does not limit it: WAL below the horizon may be
+    /// removed (by whole segments), not must, and compute control decodes
+    /// the tail of the log from the start of the segment holding its end,
+    /// which the pageserver's persisted LSN is usually past. Bytes already
+    /// removed are refused by the WAL store that would read them.
     pub fn can_serve(&self, history: &TermHistory, from: Lsn, to: Lsn) -> bool {
         from <= to
             && to <= self.flush
-            && from >= self.durable.removable_before
             && self
                 .durable
                 .history
@@ -683,6 +688,28 @@ mod tests {
         assert!(
             fresh.set_removable_before(Lsn(400)).is_none(),
             "peers unknown: nothing goes"
+        );
+    }
+
+    #[test]
+    fn wal_below_the_removal_horizon_is_still_served() {
+        let mut acceptor = elected_acceptor();
+        for peer in [2, 3] {
+            acceptor.handle(
+                Sender::Peer(NodeId(peer)),
+                &Request::PeerFlush {
+                    peer,
+                    term: 1,
+                    flush: Lsn(1000),
+                },
+            );
+        }
+        let history = acceptor.durable.history.clone();
+        assert!(acceptor.set_removable_before(Lsn(800)).is_some());
+        assert!(acceptor.can_serve(&history, Lsn(100), Lsn(1000)));
+        assert!(
+            !acceptor.can_serve(&history, Lsn(100), Lsn(1001)),
+            "past the flush"
         );
     }
 
