@@ -146,6 +146,69 @@ fn branch_url(output: &str, name: &str) -> Result<String> {
         .with_context(|| format!("no `{prefix}…` line in:\n{output}"))
 }
 
+/// sk1's flush LSN of the main timeline, from `quire status`.
+fn sk1_flush(status: &str) -> Result<String> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("sk1: up"))
+        .with_context(|| format!("no sk1 line in:\n{status}"))?;
+    let (_, rest) = line
+        .split_once("main: ")
+        .with_context(|| format!("no main timeline in {line}"))?;
+    let flush = rest
+        .split(", ")
+        .find_map(|part| part.strip_prefix("flush "))
+        .with_context(|| format!("no flush LSN in {line}"))?;
+    Ok(flush.to_owned())
+}
+
+/// `pg_waldump` reads sk1's WAL of the main timeline from its start up
+/// to `flushed` with every record's back link checked: the computes'
+/// first records link to the records before them.
+fn waldump_reads_across_computes(
+    install: &PgInstall,
+    cluster: &Cluster,
+    flushed: &str,
+) -> Result<()> {
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cluster.dir.join("cluster.json"))?)?;
+    let field = |name: &str| {
+        file["cluster"][name]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no {name} in cluster.json"))
+    };
+    let wal = cluster
+        .dir
+        .join("safekeepers/sk1")
+        .join(field("tenant_id")?)
+        .join(field("timeline_id")?);
+    let output = run_bounded(
+        Command::new(install.bin("pg_waldump"))
+            .arg("--path")
+            .arg(&wal)
+            .args(["--start", &field("timeline_start_lsn")?, "--end", flushed]),
+        Duration::from_secs(60),
+    )?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "pg_waldump over {}: {}",
+        wal.display(),
+        String::from_utf8_lossy(&output.stderr).trim_end()
+    );
+    let checkpoints = stdout
+        .lines()
+        .filter(|l| l.contains("CHECKPOINT_SHUTDOWN"))
+        .count();
+    // The import's, then each compute's start and stop.
+    ensure!(
+        checkpoints >= 4,
+        "{checkpoints} shutdown checkpoints in sk1's WAL:\n{stdout}"
+    );
+    Ok(())
+}
+
 /// The rows of the ledger: `count|max(phase)`.
 const LEDGER: &str = "SELECT count(*), max(phase) FROM ledger";
 
@@ -242,7 +305,8 @@ fn restart_and_stop(install: &PgInstall, cluster: &Cluster, processes: &[&str]) 
         rows == "5010",
         "the branch after the cluster restart: {rows}"
     );
-    check_status(cluster, processes)?;
+    let status = check_status(cluster, processes)?;
+    let flushed = sk1_flush(&status)?;
 
     // A running cluster is not started twice.
     let again = run_bounded(
@@ -257,6 +321,7 @@ fn restart_and_stop(install: &PgInstall, cluster: &Cluster, processes: &[&str]) 
     );
 
     quire(&["stop", "--dir", cluster.dir()])?;
+    waldump_reads_across_computes(install, cluster, &flushed)?;
     let second = quire(&["stop", "--dir", cluster.dir()])?;
     ensure!(
         second

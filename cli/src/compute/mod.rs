@@ -1,8 +1,9 @@
 //! `quire compute start|stop`: compute control. `start` runs the start
-//! sequence (`start.rs`: election, ingest wait, basebackup, settings from
-//! `config.rs`, Postgres until its first answer) on a timeline named by
-//! flags, or on a local cluster's (`--cluster DIR`, which reads
-//! `DIR/cluster.json`); `stop` stops a compute by its data directory
+//! sequence (`start.rs`: election, ingest wait, basebackup with its
+//! checkpoint linked to the timeline's last record by `prev_link.rs`,
+//! settings from `config.rs`, Postgres until its first answer) on a
+//! timeline named by flags, or on a local cluster's (`--cluster DIR`, which
+//! reads `DIR/cluster.json`); `stop` stops a compute by its data directory
 //! (`postgres.rs`: fast shutdown, bounded, then SIGKILL).
 
 pub mod config;

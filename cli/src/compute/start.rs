@@ -366,21 +366,27 @@ pub fn lsn_of(status: &Value, name: &str) -> Result<Lsn> {
 }
 
 /// Waits until the pageserver's timeline has stored every record below
-/// `lsn` (its `ingested_lsn`), at most `within`; the last status.
+/// `lsn` (its `ingested_lsn`), at most `within`, asking again after a
+/// failed call (a pageserver that is still loading); the last status.
 fn wait_ingested(target: &Target, lsn: Lsn, within: Duration) -> Result<Value> {
     let began = Instant::now();
     loop {
-        let status = timeline_status(target)?;
-        if lsn_of(&status, "ingested_lsn")? >= lsn {
-            return Ok(status);
-        }
+        let last = match timeline_status(target) {
+            Ok(status) => {
+                if lsn_of(&status, "ingested_lsn")? >= lsn {
+                    return Ok(status);
+                }
+                format!(
+                    "ingested {}, receiving {}, receiver error {}",
+                    status["ingested_lsn"], status["receiving"], status["receiver_error"]
+                )
+            }
+            Err(error) => format!("{error:#}"),
+        };
         if began.elapsed() >= within {
             bail!(
-                "the pageserver did not ingest up to {lsn} within {} s: ingested {}, receiving {}, receiver error {}",
-                within.as_secs(),
-                status["ingested_lsn"],
-                status["receiving"],
-                status["receiver_error"]
+                "the pageserver did not ingest up to {lsn} within {} s: {last}",
+                within.as_secs()
             );
         }
         std::thread::sleep(INGEST_POLL);

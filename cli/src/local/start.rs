@@ -110,6 +110,7 @@ fn create(layout: &Layout, args: &StartArgs) -> Result<()> {
     for probe in &probes {
         ports.push(probe.local_addr()?.port());
     }
+    let compute_port = free_port(args.compute_port)?;
     drop(probes);
     let address = |i: usize| format!("127.0.0.1:{}", ports.get(i).copied().unwrap_or(0));
     let mut cluster = LocalCluster {
@@ -134,7 +135,7 @@ fn create(layout: &Layout, args: &StartArgs) -> Result<()> {
             cache_mib: args.pageserver_cache_mib,
         },
         compute: ComputeEntry {
-            port: free_port(args.compute_port)?,
+            port: compute_port,
             shared_buffers: args.shared_buffers.clone(),
             full_basebackup: args.full_basebackup,
         },
