@@ -205,13 +205,23 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let marker = dir.path().join("marker-arg");
         let log = dir.path().join("log");
-        // `sh -c 'sleep 30' MARKER`: the marker is in its command line.
+        // `sh -c '…' sh MARKER`: the marker is in its command line. It
+        // says when it ignores SIGTERM.
         let mut child = spawn_detached(
             Command::new("sh")
-                .args(["-c", "trap '' TERM; sleep 30", "sh"])
+                .args(["-c", "trap '' TERM; touch \"$0.ready\"; sleep 30"])
                 .arg(&marker),
             &log,
         )?;
+        let ready_file = marker.with_extension("ready");
+        let began = Instant::now();
+        while !ready_file.exists() {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "the shell never started"
+            );
+            std::thread::sleep(POLL);
+        }
         let pid = child.id();
         let pid_file = dir.path().join("x.pid");
         write_pid(&pid_file, pid)?;

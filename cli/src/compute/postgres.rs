@@ -35,7 +35,7 @@ pub fn start(
     let mut child = daemon::spawn_detached(&mut command, log)?;
     let pid = child.id();
     let mut last_error = String::new();
-    daemon::wait_ready(
+    let ready = daemon::wait_ready(
         &mut child,
         &format!("the compute on port {port}"),
         log,
@@ -47,8 +47,12 @@ pub fn start(
                 false
             }
         },
-    )
-    .map_err(|error| error.context(format!("the last probe: {last_error}")))?;
+    );
+    if let Err(error) = ready {
+        // A compute that never answered is not left behind.
+        let _ = daemon::stop(pid, data, Signal::SIGINT, Duration::from_secs(10));
+        return Err(error.context(format!("the last probe: {last_error}")));
+    }
     Ok(pid)
 }
 

@@ -183,9 +183,15 @@ pub fn link_checkpoint(data: &Path, checkpoint: Lsn, prev: Lsn, segment_size: u3
         .with_context(|| format!("the checkpoint record in {}", path.display()))?;
     let offsets = record_offsets(checkpoint, record.len(), segment_size);
     let mut patched = record;
-    patched[PREV_AT..CRC_AT - 4].copy_from_slice(&prev.0.to_le_bytes());
+    let Some(link) = patched.get_mut(PREV_AT..CRC_AT - 4) else {
+        bail!("the record at {checkpoint} is shorter than a record header");
+    };
+    link.copy_from_slice(&prev.0.to_le_bytes());
     let crc = record_crc(&patched);
-    patched[CRC_AT..RECORD_HEADER].copy_from_slice(&crc.to_le_bytes());
+    let Some(stored) = patched.get_mut(CRC_AT..RECORD_HEADER) else {
+        bail!("the record at {checkpoint} is shorter than a record header");
+    };
+    stored.copy_from_slice(&crc.to_le_bytes());
     for (&offset, &byte) in offsets.iter().zip(&patched) {
         let Some(slot) = segment.get_mut(offset) else {
             bail!("the checkpoint record at {checkpoint} runs past its segment");
