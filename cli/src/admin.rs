@@ -4,6 +4,7 @@
 //! created among it) and fails with the API's error message.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -124,10 +125,34 @@ enum TimelineCommand {
     },
 }
 
+/// The longest one admin command may take (an import of a large cluster).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
+
 fn call(api: &ApiArgs, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-    let url = format!("http://{}{path}", api.pageserver_http);
-    let mut request = ureq::request(method, &url);
-    if let Some(token) = read_token(api.auth_token_file.as_deref())? {
+    let token = read_token(api.auth_token_file.as_deref())?;
+    call_api(
+        &api.pageserver_http,
+        token.as_deref(),
+        method,
+        path,
+        body,
+        COMMAND_TIMEOUT,
+    )
+}
+
+/// One admin API call to `http` (`host:port`), the whole of it within
+/// `timeout`; its JSON answer, or the API's error message.
+pub(crate) fn call_api(
+    http: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<Value> {
+    let url = format!("http://{http}{path}");
+    let mut request = ureq::request(method, &url).timeout(timeout);
+    if let Some(token) = token {
         request = request.set("Authorization", &format!("Bearer {token}"));
     }
     let answer = match body {

@@ -9,8 +9,11 @@ mod admin;
 mod auth_files;
 mod basebackup;
 mod bench;
+mod compute;
+mod daemon;
 mod demo;
 mod elect;
+mod local;
 mod pageserver;
 mod safekeeper;
 mod token;
@@ -52,6 +55,18 @@ enum Command {
     Timeline(admin::TimelineArgs),
     /// Measure a running pageserver: `quire bench getpage`.
     Bench(bench::BenchArgs),
+    /// Start or stop a compute: Postgres 17 on a timeline, its WAL to the
+    /// safekeepers, its pages from the pageserver.
+    Compute(compute::ComputeArgs),
+    /// Bring up a local cluster on loopback (three safekeepers, a
+    /// pageserver, a timeline from initdb, a compute), or start a stopped one again.
+    Start(local::start::StartArgs),
+    /// Each process of a local cluster up or down, with its LSNs.
+    Status(local::status::StatusArgs),
+    /// Stop every process of a local cluster.
+    Stop(local::stop::StopArgs),
+    /// Branch a local cluster's timeline and start a compute on the branch.
+    Branch(local::branch::BranchArgs),
 }
 
 fn main() -> Result<ExitCode> {
@@ -69,5 +84,10 @@ fn main() -> Result<ExitCode> {
         Command::Tenant(args) => admin::run_tenant(&args).map(|()| ExitCode::SUCCESS),
         Command::Timeline(args) => admin::run_timeline(&args).map(|()| ExitCode::SUCCESS),
         Command::Bench(args) => bench::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Compute(args) => compute::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Start(args) => local::start::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Status(args) => local::status::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Stop(args) => local::stop::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Branch(args) => local::branch::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }

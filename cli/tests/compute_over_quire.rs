@@ -20,7 +20,7 @@
 //! acknowledged transaction is in the ledger and the books balance (the
 //! accounts' sum equals the history's, which a lost or stale page breaks);
 //! at the end amcheck finds nothing on any heap or B-tree, file-copying
-//! commands and CREATE TABLESPACE are refused, `pg_relation_size` answers
+//! commands and DROP TABLESPACE are refused, `pg_relation_size` answers
 //! from the storage manager, an unlogged table lives on local disk, and the
 //! storage manager's counters show the reads it sent.
 
@@ -131,14 +131,23 @@ fn check_refusals_and_locals(pg: &PgCluster) -> Result<()> {
         "file_copy refused with: {refused:#}"
     );
     pg.psql("postgres", "CREATE DATABASE copied STRATEGY wal_log")?;
+    pg.psql(
+        "postgres",
+        "SET allow_in_place_tablespaces = true; CREATE TABLESPACE elsewhere LOCATION ''",
+    )?;
+    pg.psql(
+        "postgres",
+        "CREATE TABLE moved TABLESPACE elsewhere AS SELECT g FROM generate_series(1, 3000) g",
+    )?;
     let refused = pg
-        .psql("postgres", "CREATE TABLESPACE elsewhere LOCATION '/tmp'")
+        .psql("postgres", "DROP TABLESPACE elsewhere")
         .err()
-        .context("CREATE TABLESPACE succeeded")?;
+        .context("DROP TABLESPACE of a tablespace holding a table succeeded")?;
     ensure!(
-        format!("{refused:#}").contains("CREATE TABLESPACE is not supported"),
-        "CREATE TABLESPACE refused with: {refused:#}"
+        format!("{refused:#}").contains("DROP TABLESPACE is not supported"),
+        "DROP TABLESPACE refused with: {refused:#}"
     );
+    ensure!(number(pg, "SELECT count(*) FROM moved")? == 3000, "rows in the tablespace");
     // pgbench -i -s 3 writes 300,000 accounts: about 40 MB of heap.
     let size = number(pg, "SELECT pg_relation_size('pgbench_accounts')")?;
     ensure!(

@@ -139,7 +139,7 @@ impl PgCluster {
         fill(&data).context("fill the data directory")?;
         fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
             .with_context(|| format!("chmod {}", data.display()))?;
-        give_tree(&cluster.run_as, &data)?;
+        cluster.run_as.give_tree(&data)?;
         let conf = data.join("postgresql.conf");
         if !conf.exists() {
             fs::write(&conf, b"").with_context(|| format!("create {}", conf.display()))?;
@@ -362,20 +362,6 @@ impl PgCluster {
         file.write_all(text.as_bytes())
             .with_context(|| format!("write {}", conf.display()))
     }
-}
-
-/// `run_as.give` on `path` and everything under it (no symbolic links
-/// followed).
-fn give_tree(run_as: &RunAs, path: &Path) -> Result<()> {
-    run_as.give(path)?;
-    let metadata =
-        fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
-    if metadata.is_dir() {
-        for entry in fs::read_dir(path).with_context(|| format!("list {}", path.display()))? {
-            give_tree(run_as, &entry?.path())?;
-        }
-    }
-    Ok(())
 }
 
 impl Drop for PgCluster {

@@ -5,6 +5,7 @@
 //! and the directories it writes are handed to that user; otherwise programs
 //! run as ourselves.
 
+use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -28,9 +29,7 @@ impl RunAs {
     /// Ourselves when unprivileged; the `QUIRE_PG_USER` user when root.
     pub fn detect() -> Result<RunAs> {
         // The owner of /proc/self is this process's effective uid.
-        let euid = std::fs::metadata("/proc/self")
-            .context("read /proc/self")?
-            .uid();
+        let euid = fs::metadata("/proc/self").context("read /proc/self")?.uid();
         if euid != 0 {
             return Ok(RunAs { ids: None });
         }
@@ -65,6 +64,54 @@ impl RunAs {
         if let Some((uid, gid)) = self.ids {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))
                 .with_context(|| format!("chown {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// [`RunAs::give`] on `path` and everything under it (no symbolic links
+    /// followed).
+    pub fn give_tree(&self, path: &Path) -> Result<()> {
+        if self.ids.is_none() {
+            return Ok(());
+        }
+        self.give(path)?;
+        let metadata =
+            fs::symlink_metadata(path).with_context(|| format!("stat {}", path.display()))?;
+        if metadata.is_dir() {
+            for entry in fs::read_dir(path).with_context(|| format!("list {}", path.display()))? {
+                self.give_tree(&entry?.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails, naming the directory, unless this user may search every
+    /// directory from the root down to `path` (Postgres, run as this user,
+    /// must reach its data directory). Supplementary groups are not
+    /// counted: a switched process has none.
+    pub fn check_reaches(&self, path: &Path) -> Result<()> {
+        let Some((uid, gid)) = self.ids else {
+            return Ok(());
+        };
+        let path = fs::canonicalize(path).with_context(|| format!("resolve {}", path.display()))?;
+        for dir in path.ancestors() {
+            let metadata = fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+            let mode = metadata.mode();
+            let bit = if metadata.uid() == uid {
+                0o100
+            } else if metadata.gid() == gid {
+                0o010
+            } else {
+                0o001
+            };
+            if mode & bit == 0 {
+                bail!(
+                    "{} (mode {:o}) is not searchable by uid {uid}, which runs Postgres: \
+                     choose a directory it can reach (under /tmp, say)",
+                    dir.display(),
+                    mode & 0o7777
+                );
+            }
         }
         Ok(())
     }

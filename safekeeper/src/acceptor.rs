@@ -701,6 +701,32 @@ mod tests {
     }
 
     #[test]
+    fn wal_below_the_removal_horizon_is_still_served() {
+        let mut acceptor = elected_acceptor();
+        for peer in [2, 3] {
+            acceptor.handle(
+                Sender::Peer(NodeId(peer)),
+                &Request::PeerFlush {
+                    peer,
+                    term: 1,
+                    flush: Lsn(1000),
+                },
+            );
+        }
+        let history = acceptor.durable.history.clone();
+        assert!(acceptor.set_removable_before(Lsn(800)).is_some());
+        // The store still holds the segment from 100: the bytes are served.
+        assert!(acceptor.can_serve_kept(&history, Lsn(100), Lsn(1000), Lsn(100)));
+        assert!(
+            !acceptor.can_serve_kept(&history, Lsn(100), Lsn(1001), Lsn(100)),
+            "past the flush"
+        );
+        // Below what the store holds and below the horizon: refused.
+        assert!(!acceptor.can_serve_kept(&history, Lsn(50), Lsn(1000), Lsn(100)));
+        assert!(!acceptor.can_serve(&history, Lsn(100), Lsn(1000)));
+    }
+
+    #[test]
     fn requests_are_taken_only_from_senders_allowed_to_send_them() {
         let mut acceptor = elected_acceptor();
         let term = acceptor.term();

@@ -3,7 +3,7 @@
  * refusals.c
  *	  Refuses the commands that copy relation files behind the storage
  *	  manager's back (CREATE DATABASE ... STRATEGY file_copy, ALTER
- *	  DATABASE ... SET TABLESPACE) and CREATE TABLESPACE.
+ *	  DATABASE ... SET TABLESPACE), and DROP TABLESPACE.
  *
  * Both copy a database's files directory by directory (copydir), so on a
  * compute whose relations live on the pageserver they would copy nothing,
@@ -11,10 +11,11 @@
  * error before they start; CREATE DATABASE's default strategy, wal_log,
  * goes through shared buffers and works.
  *
- * A tablespace is a local directory: the basebackup a compute starts from
- * has none, and DROP TABLESPACE would find it empty (its relations are on
- * the pageserver) and drop it with relations still in it.  So CREATE
- * TABLESPACE is refused; relations live in pg_default and pg_global.
+ * A tablespace's permanent relations live on the pageserver like any
+ * other, so CREATE TABLESPACE works; but DROP TABLESPACE decides that a
+ * tablespace is empty by looking at its local directory, which on a
+ * compute is always empty, and would drop it with relations still in it.
+ * So DROP TABLESPACE is refused.
  *
  *-------------------------------------------------------------------------
  */
@@ -78,11 +79,11 @@ refuse_file_copies(PlannedStmt *pstmt, const char *queryString, bool readOnlyTre
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("ALTER DATABASE ... SET TABLESPACE is not supported on a Quire compute"),
 				 errdetail("It copies files directly, but this compute's relations live on the pageserver.")));
-	if (IsA(statement, CreateTableSpaceStmt))
+	if (IsA(statement, DropTableSpaceStmt))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("CREATE TABLESPACE is not supported on a Quire compute"),
-				 errdetail("A tablespace is a local directory, but this compute's relations live on the pageserver.")));
+				 errmsg("DROP TABLESPACE is not supported on a Quire compute"),
+				 errdetail("Postgres tells an empty tablespace by its local directory, but this compute's relations live on the pageserver.")));
 	if (previous_utility_hook)
 		previous_utility_hook(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 	else
