@@ -1,3 +1,5 @@
+//! `quire bench pgbench` is in `bench_pgbench.rs`.
+//!
 //! `quire bench getpage`: the GetPage load generator (`perf::getpage` says
 //! what it measures) against a running pageserver, on one client executor
 //! pinned to `--cpu` (default: the last CPU, away from a pageserver started
@@ -28,6 +30,8 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// GetPage load over the page protocol, with the loopback round trip and an O_DIRECT read as peers.
     Getpage(GetPageArgs),
+    /// pgbench on a compute over Quire beside vanilla Postgres with the same shared_buffers.
+    Pgbench(crate::bench_pgbench::PgbenchArgs),
 }
 
 /// Options of `quire bench getpage`.
@@ -105,6 +109,7 @@ pub struct GetPageArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.command {
         BenchCommand::Getpage(args) => getpage(args),
+        BenchCommand::Pgbench(args) => crate::bench_pgbench::run(args),
     }
 }
 

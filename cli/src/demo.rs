@@ -1,163 +1,179 @@
-//! `quire demo`: the end-to-end path that exists today.
+//! `quire demo`: the system end to end on loopback, with real figures.
 //!
-//! It starts the patched Postgres 17 with the counting storage manager
-//! (every relation's I/O through the core patch's smgr hook, forwarded to
-//! md.c), runs pgbench, and prints the storage-manager call counts beside
-//! pgbench's figures. For a peer measured in the same run, it then runs the
-//! same pgbench on the same build without the extension, where md.c serves
-//! relations directly.
+//! 1. `quire start` in a scratch directory: three safekeepers, a
+//!    pageserver, a tenant bootstrapped from initdb, a compute with
+//!    `quire_smgr` (every permanent page read from the pageserver).
+//! 2. A table gets rows; the LSN after the first three is noted.
+//! 3. pgbench (select-only and TPC-B) on the compute beside vanilla
+//!    Postgres 17 with the same `shared_buffers`, the data four times
+//!    shared buffers: the TPS of both, their ratio, the compute-side
+//!    GetPage p50/p99.
+//! 4. The compute stopped and a new one started from an empty data
+//!    directory: the rows and pgbench's tables are still there.
+//! 5. A branch at the noted LSN with a compute of its own: it shows that
+//!    moment's three rows, and a write on it does not reach the parent.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use clap::Args;
-use quire_cluster::{
-    PgCluster, PgClusterOptions, PgInstall, PgbenchSummary, read_smgr_counts, run_checked,
+use quire_cluster::{PgCluster, PgClusterOptions};
+
+use crate::bench_pgbench::{
+    Mode, compute_port, getpage_latency, init_args, pgbench, pgbench_report, psql_on,
+    quire_command, run_args,
 };
+use crate::compute::locate_install;
 
 /// Options of `quire demo`.
 #[derive(Args)]
 pub struct DemoArgs {
-    /// pgbench scale factor (10 is about 160 MB of data).
-    #[arg(long, default_value_t = 10)]
+    /// `shared_buffers` of the compute and of vanilla Postgres.
+    #[arg(long, default_value = "16MB")]
+    shared_buffers: String,
+    /// pgbench scale (about 15 MB each: 4 is four times 16MB).
+    #[arg(long, default_value_t = 4)]
     scale: u32,
-    /// Seconds of TPC-B per run.
+    /// Seconds of each pgbench run.
     #[arg(long, default_value_t = 15)]
     seconds: u32,
     /// pgbench clients.
     #[arg(long, default_value_t = 4)]
     clients: u32,
-    /// Shared buffers of each cluster, small so that pages really move through smgr.
-    #[arg(long, default_value = "16MB")]
-    shared_buffers: String,
-}
-
-/// The figures of one configuration.
-struct RunFigures {
-    init: Duration,
-    bench: PgbenchSummary,
-    counts: Option<BTreeMap<String, u64>>,
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
-    let install = PgInstall::locate()?;
-    println!(
-        "quire demo: patched Postgres 17 at {}",
-        install.prefix().display()
-    );
-    println!(
-        "pgbench: scale {}, {} clients, {} s of TPC-B, shared_buffers {}",
-        args.scale, args.clients, args.seconds, args.shared_buffers
-    );
+    let install = locate_install(None)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("quire-demo-")
+        .tempdir()
+        .context("create a scratch directory")?;
+    let dir = scratch.path().join("cluster");
+    let dir_text = dir.to_string_lossy().into_owned();
+    let prefix = install.prefix().to_string_lossy().into_owned();
+    let stop = StopOnDrop(dir_text.clone());
 
-    println!("\n[1/2] with quire_smgr_count: every relation through the smgr hook");
-    let hooked = run_one(&install, args, true)?;
-    println!("\n[2/2] without the extension: md.c directly (the peer)");
-    let plain = run_one(&install, args, false)?;
-
-    println!("\nstorage-manager calls seen through the hook (init + run):");
-    if let Some(counts) = &hooked.counts {
-        for (name, calls) in counts {
-            println!("  {name:<18} {calls:>12}");
-        }
+    println!("[1/5] quire start: safekeepers, pageserver, tenant from initdb, compute");
+    let began = Instant::now();
+    let started = quire_command(&[
+        "start",
+        "--dir",
+        &dir_text,
+        "--pg-prefix",
+        &prefix,
+        "--shared-buffers",
+        &args.shared_buffers,
+    ])?;
+    let port = compute_port(&started)?;
+    if let Some(line) = started.lines().find(|l| l.starts_with("compute: ")) {
+        println!("{line}");
     }
-    println!("\n{:<28} {:>14} {:>14}", "", "smgr hook", "md.c direct");
+    println!("  up in {:.1} s", began.elapsed().as_secs_f64());
+
+    println!("[2/5] rows, and the LSN after the first three");
+    psql_on(&install, port, "CREATE TABLE moments (n int, noted text)")?;
+    psql_on(
+        &install,
+        port,
+        "INSERT INTO moments VALUES (1, 'one'), (2, 'two'), (3, 'three')",
+    )?;
+    let past = psql_on(&install, port, "SELECT pg_current_wal_insert_lsn()")?;
+    psql_on(
+        &install,
+        port,
+        "INSERT INTO moments VALUES (4, 'four'), (5, 'five'), (6, 'six')",
+    )?;
+    println!("  6 rows; the branch point {past} is after row 3");
+
     println!(
-        "{:<28} {:>14.1} {:>14.1}",
-        "pgbench -i time (s)",
-        hooked.init.as_secs_f64(),
-        plain.init.as_secs_f64()
+        "[3/5] pgbench -s {} on Quire beside vanilla Postgres, shared_buffers {}",
+        args.scale, args.shared_buffers
     );
-    println!(
-        "{:<28} {:>14.1} {:>14.1}",
-        "TPS", hooked.bench.tps, plain.bench.tps
+    compare(&install, port, args)?;
+
+    println!("[4/5] the compute restarted from an empty data directory");
+    quire_command(&["compute", "stop", "--cluster", &dir_text])?;
+    let restarted = quire_command(&["compute", "start", "--cluster", &dir_text])?;
+    if let Some(steps) = restarted
+        .lines()
+        .find(|l| l.starts_with("compute start: election_ms="))
+    {
+        println!("  {steps}");
+    }
+    let port = compute_port(&restarted)?;
+    let rows = psql_on(&install, port, "SELECT count(*) FROM moments")?;
+    let accounts = psql_on(&install, port, "SELECT count(*) FROM pgbench_accounts")?;
+    println!("  still there: {rows} rows in moments, {accounts} pgbench accounts");
+    ensure!(rows == "6", "the restarted compute sees {rows} rows, not 6");
+
+    println!("[5/5] a branch at {past} with its own compute");
+    let branched = quire_command(&[
+        "branch", "create", "past", "--at", &past, "--dir", &dir_text,
+    ])?;
+    let branch_port = compute_port(&branched)?;
+    let seen = psql_on(
+        &install,
+        branch_port,
+        "SELECT string_agg(noted, ',' ORDER BY n) FROM moments",
+    )?;
+    println!("  the branch sees: {seen}");
+    ensure!(seen == "one,two,three", "the branch sees {seen:?}");
+    psql_on(
+        &install,
+        branch_port,
+        "INSERT INTO moments VALUES (7, 'branch only')",
+    )?;
+    let parent = psql_on(&install, port, "SELECT count(*) FROM moments")?;
+    println!("  a row written on the branch; the parent still has {parent}");
+    ensure!(
+        parent == "6",
+        "the parent sees {parent} rows after a branch write"
     );
-    println!(
-        "{:<28} {:>14.3} {:>14.3}",
-        "mean latency (ms)", hooked.bench.latency_ms_mean, plain.bench.latency_ms_mean
-    );
-    println!(
-        "{:<28} {:>14} {:>14}",
-        "transactions", hooked.bench.transactions, plain.bench.transactions
-    );
-    println!(
-        "TPS ratio hook / direct: {:.3}",
-        hooked.bench.tps / plain.bench.tps
-    );
+    drop(stop);
+    println!("quire demo: done");
     Ok(())
 }
 
-fn run_one(install: &PgInstall, args: &DemoArgs, with_hook: bool) -> Result<RunFigures> {
-    let mut options = PgClusterOptions::default()
-        .setting("shared_buffers", &format!("'{}'", args.shared_buffers));
-    if with_hook {
-        options = options.setting("shared_preload_libraries", "'quire_smgr_count'");
-    }
-    let mut pg = PgCluster::create(install, options)?;
-    pg.start()?;
-    println!(
-        "  cluster {} on 127.0.0.1:{}",
-        pg.datadir().display(),
-        pg.port()
-    );
-
-    let started = Instant::now();
-    run_checked(
-        pg.client("pgbench")
-            .args(["--initialize", "--quiet", "--scale"])
-            .arg(args.scale.to_string()),
-        Duration::from_secs(1800),
-    )
-    .context("pgbench --initialize")?;
-    let init = started.elapsed();
-    println!(
-        "  pgbench -i -s {}: {:.1} s",
-        args.scale,
-        init.as_secs_f64()
-    );
-
-    let threads = args.clients.min(2);
-    let output = run_checked(
-        pg.client("pgbench")
-            .args([
-                "--client",
-                &args.clients.to_string(),
-                "--jobs",
-                &threads.to_string(),
-            ])
-            .args(["--time", &args.seconds.to_string()]),
-        Duration::from_secs(u64::from(args.seconds) + 600),
-    )
-    .context("pgbench run")?;
-    let report = String::from_utf8_lossy(&output.stdout);
-    let bench = PgbenchSummary::parse(&report)?;
-    println!(
-        "  pgbench: {:.1} TPS, {} transactions",
-        bench.tps, bench.transactions
-    );
-
-    let counts = if with_hook {
-        let counts = read_smgr_counts(&pg)?;
-        let reads = counts.get("readv_blocks").copied().unwrap_or(0);
-        ensure!(
-            reads > 0,
-            "the hook saw no reads; is the extension installed?"
+/// select-only and TPC-B on the compute and on vanilla Postgres.
+fn compare(install: &quire_cluster::PgInstall, port: u16, args: &DemoArgs) -> Result<()> {
+    psql_on(install, port, "CREATE EXTENSION IF NOT EXISTS quire_smgr")?;
+    let mut vanilla = PgCluster::create(
+        install,
+        PgClusterOptions::default()
+            .setting("shared_buffers", &format!("'{}'", args.shared_buffers)),
+    )?;
+    vanilla.start()?;
+    let bound = Duration::from_secs(u64::from(args.seconds) * 3 + 600);
+    let client = |p: u16| crate::bench_pgbench::compute_client(install, p, "pgbench");
+    pgbench_report(client(port), &init_args(args.scale), bound)?;
+    pgbench_report(vanilla.client("pgbench"), &init_args(args.scale), bound)?;
+    for mode in [Mode::SelectOnly, Mode::Tpcb] {
+        let run = run_args(mode, args.clients, args.seconds);
+        psql_on(install, port, "SELECT quire_smgr_reset_stats()")?;
+        let quire = pgbench(client(port), &run, bound)?;
+        let (requests, p50, p99) = getpage_latency(install, port)?;
+        let plain = pgbench(vanilla.client("pgbench"), &run, bound)?;
+        println!(
+            "pgbench: mode={} size=large scale={} quire_tps={:.1} vanilla_tps={:.1} ratio={:.3}",
+            mode.name(),
+            args.scale,
+            quire.tps,
+            plain.tps,
+            quire.tps / plain.tps.max(f64::MIN_POSITIVE)
         );
-        Some(counts)
-    } else {
-        None
-    };
-    let errors = pg.unexpected_log_errors(&[])?;
-    ensure!(
-        errors.is_empty(),
-        "errors in the server log:\n{}",
-        errors.join("\n")
-    );
-    pg.stop()?;
-    Ok(RunFigures {
-        init,
-        bench,
-        counts,
-    })
+        println!(
+            "  compute-side GetPage p50 {p50} us, p99 {p99} us over {requests} requests; pgbench mean latency quire {:.3} ms, vanilla {:.3} ms",
+            quire.latency_ms_mean, plain.latency_ms_mean
+        );
+    }
+    vanilla.stop()
+}
+
+/// Stops the local cluster when the demo ends, however it ends.
+struct StopOnDrop(String);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = quire_command(&["stop", "--dir", &self.0]);
+    }
 }

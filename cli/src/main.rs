@@ -9,6 +9,7 @@ mod admin;
 mod auth_files;
 mod basebackup;
 mod bench;
+mod bench_pgbench;
 mod compute;
 mod daemon;
 mod demo;

@@ -131,9 +131,9 @@ fn check_refusals_and_locals(pg: &PgCluster) -> Result<()> {
         "file_copy refused with: {refused:#}"
     );
     pg.psql("postgres", "CREATE DATABASE copied STRATEGY wal_log")?;
-    pg.psql(
+    pg.psql_script(
         "postgres",
-        "SET allow_in_place_tablespaces = true; CREATE TABLESPACE elsewhere LOCATION ''",
+        "SET allow_in_place_tablespaces = true;\nCREATE TABLESPACE elsewhere LOCATION '';\n",
     )?;
     pg.psql(
         "postgres",
@@ -147,7 +147,10 @@ fn check_refusals_and_locals(pg: &PgCluster) -> Result<()> {
         format!("{refused:#}").contains("DROP TABLESPACE is not supported"),
         "DROP TABLESPACE refused with: {refused:#}"
     );
-    ensure!(number(pg, "SELECT count(*) FROM moved")? == 3000, "rows in the tablespace");
+    ensure!(
+        number(pg, "SELECT count(*) FROM moved")? == 3000,
+        "rows in the tablespace"
+    );
     // pgbench -i -s 3 writes 300,000 accounts: about 40 MB of heap.
     let size = number(pg, "SELECT pg_relation_size('pgbench_accounts')")?;
     ensure!(

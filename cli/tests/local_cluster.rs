@@ -348,7 +348,6 @@ fn restart_and_stop(install: &PgInstall, cluster: &Cluster, processes: &[&str]) 
 }
 
 #[test]
-#[ignore = "needs quire_smgr's storage manager"]
 fn a_local_cluster_keeps_its_rows_across_compute_and_cluster_restarts() -> Result<()> {
     run_scenario(&[])
 }

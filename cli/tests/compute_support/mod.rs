@@ -266,4 +266,3 @@ pub fn check_books(pg: &PgCluster, acknowledged: u64, in_doubt: u64) -> Result<u
     println!("books: {ledger} ledger rows, balance {accounts}");
     Ok(ledger)
 }
-

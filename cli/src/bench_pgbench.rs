@@ -1,0 +1,353 @@
+//! `quire bench pgbench`: pgbench on a compute over Quire beside vanilla
+//! Postgres 17 with the same `shared_buffers`, in one run, for each mode
+//! (select-only, TPC-B, simple-update) and two sizes: the data fits in
+//! shared buffers, and the data is about four times shared buffers.
+//!
+//! Quire's side is a local cluster (`quire start` in a scratch directory:
+//! three safekeepers with quorum commit, a pageserver, a compute with
+//! `quire_smgr`); vanilla's is one Postgres on local disk from the same
+//! install. Both get the same `pgbench -i` scale, clients and duration,
+//! runs alternating Quire then vanilla per mode. Each case ends with one
+//! line a script can read:
+//!
+//! `pgbench: mode=… size=… scale=… quire_tps=… vanilla_tps=… ratio=…`
+//!
+//! followed by the latencies: pgbench's mean transaction latency on both,
+//! and the compute-side GetPage p50/p99 of the Quire run (the storage
+//! manager's histogram, reset before each run). At the end the compute is
+//! restarted once from an empty data directory and the start is timed.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Args, ValueEnum};
+use quire_cluster::{PgCluster, PgClusterOptions, PgInstall, PgbenchSummary, run_bounded};
+
+use crate::compute::locate_install;
+
+/// A pgbench workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// `pgbench -S`: one indexed read per transaction.
+    SelectOnly,
+    /// pgbench's default TPC-B-like transaction.
+    Tpcb,
+    /// `pgbench -N`: TPC-B without the tellers' and branches' updates.
+    SimpleUpdate,
+}
+
+impl Mode {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::SelectOnly => "select-only",
+            Mode::Tpcb => "tpcb",
+            Mode::SimpleUpdate => "simple-update",
+        }
+    }
+
+    fn flag(self) -> Option<&'static str> {
+        match self {
+            Mode::SelectOnly => Some("-S"),
+            Mode::Tpcb => None,
+            Mode::SimpleUpdate => Some("-N"),
+        }
+    }
+}
+
+/// Options of `quire bench pgbench`.
+#[derive(Args)]
+pub struct PgbenchArgs {
+    /// The Postgres install with Quire's extensions (default:
+    /// `QUIRE_PG_PREFIX`, else what `postgres/extensions.sh --prefix` says).
+    #[arg(long)]
+    pg_prefix: Option<PathBuf>,
+    /// `shared_buffers` of both servers.
+    #[arg(long, default_value = "64MB")]
+    shared_buffers: String,
+    /// pgbench scale of the case whose data fits in shared buffers (a
+    /// scale is about 15 MB).
+    #[arg(long, default_value_t = 2)]
+    fits_scale: u32,
+    /// pgbench scale of the case whose data is about four times shared
+    /// buffers.
+    #[arg(long, default_value_t = 16)]
+    large_scale: u32,
+    /// The workloads, in order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "select-only,tpcb,simple-update"
+    )]
+    modes: Vec<Mode>,
+    /// pgbench clients (and threads: at most 2).
+    #[arg(long, default_value_t = 4)]
+    clients: u32,
+    /// Seconds of each run.
+    #[arg(long, default_value_t = 20)]
+    seconds: u32,
+    /// The local cluster's directory (default: a new temporary one,
+    /// removed at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// The Quire cluster `quire start` made; stopped when dropped.
+struct QuireCluster {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Drop for QuireCluster {
+    fn drop(&mut self) {
+        let _ = quire_command(&["stop", "--dir", &self.dir.to_string_lossy()]);
+    }
+}
+
+/// Runs this binary with `args` (bounded); its stdout.
+pub(crate) fn quire_command(args: &[&str]) -> Result<String> {
+    let exe = std::env::current_exe().context("find the quire binary")?;
+    let output = run_bounded(Command::new(exe).args(args), Duration::from_secs(1800))?;
+    ensure!(
+        output.status.success(),
+        "quire {args:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim_end()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The port of the (first) `compute: postgresql://user@host:PORT/db` line.
+pub(crate) fn compute_port(output: &str) -> Result<u16> {
+    let url = output
+        .lines()
+        .find_map(|line| {
+            line.split_once("compute: postgresql://")
+                .map(|(_, url)| url)
+        })
+        .with_context(|| format!("no compute: line in {output:?}"))?;
+    let after_host = url
+        .rsplit_once(':')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let port = after_host.split('/').next().unwrap_or_default();
+    port.parse().with_context(|| format!("the port of {url:?}"))
+}
+
+/// A client program of `install` against the compute on `port`.
+pub(crate) fn compute_client(install: &PgInstall, port: u16, program: &str) -> Command {
+    let mut command = Command::new(install.bin(program));
+    command
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            quire_cluster::SUPERUSER,
+        ])
+        .stdin(Stdio::null());
+    command
+}
+
+pub(crate) fn psql_on(install: &PgInstall, port: u16, sql: &str) -> Result<String> {
+    let mut command = compute_client(install, port, "psql");
+    command.args([
+        "-X",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        "postgres",
+        "-c",
+        sql,
+    ]);
+    let output = run_bounded(&mut command, Duration::from_secs(300))?;
+    ensure!(
+        output.status.success(),
+        "psql {sql:?}: {}",
+        String::from_utf8_lossy(&output.stderr).trim_end()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Runs pgbench with `args` to completion; what it printed.
+pub(crate) fn pgbench_report(
+    mut command: Command,
+    args: &[String],
+    bound: Duration,
+) -> Result<String> {
+    command.args(args);
+    let output = run_bounded(&mut command, bound)?;
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    ensure!(
+        output.status.success(),
+        "pgbench {args:?} failed: {report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(report)
+}
+
+/// A pgbench run's report, parsed.
+pub(crate) fn pgbench(
+    command: Command,
+    args: &[String],
+    bound: Duration,
+) -> Result<PgbenchSummary> {
+    PgbenchSummary::parse(&pgbench_report(command, args, bound)?)
+}
+
+pub(crate) fn init_args(scale: u32) -> Vec<String> {
+    ["-i", "-q", "-s", &scale.to_string(), "postgres"]
+        .iter()
+        .map(|&a| a.to_owned())
+        .collect()
+}
+
+pub(crate) fn run_args(mode: Mode, clients: u32, seconds: u32) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "-n".into(),
+        "-c".into(),
+        clients.to_string(),
+        "-j".into(),
+        clients.min(2).to_string(),
+        "-T".into(),
+        seconds.to_string(),
+    ];
+    if let Some(flag) = mode.flag() {
+        args.push(flag.into());
+    }
+    args.push("postgres".into());
+    args
+}
+
+/// The compute-side GetPage figures since the last reset: requests, p50, p99.
+pub(crate) fn getpage_latency(install: &PgInstall, port: u16) -> Result<(u64, String, String)> {
+    let row = psql_on(
+        install,
+        port,
+        "SELECT requests, coalesce(p50_us::text, '-'), coalesce(p99_us::text, '-') FROM quire_getpage_latency()",
+    )?;
+    let mut fields = row.split('|');
+    let requests = fields.next().unwrap_or("0").parse().unwrap_or(0);
+    let p50 = fields.next().unwrap_or("-").to_owned();
+    let p99 = fields.next().unwrap_or("-").to_owned();
+    Ok((requests, p50, p99))
+}
+
+pub fn run(args: &PgbenchArgs) -> Result<()> {
+    let install = locate_install(args.pg_prefix.as_deref())?;
+    let scratch = tempfile::Builder::new()
+        .prefix("quire-bench-pgbench-")
+        .tempdir()
+        .context("create a scratch directory")?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("cluster"));
+    let prefix = install.prefix().to_string_lossy().into_owned();
+    let dir_text = dir.to_string_lossy().into_owned();
+    let began = Instant::now();
+    let started = quire_command(&[
+        "start",
+        "--dir",
+        &dir_text,
+        "--pg-prefix",
+        &prefix,
+        "--shared-buffers",
+        &args.shared_buffers,
+    ])?;
+    let quire = QuireCluster {
+        dir: dir.clone(),
+        port: compute_port(&started)?,
+    };
+    println!(
+        "quire: a local cluster in {} in {:.1} s, compute on port {}",
+        dir.display(),
+        began.elapsed().as_secs_f64(),
+        quire.port
+    );
+    psql_on(
+        &install,
+        quire.port,
+        "CREATE EXTENSION IF NOT EXISTS quire_smgr",
+    )?;
+    let mut vanilla = PgCluster::create(
+        &install,
+        PgClusterOptions::default()
+            .setting("shared_buffers", &format!("'{}'", args.shared_buffers))
+            .setting("max_connections", "100"),
+    )?;
+    vanilla.start()?;
+    println!(
+        "vanilla: Postgres on port {}, shared_buffers {}",
+        vanilla.port(),
+        args.shared_buffers
+    );
+
+    let bound = Duration::from_secs(u64::from(args.seconds) * 3 + 600);
+    for (size, scale) in [("fits", args.fits_scale), ("large", args.large_scale)] {
+        let init = Instant::now();
+        pgbench_report(
+            compute_client(&install, quire.port, "pgbench"),
+            &init_args(scale),
+            bound,
+        )?;
+        let quire_init = init.elapsed();
+        let init = Instant::now();
+        pgbench_report(vanilla.client("pgbench"), &init_args(scale), bound)?;
+        println!(
+            "size={size}: pgbench -i -s {scale}: quire {:.1} s, vanilla {:.1} s",
+            quire_init.as_secs_f64(),
+            init.elapsed().as_secs_f64()
+        );
+        for &mode in &args.modes {
+            let run = run_args(mode, args.clients, args.seconds);
+            psql_on(&install, quire.port, "SELECT quire_smgr_reset_stats()")?;
+            let on_quire = pgbench(compute_client(&install, quire.port, "pgbench"), &run, bound)?;
+            let (requests, p50, p99) = getpage_latency(&install, quire.port)?;
+            let on_vanilla = pgbench(vanilla.client("pgbench"), &run, bound)?;
+            let ratio = if on_vanilla.tps > 0.0 {
+                on_quire.tps / on_vanilla.tps
+            } else {
+                0.0
+            };
+            println!(
+                "pgbench: mode={} size={size} scale={scale} quire_tps={:.1} vanilla_tps={:.1} ratio={ratio:.3}",
+                mode.name(),
+                on_quire.tps,
+                on_vanilla.tps
+            );
+            println!(
+                "  latency: pgbench mean quire {:.3} ms, vanilla {:.3} ms; compute-side GetPage p50 {p50} us, p99 {p99} us over {requests} requests",
+                on_quire.latency_ms_mean, on_vanilla.latency_ms_mean
+            );
+        }
+    }
+    vanilla.stop()?;
+    time_compute_restart(&dir_text)?;
+    drop(quire);
+    Ok(())
+}
+
+/// Stops the compute and starts a new one from an empty data directory;
+/// prints compute control's step times.
+fn time_compute_restart(dir: &str) -> Result<()> {
+    quire_command(&["compute", "stop", "--cluster", dir])?;
+    let began = Instant::now();
+    let output = quire_command(&["compute", "start", "--cluster", dir])?;
+    let wall = began.elapsed();
+    let Some(steps) = output
+        .lines()
+        .find(|line| line.starts_with("compute start: election_ms="))
+    else {
+        bail!("quire compute start printed no step times: {output}");
+    };
+    println!(
+        "{steps} (the command, process start included: {:.1} ms)",
+        wall.as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
