@@ -191,6 +191,46 @@ fn connect(server: &Pageserver, timeline: &Imported) -> Result<PageConn> {
     )
 }
 
+/// Grows the cut tables back. t: the compute's size message raises it by
+/// [`GAP`]. u: a bulk COPY extends it by more pages than it fills,
+/// recording the rest in the free-space map, which a crash of the primary
+/// forgets (it is not WAL-logged; the checkpoint after the VACUUM keeps
+/// recovery from replaying the truncation); then a row finds no page with
+/// room and goes to the last page, past the pages no WAL names. Returns
+/// u's size and its zero pages at or above `u_cut`.
+fn grow_back(pg: &mut PgCluster, t: RelTag, t_cut: u32, u_cut: u32) -> Result<(u32, Vec<u32>)> {
+    pg.psql_script(
+        "postgres",
+        &format!(
+            "SELECT pg_logical_emit_message(false, 'quire.relsize', '\\x{}'::bytea);\n\
+             COPY (SELECT 10000 + g, repeat('c', 500) FROM generate_series(1, 300) g) TO '{copy}';\n\
+             COPY u FROM '{copy}';\n",
+            hex(&relsize_payload(t, t_cut + GAP)),
+            copy = pg.datadir().join("rows.copy").display(),
+        ),
+    )?;
+    let u_copied = primary_blocks(pg, "u")?;
+    pg.stop_immediate()?;
+    pg.start()?;
+    println!(
+        "u: {u_copied} blocks after the COPY, {} after the crash",
+        primary_blocks(pg, "u")?
+    );
+    pg.psql("postgres", "INSERT INTO u VALUES (0, repeat('z', 1500))")?;
+    let u_size = primary_blocks(pg, "u")?;
+    let last_row_block = number(pg, "SELECT (ctid::text::point)[0]::int FROM u WHERE id = 0")?;
+    ensure!(
+        last_row_block + 1 == u_size,
+        "the big row went to block {last_row_block} of u, not its last ({u_size} blocks)"
+    );
+    let u_zero = primary_zero_pages(pg, "u", u_cut..u_size)?;
+    ensure!(
+        u_zero.last().is_some_and(|&b| b + 2 == u_size),
+        "u ({u_size} blocks) has no zero page below the big row's: zero pages {u_zero:?}"
+    );
+    Ok((u_size, u_zero))
+}
+
 #[test]
 fn blocks_a_truncation_cut_read_as_zero_pages_when_the_fork_grows_back() -> Result<()> {
     let root = tempfile::tempdir()?;
@@ -244,44 +284,7 @@ fn blocks_a_truncation_cut_read_as_zero_pages_when_the_fork_grows_back() -> Resu
     let mut conn = connect(&server, &timeline)?;
     ensure!(conn.nblocks(t)? == t_cut && conn.nblocks(u)? == u_cut);
 
-    // t: the compute's size message. u: a bulk COPY extends it by more
-    // pages than it fills, recording the rest in the free-space map, which
-    // a crash of the primary forgets (it is not WAL-logged; the checkpoint
-    // after the VACUUM keeps recovery from replaying the truncation); then
-    // a row finds no page with room and goes to the last page, past the
-    // pages no WAL names.
-    pg.psql_script(
-        "postgres",
-        &format!(
-            "SELECT pg_logical_emit_message(false, 'quire.relsize', '\\x{}'::bytea);\n\
-             COPY (SELECT 10000 + g, repeat('c', 500) FROM generate_series(1, 300) g) TO '{copy}';\n\
-             COPY u FROM '{copy}';\n",
-            hex(&relsize_payload(t, t_cut + GAP)),
-            copy = pg.datadir().join("rows.copy").display(),
-        ),
-    )?;
-    let u_copied = primary_blocks(&pg, "u")?;
-    pg.stop_immediate()?;
-    pg.start()?;
-    println!(
-        "u: {u_copied} blocks after the COPY, {} after the crash",
-        primary_blocks(&pg, "u")?
-    );
-    pg.psql("postgres", "INSERT INTO u VALUES (0, repeat('z', 1500))")?;
-    let u_size = primary_blocks(&pg, "u")?;
-    let last_row_block = number(
-        &pg,
-        "SELECT (ctid::text::point)[0]::int FROM u WHERE id = 0",
-    )?;
-    ensure!(
-        last_row_block + 1 == u_size,
-        "the big row went to block {last_row_block} of u, not its last ({u_size} blocks)"
-    );
-    let u_zero = primary_zero_pages(&pg, "u", u_cut..u_size)?;
-    ensure!(
-        u_zero.last().is_some_and(|&b| b + 2 == u_size),
-        "u ({u_size} blocks) has no zero page below the big row's: zero pages {u_zero:?}"
-    );
+    let (u_size, u_zero) = grow_back(&mut pg, t, t_cut, u_cut)?;
     let t_zero: Vec<u32> = (t_cut..t_cut + GAP).collect();
     let grown = insert_lsn(&pg)?;
     wait_ingested(&server, &timeline, grown)?;

@@ -128,7 +128,9 @@ impl WalIngest {
                 new_forks.entry(page.rel).or_default().push(page.block.0);
             }
         }
-        for (rel, written) in new_forks {
+        for (rel, mut written) in new_forks {
+            written.sort_unstable();
+            written.dedup();
             self.cut_earlier_fork(rel, lsn, &written).await?;
         }
         Ok(())
@@ -136,7 +138,8 @@ impl WalIngest {
 
     /// `rel` is created at `lsn` (ingest does not know it): if its size
     /// key says a fork of that name was dropped with some blocks, those
-    /// blocks are cut, but for `written` (the creating record's own).
+    /// blocks are cut, but for `written` (the creating record's own, in
+    /// ascending order).
     pub(super) async fn cut_earlier_fork(
         &mut self,
         rel: RelTag,
@@ -156,7 +159,7 @@ impl WalIngest {
     }
 
     /// Stores the cut marker at `lsn` for each block of `blocks` this
-    /// shard keeps, but for `skip`.
+    /// shard keeps, but for `skip` (ascending).
     async fn cut_blocks(
         &mut self,
         rel: RelTag,
@@ -169,7 +172,7 @@ impl WalIngest {
         for block in blocks {
             // Below a size (at most u32::MAX), so never InvalidBlockNumber.
             let key = Key::rel_block(rel, BlockNo(block));
-            if !filter.keeps(&key) || skip.contains(&block) {
+            if !filter.keeps(&key) || skip.binary_search(&block).is_ok() {
                 continue;
             }
             self.timeline.put(key, lsn, marker.clone()).await?;

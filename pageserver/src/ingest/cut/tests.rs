@@ -379,19 +379,25 @@ fn a_cut_of_many_blocks_costs_one_index_entry_per_block() {
         let layers_before = layer_bytes(feed.ingest.timeline().directory());
         let started = Instant::now();
         let cut = feed.truncate(0, 1).await;
-        let ingest_us = started.elapsed().as_micros();
+        let ingest_ns = started.elapsed().as_nanos();
         feed.ingest.flush().await.unwrap();
         let layer = layer_bytes(feed.ingest.timeline().directory()) - layers_before;
         assert_eq!(feed.ingest.stats().cut_blocks, u64::from(BLOCKS));
         assert!(feed.get(fork(ForkNumber::Main), 0, cut).await.is_empty());
-        let per_block = layer as f64 / f64::from(BLOCKS);
+        let centibytes_per_block = layer * 100 / u64::from(BLOCKS);
         println!(
-            "cut of {BLOCKS} blocks: ingest {ingest_us} us ({:.2} us/block), layer {layer} bytes ({per_block:.1} bytes/block)",
-            ingest_us as f64 / f64::from(BLOCKS)
+            "cut of {BLOCKS} blocks: ingest {} us ({} ns/block), layer {layer} bytes ({}.{:02} bytes/block)",
+            ingest_ns / 1000,
+            ingest_ns / u128::from(BLOCKS),
+            centibytes_per_block / 100,
+            centibytes_per_block % 100
         );
         // A leaf entry is 40 bytes (204 per 8 KiB leaf), plus the internal
         // levels and the checksum table.
-        assert!(per_block < 48.0, "{per_block} bytes per cut block");
+        assert!(
+            centibytes_per_block < 4800,
+            "{centibytes_per_block}/100 bytes per cut block"
+        );
     });
 }
 
