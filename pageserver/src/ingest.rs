@@ -6,7 +6,7 @@
 //! initialises the page). A fork grows to cover every block a record
 //! references. Non-page effects become values too: relation forks created,
 //! truncated (with the visibility-map page the truncation cuts, as recovery
-//! does) and dropped, databases created (`wal_log` through ordinary records,
+//! does, and a cut marker on each block cut off: [`cut`]) and dropped, databases created (`wal_log` through ordinary records,
 //! `file_copy` by copying the template's pages) and dropped, relmapper
 //! files, two-phase state files, `pg_xact` status bits and multixact offsets
 //! and members (Rust redo records per SLRU page), SLRU pages zeroed,
@@ -34,8 +34,8 @@
 //! every relation on every shard; `CREATE DATABASE ... STRATEGY file_copy`
 //! is refused there ([`crate::shard_filter::ShardedFileCopy`]).
 //!
-//! Not kept: free-space-map page changes (Postgres never WAL-logs them; the
-//! FSM fork's size is not shrunk by a truncation either), `pg_subtrans`
+//! Not kept: free-space-map page changes (Postgres never WAL-logs them),
+//! `pg_subtrans`
 //! (rebuilt by Postgres at start), `commit_ts`, and SLRU segment removal.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -57,7 +57,7 @@ use quire_redo::rust_redo::{
 };
 use quire_redo::{RedoPool, RedoRecord, TenantKey};
 use quire_shard::commit_time::commit_time_value;
-use quire_shard::keyspace::{dropped_value, size_value};
+use quire_shard::keyspace::{dropped_value, fork_dropped_value, size_value};
 use quire_shard::{Timeline, Value};
 
 use crate::datadir::SLRU_PAGES_PER_SEGMENT;
@@ -65,6 +65,7 @@ use crate::ingest::checkpoint::RunningCheckpoint;
 use crate::shard_filter::{ShardFilter, ShardTimeline};
 
 pub mod checkpoint;
+mod cut;
 mod relsize;
 pub mod resume;
 mod stats;
@@ -194,6 +195,7 @@ impl WalIngest {
         self.stats.records += 1;
         self.stats.bytes += bytes.len() as u64;
 
+        self.cut_earlier_forks(&pages, end).await?;
         let mut grown: BTreeMap<RelTag, u32> = BTreeMap::new();
         let vm_clears = rust_vm_clears(&record, &pages);
         let any_postgres = pages
@@ -317,10 +319,12 @@ impl WalIngest {
         Ok(())
     }
 
+    /// The fork goes; its size key keeps the size it had, for a later
+    /// fork of the same relation file number to cut ([`cut`]).
     async fn drop_fork(&mut self, rel: RelTag, lsn: Lsn) -> Result<()> {
-        if self.sizes.remove(&rel).is_some() {
+        if let Some(blocks) = self.sizes.remove(&rel) {
             self.timeline
-                .put(Key::rel_size(rel), lsn, dropped_value())
+                .put(Key::rel_size(rel), lsn, fork_dropped_value(blocks))
                 .await?;
         }
         Ok(())
@@ -400,6 +404,7 @@ impl WalIngest {
         match effect {
             Effect::RelCreate(rel) => {
                 if !self.sizes.contains_key(&rel) {
+                    self.cut_earlier_fork(rel, lsn, &[]).await?;
                     self.set_size(rel, 0, lsn).await?;
                 }
             }
@@ -408,8 +413,11 @@ impl WalIngest {
                 blocks,
                 main,
                 vm,
-                fsm: _,
-            } => return self.truncate_relation(rel, blocks, main, vm, lsn).await,
+                fsm,
+            } => {
+                let forks = cut::TruncatedForks { main, fsm, vm };
+                return self.truncate_relation(rel, blocks, forks, lsn).await;
+            }
             Effect::RelDrop(locators) => {
                 for locator in locators {
                     for fork in ALL_FORKS {
@@ -545,26 +553,6 @@ impl WalIngest {
         Ok(())
     }
 
-    /// `XLOG_SMGR_TRUNCATE`: the main fork's new size, and the visibility
-    /// map cut to match (the FSM fork is left as it is: never compared).
-    async fn truncate_relation(
-        &mut self,
-        rel: RelFileLocator,
-        blocks: u32,
-        main: bool,
-        vm: bool,
-        lsn: Lsn,
-    ) -> Result<bool> {
-        let main_tag = RelTag::new(rel, ForkNumber::Main);
-        if main && self.sizes.get(&main_tag).is_some_and(|&s| s > blocks) {
-            self.set_size(main_tag, blocks, lsn).await?;
-        }
-        if vm {
-            return self.truncate_vm(rel, blocks, lsn).await;
-        }
-        Ok(false)
-    }
-
     /// Visibility-map bits a heap record cleared without referencing the
     /// map page (Rust redo); nothing if the map does not reach the block.
     async fn vm_clear(
@@ -586,39 +574,6 @@ impl WalIngest {
         self.put_rust(Key::rel_block(vm, BlockNo(map_block)), lsn, &record, false)
             .await?;
         Ok(true)
-    }
-
-    /// `visibilitymap_prepare_truncate` as recovery runs it: the map page
-    /// holding the new end loses the bits past it, later pages go.
-    async fn truncate_vm(
-        &mut self,
-        rel: RelFileLocator,
-        heap_blocks: u32,
-        lsn: Lsn,
-    ) -> Result<bool> {
-        let vm = RelTag::new(rel, ForkNumber::VisibilityMap);
-        let Some(&size) = self.sizes.get(&vm) else {
-            return Ok(false);
-        };
-        let map_block = heap_blocks / VM_HEAP_BLOCKS_PER_PAGE;
-        let partial = !heap_blocks.is_multiple_of(VM_HEAP_BLOCKS_PER_PAGE);
-        let mut rust = false;
-        let new_size = if partial {
-            if map_block >= size {
-                return Ok(false);
-            }
-            let record = RedoRecord::VmTruncate { heap_blocks };
-            self.put_rust(Key::rel_block(vm, BlockNo(map_block)), lsn, &record, false)
-                .await?;
-            rust = true;
-            map_block + 1
-        } else {
-            map_block
-        };
-        if size > new_size {
-            self.set_size(vm, new_size, lsn).await?;
-        }
-        Ok(rust)
     }
 
     /// `RecordNewMultiXact`: the multixact's offset, the next one's offset
@@ -692,6 +647,7 @@ impl WalIngest {
                 db_oid: to.1,
                 ..rel
             };
+            let mut copied = Vec::new();
             for block in 0..blocks {
                 let key = Key::rel_block(rel, BlockNo(block));
                 let inputs = self.timeline.get(key, lsn).await?;
@@ -707,6 +663,10 @@ impl WalIngest {
                         Value::Image(page),
                     )
                     .await?;
+                copied.push(block);
+            }
+            if !self.sizes.contains_key(&target) {
+                self.cut_earlier_fork(target, lsn, &copied).await?;
             }
             self.set_size(target, blocks, lsn).await?;
         }

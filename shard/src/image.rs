@@ -21,13 +21,15 @@
 //!   expensive-read threshold of records
 //!   ([`Timeline::set_expensive_read_records`]).
 //!
-//! Values are materialised through the [`Redo`] interface. All new layers
+//! Values are materialised through the [`Redo`] interface; a relation
+//! block whose newest value is its cut marker keeps the marker. All new layers
 //! are made durable, then published in one metadata change.
 
 use std::rc::Rc;
 
 use quire_postgres::{Key, Lsn};
 
+use crate::keyspace::block_cut_value;
 use crate::layer_builder::LayerBuilder;
 use crate::layer_file::{LayerFile, LayerKindName, LayerName};
 use crate::reconstruct::{ReconstructInputs, Redo, materialize};
@@ -134,10 +136,17 @@ impl Timeline {
             let mut builder =
                 LayerBuilder::create(&self.dir, name, self.tenant_id, self.id).await?;
             for (key, key_inputs) in &inputs {
-                if let Some(bytes) = materialize(redo, *key, image_lsn, key_inputs).await? {
-                    builder.add(*key, image_lsn, &Value::Image(bytes)).await?;
-                    report.values += 1;
+                match materialize(redo, *key, image_lsn, key_inputs).await? {
+                    Some(bytes) => builder.add(*key, image_lsn, &Value::Image(bytes)).await?,
+                    // A listed key without a value is a cut relation block:
+                    // the marker stays, or an older layer that GC keeps
+                    // could show the block's old page again.
+                    None if key.is_rel_block() => {
+                        builder.add(*key, image_lsn, &block_cut_value()).await?;
+                    }
+                    None => continue,
                 }
+                report.values += 1;
             }
             let name = builder.finish().await?;
             let file = LayerFile::open_in(&self.dir, name, &self.core).await?;

@@ -3,7 +3,9 @@
 //!
 //! Size values are the engine's own encoding (`docs/format/layers.md`,
 //! "Values"): the size key of a fork holds a 4-byte little-endian block
-//! count as an image, and an empty image once the fork is dropped.
+//! count as an image, and a drop marker once the fork is dropped (the
+//! size it had and a flag byte; an empty image before drops kept it). A
+//! relation block's cut marker is an empty image ([`block_cut_value`]).
 //! Enumerating keys reads only index leaves, never values.
 
 use std::collections::BTreeSet;
@@ -38,8 +40,44 @@ pub fn size_value(blocks: u32) -> Value {
     Value::Image(blocks.to_le_bytes().to_vec().into())
 }
 
-/// The value stored under a fork's size key when it is dropped.
+/// An empty image: what a key whose file or fork is gone holds (a
+/// relmapper or two-phase file removed; a fork's size key as written
+/// before drops kept the size, read as dropped with its size unknown).
 pub fn dropped_value() -> Value {
+    Value::Image(Vec::new().into())
+}
+
+/// The flag byte that ends [`fork_dropped_value`].
+const DROPPED_FLAG: u8 = 1;
+
+/// The value stored under a fork's size key when the fork is dropped with
+/// `blocks` blocks: 5 bytes, that size (u32, little-endian), then 0x01. The
+/// size tells a later fork of the same relation file number (after OID
+/// wraparound) which blocks to cut before it is used
+/// ([`block_cut_value`]).
+pub fn fork_dropped_value(blocks: u32) -> Value {
+    let mut bytes = blocks.to_le_bytes().to_vec();
+    bytes.push(DROPPED_FLAG);
+    Value::Image(bytes.into())
+}
+
+/// What a fork's size key holds at an LSN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForkSize {
+    /// No value: the fork was never created.
+    Absent,
+    /// The fork exists with this many blocks.
+    Blocks(u32),
+    /// The fork was dropped; with the size it had then, when known.
+    Dropped(Option<u32>),
+}
+
+/// The value stored under a relation block's key when the block is cut
+/// (its fork truncated below it, or dropped): an empty image. It is a base
+/// with no content: [`Timeline::get`] returns no image for it (and the
+/// records above it, which start from a page of zeros), so the block reads
+/// as one that never had a value until WAL writes it again.
+pub fn block_cut_value() -> Value {
     Value::Image(Vec::new().into())
 }
 
@@ -108,19 +146,30 @@ impl Timeline {
     /// The size in blocks of `rel` at `lsn`; `None` if it does not exist
     /// (never created, or dropped).
     pub async fn rel_size(&self, rel: RelTag, lsn: Lsn) -> Result<Option<u32>, TimelineError> {
+        Ok(match self.fork_size(rel, lsn).await? {
+            ForkSize::Blocks(blocks) => Some(blocks),
+            ForkSize::Absent | ForkSize::Dropped(_) => None,
+        })
+    }
+
+    /// What the size key of `rel` says at `lsn`.
+    pub async fn fork_size(&self, rel: RelTag, lsn: Lsn) -> Result<ForkSize, TimelineError> {
         let key = Key::rel_size(rel);
         let inputs = self.get(key, lsn).await?;
         let bad = |what| TimelineError::BadSize(BadSizeValue { key, lsn, what });
         if !inputs.records.is_empty() {
             return Err(bad("a record where an image belongs"));
         }
-        match inputs.image {
-            None => Ok(None),
-            Some((_, bytes)) if bytes.is_empty() => Ok(None),
-            Some((_, bytes)) => {
-                let raw: [u8; 4] = (*bytes).try_into().map_err(|_| bad("not 4 bytes"))?;
-                Ok(Some(u32::from_le_bytes(raw)))
+        let Some((_, bytes)) = inputs.image else {
+            return Ok(ForkSize::Absent);
+        };
+        match *bytes {
+            [] => Ok(ForkSize::Dropped(None)),
+            [a, b, c, d] => Ok(ForkSize::Blocks(u32::from_le_bytes([a, b, c, d]))),
+            [a, b, c, d, DROPPED_FLAG] => {
+                Ok(ForkSize::Dropped(Some(u32::from_le_bytes([a, b, c, d]))))
             }
+            _ => Err(bad("neither 4 bytes (a size) nor a drop marker")),
         }
     }
 

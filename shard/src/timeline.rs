@@ -476,7 +476,7 @@ impl Timeline {
         let mut newest_first: Vec<(Lsn, Value)> = Vec::new();
         self.collect_below(key, Lsn(lsn.0.saturating_add(1)), &mut newest_first)
             .await?;
-        Ok(finish(newest_first))
+        Ok(finish(key, newest_first))
     }
 
     /// Appends `key`'s values below `below`, newest first, down to a base,
@@ -532,11 +532,14 @@ fn create_directory(dir: &Path) -> Result<(), TimelineError> {
     })
 }
 
-/// Newest-first values down to a base, as reconstruction inputs.
-fn finish(mut newest_first: Vec<(Lsn, Value)>) -> ReconstructInputs {
+/// Newest-first values of `key` down to a base, as reconstruction inputs.
+/// A relation block's cut marker (an empty image,
+/// [`crate::keyspace::block_cut_value`]) is a base with no content: the
+/// inputs then hold no image, as for a block that never had a value.
+fn finish(key: Key, mut newest_first: Vec<(Lsn, Value)>) -> ReconstructInputs {
     let image = match newest_first.last() {
         Some((lsn, Value::Image(bytes))) => {
-            let image = Some((*lsn, bytes.clone()));
+            let image = (!bytes.is_empty() || !key.is_rel_block()).then(|| (*lsn, bytes.clone()));
             newest_first.pop();
             image
         }

@@ -5,6 +5,10 @@
 //! creation with several thresholds, GC with moving cutoffs, and branches
 //! (children reading their parent's history up to the branch point).
 //!
+//! An empty image on a relation block is its cut marker: the block reads
+//! as one without a value from it on, through compaction, image layers and
+//! GC (`Timeline::get` returns no image for it).
+//!
 //! Every GetPage@LSN on every timeline inside retention must return the
 //! reconstruction inputs the model implies: the same records when no image
 //! layer intervenes, and otherwise a suffix of them on an image that the
@@ -86,6 +90,7 @@ static IMAGE_LAYERS: AtomicUsize = AtomicUsize::new(0);
 static GC_REMOVED: AtomicUsize = AtomicUsize::new(0);
 static REFUSED_READS: AtomicUsize = AtomicUsize::new(0);
 static READS_ON_IMAGES: AtomicUsize = AtomicUsize::new(0);
+static READS_OF_CUT_BLOCKS: AtomicUsize = AtomicUsize::new(0);
 
 /// Model key ids: 0..24 are relation blocks, `SIZE_KEYS + r` the size of relation `r`.
 const SIZE_KEYS: u32 = 100;
@@ -105,7 +110,8 @@ fn all_keys() -> impl Iterator<Item = u32> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let value_len = prop_oneof![0usize..100, Just(8192usize), 100usize..3000];
+    // An empty image on a relation block is its cut marker.
+    let value_len = prop_oneof![Just(0usize), 0usize..100, Just(8192usize), 100usize..3000];
     prop_oneof![
         12 => (0usize..8, 0u32..24, 1u64..4, any::<bool>(), any::<bool>(), value_len)
             .prop_map(|(timeline, key, lsn_step, image, will_init, len)| Op::Put { timeline, key, lsn_step, image, will_init, len }),
@@ -179,6 +185,15 @@ async fn check_get(branches: &[Branch], index: usize, k: u32, at: u64, context: 
         return;
     }
     let got = got.unwrap();
+    let raw = expected_raw(branches, index, k, at);
+    if k < SIZE_KEYS
+        && raw
+            .image
+            .as_ref()
+            .is_some_and(|(_, bytes)| bytes.is_empty())
+    {
+        READS_OF_CUT_BLOCKS.fetch_add(1, Ordering::Relaxed);
+    }
     let want = expected(branches, index, k, at);
     if got == want {
         return;
@@ -253,8 +268,25 @@ async fn check_sizes(branches: &[Branch], index: usize, at: u64) {
     );
 }
 
-/// What the model says `get(key, lsn)` returns on `branches[index]`.
+/// What the model says `get(key, lsn)` returns on `branches[index]`: a
+/// relation block whose base is its cut marker (an empty image) has no
+/// image, as if it never had a value, and records above it start from
+/// nothing.
 fn expected(branches: &[Branch], index: usize, key: u32, lsn: u64) -> ReconstructInputs {
+    let mut inputs = expected_raw(branches, index, key, lsn);
+    if key < SIZE_KEYS
+        && inputs
+            .image
+            .as_ref()
+            .is_some_and(|(_, bytes)| bytes.is_empty())
+    {
+        inputs.image = None;
+    }
+    inputs
+}
+
+/// The model's base and records of `key` at `lsn`, the base as stored.
+fn expected_raw(branches: &[Branch], index: usize, key: u32, lsn: u64) -> ReconstructInputs {
     let mut newest_first = Vec::new();
     let mut at = Some((index, lsn));
     'walk: while let Some((index, lsn)) = at {
@@ -554,6 +586,10 @@ fn the_model_test_exercises_images_gc_and_refusals() {
         (
             "reads answered from an image layer",
             READS_ON_IMAGES.load(Ordering::Relaxed),
+        ),
+        (
+            "reads of cut relation blocks",
+            READS_OF_CUT_BLOCKS.load(Ordering::Relaxed),
         ),
     ];
     for (what, count) in counts {

@@ -1,8 +1,9 @@
 //! The compute's relation-size messages in ingest
 //! ([`quire_postgres::wal::relsize`]): a fork's size is at least what the
 //! message says. It is raised to that, never lowered; blocks between the
-//! old and the new size have no value and read as zero pages (what
-//! Postgres extended them with). A fork the timeline does not have (never
+//! old and the new size have no value (or the cut marker a truncation
+//! left, [`super::cut`]) and read as zero pages (what Postgres extended
+//! them with). A fork the timeline does not have (never
 //! created, or dropped) is not created: the message is counted and
 //! logged. So is a message off its layout. Every shard applies it, since
 //! every shard keeps every fork's size ([`crate::shard_filter`]).

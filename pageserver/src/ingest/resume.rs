@@ -6,8 +6,10 @@
 //! What ingest keeps and how it comes back, at the last record LSN:
 //! - relation fork sizes: every fork's size key read as a size (this
 //!   timeline's and its ancestors' below the branch point). A dropped fork's
-//!   size key holds the dropped value and stays out; a truncated fork has its
-//!   new size there, whatever block keys remain past it; a database created
+//!   size key holds its drop marker and stays out (a fork created again
+//!   reads the marker's size from the timeline, [`super::cut`]); a
+//!   truncated fork has its new size there, and the blocks it cut off their
+//!   cut markers, which need no state; a database created
 //!   by `file_copy` got a size key per copied fork.
 //! - SLRU pages: every SLRU block key (pages are never removed, see
 //!   [`crate::ingest`]); segment sizes follow from them as in

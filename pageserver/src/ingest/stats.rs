@@ -36,6 +36,9 @@ pub struct IngestStats {
     pub relsize_unknown_forks: u64,
     /// Relation-size messages ignored: their payload is off the layout.
     pub relsize_malformed: u64,
+    /// Cut markers stored: blocks of this shard cut off a fork by a
+    /// truncation, or left by a dropped fork whose file number came back.
+    pub cut_blocks: u64,
 }
 
 impl std::ops::AddAssign for IngestStats {
@@ -57,5 +60,6 @@ impl std::ops::AddAssign for IngestStats {
         self.relsize_raised += other.relsize_raised;
         self.relsize_unknown_forks += other.relsize_unknown_forks;
         self.relsize_malformed += other.relsize_malformed;
+        self.cut_blocks += other.cut_blocks;
     }
 }

@@ -108,7 +108,16 @@ async fn workload(ingest: &mut WalIngest) -> Lsn {
         .await
         .unwrap();
     ingest
-        .truncate_relation(REL_A, 3, true, false, Lsn(0x1110))
+        .truncate_relation(
+            REL_A,
+            3,
+            crate::ingest::cut::TruncatedForks {
+                main: true,
+                fsm: false,
+                vm: false,
+            },
+            Lsn(0x1110),
+        )
         .await
         .unwrap();
     for fork in super::super::ALL_FORKS {
