@@ -29,8 +29,8 @@ pub struct BenchArgs {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// GetPage load over the page protocol, with the loopback round trip and an O_DIRECT read as peers.
-    Getpage(GetPageArgs),
-    /// pgbench on a compute over Quire beside vanilla Postgres with the same shared_buffers.
+    Getpage(Box<GetPageArgs>),
+    /// pgbench on a compute over Quire beside vanilla Postgres with the same `shared_buffers`.
     Pgbench(crate::bench_pgbench::PgbenchArgs),
 }
 

@@ -7,7 +7,11 @@
 //! three safekeepers with quorum commit, a pageserver, a compute with
 //! `quire_smgr`); vanilla's is one Postgres on local disk from the same
 //! install. Both get the same `pgbench -i` scale, clients and duration,
-//! runs alternating Quire then vanilla per mode. Each case ends with one
+//! runs alternating Quire then vanilla per mode. After `pgbench -i` the
+//! pageserver is let catch up and compact its timeline into image layers
+//! (`POST …/compact`, what its background maintenance does in time), so
+//! that runs read images rather than replay the load's WAL. Each case
+//! ends with one
 //! line a script can read:
 //!
 //! `pgbench: mode=… size=… scale=… quire_tps=… vanilla_tps=… ratio=…`
@@ -134,6 +138,50 @@ pub(crate) fn compute_port(output: &str) -> Result<u16> {
         .unwrap_or_default();
     let port = after_host.split('/').next().unwrap_or_default();
     port.parse().with_context(|| format!("the port of {url:?}"))
+}
+
+/// Waits until the local cluster's pageserver has ingested everything the
+/// compute on `port` flushed, then has it compact the timeline into image
+/// layers (`POST …/compact`), as its background maintenance does in time:
+/// runs then read images, not the WAL `pgbench -i` just wrote.
+pub(crate) fn settle(install: &PgInstall, port: u16, dir: &std::path::Path) -> Result<Duration> {
+    let began = Instant::now();
+    let layout = crate::local::layout_of(dir)?;
+    let cluster = crate::local::cluster_file::LocalCluster::read(&layout)?;
+    let flushed: quire_postgres::Lsn = psql_on(install, port, "SELECT pg_current_wal_flush_lsn()")?
+        .parse()
+        .context("the compute's flush LSN")?;
+    let base = format!(
+        "http://{}/v1/tenant/{}/timeline/{}",
+        cluster.pageserver.http, cluster.tenant_id, cluster.timeline_id
+    );
+    loop {
+        let status: serde_json::Value = ureq::get(&base)
+            .timeout(Duration::from_secs(30))
+            .call()
+            .with_context(|| format!("GET {base}"))?
+            .into_json()
+            .with_context(|| format!("GET {base}"))?;
+        let ingested: quire_postgres::Lsn = status["ingested_lsn"]
+            .as_str()
+            .unwrap_or("0/0")
+            .parse()
+            .with_context(|| format!("ingested_lsn in {status}"))?;
+        if ingested >= flushed {
+            break;
+        }
+        ensure!(
+            began.elapsed() < Duration::from_secs(600),
+            "the pageserver did not ingest up to {flushed} in 10 min: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("{base}/compact");
+    ureq::post(&url)
+        .timeout(Duration::from_secs(1800))
+        .call()
+        .with_context(|| format!("POST {url}"))?;
+    Ok(began.elapsed())
 }
 
 /// A client program of `install` against the compute on `port`.
@@ -296,11 +344,13 @@ pub fn run(args: &PgbenchArgs) -> Result<()> {
             bound,
         )?;
         let quire_init = init.elapsed();
+        let settled = settle(&install, quire.port, &dir)?;
         let init = Instant::now();
         pgbench_report(vanilla.client("pgbench"), &init_args(scale), bound)?;
         println!(
-            "size={size}: pgbench -i -s {scale}: quire {:.1} s, vanilla {:.1} s",
+            "size={size}: pgbench -i -s {scale}: quire {:.1} s (then ingest caught up and compacted into image layers in {:.1} s), vanilla {:.1} s",
             quire_init.as_secs_f64(),
+            settled.as_secs_f64(),
             init.elapsed().as_secs_f64()
         );
         for &mode in &args.modes {

@@ -7,7 +7,8 @@
 //! 3. pgbench (select-only and TPC-B) on the compute beside vanilla
 //!    Postgres 17 with the same `shared_buffers`, the data four times
 //!    shared buffers: the TPS of both, their ratio, the compute-side
-//!    GetPage p50/p99.
+//!    GetPage p50/p99 (after `pgbench -i` the pageserver is let catch up
+//!    and compact into image layers).
 //! 4. The compute stopped and a new one started from an empty data
 //!    directory: the rows and pgbench's tables are still there.
 //! 5. A branch at the noted LSN with a compute of its own: it shows that
@@ -89,7 +90,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "[3/5] pgbench -s {} on Quire beside vanilla Postgres, shared_buffers {}",
         args.scale, args.shared_buffers
     );
-    compare(&install, port, args)?;
+    compare(&install, port, &dir, args)?;
 
     println!("[4/5] the compute restarted from an empty data directory");
     quire_command(&["compute", "stop", "--cluster", &dir_text])?;
@@ -135,7 +136,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 }
 
 /// select-only and TPC-B on the compute and on vanilla Postgres.
-fn compare(install: &quire_cluster::PgInstall, port: u16, args: &DemoArgs) -> Result<()> {
+fn compare(
+    install: &quire_cluster::PgInstall,
+    port: u16,
+    dir: &std::path::Path,
+    args: &DemoArgs,
+) -> Result<()> {
     psql_on(install, port, "CREATE EXTENSION IF NOT EXISTS quire_smgr")?;
     let mut vanilla = PgCluster::create(
         install,
@@ -146,6 +152,11 @@ fn compare(install: &quire_cluster::PgInstall, port: u16, args: &DemoArgs) -> Re
     let bound = Duration::from_secs(u64::from(args.seconds) * 3 + 600);
     let client = |p: u16| crate::bench_pgbench::compute_client(install, p, "pgbench");
     pgbench_report(client(port), &init_args(args.scale), bound)?;
+    let settled = crate::bench_pgbench::settle(install, port, dir)?;
+    println!(
+        "  pgbench -i done; the pageserver caught up and compacted into image layers in {:.1} s",
+        settled.as_secs_f64()
+    );
     pgbench_report(vanilla.client("pgbench"), &init_args(args.scale), bound)?;
     for mode in [Mode::SelectOnly, Mode::Tpcb] {
         let run = run_args(mode, args.clients, args.seconds);

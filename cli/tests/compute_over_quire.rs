@@ -20,7 +20,7 @@
 //! acknowledged transaction is in the ledger and the books balance (the
 //! accounts' sum equals the history's, which a lost or stale page breaks);
 //! at the end amcheck finds nothing on any heap or B-tree, file-copying
-//! commands and DROP TABLESPACE are refused, `pg_relation_size` answers
+//! commands and `DROP TABLESPACE` are refused, `pg_relation_size` answers
 //! from the storage manager, an unlogged table lives on local disk, and the
 //! storage manager's counters show the reads it sent.
 
@@ -120,7 +120,8 @@ fn kill_compute_at(datadir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// file_copy is refused; an unlogged table works and stays on local disk.
+/// `file_copy` and `DROP TABLESPACE` are refused; a tablespace, `pg_relation_size`
+/// and an unlogged table (on local disk) work.
 fn check_refusals_and_locals(pg: &PgCluster) -> Result<()> {
     let refused = pg
         .psql("postgres", "CREATE DATABASE copied STRATEGY file_copy")
