@@ -123,6 +123,25 @@ pub(crate) fn quire_command(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// `quire start` of a local cluster in `dir` on `install` whose compute
+/// has `shared_buffers`; what it printed.
+pub(crate) fn start_local_cluster(
+    install: &PgInstall,
+    dir: &str,
+    shared_buffers: &str,
+) -> Result<String> {
+    let prefix = install.prefix().to_string_lossy().into_owned();
+    quire_command(&[
+        "start",
+        "--dir",
+        dir,
+        "--pg-prefix",
+        &prefix,
+        "--shared-buffers",
+        shared_buffers,
+    ])
+}
+
 /// The port of the (first) `compute: postgresql://user@host:PORT/db` line.
 pub(crate) fn compute_port(output: &str) -> Result<u16> {
     let url = output
@@ -295,18 +314,9 @@ pub fn run(args: &PgbenchArgs) -> Result<()> {
         .dir
         .clone()
         .unwrap_or_else(|| scratch.path().join("cluster"));
-    let prefix = install.prefix().to_string_lossy().into_owned();
     let dir_text = dir.to_string_lossy().into_owned();
     let began = Instant::now();
-    let started = quire_command(&[
-        "start",
-        "--dir",
-        &dir_text,
-        "--pg-prefix",
-        &prefix,
-        "--shared-buffers",
-        &args.shared_buffers,
-    ])?;
+    let started = start_local_cluster(&install, &dir_text, &args.shared_buffers)?;
     let quire = QuireCluster {
         dir: dir.clone(),
         port: compute_port(&started)?,

@@ -22,7 +22,7 @@ use quire_cluster::{PgCluster, PgClusterOptions};
 
 use crate::bench_pgbench::{
     Mode, compute_port, getpage_latency, init_args, pgbench, pgbench_report, psql_on,
-    quire_command, run_args,
+    quire_command, run_args, start_local_cluster,
 };
 use crate::compute::locate_install;
 
@@ -51,20 +51,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .context("create a scratch directory")?;
     let dir = scratch.path().join("cluster");
     let dir_text = dir.to_string_lossy().into_owned();
-    let prefix = install.prefix().to_string_lossy().into_owned();
     let stop = StopOnDrop(dir_text.clone());
 
     println!("[1/5] quire start: safekeepers, pageserver, tenant from initdb, compute");
     let began = Instant::now();
-    let started = quire_command(&[
-        "start",
-        "--dir",
-        &dir_text,
-        "--pg-prefix",
-        &prefix,
-        "--shared-buffers",
-        &args.shared_buffers,
-    ])?;
+    let started = start_local_cluster(&install, &dir_text, &args.shared_buffers)?;
     let port = compute_port(&started)?;
     if let Some(line) = started.lines().find(|l| l.starts_with("compute: ")) {
         println!("{line}");

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod effects_oracle;
+pub mod regress;
 pub mod safekeepers;
 pub mod waldump_oracle;
 

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use quire_cluster::{PgCluster, PgClusterOptions, RunAs, read_smgr_counts, run_bounded};
+use quire_cluster::{PgCluster, PgClusterOptions, read_smgr_counts};
 use quire_tests::{assert_log_clean, pg_install};
 
 const ROWS: u64 = 20_000;
@@ -116,39 +116,19 @@ fn without_the_extension_the_counters_are_unavailable() -> Result<()> {
 #[test]
 fn regression_suite_passes_through_the_smgr_hook() -> Result<()> {
     let install = pg_install()?;
-    let regress = install.build_tree()?.join("src/test/regress");
     let options = PgClusterOptions::default()
         .setting("shared_preload_libraries", "'quire_smgr_count'")
         .setting("max_connections", "100");
     let mut pg = PgCluster::create(&install, options)?;
     pg.start()?;
 
-    // Results go to a directory of this test's own: the build tree is shared
-    // by every checkout on the machine and must stay untouched.
-    let run_as = RunAs::detect()?;
-    let outputs = tempfile::tempdir()?;
-    run_as.give(outputs.path())?;
-    let mut command = run_as.command("make");
-    command
-        .arg("-C")
-        .arg(&regress)
-        .args(["-s", "installcheck-parallel"])
-        .arg(format!(
-            "EXTRA_REGRESS_OPTS=--outputdir={}",
-            outputs.path().display()
-        ))
-        .env("PGHOST", "127.0.0.1")
-        .env("PGPORT", pg.port().to_string())
-        .env("PGUSER", quire_cluster::SUPERUSER);
-    let output = run_bounded(&mut command, Duration::from_secs(900))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        let diffs =
-            std::fs::read_to_string(outputs.path().join("regression.diffs")).unwrap_or_default();
+    let run = quire_tests::regress::installcheck(&install, pg.port(), Duration::from_secs(900))?;
+    let stdout = &run.stdout;
+    if !run.passed {
         bail!(
             "the regression suite failed through the smgr hook:\n{stdout}\n{}\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            diffs.lines().take(100).collect::<Vec<_>>().join("\n")
+            run.stderr,
+            run.diffs.lines().take(100).collect::<Vec<_>>().join("\n")
         );
     }
     let summary = stdout
