@@ -2,7 +2,8 @@
  *
  * remote.h
  *	  A backend's connections to the pageserver's shards, reads routed by
- *	  the stripe rule, prefetch, retries and reconnects (remote.c).
+ *	  the stripe rule, prefetch, retries and reconnects (remote.c), and
+ *	  the routing itself (routing.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -33,6 +34,13 @@ extern bool remote_check_addresses(const char *value);
 
 /* Checks a quire.tenant / quire.timeline value: 32 hex digits. */
 extern bool remote_parse_id(const char *text, uint8_t *out);
+
+/*
+ * The index-th "host:port" of a comma list (the only one when the list has
+ * one), split into palloc'd parts; false if there is none or it is
+ * malformed (routing.c).
+ */
+extern bool remote_nth_address(const char *list, uint32 index, char **host, char **port);
 
 /* The shard of the tenant that owns a relation block. */
 extern uint32 remote_shard_of(RelFileLocator loc, BlockNumber block);
