@@ -10,6 +10,9 @@
 //! only after that, so a crash leaves either the old or the new set listed
 //! (unlisted files are deleted on load).
 //!
+//! A lone L0 between two images is rewritten as one L1 over the keys it
+//! holds, so the L0 count (the debt that holds ingest) always falls.
+//!
 //! L0s are merged only in runs that no image layer's LSN falls inside: an
 //! image sits on the last LSN of the L0 below it, and a merged layer that
 //! spanned it would hide it from reads (the layer map's search relies on
@@ -100,20 +103,34 @@ impl Timeline {
         entries.sort_by_key(|(key, lsn, _, _)| (*key, *lsn));
 
         let partitions = partition(&entries, target_bytes);
-        if l0.len() == 1 && partitions.len() == 1 {
-            // The result would be the same layer under the same name.
+        // A lone L0 (images on both sides, as image creation between
+        // flushes leaves them) would come out as one layer under the same
+        // name and stay L0 for good, its debt holding ingest forever: it
+        // becomes an L1 over the key range it holds instead.
+        let lone = l0.len() == 1 && partitions.len() == 1;
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(0);
+        };
+        let (first_key, last_key) = (first.0, last.0);
+        if lone && first_key == Key::MIN && last_key.next().is_none() {
             return Ok(0);
         }
         let mut new_layers = Vec::with_capacity(partitions.len());
         for (i, range) in partitions.iter().enumerate() {
-            let key_start = if i == 0 {
+            let key_start = if lone {
+                first_key
+            } else if i == 0 {
                 Key::MIN
             } else {
                 entries[range.start].0
             };
-            let key_end = partitions
-                .get(i + 1)
-                .map_or(Key::MAX, |next| entries[next.start].0);
+            let key_end = if lone {
+                last_key.next().unwrap_or(Key::MAX)
+            } else {
+                partitions
+                    .get(i + 1)
+                    .map_or(Key::MAX, |next| entries[next.start].0)
+            };
             let name = LayerName {
                 kind: LayerKindName::Delta,
                 key_start,
