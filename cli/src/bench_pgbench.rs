@@ -86,6 +86,11 @@ pub struct PgbenchArgs {
         default_value = "select-only,tpcb,simple-update"
     )]
     modes: Vec<Mode>,
+    /// The compute's `quire.local_cache_size` (its cache of pages that
+    /// left shared buffers; `0` for none). Vanilla's counterpart is the
+    /// kernel's page cache, which holds all of its data here.
+    #[arg(long, default_value = crate::compute::LOCAL_CACHE_DEFAULT)]
+    local_cache_size: String,
     /// pgbench clients (and threads: at most 2).
     #[arg(long, default_value_t = 4)]
     clients: u32,
@@ -129,6 +134,7 @@ pub(crate) fn start_local_cluster(
     install: &PgInstall,
     dir: &str,
     shared_buffers: &str,
+    local_cache_size: &str,
 ) -> Result<String> {
     let prefix = install.prefix().to_string_lossy().into_owned();
     quire_command(&[
@@ -139,6 +145,8 @@ pub(crate) fn start_local_cluster(
         &prefix,
         "--shared-buffers",
         shared_buffers,
+        "--local-cache-size",
+        local_cache_size,
     ])
 }
 
@@ -290,6 +298,63 @@ pub(crate) fn run_args(mode: Mode, clients: u32, seconds: u32) -> Vec<String> {
     args
 }
 
+/// pgbench with a per-transaction log under `logs` (a new directory): its
+/// report, and the p50/p99 of its transactions' latencies as text.
+pub(crate) fn pgbench_logged(
+    command: Command,
+    args: &[String],
+    bound: Duration,
+    logs: &std::path::Path,
+) -> Result<(PgbenchSummary, String)> {
+    std::fs::create_dir_all(logs).with_context(|| format!("create {}", logs.display()))?;
+    let prefix = logs.join("tx");
+    let mut logged = vec![
+        "-l".to_owned(),
+        format!("--log-prefix={}", prefix.display()),
+    ];
+    logged.extend_from_slice(args);
+    let summary = pgbench(command, &logged, bound)?;
+    // Each line: client, transaction, latency in microseconds, script, time.
+    let mut micros: Vec<u64> = Vec::new();
+    for entry in std::fs::read_dir(logs).with_context(|| format!("list {}", logs.display()))? {
+        let path = entry?.path();
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        micros.extend(
+            text.lines()
+                .filter_map(|line| line.split_whitespace().nth(2)?.parse::<u64>().ok()),
+        );
+    }
+    micros.sort_unstable();
+    let at = |q: f64| -> String {
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index into the sorted latencies"
+        )]
+        let index = ((micros.len() as f64 - 1.0) * q).round().max(0.0) as usize;
+        micros.get(index).map_or_else(
+            || "-".to_owned(),
+            |us| format!("{}.{:03}", us / 1000, us % 1000),
+        )
+    };
+    Ok((summary, format!("{}/{} ms", at(0.50), at(0.99))))
+}
+
+/// The local cache's hits and misses since the last reset, as text.
+fn local_cache_hits(install: &PgInstall, port: u16) -> Result<String> {
+    let row = psql_on(
+        install,
+        port,
+        "SELECT string_agg(value::text, '|' ORDER BY name) FROM quire_smgr_stats() WHERE name IN ('local_cache_hits', 'local_cache_misses')",
+    )?;
+    let mut fields = row.split('|');
+    let hits = fields.next().unwrap_or("0");
+    let misses = fields.next().unwrap_or("0");
+    Ok(format!("{hits} hits, {misses} misses"))
+}
+
 /// The compute-side GetPage figures since the last reset: requests, p50, p99.
 pub(crate) fn getpage_latency(install: &PgInstall, port: u16) -> Result<(u64, String, String)> {
     let row = psql_on(
@@ -316,16 +381,23 @@ pub fn run(args: &PgbenchArgs) -> Result<()> {
         .unwrap_or_else(|| scratch.path().join("cluster"));
     let dir_text = dir.to_string_lossy().into_owned();
     let began = Instant::now();
-    let started = start_local_cluster(&install, &dir_text, &args.shared_buffers)?;
+    let started = start_local_cluster(
+        &install,
+        &dir_text,
+        &args.shared_buffers,
+        &args.local_cache_size,
+    )?;
     let quire = QuireCluster {
         dir: dir.clone(),
         port: compute_port(&started)?,
     };
     println!(
-        "quire: a local cluster in {} in {:.1} s, compute on port {}",
+        "quire: a local cluster in {} in {:.1} s, compute on port {}, shared_buffers {}, local cache {}",
         dir.display(),
         began.elapsed().as_secs_f64(),
-        quire.port
+        quire.port,
+        args.shared_buffers,
+        args.local_cache_size
     );
     psql_on(
         &install,
@@ -366,9 +438,21 @@ pub fn run(args: &PgbenchArgs) -> Result<()> {
         for &mode in &args.modes {
             let run = run_args(mode, args.clients, args.seconds);
             psql_on(&install, quire.port, "SELECT quire_smgr_reset_stats()")?;
-            let on_quire = pgbench(compute_client(&install, quire.port, "pgbench"), &run, bound)?;
+            let logs = scratch.path().join(format!("log-{size}-{}", mode.name()));
+            let (on_quire, quire_latency) = pgbench_logged(
+                compute_client(&install, quire.port, "pgbench"),
+                &run,
+                bound,
+                &logs.join("quire"),
+            )?;
             let (requests, p50, p99) = getpage_latency(&install, quire.port)?;
-            let on_vanilla = pgbench(vanilla.client("pgbench"), &run, bound)?;
+            let local = local_cache_hits(&install, quire.port)?;
+            let (on_vanilla, vanilla_latency) = pgbench_logged(
+                vanilla.client("pgbench"),
+                &run,
+                bound,
+                &logs.join("vanilla"),
+            )?;
             let ratio = if on_vanilla.tps > 0.0 {
                 on_quire.tps / on_vanilla.tps
             } else {
@@ -381,7 +465,7 @@ pub fn run(args: &PgbenchArgs) -> Result<()> {
                 on_vanilla.tps
             );
             println!(
-                "  latency: pgbench mean quire {:.3} ms, vanilla {:.3} ms; compute-side GetPage p50 {p50} us, p99 {p99} us over {requests} requests",
+                "  latency: pgbench mean quire {:.3} ms, vanilla {:.3} ms; pgbench p50/p99 quire {quire_latency}, vanilla {vanilla_latency}; compute-side GetPage p50 {p50} us, p99 {p99} us over {requests} requests; local cache {local}",
                 on_quire.latency_ms_mean, on_vanilla.latency_ms_mean
             );
         }

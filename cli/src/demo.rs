@@ -32,6 +32,10 @@ pub struct DemoArgs {
     /// `shared_buffers` of the compute and of vanilla Postgres.
     #[arg(long, default_value = "16MB")]
     shared_buffers: String,
+    /// The compute's `quire.local_cache_size` (`0` for none: every page
+    /// shared buffers lack comes from the pageserver).
+    #[arg(long, default_value = crate::compute::LOCAL_CACHE_DEFAULT)]
+    local_cache_size: String,
     /// pgbench scale (about 15 MB each: 4 is four times 16MB).
     #[arg(long, default_value_t = 4)]
     scale: u32,
@@ -55,7 +59,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     println!("[1/5] quire start: safekeepers, pageserver, tenant from initdb, compute");
     let began = Instant::now();
-    let started = start_local_cluster(&install, &dir_text, &args.shared_buffers)?;
+    let started = start_local_cluster(
+        &install,
+        &dir_text,
+        &args.shared_buffers,
+        &args.local_cache_size,
+    )?;
     let port = compute_port(&started)?;
     if let Some(line) = started.lines().find(|l| l.starts_with("compute: ")) {
         println!("{line}");

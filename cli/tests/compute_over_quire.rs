@@ -183,7 +183,8 @@ fn check_refusals_and_locals(pg: &PgCluster) -> Result<()> {
     Ok(())
 }
 
-/// The storage manager's counters show its reads.
+/// The storage manager's counters show its reads, from the pageserver and
+/// from the local cache.
 fn check_counters(pg: &PgCluster) -> Result<()> {
     pg.psql("postgres", "CREATE EXTENSION IF NOT EXISTS quire_smgr")?;
     let reads = number(
@@ -191,6 +192,18 @@ fn check_counters(pg: &PgCluster) -> Result<()> {
         "SELECT value FROM quire_smgr_stats() WHERE name = 'read_pages'",
     )?;
     ensure!(reads > 100, "only {reads} pages read from the pageserver");
+    // The 4 MB local cache both served reads and evicted pages.
+    let hits = number(
+        pg,
+        "SELECT value FROM quire_smgr_stats() WHERE name = 'local_cache_hits'",
+    )?;
+    let evictions = number(
+        pg,
+        "SELECT value FROM quire_smgr_stats() WHERE name = 'local_cache_evictions'",
+    )?;
+    println!("local cache: {hits} hits, {evictions} evictions");
+    ensure!(hits > 0, "no read served by the local cache");
+    ensure!(evictions > 0, "the 4 MB local cache never evicted");
     let latency = pg.psql(
         "postgres",
         "SELECT requests, p50_us, p99_us FROM quire_getpage_latency()",

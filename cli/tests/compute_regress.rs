@@ -50,7 +50,10 @@ const ALLOWED: &[(&str, &str, Covers)] = &[
 #[test]
 fn the_regression_suite_passes_on_a_compute_over_quire() -> Result<()> {
     let stack = Stack::start()?;
-    let pg = stack.start_compute_with("128MB")?;
+    // A local cache smaller than what the suite touches, so that pages
+    // leave it and come back from the pageserver, and its forgetting on
+    // truncation, unlink and create runs thousands of times.
+    let pg = stack.start_compute_with("128MB", "16MB")?;
     let run = installcheck(&stack.install, pg.port(), Duration::from_secs(1500))?;
     let failed = run.failed();
     println!(

@@ -18,6 +18,9 @@ pub struct ComputeSettings {
     pub safekeepers: usize,
     /// `shared_buffers`, as Postgres reads it (`128MB`).
     pub shared_buffers: String,
+    /// `quire.local_cache_size`: shared memory for pages that left shared
+    /// buffers (`256MB`; `0` for none).
+    pub local_cache_size: String,
     /// The page service, `host:port`.
     pub pageserver: String,
     /// The tenant (32 hex digits).
@@ -120,6 +123,10 @@ pub fn postgresql_conf(settings: &ComputeSettings) -> Result<String, SettingsErr
     ];
     if settings.preload_quire_smgr {
         lines.push(("shared_preload_libraries", "'quire_smgr'".to_owned()));
+        lines.push((
+            "quire.local_cache_size",
+            quoted("quire.local_cache_size", &settings.local_cache_size)?,
+        ));
     }
     if let Some(token) = &settings.page_token {
         lines.push(("quire.auth_token", quoted("quire.auth_token", token)?));
@@ -147,6 +154,7 @@ mod tests {
             port: 55432,
             safekeepers: 3,
             shared_buffers: "128MB".to_owned(),
+            local_cache_size: "256MB".to_owned(),
             pageserver: "127.0.0.1:6400".to_owned(),
             tenant: "11".repeat(16),
             timeline: "22".repeat(16),

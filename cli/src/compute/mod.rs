@@ -95,6 +95,11 @@ struct StartArgs {
     /// `shared_buffers` (default 128MB; with --cluster: what it had).
     #[arg(long)]
     shared_buffers: Option<String>,
+    /// `quire.local_cache_size`, the compute's cache of pages that left
+    /// shared buffers (default 256MB, `0` for none; with --cluster: what
+    /// it had).
+    #[arg(long)]
+    local_cache_size: Option<String>,
     /// Local-data mode, for debugging: a full basebackup (every relation
     /// file local) and no `quire_smgr`; WAL still goes to the safekeepers.
     #[arg(long)]
@@ -135,6 +140,8 @@ struct StopArgs {
 
 /// `shared_buffers` when none is given.
 pub const SHARED_BUFFERS_DEFAULT: &str = "128MB";
+/// A compute's `quire.local_cache_size` unless told.
+pub const LOCAL_CACHE_DEFAULT: &str = "256MB";
 
 pub fn run(args: &ComputeArgs) -> Result<()> {
     match &args.command {
@@ -165,6 +172,7 @@ fn run_start(args: &StartArgs) -> Result<()> {
         let overrides = local::ComputeOverrides {
             port: args.port,
             shared_buffers: args.shared_buffers.clone(),
+            local_cache_size: args.local_cache_size.clone(),
             full_basebackup: args.full_basebackup.then_some(true),
             pg_prefix: args.pg_prefix.clone(),
             deadlines,
@@ -202,6 +210,10 @@ fn run_start(args: &StartArgs) -> Result<()> {
             .shared_buffers
             .clone()
             .unwrap_or_else(|| SHARED_BUFFERS_DEFAULT.to_owned()),
+        local_cache_size: args
+            .local_cache_size
+            .clone()
+            .unwrap_or_else(|| LOCAL_CACHE_DEFAULT.to_owned()),
         full_basebackup: args.full_basebackup,
         deadlines,
     };

@@ -74,6 +74,8 @@ pub struct Launch {
     pub port: u16,
     /// `shared_buffers`.
     pub shared_buffers: String,
+    /// `quire.local_cache_size`.
+    pub local_cache_size: String,
     /// Every relation block in the basebackup, `quire_smgr` not loaded:
     /// the local-data mode, for debugging (WAL still goes to the
     /// safekeepers).
@@ -390,6 +392,7 @@ fn write_settings(target: &Target, launch: &Launch, data: &Path) -> Result<()> {
         port: launch.port,
         safekeepers: target.safekeepers.len(),
         shared_buffers: launch.shared_buffers.clone(),
+        local_cache_size: launch.local_cache_size.clone(),
         pageserver: target.pageserver.clone(),
         tenant: target.tenant.clone(),
         timeline: target.timeline.clone(),

@@ -43,6 +43,10 @@ pub struct PageserverEntry {
     pub cache_mib: usize,
 }
 
+fn default_local_cache() -> String {
+    crate::compute::LOCAL_CACHE_DEFAULT.to_owned()
+}
+
 /// A compute: the main one, or a branch's.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ComputeEntry {
@@ -50,6 +54,10 @@ pub struct ComputeEntry {
     pub port: u16,
     /// `shared_buffers`.
     pub shared_buffers: String,
+    /// `quire.local_cache_size` (a file written before it existed: the
+    /// default).
+    #[serde(default = "default_local_cache")]
+    pub local_cache_size: String,
     /// Whether it starts from a full basebackup (relation files local).
     pub full_basebackup: bool,
 }
@@ -273,6 +281,7 @@ mod tests {
             compute: ComputeEntry {
                 port: 55432,
                 shared_buffers: "128MB".to_owned(),
+                local_cache_size: "256MB".to_owned(),
                 full_basebackup: false,
             },
             branches: vec![BranchEntry {
@@ -282,6 +291,7 @@ mod tests {
                 compute: ComputeEntry {
                     port: 55433,
                     shared_buffers: "128MB".to_owned(),
+                    local_cache_size: "256MB".to_owned(),
                     full_basebackup: true,
                 },
             }],

@@ -39,6 +39,8 @@ pub struct ComputeOverrides {
     pub port: Option<u16>,
     /// Another `shared_buffers`.
     pub shared_buffers: Option<String>,
+    /// Another `quire.local_cache_size`.
+    pub local_cache_size: Option<String>,
     /// Full basebackup or not.
     pub full_basebackup: Option<bool>,
     /// Another Postgres install.
@@ -128,6 +130,10 @@ pub fn start_compute(
             .shared_buffers
             .clone()
             .unwrap_or(entry.shared_buffers),
+        local_cache_size: overrides
+            .local_cache_size
+            .clone()
+            .unwrap_or(entry.local_cache_size),
         full_basebackup: overrides.full_basebackup.unwrap_or(entry.full_basebackup),
     };
     if data.exists() {
@@ -145,6 +151,7 @@ pub fn start_compute(
         log: layout.compute_log(branch),
         port,
         shared_buffers: entry.shared_buffers.clone(),
+        local_cache_size: entry.local_cache_size.clone(),
         full_basebackup: entry.full_basebackup,
         deadlines: overrides.deadlines,
     };

@@ -37,6 +37,9 @@ pub struct StartArgs {
     /// The compute's `shared_buffers`.
     #[arg(long, default_value = SHARED_BUFFERS_DEFAULT)]
     shared_buffers: String,
+    /// The compute's `quire.local_cache_size` (`0` for none).
+    #[arg(long, default_value = crate::compute::LOCAL_CACHE_DEFAULT)]
+    local_cache_size: String,
     /// The compute's port (default: a free one).
     #[arg(long)]
     compute_port: Option<u16>,
@@ -137,6 +140,7 @@ fn create(layout: &Layout, args: &StartArgs) -> Result<()> {
         compute: ComputeEntry {
             port: compute_port,
             shared_buffers: args.shared_buffers.clone(),
+            local_cache_size: args.local_cache_size.clone(),
             full_basebackup: args.full_basebackup,
         },
         branches: Vec::new(),

@@ -100,12 +100,14 @@ impl Stack {
     }
 
     /// What compute control does at a start; the running compute.
+    /// Its local page cache is small too (4 MB), so it both evicts and
+    /// leaves most reads to the pageserver.
     pub fn start_compute(&self) -> Result<PgCluster> {
-        self.start_compute_with("2MB")
+        self.start_compute_with("2MB", "4MB")
     }
 
-    /// A compute start with `shared_buffers`.
-    pub fn start_compute_with(&self, shared_buffers: &str) -> Result<PgCluster> {
+    /// A compute start with `shared_buffers` and `quire.local_cache_size`.
+    pub fn start_compute_with(&self, shared_buffers: &str, local_cache: &str) -> Result<PgCluster> {
         let began = Instant::now();
         let port = free_port()?;
         let (sk, key) = (self.addresses.clone(), self.key);
@@ -145,6 +147,7 @@ impl Stack {
             .setting("max_wal_senders", "10")
             .setting("max_replication_slots", "10")
             .setting("shared_buffers", &format!("'{shared_buffers}'"))
+            .setting("quire.local_cache_size", &format!("'{local_cache}'"))
             .setting("restart_after_crash", "off");
         let mut pg = PgCluster::adopt(&self.install, options, |data| {
             std::fs::rename(&unpacked, data).context("move the basebackup")

@@ -29,6 +29,7 @@
 #include "varatt.h"
 
 #include "caches.h"
+#include "local_cache.h"
 #include "pagestream.h"
 #include "quire_smgr.h"
 #include "remote.h"
@@ -301,6 +302,7 @@ shmem_request(void)
 	if (previous_shmem_request_hook)
 		previous_shmem_request_hook();
 	caches_shmem_request();
+	local_cache_shmem_request();
 	stats_shmem_request();
 }
 
@@ -310,6 +312,7 @@ shmem_startup(void)
 	if (previous_shmem_startup_hook)
 		previous_shmem_startup_hook();
 	caches_shmem_startup();
+	local_cache_shmem_startup();
 	stats_shmem_startup();
 }
 
@@ -329,6 +332,10 @@ define_postmaster_settings(void)
 							"Blocks whose last-written LSN the shared cache holds.",
 							NULL, &quire_lwlsn_cache_entries, 131072, 16, INT_MAX / 2,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("quire.local_cache_size",
+							"Shared memory for pages that left shared buffers (0 = none).",
+							NULL, &quire_local_cache_mb, 0, 0, INT_MAX / 2, PGC_POSTMASTER,
+							GUC_UNIT_MB, NULL, NULL, NULL);
 }
 
 static void
@@ -393,6 +400,7 @@ _PG_init(void)
 				(errmsg("quire_smgr is preloaded but quire.pageserver is not set: relations stay on local disk")));
 		return;
 	}
+	local_cache_set_owner(quire_tenant_setting, quire_timeline_setting);
 	previous_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = shmem_request;
 	previous_shmem_startup_hook = shmem_startup_hook;

@@ -5,8 +5,10 @@
  *	  pageserver, temp and unlogged ones left on md.c.
  *
  * Nothing is ever written to the pageserver: it rebuilds every page from
- * the WAL the safekeepers hold.  So an evicted page is dropped, and what
- * this module must get right is which version a later read asks for:
+ * the WAL the safekeepers hold.  So an evicted page goes only to the local
+ * page cache (local_cache.c), which also keeps pages read and extended;
+ * a read looks there first.  What this module must get right is which
+ * version a read that misses it asks the pageserver for:
  *
  * - Each read sends not_modified_since = the block's last-written LSN
  *   (caches.c), at least the page LSN of its last eviction and never
@@ -43,6 +45,7 @@
 #include "utils/memutils.h"
 
 #include "caches.h"
+#include "local_cache.h"
 #include "remote.h"
 #include "quire_smgr.h"
 #include "stats.h"
@@ -194,7 +197,10 @@ quire_create(SMgrRelation reln, ForkNumber forknum, bool isRedo)
 
 	/* Creating a fork that exists keeps it, as md.c does in redo. */
 	if (relsize_get(loc, forknum, &nblocks) != RELSIZE_KNOWN)
+	{
 		relsize_set(loc, forknum, 0, true);
+		local_cache_forget_fork(loc, forknum, 0);
+	}
 }
 
 static bool
@@ -218,6 +224,7 @@ quire_unlink(RelFileLocatorBackend rlocator, ForkNumber forknum, bool isRedo)
 		if (lsn != InvalidXLogRecPtr)
 			lwlsn_set(rlocator.locator, fork, InvalidBlockNumber, lsn);
 	}
+	local_cache_forget_fork(rlocator.locator, forknum, 0);
 	remote_forget_prefetched(rlocator.locator);
 }
 
@@ -277,6 +284,7 @@ quire_extend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum, const 
 	lsn = page_leaving(loc, forknum, blocknum, buffer);
 	if (lsn != InvalidXLogRecPtr)
 		lwlsn_set(loc, forknum, blocknum, lsn);
+	local_cache_store(loc, forknum, blocknum, buffer);
 	while (!relsize_extend(loc, forknum, blocknum + 1))
 		(void) fork_size(loc, forknum, &nblocks);
 }
@@ -295,6 +303,8 @@ quire_zeroextend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum, in
 						InvalidBlockNumber)));
 	if (!fork_size(loc, forknum, &size))
 		relsize_set(loc, forknum, 0, true);
+	/* A new empty page may leave shared buffers clean, never written. */
+	local_cache_forget_blocks(loc, forknum, blocknum, (BlockNumber) nblocks);
 	while (!relsize_extend(loc, forknum, blocknum + nblocks))
 		(void) fork_size(loc, forknum, &size);
 }
@@ -306,8 +316,11 @@ quire_prefetch(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum, int 
 
 	for (int i = 0; i < nblocks; i++)
 	{
-		XLogRecPtr	lsn = read_lsn(loc, forknum, blocknum + i);
+		XLogRecPtr	lsn;
 
+		if (local_cache_contains(loc, forknum, blocknum + i))
+			continue;
+		lsn = read_lsn(loc, forknum, blocknum + i);
 		flush_wal_to(lsn);
 		remote_prefetch(loc, forknum, blocknum + i, lsn);
 	}
@@ -351,10 +364,16 @@ quire_readv(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum, void **
 		uint32		run;
 		XLogRecPtr	run_lsn = InvalidXLogRecPtr;
 
-		/* What a prefetch already brought needs no request. */
+		/* What the local cache or a prefetch holds needs no request. */
+		if (local_cache_read(loc, forknum, first, buffers[done]))
+		{
+			done++;
+			continue;
+		}
 		lsns[0] = read_lsn(loc, forknum, first);
 		if (remote_take_prefetched(loc, forknum, first, lsns[0], buffers[done]))
 		{
+			local_cache_store(loc, forknum, first, buffers[done]);
 			done++;
 			continue;
 		}
@@ -383,6 +402,8 @@ quire_readv(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum, void **
 				if (remote_read(loc, forknum, first + i, 1, buffers[done + i], lsns[i]) != REMOTE_READ_OK)
 					read_missing_block(loc, forknum, first + i, buffers[done + i]);
 		}
+		for (uint32 i = 0; i < run; i++)
+			local_cache_store(loc, forknum, first + i, buffers[done + i]);
 		done += run;
 	}
 }
@@ -399,6 +420,7 @@ quire_writev(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum, const 
 
 		if (lsn != InvalidXLogRecPtr)
 			lwlsn_set(loc, forknum, blocknum + i, lsn);
+		local_cache_store(loc, forknum, blocknum + i, buffers[i]);
 	}
 }
 
@@ -428,6 +450,7 @@ quire_truncate(SMgrRelation reln, ForkNumber forknum, BlockNumber old_blocks, Bl
 
 	/* RelationTruncate wrote its WAL record before calling this. */
 	relsize_set(loc, forknum, nblocks, true);
+	local_cache_forget_fork(loc, forknum, nblocks);
 	if (!RecoveryInProgress())
 		lwlsn_set(loc, forknum, InvalidBlockNumber, GetXLogInsertRecPtr());
 	remote_forget_prefetched(loc);

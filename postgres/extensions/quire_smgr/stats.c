@@ -23,6 +23,7 @@
 #include "utils/tuplestore.h"
 
 #include "caches.h"
+#include "local_cache.h"
 #include "stats.h"
 
 #define LINEAR_BUCKETS 16
@@ -55,6 +56,10 @@ static const char *const counter_names[QC_COUNT] = {
 	[QC_FPI_ON_EVICT] = "fpi_on_evict",
 	[QC_RECONNECTS] = "reconnects",
 	[QC_RETRIES] = "retries",
+	[QC_LOCAL_HITS] = "local_cache_hits",
+	[QC_LOCAL_MISSES] = "local_cache_misses",
+	[QC_LOCAL_STORES] = "local_cache_stores",
+	[QC_LOCAL_EVICTIONS] = "local_cache_evictions",
 };
 
 PG_FUNCTION_INFO_V1(quire_smgr_stats);
@@ -159,7 +164,7 @@ quire_smgr_stats(PG_FUNCTION_ARGS)
 	{
 		const char *name;
 		uint64		value;
-	}			extra[6];
+	}			extra[8];
 
 	require_stats();
 	InitMaterializedSRF(fcinfo, 0);
@@ -182,6 +187,9 @@ quire_smgr_stats(PG_FUNCTION_ARGS)
 	extra[4].value = counts.lwlsn_evictions;
 	extra[5].name = "lwlsn_max_evicted";
 	extra[5].value = counts.lwlsn_max_evicted;
+	extra[6].name = "local_cache_entries";
+	extra[7].name = "local_cache_slots";
+	local_cache_counts(&extra[6].value, &extra[7].value);
 	for (int i = 0; i < lengthof(extra); i++)
 	{
 		values[0] = CStringGetTextDatum(extra[i].name);

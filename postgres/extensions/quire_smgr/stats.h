@@ -25,6 +25,10 @@ typedef enum QuireCounter
 	QC_FPI_ON_EVICT,			/* pages WAL-logged when evicted */
 	QC_RECONNECTS,
 	QC_RETRIES,					/* requests resent after WalNotIngested/Overloaded */
+	QC_LOCAL_HITS,				/* blocks read from the local page cache */
+	QC_LOCAL_MISSES,
+	QC_LOCAL_STORES,			/* pages put in it (read, written, extended) */
+	QC_LOCAL_EVICTIONS,
 	QC_COUNT
 } QuireCounter;
 
