@@ -105,6 +105,15 @@ pub fn postgresql_conf(settings: &ComputeSettings) -> Result<String, SettingsErr
             format!("'{}'", standby_names(settings.safekeepers)),
         ),
         ("synchronous_commit", "on".to_owned()),
+        // The compute's disk holds no durable state: a commit is
+        // acknowledged once a quorum of safekeepers has flushed it (the
+        // synchronous standbys above; fsync does not change that wait),
+        // and a compute is never recovered in place but started anew
+        // from a basebackup (restart_after_crash off, `quire compute
+        // start` wants an empty directory). So the local WAL need only
+        // reach the kernel, from where the walsenders read it; an fsync
+        // of it would only sit in series before the safekeepers' own.
+        ("fsync", "off".to_owned()),
         // A crashed compute is replaced from a basebackup, never recovered
         // in place: its shared caches of sizes and LSNs died with it.
         ("restart_after_crash", "off".to_owned()),
