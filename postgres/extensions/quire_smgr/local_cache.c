@@ -20,6 +20,10 @@
  * with: a superuser session that points quire.timeline elsewhere reads
  * past it.
  *
+ * A page read from the pageserver enters only if no entry is there and no
+ * newer version was evicted meanwhile (local_cache_store_read): a read
+ * outside the buffer pool, such as pg_prewarm's, can race an eviction.
+ *
  * Layout: LOCAL_CACHE_PARTITIONS partitions by key hash, each owning a
  * fixed range of page slots, a shared hash from block to slot, a stack of
  * free slots and an LRU list, under its own LWLock.  Pages are copied in
@@ -33,11 +37,13 @@
 #include "common/hashfn.h"
 #include "lib/ilist.h"
 #include "miscadmin.h"
+#include "storage/bufpage.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/hsearch.h"
 
+#include "caches.h"
 #include "local_cache.h"
 #include "remote.h"
 #include "stats.h"
@@ -76,6 +82,9 @@ typedef struct LcShared
 } LcShared;
 
 static LcShared *shared = NULL;
+
+static void store(RelFileLocator loc, ForkNumber fork, BlockNumber block, const void *buffer,
+				  bool if_newest);
 static HTAB *hashes[LOCAL_CACHE_PARTITIONS];
 static uint32 *free_stack = NULL;	/* each partition's part is its stack */
 static char *pages = NULL;
@@ -264,6 +273,25 @@ local_cache_contains(RelFileLocator loc, ForkNumber fork, BlockNumber block)
 void
 local_cache_store(RelFileLocator loc, ForkNumber fork, BlockNumber block, const void *buffer)
 {
+	store(loc, fork, block, buffer, false);
+}
+
+void
+local_cache_store_read(RelFileLocator loc, ForkNumber fork, BlockNumber block, const void *buffer)
+{
+	store(loc, fork, block, buffer, true);
+}
+
+/*
+ * Puts a page in the cache.  A read's page (if_newest) enters only where
+ * no entry is and its LSN is at least the block's last-written LSN, both
+ * checked under the partition's lock: an eviction sets that LSN before it
+ * stores, so either the read sees it, or the eviction's store comes after
+ * the read's and replaces it.
+ */
+static void
+store(RelFileLocator loc, ForkNumber fork, BlockNumber block, const void *buffer, bool if_newest)
+{
 	LcKey		key;
 	uint32		hash;
 	int			p;
@@ -280,6 +308,12 @@ local_cache_store(RelFileLocator loc, ForkNumber fork, BlockNumber block, const 
 		return;
 	LWLockAcquire(part->lock, LW_EXCLUSIVE);
 	entry = hash_search_with_hash_value(hashes[p], &key, hash, HASH_FIND, NULL);
+	if (if_newest &&
+		(entry != NULL || PageGetLSN((Page) buffer) < lwlsn_get(loc, fork, block)))
+	{
+		LWLockRelease(part->lock);
+		return;
+	}
 	if (entry == NULL)
 	{
 		uint32		slot;

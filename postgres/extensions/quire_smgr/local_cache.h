@@ -33,6 +33,15 @@ extern bool local_cache_contains(RelFileLocator loc, ForkNumber fork, BlockNumbe
 extern void local_cache_store(RelFileLocator loc, ForkNumber fork, BlockNumber block,
 							  const void *buffer);
 
+/*
+ * Caches a page just read from the pageserver, unless the block is cached
+ * already or its last-written LSN is above the page's: a read outside the
+ * buffer pool (pg_prewarm's read mode) may race an eviction of a newer
+ * version, which must win.
+ */
+extern void local_cache_store_read(RelFileLocator loc, ForkNumber fork, BlockNumber block,
+								   const void *buffer);
+
 /* Drops nblocks blocks from block on. */
 extern void local_cache_forget_blocks(RelFileLocator loc, ForkNumber fork, BlockNumber block,
 									  BlockNumber nblocks);

@@ -373,7 +373,7 @@ quire_readv(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum, void **
 		lsns[0] = read_lsn(loc, forknum, first);
 		if (remote_take_prefetched(loc, forknum, first, lsns[0], buffers[done]))
 		{
-			local_cache_store(loc, forknum, first, buffers[done]);
+			local_cache_store_read(loc, forknum, first, buffers[done]);
 			done++;
 			continue;
 		}
@@ -403,7 +403,7 @@ quire_readv(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum, void **
 					read_missing_block(loc, forknum, first + i, buffers[done + i]);
 		}
 		for (uint32 i = 0; i < run; i++)
-			local_cache_store(loc, forknum, first + i, buffers[done + i]);
+			local_cache_store_read(loc, forknum, first + i, buffers[done + i]);
 		done += run;
 	}
 }
