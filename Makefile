@@ -55,7 +55,7 @@ cargo-test: extensions
 	mkdir -p target
 	QUIRE_PG_PREFIX=$(PG_PREFIX) $(CARGO) test --workspace --locked --lib --bins --tests 2>&1 | tee target/cargo-test.log
 
-# Every fuzz target for a bounded time (FUZZ_SECONDS each, 10 targets), seeded from fuzz/seeds/
+# Every fuzz target for a bounded time (FUZZ_SECONDS each, 11 targets), seeded from fuzz/seeds/
 FUZZ_SECONDS ?= 30
 fuzz:
 	fuzz/run.sh $(FUZZ_SECONDS)
