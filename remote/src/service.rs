@@ -77,6 +77,12 @@ pub struct Pending<T> {
     receiver: oneshot::Receiver<Result<T, RemoteError>>,
 }
 
+impl<T> std::fmt::Debug for Pending<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
 impl<T> Future for Pending<T> {
     type Output = Result<T, RemoteError>;
 

@@ -17,10 +17,10 @@ fn with_mode(mode: u8, bytes: &[u8]) -> Vec<u8> {
 
 fn layer(name: &str, size: u64, generation: u32) -> IndexLayer {
     IndexLayer {
-        name: LayerFileName::new(name).unwrap(),
+        name: LayerFileName::new(name).expect("a layer name"),
         size,
         crc32c: quire_checksum::crc32c(name.as_bytes()),
-        generation: Generation::new(generation).unwrap(),
+        generation: Generation::new(generation).expect("a generation"),
     }
 }
 
