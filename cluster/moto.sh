@@ -8,7 +8,7 @@
 #
 # moto 5.2.5 answers a PUT with If-None-Match: * on an existing object with
 # 412 Precondition Failed (also on completing a multipart upload), which is
-# what generation claims need; older versions ignored the header.
+# what generation claims need (checked when this version was pinned).
 set -euo pipefail
 moto_version=5.2.5
 home=${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}

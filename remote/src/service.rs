@@ -7,7 +7,7 @@
 //! is back-pressure, or the runtime has shut down);
 //! [`RemoteStorage::submit`] awaits room in the queue. Either way the
 //! answer is a [`Pending`], a future completed by a oneshot channel, which
-//! any executor can await (a glommio core, a tokio runtime, a plain
+//! any executor can await (a core's executor, a tokio runtime, a plain
 //! `block_on`): nothing here asks the caller's runtime for anything.
 //!
 //! The runtime takes a request off the queue only when fewer than
