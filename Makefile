@@ -13,7 +13,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PG_PREFIX = $$(postgres/extensions.sh --prefix)
 
-.PHONY: test demo postgres extensions check-postgres check-build-scripts lint cargo-test fuzz
+.PHONY: test demo postgres extensions s3-server check-postgres check-build-scripts lint cargo-test fuzz
 
 test: extensions check-postgres check-build-scripts lint cargo-test fuzz
 	@tests/summarize.sh target/cargo-test.log
@@ -49,13 +49,19 @@ lint:
 	@# ARCHITECTURE.md: only io names the runtime, so a swap touches io alone.
 	@if git grep -n glommio -- '*.rs' ':!io/'; then echo "lint: glommio named outside io/" >&2; exit 1; fi
 
+# moto, the S3-compatible server the object-storage tests start on loopback,
+# installed into the cache once per version (a test also installs it when
+# run alone: quire_cluster::S3Server runs the same script).
+s3-server:
+	cluster/moto.sh >/dev/null
+
 # Unit, property and full-stack tests (doc-tests and benchmarks excluded);
 # the log feeds the summary line `make test` ends with.
-cargo-test: extensions
+cargo-test: extensions s3-server
 	mkdir -p target
 	QUIRE_PG_PREFIX=$(PG_PREFIX) $(CARGO) test --workspace --locked --lib --bins --tests 2>&1 | tee target/cargo-test.log
 
-# Every fuzz target for a bounded time (FUZZ_SECONDS each, 10 targets), seeded from fuzz/seeds/
+# Every fuzz target for a bounded time (FUZZ_SECONDS each, 11 targets), seeded from fuzz/seeds/
 FUZZ_SECONDS ?= 30
 fuzz:
 	fuzz/run.sh $(FUZZ_SECONDS)

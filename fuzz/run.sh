@@ -20,7 +20,7 @@ shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(wal_decoder safekeeper_wire pg_wire safekeeper_control_file layer_file
-        timeline_metadata redo_record page_protocol conninfo timestamp)
+        timeline_metadata redo_record page_protocol conninfo timestamp remote_index)
 fi
 
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

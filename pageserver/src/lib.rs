@@ -7,6 +7,8 @@
 //!   files become images at its checkpoint LSN).
 //! - [`ingest`]: WAL records become keys and values (pages, sizes, SLRU
 //!   bits, relmapper and two-phase files, checkpoints).
+//! - [`remote`]: a timeline's layers and index uploaded to object storage
+//!   in the order its spec sets (not yet used by the service).
 //! - [`shard_filter`]: which values a shard of a sharded tenant stores
 //!   (its own relation blocks, every other key) as it imports and ingests.
 //! - [`verify`]: `quire verify`, every page rebuilt and compared with
@@ -20,6 +22,7 @@ pub mod basebackup;
 pub mod datadir;
 pub mod import;
 pub mod ingest;
+pub mod remote;
 pub mod service;
 pub mod shard_filter;
 pub mod verify;
