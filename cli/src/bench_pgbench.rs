@@ -436,44 +436,68 @@ pub fn run(args: &PgbenchArgs) -> Result<()> {
             init.elapsed().as_secs_f64()
         );
         for &mode in &args.modes {
-            let run = run_args(mode, args.clients, args.seconds);
-            psql_on(&install, quire.port, "SELECT quire_smgr_reset_stats()")?;
-            let logs = scratch.path().join(format!("log-{size}-{}", mode.name()));
-            let (on_quire, quire_latency) = pgbench_logged(
-                compute_client(&install, quire.port, "pgbench"),
-                &run,
+            let case = Case {
+                install: &install,
+                port: quire.port,
+                vanilla: &vanilla,
+                logs: scratch.path().join(format!("log-{size}-{}", mode.name())),
                 bound,
-                &logs.join("quire"),
-            )?;
-            let (requests, p50, p99) = getpage_latency(&install, quire.port)?;
-            let local = local_cache_hits(&install, quire.port)?;
-            let (on_vanilla, vanilla_latency) = pgbench_logged(
-                vanilla.client("pgbench"),
-                &run,
-                bound,
-                &logs.join("vanilla"),
-            )?;
-            let ratio = if on_vanilla.tps > 0.0 {
-                on_quire.tps / on_vanilla.tps
-            } else {
-                0.0
             };
-            println!(
-                "pgbench: mode={} size={size} scale={scale} quire_tps={:.1} vanilla_tps={:.1} ratio={ratio:.3}",
-                mode.name(),
-                on_quire.tps,
-                on_vanilla.tps
-            );
-            println!(
-                "  latency: pgbench mean quire {:.3} ms, vanilla {:.3} ms; pgbench p50/p99 quire {quire_latency}, vanilla {vanilla_latency}; compute-side GetPage p50 {p50} us, p99 {p99} us over {requests} requests; local cache {local}",
-                on_quire.latency_ms_mean, on_vanilla.latency_ms_mean
-            );
+            case.run(mode, args, size, scale)?;
         }
     }
     vanilla.stop()?;
     time_compute_restart(&dir_text)?;
     drop(quire);
     Ok(())
+}
+
+/// One mode of one size, on Quire then on vanilla.
+struct Case<'a> {
+    install: &'a PgInstall,
+    port: u16,
+    vanilla: &'a PgCluster,
+    logs: PathBuf,
+    bound: Duration,
+}
+
+impl Case<'_> {
+    /// Runs it and prints its `pgbench:` line and its latencies.
+    fn run(&self, mode: Mode, args: &PgbenchArgs, size: &str, scale: u32) -> Result<()> {
+        let (install, port, bound) = (self.install, self.port, self.bound);
+        let run = run_args(mode, args.clients, args.seconds);
+        psql_on(install, port, "SELECT quire_smgr_reset_stats()")?;
+        let (on_quire, quire_latency) = pgbench_logged(
+            compute_client(install, port, "pgbench"),
+            &run,
+            bound,
+            &self.logs.join("quire"),
+        )?;
+        let (requests, p50, p99) = getpage_latency(install, port)?;
+        let local = local_cache_hits(install, port)?;
+        let (on_vanilla, vanilla_latency) = pgbench_logged(
+            self.vanilla.client("pgbench"),
+            &run,
+            bound,
+            &self.logs.join("vanilla"),
+        )?;
+        let ratio = if on_vanilla.tps > 0.0 {
+            on_quire.tps / on_vanilla.tps
+        } else {
+            0.0
+        };
+        println!(
+            "pgbench: mode={} size={size} scale={scale} quire_tps={:.1} vanilla_tps={:.1} ratio={ratio:.3}",
+            mode.name(),
+            on_quire.tps,
+            on_vanilla.tps
+        );
+        println!(
+            "  latency: pgbench mean quire {:.3} ms, vanilla {:.3} ms; pgbench p50/p99 quire {quire_latency}, vanilla {vanilla_latency}; compute-side GetPage p50 {p50} us, p99 {p99} us over {requests} requests; local cache {local}",
+            on_quire.latency_ms_mean, on_vanilla.latency_ms_mean
+        );
+        Ok(())
+    }
 }
 
 /// Stops the compute and starts a new one from an empty data directory;

@@ -6,6 +6,7 @@
 //! Before, each such L0 was a run of one that compaction skipped: the
 //! count stayed above the receiver's limit and ingest was held for good
 //! (seen under `pgbench -i -s 16` on a local cluster).
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use quire_io::{LocalConfig, run_local};
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
