@@ -32,6 +32,16 @@ pub fn is_l0(name: &LayerName) -> bool {
     name.kind == LayerKindName::Delta && name.key_start == Key::MIN && name.key_end == Key::MAX
 }
 
+/// How many L0 layers `timeline` has: its compaction debt.
+pub fn l0_count(timeline: &Timeline) -> usize {
+    timeline
+        .layer_map()
+        .layers()
+        .iter()
+        .filter(|l| is_l0(l.name()))
+        .count()
+}
+
 impl Timeline {
     /// Compacts the L0 layers into L1 layers of about `target_bytes` of
     /// values each, when there are at least `min_l0` of them. Returns the

@@ -11,7 +11,7 @@
 use quire_io::{LocalConfig, run_local};
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
-use quire_shard::compact::is_l0;
+use quire_shard::compact::l0_count;
 use quire_shard::{CoreContext, ImagePolicy, Timeline, Value, materialize};
 use support::AppendRedo;
 
@@ -30,15 +30,6 @@ fn key(block: u32) -> Key {
         },
         BlockNo(block),
     )
-}
-
-fn l0_count(timeline: &Timeline) -> usize {
-    timeline
-        .layer_map()
-        .layers()
-        .iter()
-        .filter(|l| is_l0(l.name()))
-        .count()
 }
 
 async fn read_all(timeline: &Timeline, at: Lsn) -> Vec<Option<std::rc::Rc<[u8]>>> {

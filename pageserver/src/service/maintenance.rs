@@ -9,7 +9,6 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, SystemTime};
 
 use quire_redo::TenantRedo;
-use quire_shard::compact::is_l0;
 use quire_shard::{GcPolicy, ImagePolicy, Timeline};
 
 use super::core::{Core, ServedTimeline, TenantShard};
@@ -77,12 +76,7 @@ pub fn start(core: &Core, shard: &Rc<TenantShard>, served: &Rc<ServedTimeline>) 
 
 /// The L0 layers of `timeline`: its compaction debt.
 pub fn l0_layers(timeline: &Timeline) -> usize {
-    timeline
-        .layer_map()
-        .layers()
-        .iter()
-        .filter(|l| is_l0(l.name()))
-        .count()
+    quire_shard::compact::l0_count(timeline)
 }
 
 /// Runs maintenance for `served` until it is dropped; `retain` gives the
