@@ -33,8 +33,9 @@ pub struct DemoArgs {
     #[arg(long, default_value = "16MB")]
     shared_buffers: String,
     /// The compute's `quire.local_cache_size` (`0` for none: every page
-    /// shared buffers lack comes from the pageserver).
-    #[arg(long, default_value = crate::compute::LOCAL_CACHE_DEFAULT)]
+    /// shared buffers lack comes from the pageserver). Smaller than the
+    /// data by default, so that the demo's reads reach the pageserver.
+    #[arg(long, default_value = "16MB")]
     local_cache_size: String,
     /// pgbench scale (about 15 MB each: 4 is four times 16MB).
     #[arg(long, default_value_t = 4)]
