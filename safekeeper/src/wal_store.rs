@@ -8,10 +8,13 @@
 //! rewritten by the next flush, as Postgres does with its WAL pages) with
 //! `O_DSYNC` direct writes: every append made before it started is durable when it
 //! returns, however many there were (group commit). Segments are created at
-//! full size and their names made durable when created.
+//! full size and their names made durable when created. While the WAL
+//! fills one segment, a background task writes the next one's zeros
+//! ([`SegmentFile::prepare`]): a write into blocks already written costs
+//! the disk no metadata change, a third less time per `O_DSYNC` write here.
 //!
 //! After a restart the WAL ends at the end of the last whole record found
-//! by decoding the last segment from its first record start (a partial
+//! by decoding the last written segment from its first record start (a partial
 //! record at the end was never committed: Postgres commits at records'
 //! ends). A cut ([`WalStore::truncate`]) zeroes the rest of its block,
 //! punches the rest of its segment and removes later segments, so nothing
@@ -24,7 +27,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use quire_io::{BLOCK_SIZE, FileError, SegmentFile, remove_file, sync_directory_of};
+use quire_io::segment_file::is_unfinished_preparation;
+use quire_io::{
+    BLOCK_SIZE, FileError, SegmentFile, Task, remove_file, spawn_local, sync_directory_of,
+};
 use quire_postgres::Lsn;
 use quire_postgres::types::is_valid_wal_segment_size;
 use quire_postgres::wal::page::first_record_start;
@@ -79,6 +85,10 @@ pub struct WalStore {
     segments: BTreeMap<u64, SegmentFile>,
     /// WAL below this was removed (whole segments).
     first_kept: Lsn,
+    /// The segment being written ahead of need, and its task.
+    preparing: Option<(u64, Task<Result<(), FileError>>)>,
+    /// Segments up to this one exist or are being prepared.
+    prepared_through: u64,
 }
 
 impl WalStore {
@@ -105,11 +115,15 @@ impl WalStore {
             pending_from: Lsn(wal_start.0 - wal_start.0 % BLOCK),
             segments: BTreeMap::new(),
             first_kept: wal_start,
+            preparing: None,
+            prepared_through: 0,
         };
+        store.remove_unfinished_preparations().await?;
         let numbers = store.segment_numbers_on_disk()?;
         if let Some(&first) = numbers.first() {
             store.first_kept = store.first_kept.max(store.segment_start(first));
         }
+        store.prepared_through = numbers.last().copied().unwrap_or(0);
         let end = store.find_end(&numbers).await?;
         store.write_lsn = end;
         store.flush_lsn = end;
@@ -204,8 +218,70 @@ impl WalStore {
         Some(log * per_log + segment)
     }
 
+    /// Removes the temporary files of preparations a crash interrupted.
+    async fn remove_unfinished_preparations(&self) -> Result<(), WalStoreError> {
+        let list_error = |source| WalStoreError::List {
+            path: self.dir.display().to_string(),
+            source,
+        };
+        for entry in std::fs::read_dir(&self.dir).map_err(list_error)? {
+            let entry = entry.map_err(list_error)?;
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(is_unfinished_preparation)
+            {
+                remove_file(&entry.path()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts writing the zeros of the segment after the one holding `end`,
+    /// unless it exists or is under way (one preparation at a time).
+    fn prepare_next(&mut self, end: Lsn) {
+        let (current, _) = self.locate(end.0);
+        let next = current.saturating_add(1);
+        if next <= self.prepared_through
+            || self.preparing.is_some()
+            || next.checked_mul(self.segment_size).is_none()
+            || self.segments.contains_key(&next)
+        {
+            return;
+        }
+        self.prepared_through = next;
+        let path = self.dir.join(self.segment_name(next));
+        if path.exists() {
+            return;
+        }
+        let size = self.segment_size;
+        let task = spawn_local(async move { SegmentFile::prepare(&path, size).await });
+        self.preparing = Some((next, task));
+    }
+
+    /// Waits for the preparation under way (of segment `only`, or of any
+    /// when `None`). A failed one is only reported: the segment is then
+    /// created when first written, as without preparation.
+    async fn settle_preparation(&mut self, only: Option<u64>) {
+        let Some((number, _)) = &self.preparing else {
+            return;
+        };
+        if only.is_some_and(|wanted| wanted != *number) {
+            return;
+        }
+        if let Some((number, task)) = self.preparing.take()
+            && let Err(e) = task.await
+        {
+            eprintln!(
+                "safekeeper: writing segment {} ahead failed (it is created when needed): {e}",
+                self.segment_name(number)
+            );
+        }
+    }
+
     async fn segment(&mut self, number: u64) -> Result<&SegmentFile, WalStoreError> {
         if !self.segments.contains_key(&number) {
+            self.settle_preparation(Some(number)).await;
             let path = self.dir.join(self.segment_name(number));
             let file = SegmentFile::open_or_create(&path, self.segment_size).await?;
             self.segments.insert(number, file);
@@ -220,11 +296,31 @@ impl WalStore {
     /// would begin, not that the bytes before it arrived.
     async fn find_end(&mut self, numbers: &[u64]) -> Result<Lsn, WalStoreError> {
         let (first_segment, _) = self.locate(self.wal_start.0);
-        let numbers: Vec<u64> = numbers
+        let mut numbers: Vec<u64> = numbers
             .iter()
             .copied()
             .filter(|&n| n >= first_segment)
             .collect();
+        // Segments written ahead and never reached hold only zeros: the
+        // last segment of the WAL is the last one whose first page was
+        // written (a page always begins with its header; in the first
+        // segment, the page holding the WAL's start).
+        while let Some(&last) = numbers.last() {
+            let first_block = if last == first_segment {
+                u32::try_from((self.wal_start.0 % self.segment_size.max(1)) / BLOCK).unwrap_or(0)
+            } else {
+                0
+            };
+            let first_page = self
+                .segment(last)
+                .await?
+                .read_blocks(first_block, 1)
+                .await?;
+            if first_page.iter().any(|&b| b != 0) {
+                break;
+            }
+            numbers.pop();
+        }
         let Some(last) = numbers.len().checked_sub(1) else {
             return Ok(self.wal_start);
         };
@@ -374,6 +470,7 @@ impl WalStore {
         self.pending = image;
         self.pending_from = Lsn(new_from);
         self.flush_lsn = end;
+        self.prepare_next(end);
         Ok(end)
     }
 
@@ -400,6 +497,8 @@ impl WalStore {
         let (number, in_segment) = self.locate(at.0);
         // Below segment_size / BLOCK, at most 2^17.
         let block_number = u32::try_from(in_segment / BLOCK).unwrap_or(u32::MAX - 1);
+        // A segment written ahead past the cut goes with the later ones.
+        self.settle_preparation(None).await;
         let segment = self.segment(number).await?;
         segment.write_blocks(block_number, &block).await?;
         segment.punch_from(block_number.saturating_add(1)).await?;
@@ -415,6 +514,7 @@ impl WalStore {
             }
             remove_file(&self.dir.join(self.segment_name(n))).await?;
         }
+        self.prepared_through = number;
         sync_directory_of(&self.dir.join(self.segment_name(number))).await?;
         self.pending = head;
         self.pending_from = block_start;
@@ -473,6 +573,7 @@ impl WalStore {
 
     /// Closes every open segment.
     pub async fn close(mut self) -> Result<(), WalStoreError> {
+        self.settle_preparation(None).await;
         for (_, file) in std::mem::take(&mut self.segments) {
             file.close().await?;
         }

@@ -233,6 +233,60 @@ fn removed_segments_are_gone_and_never_read_again() {
     });
 }
 
+/// While the WAL fills a segment the next one is written ahead (zeros,
+/// whole, under its final name only when complete); a preparation a crash
+/// interrupted is removed at the next open and changes nothing.
+#[test]
+fn the_next_segment_is_written_ahead_and_a_crashed_preparation_is_removed() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let path = dir.path().to_owned();
+    on_executor(move || async move {
+        let (bytes, ends) = real_wal();
+        // Stay inside the first segment (3).
+        let end = *ends
+            .iter()
+            .take_while(|end| end.0 < START.0 + 300_000)
+            .last()
+            .expect("records");
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("open");
+        append_all(&mut store, &bytes, START, end, 7_777).await;
+        // Closing waits for the preparation under way.
+        store.close().await.expect("close");
+        let next = path.join("000000010000000000000004");
+        let ahead = std::fs::read(&next).expect("segment 4 was written ahead");
+        assert_eq!(ahead.len(), SEGMENT as usize, "at full size");
+        assert!(ahead.iter().all(|&b| b == 0), "and all zeros");
+        let leftovers: Vec<_> = std::fs::read_dir(&path)
+            .expect("list")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".prep"))
+            .collect();
+        assert!(leftovers.is_empty(), "no temporary file is left");
+
+        // A crash in the middle of preparing segment 5.
+        let stale = path.join("000000010000000000000005.prep");
+        std::fs::write(&stale, vec![7u8; 8192]).expect("stale file");
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("reopen");
+        assert!(!stale.exists(), "the unfinished preparation is removed");
+        assert_eq!(store.flush_lsn(), end, "the WAL still ends where it did");
+        // Writing on into the prepared segment reads back.
+        let later = *ends.last().expect("records");
+        append_all(&mut store, &bytes, end, later, 50_000).await;
+        let read = store.read(START, later).await.expect("read");
+        assert!(read == slice(&bytes, START, later));
+        store.close().await.expect("close");
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("reopen");
+        assert_eq!(store.flush_lsn(), later);
+        store.close().await.expect("close");
+    });
+}
+
 /// A segment size of 0 (a corrupt control file, an unchecked request) is a
 /// typed error at open, not a division by zero.
 #[test]
