@@ -28,6 +28,7 @@
 #include "utils/pg_lsn.h"
 #include "varatt.h"
 
+#include "backpressure.h"
 #include "caches.h"
 #include "local_cache.h"
 #include "pagestream.h"
@@ -303,6 +304,7 @@ shmem_request(void)
 		previous_shmem_request_hook();
 	caches_shmem_request();
 	local_cache_shmem_request();
+	backpressure_shmem_request();
 	stats_shmem_request();
 }
 
@@ -313,6 +315,7 @@ shmem_startup(void)
 		previous_shmem_startup_hook();
 	caches_shmem_startup();
 	local_cache_shmem_startup();
+	backpressure_shmem_startup();
 	stats_shmem_startup();
 }
 
@@ -383,6 +386,10 @@ define_settings(void)
 							"How long a read retries a pageserver that is away, restarting or behind.",
 							NULL, &quire_retry_timeout_ms, 60000, 0, INT_MAX, PGC_SUSET,
 							GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("quire.max_ingest_lag",
+							"How far this compute's WAL may run ahead of what the pageserver ingested before writers wait (0 = no limit).",
+							NULL, &quire_max_ingest_lag_mb, 16, 0, INT_MAX / 2, PGC_SIGHUP,
+							GUC_UNIT_MB, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("quire");
 }
 
@@ -407,4 +414,5 @@ _PG_init(void)
 	shmem_startup_hook = shmem_startup;
 	smgr_hook = quire_choose_smgr;
 	refusals_install();
+	backpressure_install();
 }

@@ -31,6 +31,7 @@
 #include "portability/instr_time.h"
 #include "utils/memutils.h"
 
+#include "backpressure.h"
 #include "remote.h"
 #include "stats.h"
 
@@ -343,6 +344,8 @@ receive_one(uint32 s, PsAnswer *answer, uint64 *request_id, bool *was_demand)
 	}
 	sh->out_head = (sh->out_head + 1) % PS_CLIENT_DEPTH_MAX;
 	sh->out_len--;
+	if (rc == PS_OK)
+		backpressure_saw(answer->lsn);
 	if (head.slot != DEMAND)
 	{
 		Slot	   *slot = &slots[head.slot];

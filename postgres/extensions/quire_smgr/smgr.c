@@ -44,6 +44,7 @@
 #include "storage/smgr.h"
 #include "utils/memutils.h"
 
+#include "backpressure.h"
 #include "caches.h"
 #include "local_cache.h"
 #include "remote.h"
@@ -279,6 +280,8 @@ quire_extend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum, const 
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("cannot extend %s beyond %u blocks", fork_label(loc, forknum),
 						InvalidBlockNumber)));
+	/* A bulk load is one transaction: it waits here, not only at commit. */
+	backpressure_wait();
 	if (!fork_size(loc, forknum, &nblocks))
 		relsize_set(loc, forknum, 0, true);
 	lsn = page_leaving(loc, forknum, blocknum, buffer);
@@ -301,6 +304,7 @@ quire_zeroextend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum, in
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("cannot extend %s beyond %u blocks", fork_label(loc, forknum),
 						InvalidBlockNumber)));
+	backpressure_wait();
 	if (!fork_size(loc, forknum, &size))
 		relsize_set(loc, forknum, 0, true);
 	/* A new empty page may leave shared buffers clean, never written. */

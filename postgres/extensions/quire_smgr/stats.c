@@ -22,6 +22,7 @@
 #include "utils/builtins.h"
 #include "utils/tuplestore.h"
 
+#include "backpressure.h"
 #include "caches.h"
 #include "local_cache.h"
 #include "stats.h"
@@ -60,6 +61,9 @@ static const char *const counter_names[QC_COUNT] = {
 	[QC_LOCAL_MISSES] = "local_cache_misses",
 	[QC_LOCAL_STORES] = "local_cache_stores",
 	[QC_LOCAL_EVICTIONS] = "local_cache_evictions",
+	[QC_INGEST_PROBES] = "ingest_probes",
+	[QC_INGEST_WAITS] = "ingest_waits",
+	[QC_INGEST_WAIT_US] = "ingest_wait_us",
 };
 
 PG_FUNCTION_INFO_V1(quire_smgr_stats);
@@ -164,7 +168,7 @@ quire_smgr_stats(PG_FUNCTION_ARGS)
 	{
 		const char *name;
 		uint64		value;
-	}			extra[8];
+	}			extra[9];
 
 	require_stats();
 	InitMaterializedSRF(fcinfo, 0);
@@ -190,6 +194,8 @@ quire_smgr_stats(PG_FUNCTION_ARGS)
 	extra[6].name = "local_cache_entries";
 	extra[7].name = "local_cache_slots";
 	local_cache_counts(&extra[6].value, &extra[7].value);
+	extra[8].name = "pageserver_ingested_lsn";
+	extra[8].value = backpressure_ingested_seen();
 	for (int i = 0; i < lengthof(extra); i++)
 	{
 		values[0] = CStringGetTextDatum(extra[i].name);

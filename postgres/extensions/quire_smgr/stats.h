@@ -29,6 +29,9 @@ typedef enum QuireCounter
 	QC_LOCAL_MISSES,
 	QC_LOCAL_STORES,			/* pages put in it (read, written, extended) */
 	QC_LOCAL_EVICTIONS,
+	QC_INGEST_PROBES,			/* requests asking what the pageserver ingested */
+	QC_INGEST_WAITS,			/* commits and extensions that waited for it */
+	QC_INGEST_WAIT_US,			/* the time they waited */
 	QC_COUNT
 } QuireCounter;
 
