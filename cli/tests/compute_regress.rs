@@ -50,17 +50,24 @@ const ALLOWED: &[(&str, &str, Covers)] = &[
 #[test]
 fn the_regression_suite_passes_on_a_compute_over_quire() -> Result<()> {
     let stack = Stack::start()?;
-    // No local cache: with one, the compute wrote WAL faster than this
-    // machine's pageserver ingested it, and statements failed with
-    // WalNotIngested after the 60 s retry limit (an open problem of
-    // ingest speed; compute_over_quire runs with the cache).
-    let pg = stack.start_compute_with("128MB", "0")?;
+    // A local cache: most reads never reach the (debug-built) pageserver,
+    // so only back-pressure (`quire.max_ingest_lag`) keeps the compute's
+    // WAL within reach of its ingest; without it statements failed with
+    // WalNotIngested after the 60 s retry limit.
+    let pg = stack.start_compute_with("128MB", "64MB")?;
     let run = installcheck(&stack.install, pg.port(), Duration::from_secs(1500))?;
     let failed = run.failed();
     println!(
         "regression suite on Quire: {}; failed: {failed:?}",
         run.summary().unwrap_or("no summary line")
     );
+    pg.psql("postgres", "CREATE EXTENSION IF NOT EXISTS quire_smgr")?;
+    let counts = pg.psql(
+        "postgres",
+        "SELECT string_agg(name || '=' || value, ' ' ORDER BY name) FROM quire_smgr_stats() \
+         WHERE name ~ '^(ingest_|local_cache_hits|local_cache_misses|read_requests)'",
+    )?;
+    println!("quire_smgr: {}", counts.trim());
     ensure!(
         run.stdout.contains("1..2"),
         "the suite did not run its schedule:\n{}",
