@@ -1,7 +1,7 @@
 //! Back-pressure from the pageserver's ingest on a compute over Quire: a
 //! compute whose pages are all in its caches must still not write WAL more
 //! than `quire.max_ingest_lag` ahead of what the pageserver ingested (else
-//! its later reads fail with WalNotIngested). With the pageserver stopped
+//! its later reads fail with `WalNotIngested`). With the pageserver stopped
 //! (SIGSTOP), a bulk insert waits; when it runs again the insert finishes
 //! and the lag is back under the limit. A pageserver that does not come
 //! back within `quire.retry_timeout` makes the writer fail with an error,
