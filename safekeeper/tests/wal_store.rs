@@ -260,7 +260,7 @@ fn the_next_segment_is_written_ahead_and_a_crashed_preparation_is_removed() {
         assert!(ahead.iter().all(|&b| b == 0), "and all zeros");
         let leftovers: Vec<_> = std::fs::read_dir(&path)
             .expect("list")
-            .filter_map(|e| e.ok())
+            .filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().ends_with(".prep"))
             .collect();
         assert!(leftovers.is_empty(), "no temporary file is left");
@@ -279,7 +279,7 @@ fn the_next_segment_is_written_ahead_and_a_crashed_preparation_is_removed() {
         let read = store.read(START, later).await.expect("read");
         assert!(read == slice(&bytes, START, later));
         store.close().await.expect("close");
-        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+        let store = WalStore::open(&path, START, SEGMENT, 1)
             .await
             .expect("reopen");
         assert_eq!(store.flush_lsn(), later);
