@@ -399,7 +399,7 @@ async fn write_relations<P: PageSource, S: TarSink>(
 ) -> Result<u64> {
     let relations = pages
         .timeline()
-        .keys_at(lsn, Key::MIN..Key::rel_directory(0, 0))
+        .size_keys_at(lsn, Key::MIN..Key::rel_directory(0, 0))
         .await?;
     let mut written = 0u64;
     for key in &relations {

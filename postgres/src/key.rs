@@ -228,6 +228,11 @@ impl Key {
         )
     }
 
+    /// Whether this is a fork's size key ([`Key::rel_size`]).
+    pub fn is_rel_size(&self) -> bool {
+        self.kind == kind::RELATION && self.field5 == SIZE_MARKER
+    }
+
     /// The relations of database `db_oid` in tablespace `spc_oid`.
     pub fn rel_directory(spc_oid: Oid, db_oid: Oid) -> Key {
         Key::of(kind::REL_DIRECTORY, spc_oid, db_oid, 0, 0, 0)

@@ -281,12 +281,15 @@ impl InMemoryLayer {
             .collect()
     }
 
-    /// The keys in `range` with a value at or below `lsn`.
-    pub fn keys_at(&self, lsn: Lsn, range: &Range<Key>) -> Vec<Key> {
+    /// The keys in `range` with a value at or below `lsn` that `keep`
+    /// accepts.
+    pub fn keys_at(&self, lsn: Lsn, range: &Range<Key>, keep: &dyn Fn(&Key) -> bool) -> Vec<Key> {
         self.index
             .borrow()
             .range(range.clone())
-            .filter(|(_, versions)| versions.first().is_some_and(|(first, _)| *first <= lsn))
+            .filter(|(key, versions)| {
+                keep(key) && versions.first().is_some_and(|(first, _)| *first <= lsn)
+            })
             .map(|(key, _)| *key)
             .collect()
     }

@@ -108,6 +108,27 @@ impl Timeline {
         lsn: Lsn,
         range: Range<Key>,
     ) -> Pin<Box<dyn Future<Output = Result<BTreeSet<Key>, TimelineError>> + 'a>> {
+        self.keys_where(lsn, range, &|_| true)
+    }
+
+    /// The fork size keys ([`Key::is_rel_size`]) with a value at or below
+    /// `lsn` within `range`: the forks that exist or existed, without
+    /// collecting their blocks' keys.
+    pub fn size_keys_at<'a>(
+        &'a self,
+        lsn: Lsn,
+        range: Range<Key>,
+    ) -> Pin<Box<dyn Future<Output = Result<BTreeSet<Key>, TimelineError>> + 'a>> {
+        self.keys_where(lsn, range, &Key::is_rel_size)
+    }
+
+    /// [`Timeline::keys_at`] keeping only the keys `keep` accepts.
+    fn keys_where<'a>(
+        &'a self,
+        lsn: Lsn,
+        range: Range<Key>,
+        keep: &'a dyn Fn(&Key) -> bool,
+    ) -> Pin<Box<dyn Future<Output = Result<BTreeSet<Key>, TimelineError>> + 'a>> {
         Box::pin(async move {
             let mut keys = BTreeSet::new();
             let (open, frozen, layers) = {
@@ -119,7 +140,7 @@ impl Timeline {
                 )
             };
             for layer in std::iter::once(&open).chain(&frozen) {
-                keys.extend(layer.keys_at(lsn, &range));
+                keys.extend(layer.keys_at(lsn, &range, keep));
             }
             for layer in layers.layers() {
                 let name = layer.name();
@@ -129,15 +150,10 @@ impl Timeline {
                 {
                     continue;
                 }
-                for entry in layer.entries().await? {
-                    let key = entry.key();
-                    if entry.lsn.get() <= lsn.0 && range.contains(&key) {
-                        keys.insert(key);
-                    }
-                }
+                layer.keys_at(lsn, &range, keep, &mut keys).await?;
             }
             if let Some((parent, at)) = &self.ancestor {
-                keys.extend(parent.keys_at(lsn.min(*at), range).await?);
+                keys.extend(parent.keys_where(lsn.min(*at), range, keep).await?);
             }
             Ok(keys)
         })
@@ -186,7 +202,9 @@ impl Timeline {
         lsn: Lsn,
     ) -> Result<u64, TimelineError> {
         self.check_readable(lsn)?;
-        let keys = self.keys_at(lsn, database_range(spc_oid, db_oid)).await?;
+        let keys = self
+            .size_keys_at(lsn, database_range(spc_oid, db_oid))
+            .await?;
         let mut total = 0u64;
         for key in keys {
             let Ok(quire_postgres::key::KeyKind::RelSize(rel)) = key.describe() else {

@@ -339,6 +339,32 @@ impl LayerFile {
         Ok(entries)
     }
 
+    /// Adds to `out` the keys in `range` with an entry at or below `lsn`
+    /// that `keep` accepts, reading the index leaf by leaf (no entry is
+    /// collected, so a layer of many blocks costs its leaves only).
+    pub async fn keys_at(
+        &self,
+        lsn: Lsn,
+        range: &std::ops::Range<Key>,
+        keep: &dyn Fn(&Key) -> bool,
+        out: &mut std::collections::BTreeSet<Key>,
+    ) -> Result<(), LayerError> {
+        self.reader
+            .for_each_leaf(&self.source(), |leaf| {
+                for entry in leaf {
+                    if entry.lsn.get() > lsn.0 {
+                        continue;
+                    }
+                    let key = entry.key();
+                    if range.contains(&key) && keep(&key) {
+                        out.insert(key);
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
     /// The value an index entry points at.
     pub async fn read_entry(&self, entry: &LeafEntry) -> Result<Value, LayerError> {
         self.value(&self.source(), entry).await

@@ -25,7 +25,7 @@ use proptest::prelude::*;
 use quire_io::{LocalConfig, run_local};
 use quire_postgres::types::{BlockNo, ForkNumber, RelTag};
 use quire_postgres::{Key, Lsn};
-use quire_shard::keyspace::{dropped_value, size_value};
+use quire_shard::keyspace::{database_range, dropped_value, size_value};
 use quire_shard::{
     CoreContext, ImagePolicy, ReconstructInputs, Timeline, TimelineError, Value, materialize,
 };
@@ -265,6 +265,16 @@ async fn check_sizes(branches: &[Branch], index: usize, at: u64) {
         timeline.database_size(1663, 5, Lsn(at)).await.unwrap(),
         database,
         "database at {at}"
+    );
+    // The size keys alone, enumerated without collecting block keys, are
+    // exactly the size keys among all keys.
+    let range = database_range(1663, 5);
+    let all = timeline.keys_at(Lsn(at), range.clone()).await.unwrap();
+    let sizes = timeline.size_keys_at(Lsn(at), range).await.unwrap();
+    assert_eq!(
+        sizes,
+        all.into_iter().filter(Key::is_rel_size).collect(),
+        "size keys at {at}"
     );
 }
 

@@ -58,7 +58,7 @@ impl WalIngest {
         let lsn = timeline.last_record_lsn();
         let mut sizes = HashMap::new();
         for key in timeline
-            .keys_at(lsn, kind_range(kind::RELATION))
+            .size_keys_at(lsn, kind_range(kind::RELATION))
             .await
             .with_context(|| format!("list the relation keys at {lsn}"))?
         {

@@ -543,7 +543,7 @@ async fn relations(
     let timeline = &served.timeline;
     let lsn = timeline.last_record_lsn();
     let keys = timeline
-        .keys_at(lsn, quire_postgres::Key::MIN..quire_postgres::Key::MAX)
+        .size_keys_at(lsn, quire_postgres::Key::MIN..quire_postgres::Key::MAX)
         .await
         .map_err(|e| anyhow!(e))?;
     let mut relations = Vec::new();
