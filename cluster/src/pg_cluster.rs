@@ -222,6 +222,13 @@ impl PgCluster {
                 .get(usize::try_from(log_len).unwrap_or(0)..)
                 .unwrap_or("");
             if attempt < START_ATTEMPTS_MAX && new_log.contains("could not bind") {
+                // Another process took the port between our pick and the
+                // bind: not the server's error. Its FATAL would fail a later
+                // check of the log, so the failed attempt's lines go (the
+                // postmaster has exited; nothing else writes the file).
+                if let Ok(file) = fs::OpenOptions::new().write(true).open(self.log_path()) {
+                    let _ = file.set_len(log_len);
+                }
                 self.port = free_port()?;
                 self.write_settings()?;
                 continue;
