@@ -2,7 +2,7 @@
 //! pageserver until killed (`pageserver::service` says what it is): one
 //! executor per core (`--cores`), tenant shards kept under DIR and loaded
 //! again at start, the page protocol on `--listen`, the admin API and
-//! `/metrics` on `--http`.
+//! `/metrics` on `--http`, layers uploaded to `--remote` object storage.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use quire_net::page_protocol::{PIPELINE_DEPTH_DEFAULT, PIPELINE_DEPTH_MAX};
 use quire_net::page_service::ServiceLimits;
 use quire_pageserver::service::{self, PageserverConfig};
 use quire_redo::RedoConfig;
+use quire_remote::RemoteConfig;
 
 /// Options of `quire pageserver`.
 #[derive(Args, Clone)]
@@ -66,6 +67,13 @@ pub struct PageserverArgs {
     /// once); trades idle CPU for the wake-up latency of each request.
     #[arg(long, default_value_t = 50)]
     spin_before_park_us: u64,
+    /// Object storage for the layers: `s3://bucket/prefix` (endpoint,
+    /// region and credentials from `AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`) or `file:///dir`.
+    /// Each tenant shard claims a generation there and uploads every
+    /// layer; WAL is removed from the safekeepers only once it is there.
+    #[arg(long)]
+    remote: Option<String>,
 }
 
 pub fn run(args: &PageserverArgs) -> Result<()> {
@@ -107,6 +115,12 @@ pub fn run(args: &PageserverArgs) -> Result<()> {
         redo_spares: args.redo_spares,
         spin_before_park: (args.spin_before_park_us > 0)
             .then(|| Duration::from_micros(args.spin_before_park_us)),
+        remote: args
+            .remote
+            .as_deref()
+            .map(RemoteConfig::from_url)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--remote: {e}"))?,
     };
     service::run(&config)
 }

@@ -54,6 +54,22 @@ impl std::fmt::Debug for S3Location {
     }
 }
 
+impl std::fmt::Display for Location {
+    /// As a `--remote` URL (with the S3 endpoint, never a secret).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::S3(s3) => {
+                write!(f, "s3://{}/{}", s3.bucket, s3.prefix)?;
+                if let Some(endpoint) = &s3.endpoint {
+                    write!(f, " at {endpoint}")?;
+                }
+                Ok(())
+            }
+            Location::Directory(dir) => write!(f, "file://{}", dir.display()),
+        }
+    }
+}
+
 impl std::fmt::Debug for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

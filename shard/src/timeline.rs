@@ -345,6 +345,21 @@ impl Timeline {
         self.ancestor.as_ref()
     }
 
+    /// The metadata as last stored, read between layer map changes (they
+    /// store it and then change the map, both under the maintenance lock),
+    /// so every layer it lists is durable: what object storage is brought
+    /// up to. A listed file may still be removed by a later change.
+    pub async fn durable_metadata(&self) -> TimelineMetadata {
+        let _maintenance = self.maintenance.lock().await;
+        let state = self.state.borrow();
+        TimelineMetadata {
+            disk_consistent_lsn: state.disk_consistent_lsn,
+            ancestor: self.ancestor.as_ref().map(|(parent, at)| (parent.id, *at)),
+            gc_cutoff_lsn: state.gc_cutoff_lsn,
+            layers: state.layers.names(),
+        }
+    }
+
     /// Every value below this LSN is on disk; WAL must be re-ingested from it.
     pub fn disk_consistent_lsn(&self) -> Lsn {
         self.state.borrow().disk_consistent_lsn

@@ -94,12 +94,19 @@ pub struct Pageserver {
     /// Its stderr (appended to across restarts).
     pub log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Pageserver {
     /// Starts `quire pageserver --dir DIR` on free ports with `args` and
     /// waits for the line saying where it listens.
     pub fn start(dir: &Path, args: &[&str]) -> Result<Pageserver> {
+        Pageserver::start_with_env(dir, args, &[])
+    }
+
+    /// [`Pageserver::start`] with `env` added to its environment (at
+    /// every restart too).
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Result<Pageserver> {
         let mut server = Pageserver {
             child: None,
             dir: dir.to_owned(),
@@ -107,6 +114,10 @@ impl Pageserver {
             http: String::new(),
             log: dir.with_extension("log"),
             args: args.iter().map(|&a| a.to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.clone()))
+                .collect(),
         };
         server.restart()?;
         Ok(server)
@@ -138,6 +149,7 @@ impl Pageserver {
             .args(["--listen", page, "--http", http])
             .args(["--cache-mib", "32"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

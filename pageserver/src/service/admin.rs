@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::core::{Core, ServedTimeline, TenantShard};
 use super::files;
+use super::remote_sync::ShardRemote;
 use super::settings::{self, AncestorSettings, ShardSettings, TimelineSettings, WalSourceSettings};
 use crate::import::{import_datadir, read_control};
 use crate::ingest::WalIngest;
@@ -286,6 +287,13 @@ fn create_shard(core: &Core, settings: &ShardSettings) -> Result<Value, AdminErr
         Rc::new(TenantShard {
             tenant,
             identity,
+            remote: ShardRemote::start(
+                core.shared.remote.as_ref(),
+                &core.shared.holder,
+                &dir,
+                tenant,
+                identity,
+            ),
             dir,
             timelines: std::cell::RefCell::new(std::collections::HashMap::new()),
         }),
@@ -305,6 +313,7 @@ fn delete_shard(core: &Core, tenant: TenantId, number: u32) -> Result<Value, Adm
     for timeline in shard.timelines.borrow().values() {
         timeline.receiver.borrow_mut().take();
         timeline.maintenance.borrow_mut().take();
+        timeline.uploads.borrow_mut().take();
     }
     // The settings file first: a crash midway leaves a directory the next
     // start removes.
@@ -401,16 +410,7 @@ async fn create_timeline(
     };
     files::store(&settings::timeline_file(&shard.dir, id), &settings)?;
     let lsn = timeline.last_record_lsn();
-    let served = Rc::new(ServedTimeline {
-        id,
-        timeline: Rc::new(timeline),
-        settings,
-        data_checksums,
-        receiver: std::cell::RefCell::new(None),
-        receiver_error: std::cell::RefCell::new(None),
-        receiver_gauges: Rc::default(),
-        maintenance: std::cell::RefCell::new(None),
-    });
+    let served = Rc::new(ServedTimeline::new(id, timeline, settings, data_checksums));
     shard.timelines.borrow_mut().insert(id, Rc::clone(&served));
     let fresh = fresh.map(|(sizes, slru_pages, checkpoint)| {
         WalIngest::new(
@@ -422,6 +422,7 @@ async fn create_timeline(
         )
     });
     super::maintenance::start(core, &shard, &served);
+    super::remote_sync::start_uploads(shard.remote.as_ref(), &served, core.index);
     super::receiver::start(core, &shard, &served, fresh).await?;
     Ok(json!({"timeline_id": id.to_string(), "lsn": lsn.to_string()}))
 }
@@ -476,6 +477,15 @@ pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize
             "connections": gauges.connections.get(),
         },
         "maintenance": served.maintenance.borrow().is_some(),
+        "remote": shard.remote.as_ref().map(|remote| {
+            let mut status = remote.status();
+            if let (Some(status), Value::Object(uploads)) =
+                (status.as_object_mut(), super::remote_sync::timeline_status(served))
+            {
+                status.extend(uploads);
+            }
+            status
+        }),
     })
 }
 

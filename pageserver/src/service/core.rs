@@ -16,9 +16,11 @@ use quire_net::id::{ShardIdentity, TenantId, TimelineId};
 use quire_net::page_service::ServiceLimits;
 use quire_net::token::TokenVerifier;
 use quire_redo::{RedoPool, TenantKey};
+use quire_remote::RemoteStorage;
 use quire_shard::{CoreContext, Timeline};
 
 use super::metrics::{CoreMetrics, Metrics};
+use super::remote_sync::{ShardRemote, UploadGauges};
 use super::settings::{self, ShardSettings, TimelineSettings};
 use crate::import::stored_control;
 use crate::shard_filter::ShardFilter;
@@ -56,6 +58,10 @@ pub struct Shared {
     pub placement: RwLock<HashMap<TenantId, Vec<ShardPlace>>>,
     /// The metrics.
     pub metrics: Metrics,
+    /// Object storage, when configured.
+    pub remote: Option<RemoteStorage>,
+    /// Who this pageserver is in the generations it claims.
+    pub holder: String,
 }
 
 impl Shared {
@@ -126,6 +132,33 @@ pub struct ServedTimeline {
     pub receiver_gauges: Rc<ReceiverGauges>,
     /// The background maintenance task (dropping it stops it).
     pub maintenance: RefCell<Option<Task<()>>>,
+    /// The upload task, with object storage (dropping it stops it).
+    pub uploads: RefCell<Option<Task<()>>>,
+    /// What the upload task shows.
+    pub upload_gauges: UploadGauges,
+}
+
+impl ServedTimeline {
+    /// A timeline to serve, no task of it started yet.
+    pub fn new(
+        id: TimelineId,
+        timeline: Timeline,
+        settings: TimelineSettings,
+        data_checksums: bool,
+    ) -> ServedTimeline {
+        ServedTimeline {
+            id,
+            timeline: Rc::new(timeline),
+            settings,
+            data_checksums,
+            receiver: RefCell::new(None),
+            receiver_error: RefCell::new(None),
+            receiver_gauges: Rc::default(),
+            maintenance: RefCell::new(None),
+            uploads: RefCell::new(None),
+            upload_gauges: UploadGauges::default(),
+        }
+    }
 }
 
 /// A tenant shard on this core.
@@ -138,6 +171,8 @@ pub struct TenantShard {
     pub dir: PathBuf,
     /// Its timelines.
     pub timelines: RefCell<HashMap<TimelineId, Rc<ServedTimeline>>>,
+    /// Its attachment to object storage, when the pageserver has one.
+    pub remote: Option<Rc<ShardRemote>>,
 }
 
 impl TenantShard {
@@ -192,6 +227,13 @@ impl Core {
             identity,
             dir: dir.to_path_buf(),
             timelines: RefCell::new(HashMap::new()),
+            remote: ShardRemote::start(
+                self.shared.remote.as_ref(),
+                &self.shared.holder,
+                dir,
+                tenant,
+                identity,
+            ),
         });
         for timeline in settings::scan_timelines(dir)? {
             let id = timeline.timeline_id()?;
@@ -216,16 +258,12 @@ impl Core {
             let control = stored_control(&loaded, loaded.last_record_lsn())
                 .await
                 .with_context(|| format!("timeline {id} of tenant {tenant}"))?;
-            let served = Rc::new(ServedTimeline {
+            let served = Rc::new(ServedTimeline::new(
                 id,
-                timeline: Rc::new(loaded),
-                settings: timeline,
-                data_checksums: control.data_checksum_version.get() != 0,
-                receiver: RefCell::new(None),
-                receiver_error: RefCell::new(None),
-                receiver_gauges: Rc::default(),
-                maintenance: RefCell::new(None),
-            });
+                loaded,
+                timeline,
+                control.data_checksum_version.get() != 0,
+            ));
             eprintln!(
                 "pageserver: core {}: loaded timeline {tenant}/{id} at {}",
                 self.index,
@@ -233,6 +271,7 @@ impl Core {
             );
             shard.timelines.borrow_mut().insert(id, Rc::clone(&served));
             super::maintenance::start(self, &shard, &served);
+            super::remote_sync::start_uploads(shard.remote.as_ref(), &served, self.index);
             super::receiver::start(self, &shard, &served, None)
                 .await
                 .with_context(|| format!("timeline {tenant}/{id}: start its WAL receiver"))?;

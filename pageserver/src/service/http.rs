@@ -493,6 +493,7 @@ impl AdminApi {
                 shard_count: count,
                 stripe_blocks: stripe,
                 core,
+                generation: None,
             };
             let created = self.ask(core, |reply| AdminCommand::CreateShard { settings, reply });
             if let Err(error) = created {

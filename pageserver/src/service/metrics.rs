@@ -143,7 +143,7 @@ impl Metrics {
         let timeline_lsn = IntGaugeVec::new(
             Opts::new(
                 "quire_timeline_lsn",
-                "A timeline's LSNs as byte positions (what=ingested|disk_consistent|source_end)",
+                "A timeline's LSNs as byte positions (what=ingested|disk_consistent|source_end|remote_consistent)",
             ),
             &["core", "timeline", "what"],
         )?;
@@ -192,6 +192,11 @@ impl Metrics {
             basebackup_seconds,
             basebackup_bytes,
         })
+    }
+
+    /// The registry every series is in (object storage's too).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Core `index`'s handles.

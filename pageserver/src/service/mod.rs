@@ -13,7 +13,9 @@
 //!
 //! A restart loads every shard onto the core its settings name (a core
 //! beyond the ones running now is replaced by one that is), each timeline
-//! at its disk-consistent LSN.
+//! at its disk-consistent LSN. With object storage (`--remote`), each
+//! shard claims a generation and each timeline uploads its layers and
+//! index there ([`remote_sync`]).
 
 pub mod accept;
 pub mod admin;
@@ -24,6 +26,7 @@ pub mod http;
 pub mod maintenance;
 pub mod metrics;
 pub mod receiver;
+pub mod remote_sync;
 pub mod session;
 pub mod settings;
 
@@ -45,6 +48,7 @@ use quire_io::{ExecutorConfig, run_per_core};
 use quire_net::page_service::ServiceLimits;
 use quire_net::token::TokenVerifier;
 use quire_redo::{RedoConfig, RedoPool};
+use quire_remote::{RemoteConfig, RemoteStorage};
 use quire_shard::CoreContext;
 
 use self::accept::Handed;
@@ -93,6 +97,8 @@ pub struct PageserverConfig {
     pub redo_spares: usize,
     /// How long an idle core polls before it parks.
     pub spin_before_park: Option<Duration>,
+    /// Object storage, if any.
+    pub remote: Option<RemoteConfig>,
 }
 
 /// Every tenant's shards and their cores.
@@ -126,14 +132,7 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
     std::fs::create_dir_all(settings::tenants_dir(&config.dir))
         .with_context(|| format!("create {}", config.dir.display()))?;
     let _lock = lock_dir(&config.dir)?;
-    let verifier = match &config.auth_public_key {
-        Some(path) => {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("read {}", path.display()))?;
-            Some(TokenVerifier::from_pem(&pem).map_err(|e| anyhow!("{}: {e}", path.display()))?)
-        }
-        None => None,
-    };
+    let verifier = token_verifier(config)?;
     let listen = resolve_port(&config.listen)?;
     if verifier.is_none() {
         eprintln!(
@@ -146,6 +145,8 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
         );
     }
     let (placement, per_core) = place_shards(&config.dir, cores)?;
+    let metrics = Metrics::new()?;
+    let (remote, holder) = start_remote(config, &metrics)?;
     let shared = Arc::new(Shared {
         root: config.dir.clone(),
         cores,
@@ -155,7 +156,9 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
         busy_poll: config.spin_before_park,
         verifier,
         placement: RwLock::new(placement),
-        metrics: Metrics::new()?,
+        metrics,
+        remote,
+        holder,
     });
     // The queues: admin per core, hand-off per ordered pair of cores.
     let mut admin_senders = Vec::with_capacity(cores);
@@ -221,6 +224,36 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
         result?;
     }
     Ok(())
+}
+
+/// The token checker, when the server takes only signed tokens.
+fn token_verifier(config: &PageserverConfig) -> Result<Option<TokenVerifier>> {
+    let Some(path) = &config.auth_public_key else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(Some(
+        TokenVerifier::from_pem(&pem).map_err(|e| anyhow!("{}: {e}", path.display()))?,
+    ))
+}
+
+/// The object storage runtime, when configured, and who this pageserver
+/// is in the generations it claims.
+fn start_remote(
+    config: &PageserverConfig,
+    metrics: &Metrics,
+) -> Result<(Option<RemoteStorage>, String)> {
+    let remote = match &config.remote {
+        Some(remote) => {
+            let storage = RemoteStorage::start(remote.clone(), metrics.registry())
+                .map_err(|e| anyhow!("object storage: {e}"))?;
+            eprintln!("pageserver: object storage at {}", remote.location);
+            Some(storage)
+        }
+        None => None,
+    };
+    let holder = remote_sync::NodeIdentity::load_or_create(&config.dir)?.holder();
+    Ok((remote, holder))
 }
 
 /// Prints where the server listens once each of the `cores` has said on
@@ -398,6 +431,12 @@ async fn publish_stats(core: Rc<Core>) {
                     metrics
                         .timeline_lsn
                         .with_label_values(&[label.as_str(), name.as_str(), what])
+                        .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
+                }
+                if let Some(lsn) = gauges.remote_consistent.get() {
+                    metrics
+                        .timeline_lsn
+                        .with_label_values(&[label.as_str(), name.as_str(), "remote_consistent"])
                         .set(i64::try_from(lsn.0).unwrap_or(i64::MAX));
                 }
                 let ingested = timeline.timeline.ingested_lsn();

@@ -25,6 +25,13 @@ pub struct ShardSettings {
     pub stripe_blocks: u32,
     /// The core (executor index) that owns it.
     pub core: usize,
+    /// The generation this pageserver last claimed for the shard in
+    /// object storage (`docs/format/remote-storage.md`), once it has: at
+    /// the next start it claims a new one only while this one is still the
+    /// newest, so a pageserver another one superseded does not take the
+    /// shard back by restarting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
 }
 
 impl ShardSettings {

@@ -197,6 +197,11 @@ pub struct ReceiverGauges {
     pub connections: Cell<u64>,
     /// Whether ingest is held now by the L0 debt (back-pressure).
     pub held: Cell<bool>,
+    /// When the timeline has object storage: the LSN its layers there
+    /// hold through (the remote-consistent LSN), past which nothing is
+    /// reported upstream as durable, so no WAL object storage lacks is
+    /// removed. `None`: no object storage, the local disk is what counts.
+    pub remote_consistent: Cell<Option<Lsn>>,
 }
 
 impl ReceiverGauges {
@@ -320,13 +325,18 @@ impl Progress {
     }
 
     /// What may be reported upstream as held by our layers: WAL below it
-    /// need never be sent again. Never past `received` (what the source
+    /// need never be sent again (with object storage: held by the layers
+    /// uploaded there). Never past `received` (what the source
     /// sent: a position it has not written would confuse it).
     pub(crate) fn durable(&self, timeline: &Timeline, received: Lsn) -> Lsn {
-        timeline
+        let local = timeline
             .disk_consistent_lsn()
             .max(self.flushed_through)
-            .min(received)
+            .min(received);
+        match self.gauges.remote_consistent.get() {
+            Some(remote) => local.min(remote),
+            None => local,
+        }
     }
 }
 

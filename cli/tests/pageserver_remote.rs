@@ -1,0 +1,391 @@
+//! `quire pageserver --remote`: a timeline following a Postgres 17 primary
+//! uploads its layers and index to a real S3 server (moto on loopback),
+//! each checked against the local file; the primary's slot, which is what
+//! lets it remove WAL, never moves past the remote-consistent LSN, also
+//! while the S3 server is stopped; a restart claims the next generation
+//! and uploads no layer again; a newer generation claimed by someone else
+//! supersedes the pageserver, which then writes, deletes and reports
+//! nothing more, stops following the primary (which can then shut down:
+//! its walsender would wait for our flush report forever), and stays
+//! superseded across a restart.
+
+mod pageserver_support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use quire_cluster::{PgCluster, PgClusterOptions, S3Server, run_checked};
+use quire_postgres::Lsn;
+use quire_remote::{
+    ClaimGeneration, Generation, Id, LatestIndex, List, RemoteConfig, RemoteStorage, TenantShard,
+    TimelineIndex,
+};
+use quire_tests::pg_install;
+use serde_json::Value;
+
+use pageserver_support::{Imported, Pageserver, copy_dir, import_with, lsn_field, timeline_show};
+
+/// The bucket.
+const BUCKET: &str = "quire-remote";
+/// The prefix in it.
+const PREFIX: &str = "ps";
+/// The slot the pageserver follows the primary through.
+const SLOT: &str = "quire_remote";
+/// Long enough for a flush (10 s apart) and a sync (1 s apart) or two.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn pgbench(pg: &PgCluster, args: &[&str]) -> Result<()> {
+    run_checked(pg.client("pgbench").args(args), Duration::from_secs(300))
+        .with_context(|| format!("pgbench {args:?}"))?;
+    Ok(())
+}
+
+/// The remote part of `quire timeline show`.
+fn remote_status(server: &Pageserver, imported: &Imported) -> Result<Value> {
+    let shown = timeline_show(server, imported)?;
+    shown
+        .get("remote")
+        .filter(|remote| !remote.is_null())
+        .cloned()
+        .with_context(|| format!("no remote status in {shown}"))
+}
+
+/// The remote-consistent LSN the status shows (0/0 before the first sync).
+fn remote_consistent(status: &Value) -> Result<Lsn> {
+    match status.get("remote_consistent_lsn").and_then(Value::as_str) {
+        Some(text) => text.parse().map_err(|e| anyhow::anyhow!("{text}: {e:?}")),
+        None => Ok(Lsn(0)),
+    }
+}
+
+/// Polls the timeline's status until `done` holds, at most [`WAIT`].
+fn wait_for(
+    server: &Pageserver,
+    imported: &Imported,
+    what: &str,
+    done: impl Fn(&Value) -> Result<bool>,
+) -> Result<Value> {
+    let began = Instant::now();
+    loop {
+        let shown = timeline_show(server, imported)?;
+        if done(&shown)? {
+            return Ok(shown);
+        }
+        if began.elapsed() > WAIT {
+            bail!("{what}: not within {WAIT:?}; status {shown}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The slot's restart LSN: WAL below it the primary may remove.
+fn slot_restart(pg: &PgCluster) -> Result<Lsn> {
+    let text = pg.psql(
+        "postgres",
+        &format!("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '{SLOT}'"),
+    )?;
+    text.trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("restart_lsn {text:?}: {e:?}"))
+}
+
+/// What the test reads the bucket with.
+struct Bucket {
+    storage: RemoteStorage,
+    shard: TenantShard,
+    timeline: Id,
+}
+
+impl Bucket {
+    fn open(s3: &S3Server, imported: &Imported) -> Result<Bucket> {
+        let env = s3.env();
+        let config = RemoteConfig::from_url_with_env(&format!("s3://{BUCKET}/{PREFIX}"), |name| {
+            env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+        })?;
+        Ok(Bucket {
+            storage: RemoteStorage::start(config, &prometheus::Registry::new())?,
+            shard: TenantShard::unsharded(imported.tenant.0),
+            timeline: Id(imported.timeline.0),
+        })
+    }
+
+    /// Every object of the shard, with its size.
+    fn objects(&self) -> Result<BTreeMap<String, u64>> {
+        let listed = futures::executor::block_on(self.storage.call(List {
+            prefix: self.shard.prefix(),
+        }))?;
+        Ok(listed.into_iter().map(|o| (o.key, o.size)).collect())
+    }
+
+    /// The newest index at or below `at_most`.
+    fn index(&self, at_most: u32) -> Result<TimelineIndex> {
+        futures::executor::block_on(self.storage.call(LatestIndex {
+            shard: self.shard,
+            timeline: self.timeline,
+            at_most: Generation::new(at_most).context("generation")?,
+        }))?
+        .context("no index")
+    }
+}
+
+/// Each layer the index lists is an object of its size, and the local file
+/// of that name (while it is still there) has its size and CRC-32C.
+fn check_index_against_disk(
+    bucket: &Bucket,
+    index: &TimelineIndex,
+    timeline_dir: &Path,
+) -> Result<()> {
+    let objects = bucket.objects()?;
+    ensure!(!index.layers.is_empty(), "the index lists no layer");
+    for layer in &index.layers {
+        let key = bucket
+            .shard
+            .layer_key(bucket.timeline, &layer.name, layer.generation);
+        ensure!(
+            objects.get(&key) == Some(&layer.size),
+            "{key}: listed with {} bytes, stored as {:?}",
+            layer.size,
+            objects.get(&key)
+        );
+        let local = timeline_dir.join(layer.name.as_str());
+        if let Ok(bytes) = std::fs::read(&local) {
+            ensure!(
+                bytes.len() as u64 == layer.size && quire_checksum::crc32c(&bytes) == layer.crc32c,
+                "{}: the index's size or CRC differs from the local file",
+                local.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The primary, the pageserver following it, and the bucket.
+struct Run {
+    pg: PgCluster,
+    server: Pageserver,
+    imported: Imported,
+    bucket: Bucket,
+    timeline_dir: std::path::PathBuf,
+}
+
+impl Run {
+    /// The load's layers and index reach S3, as the local files are.
+    fn uploads_are_checked_against_disk(&mut self) -> Result<()> {
+        // 1. Layers and index in S3, checked against the local files.
+        pgbench(&self.pg, &["-i", "-q", "-s", "2"])?;
+        let loaded_at: Lsn = self
+            .pg
+            .psql("postgres", "SELECT pg_current_wal_flush_lsn()")?
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let shown = wait_for(&self.server, &self.imported, "the load uploaded", |shown| {
+            Ok(remote_consistent(&shown["remote"])? >= loaded_at)
+        })?;
+        println!("uploaded through the load: {}", shown["remote"]);
+        ensure!(shown["remote"]["generation"] == 1, "{shown}");
+        let first = self.bucket.index(1)?;
+        check_index_against_disk(&self.bucket, &first, &self.timeline_dir)?;
+        ensure!(
+            Lsn(first.disk_consistent_lsn) >= loaded_at,
+            "index-g1 holds through {}, the load ended at {loaded_at}",
+            Lsn(first.disk_consistent_lsn)
+        );
+        let objects = self.bucket.objects()?;
+        ensure!(
+            objects.contains_key(&self.bucket.shard.generation_key(Generation::FIRST)),
+            "no generation object: {objects:?}"
+        );
+
+        Ok(())
+    }
+
+    /// While S3 is stopped, layers are made locally but the slot waits.
+    fn an_outage_holds_the_slot(&mut self, s3: &S3Server) -> Result<()> {
+        // 2. S3 stopped: layers keep being made locally, the slot waits.
+        let before_outage = remote_consistent(&remote_status(&self.server, &self.imported)?)?;
+        s3.signal("STOP")?;
+        pgbench(&self.pg, &["-n", "-c", "2", "-t", "500"])?;
+        let stalled = wait_for(
+            &self.server,
+            &self.imported,
+            "a flush during the outage",
+            |shown| Ok(lsn_field(shown, "disk_consistent_lsn")? > before_outage),
+        )?;
+        std::thread::sleep(Duration::from_secs(3));
+        let restart = slot_restart(&self.pg)?;
+        let remote_now = remote_consistent(&remote_status(&self.server, &self.imported)?)?;
+        println!(
+            "outage: disk-consistent {}, remote-consistent {remote_now}, slot {restart}",
+            lsn_field(&stalled, "disk_consistent_lsn")?
+        );
+        ensure!(
+            remote_now == before_outage && restart <= remote_now,
+            "during the outage the remote-consistent LSN moved to {remote_now} (from {before_outage}) or the slot to {restart}"
+        );
+        s3.signal("CONT")?;
+        let local = lsn_field(&stalled, "disk_consistent_lsn")?;
+        wait_for(
+            &self.server,
+            &self.imported,
+            "the backlog uploaded",
+            |shown| Ok(remote_consistent(&shown["remote"])? >= local),
+        )?;
+        let began = Instant::now();
+        while slot_restart(&self.pg)? <= before_outage {
+            ensure!(
+                began.elapsed() < WAIT,
+                "the slot stayed at {} after the upload",
+                slot_restart(&self.pg)?
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        check_index_against_disk(&self.bucket, &self.bucket.index(1)?, &self.timeline_dir)?;
+
+        Ok(())
+    }
+
+    /// A restart claims generation 2 and uploads no layer again.
+    fn a_restart_claims_the_next_generation(&mut self) -> Result<()> {
+        // 3. A restart claims generation 2 and uploads nothing again.
+        let before_restart = self.bucket.index(1)?;
+        self.server.restart()?;
+        let shown = wait_for(
+            &self.server,
+            &self.imported,
+            "generation 2 synced",
+            |shown| {
+                Ok(shown["remote"]["generation"] == 2
+                    && shown["remote"]["syncs"].as_u64() >= Some(1))
+            },
+        )?;
+        let second = self.bucket.index(2)?;
+        ensure!(second.generation.get() == 2, "{:?}", second.generation);
+        for layer in &second.layers {
+            if let Some(old) = before_restart.layers.iter().find(|l| l.name == layer.name) {
+                ensure!(
+                    layer.generation == old.generation,
+                    "{} was uploaded again by generation 2",
+                    layer.name.as_str()
+                );
+            }
+        }
+        println!("after the restart: {}", shown["remote"]);
+
+        Ok(())
+    }
+
+    /// A generation claimed elsewhere supersedes the pageserver for good.
+    fn a_newer_generation_supersedes(&mut self) -> Result<()> {
+        // 4. Someone else claims generation 3: the pageserver sees it at its
+        // next sync and stops; nothing of its own is written or deleted, and
+        // the slot stays where the last current sync left it.
+        let claimed = futures::executor::block_on(self.bucket.storage.call(ClaimGeneration {
+            shard: self.bucket.shard,
+            holder: "another pageserver".to_owned(),
+        }))?;
+        ensure!(claimed.get() == 3, "claimed {claimed}");
+        pgbench(&self.pg, &["-n", "-c", "2", "-t", "300"])?;
+        let superseded = wait_for(&self.server, &self.imported, "superseded", |shown| {
+            Ok(shown["remote"]["superseded_by"] == 3)
+        })?;
+        let last_reported = remote_consistent(&superseded["remote"])?;
+        ensure!(
+            superseded["receiving"] == false,
+            "a superseded pageserver still follows the primary: {superseded}"
+        );
+        let objects_then = self.bucket.objects()?;
+        pgbench(&self.pg, &["-n", "-c", "2", "-t", "300"])?;
+        self.pg.psql("postgres", "CHECKPOINT")?;
+        // Its maintenance (compaction, images: 10 s apart) still changes the
+        // local layers; none of that reaches the self.bucket.
+        std::thread::sleep(Duration::from_secs(12));
+        ensure!(
+            self.bucket.objects()? == objects_then,
+            "a superseded pageserver changed the bucket"
+        );
+        let restart = slot_restart(&self.pg)?;
+        ensure!(
+            restart <= last_reported,
+            "the slot moved to {restart}, past {last_reported}, the last LSN a current generation uploaded"
+        );
+        // 5. ... and stays superseded when started again.
+        self.server.restart()?;
+        std::thread::sleep(Duration::from_secs(5));
+        let shown = remote_status(&self.server, &self.imported)?;
+        ensure!(
+            shown["superseded_by"] == 3 && shown["generation"].is_null(),
+            "after a restart: {shown}"
+        );
+        let status = timeline_show(&self.server, &self.imported)?;
+        ensure!(
+            status["receiving"] == false
+                && status["receiver_error"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("superseded")),
+            "a superseded pageserver still follows the primary: {status}"
+        );
+        ensure!(
+            self.bucket.objects()? == objects_then,
+            "a restarted superseded pageserver changed the bucket"
+        );
+        println!("superseded, also after a restart: {shown}");
+        Ok(())
+    }
+}
+
+#[test]
+fn layers_reach_s3_before_wal_goes_and_a_superseded_pageserver_stops() -> Result<()> {
+    let install = pg_install()?;
+    let s3 = S3Server::start(BUCKET)?;
+    let options = PgClusterOptions::default()
+        .setting("max_wal_size", "'1GB'")
+        .setting("wal_keep_size", "0");
+    let mut pg = PgCluster::create(&install, options)?;
+    let root = tempfile::tempdir()?;
+    let base = root.path().join("base");
+    copy_dir(&pg.datadir(), &base)?;
+    pg.start()?;
+    pg.psql(
+        "postgres",
+        &format!("SELECT pg_create_physical_replication_slot('{SLOT}', true)"),
+    )?;
+    let remote_url = format!("s3://{BUCKET}/{PREFIX}");
+    let server = Pageserver::start_with_env(
+        &root.path().join("pageserver"),
+        &["--cores", "1", "--remote", &remote_url],
+        &s3.env(),
+    )?;
+    let conninfo = format!("host=127.0.0.1 port={} user=postgres", pg.port());
+    let imported = import_with(
+        &server,
+        &base,
+        &[],
+        &["--primary", &conninfo, "--slot", SLOT],
+        None,
+    )?;
+    let timeline_dir = server
+        .dir
+        .join("tenants")
+        .join(format!("{}-s0of1", imported.tenant))
+        .join("timelines")
+        .join(imported.timeline.to_string());
+    let bucket = Bucket::open(&s3, &imported)?;
+
+    let mut run = Run {
+        pg,
+        server,
+        imported,
+        bucket,
+        timeline_dir,
+    };
+    run.uploads_are_checked_against_disk()?;
+    run.an_outage_holds_the_slot(&s3)?;
+    run.a_restart_claims_the_next_generation()?;
+    run.a_newer_generation_supersedes()?;
+    run.server.check_alive()?;
+    run.pg.stop()?;
+    Ok(())
+}
