@@ -46,6 +46,32 @@ enum TenantCommand {
         #[arg(long)]
         stripe_size: Option<u32>,
     },
+    /// Attach a tenant from the pageserver's object storage (`--remote`):
+    /// claims a new generation (the pageserver that held it stops writing),
+    /// downloads each timeline's layers from its newest index and follows
+    /// its WAL from there.
+    Attach {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Its shards (as it was created with).
+        #[arg(long, default_value_t = 1)]
+        shard_count: u32,
+        /// Its stripe in pages (as it was created with).
+        #[arg(long)]
+        stripe_size: Option<u32>,
+        /// Its timelines follow the WAL on these safekeepers (`host:port,...`).
+        #[arg(long, value_delimiter = ',', conflicts_with = "primary")]
+        safekeepers: Vec<String>,
+        /// Its timeline follows this Postgres 17 primary (a connection string).
+        #[arg(long)]
+        primary: Option<String>,
+        /// The replication slot on the primary.
+        #[arg(long, default_value = "quire")]
+        slot: String,
+    },
     /// List the tenants.
     List {
         #[command(flatten)]
@@ -183,6 +209,15 @@ pub(crate) fn api_error(method: &str, url: &str, error: ureq::Error) -> anyhow::
     }
 }
 
+/// The admin API's `wal_source` for the safekeepers or a primary given.
+fn wal_source_body(safekeepers: &[String], primary: Option<&str>, slot: &str) -> Option<Value> {
+    if safekeepers.is_empty() {
+        primary.map(|conninfo| json!({"primary": {"conninfo": conninfo, "slot": slot}}))
+    } else {
+        Some(json!({"safekeepers": {"safekeepers": safekeepers}}))
+    }
+}
+
 fn print(value: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -204,6 +239,29 @@ pub fn run_tenant(args: &TenantArgs) -> Result<()> {
                 body["stripe_size"] = json!(stripe);
             }
             print(&call(api, "POST", "/v1/tenant", Some(&body))?)
+        }
+        TenantCommand::Attach {
+            api,
+            tenant,
+            shard_count,
+            stripe_size,
+            safekeepers,
+            primary,
+            slot,
+        } => {
+            let mut body = json!({"shard_count": shard_count});
+            if let Some(stripe) = stripe_size {
+                body["stripe_size"] = json!(stripe);
+            }
+            if let Some(source) = wal_source_body(safekeepers, primary.as_deref(), slot) {
+                body["wal_source"] = source;
+            }
+            print(&call(
+                api,
+                "POST",
+                &format!("/v1/tenant/{tenant}/attach"),
+                Some(&body),
+            )?)
         }
         TenantCommand::List { api } => print(&call(api, "GET", "/v1/tenant", None)?),
         TenantCommand::Delete { api, tenant } => {
@@ -244,10 +302,8 @@ pub fn run_timeline(args: &TimelineArgs) -> Result<()> {
                 }
                 _ => bail!("give --import-pgdata DIR or --branch-of TIMELINE --at LSN|TIMESTAMP"),
             }
-            if !safekeepers.is_empty() {
-                body["wal_source"] = json!({"safekeepers": {"safekeepers": safekeepers}});
-            } else if let Some(conninfo) = primary {
-                body["wal_source"] = json!({"primary": {"conninfo": conninfo, "slot": slot}});
+            if let Some(source) = wal_source_body(safekeepers, primary.as_deref(), slot) {
+                body["wal_source"] = source;
             }
             print(&call(
                 api,

@@ -3,11 +3,13 @@
 //! each checked against the local file; the primary's slot, which is what
 //! lets it remove WAL, never moves past the remote-consistent LSN, also
 //! while the S3 server is stopped; a restart claims the next generation
-//! and uploads no layer again; a newer generation claimed by someone else
-//! supersedes the pageserver, which then writes, deletes and reports
-//! nothing more, stops following the primary (which can then shut down:
-//! its walsender would wait for our flush report forever), and stays
-//! superseded across a restart.
+//! and uploads no layer again. A second pageserver on an empty directory
+//! attaches the tenant (`quire tenant attach`): it claims a newer
+//! generation, downloads the layers, takes the slot over and serves every
+//! page as the stopped primary has it (`quire verify`). The first sees the
+//! newer generation, writes and reports nothing more, stops following the
+//! primary (which could not shut down otherwise: its walsender waits for
+//! our flush report) and stays superseded across a restart.
 
 mod pageserver_support;
 
@@ -19,13 +21,14 @@ use anyhow::{Context, Result, bail, ensure};
 use quire_cluster::{PgCluster, PgClusterOptions, S3Server, run_checked};
 use quire_postgres::Lsn;
 use quire_remote::{
-    ClaimGeneration, Generation, Id, LatestIndex, List, RemoteConfig, RemoteStorage, TenantShard,
-    TimelineIndex,
+    Generation, Id, LatestIndex, List, RemoteConfig, RemoteStorage, TenantShard, TimelineIndex,
 };
 use quire_tests::pg_install;
 use serde_json::Value;
 
-use pageserver_support::{Imported, Pageserver, copy_dir, import_with, lsn_field, timeline_show};
+use pageserver_support::{
+    Imported, Pageserver, copy_dir, import_with, lsn_field, quire_json, timeline_show, verify,
+};
 
 /// The bucket.
 const BUCKET: &str = "quire-remote";
@@ -175,12 +178,7 @@ impl Run {
     fn uploads_are_checked_against_disk(&mut self) -> Result<()> {
         // 1. Layers and index in S3, checked against the local files.
         pgbench(&self.pg, &["-i", "-q", "-s", "2"])?;
-        let loaded_at: Lsn = self
-            .pg
-            .psql("postgres", "SELECT pg_current_wal_flush_lsn()")?
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let loaded_at = flush_lsn(&self.pg)?;
         let shown = wait_for(&self.server, &self.imported, "the load uploaded", |shown| {
             Ok(remote_consistent(&shown["remote"])? >= loaded_at)
         })?;
@@ -277,67 +275,111 @@ impl Run {
         Ok(())
     }
 
-    /// A generation claimed elsewhere supersedes the pageserver for good.
-    fn a_newer_generation_supersedes(&mut self) -> Result<()> {
-        // 4. Someone else claims generation 3: the pageserver sees it at its
-        // next sync and stops; nothing of its own is written or deleted, and
-        // the slot stays where the last current sync left it.
-        let claimed = futures::executor::block_on(self.bucket.storage.call(ClaimGeneration {
-            shard: self.bucket.shard,
-            holder: "another pageserver".to_owned(),
-        }))?;
-        ensure!(claimed.get() == 3, "claimed {claimed}");
+    /// A second pageserver on an empty directory attaches the tenant
+    /// (generation 3) and takes the primary's slot over; the first sees
+    /// the newer generation, stops following and uploads nothing more.
+    fn a_second_pageserver_attaches(
+        &mut self,
+        s3: &S3Server,
+        dir: &Path,
+        conninfo: &str,
+    ) -> Result<Pageserver> {
+        let remote_url = format!("s3://{BUCKET}/{PREFIX}");
+        let second =
+            Pageserver::start_with_env(dir, &["--cores", "1", "--remote", &remote_url], &s3.env())?;
+        let tenant = self.imported.tenant_text();
+        let mut args = vec!["tenant", "attach", "--tenant", &tenant];
+        args.extend(second.api());
+        args.extend(["--primary", conninfo, "--slot", SLOT]);
+        let attached = quire_json(&args)?;
+        println!("attached: {attached}");
+        let shard = &attached["shards"][0]["attached"];
+        ensure!(
+            shard["generation"] == 3 && shard["timelines"][0]["layers"].as_u64() > Some(0),
+            "attach answered {attached}"
+        );
+        let second_dir = dir
+            .join("tenants")
+            .join(format!("{}-s0of1", self.imported.tenant))
+            .join("timelines")
+            .join(self.imported.timeline.to_string());
+        check_index_against_disk(&self.bucket, &self.bucket.index(2)?, &second_dir)?;
+
         pgbench(&self.pg, &["-n", "-c", "2", "-t", "300"])?;
-        let superseded = wait_for(&self.server, &self.imported, "superseded", |shown| {
-            Ok(shown["remote"]["superseded_by"] == 3)
+        let superseded = wait_for(
+            &self.server,
+            &self.imported,
+            "the first superseded",
+            |shown| Ok(shown["remote"]["superseded_by"] == 3 && shown["receiving"] == false),
+        )?;
+        let first_reported = remote_consistent(&superseded["remote"])?;
+        let first_objects = self.objects_of(2)?;
+        // The second follows the primary from where the index left off.
+        pgbench(&self.pg, &["-n", "-c", "2", "-t", "300"])?;
+        let end = flush_lsn(&self.pg)?;
+        let shown = wait_for(&second, &self.imported, "the second caught up", |shown| {
+            Ok(lsn_field(shown, "last_record_lsn")? >= end
+                && remote_consistent(&shown["remote"])? > first_reported)
         })?;
-        let last_reported = remote_consistent(&superseded["remote"])?;
+        println!("the second pageserver: {}", shown["remote"]);
+        check_index_against_disk(&self.bucket, &self.bucket.index(3)?, &second_dir)?;
+        let first = timeline_show(&self.server, &self.imported)?;
         ensure!(
-            superseded["receiving"] == false,
-            "a superseded pageserver still follows the primary: {superseded}"
+            remote_consistent(&first["remote"])? == first_reported
+                && self.objects_of(2)? == first_objects,
+            "the superseded pageserver went on writing: {first}"
         );
-        let objects_then = self.bucket.objects()?;
-        pgbench(&self.pg, &["-n", "-c", "2", "-t", "300"])?;
-        self.pg.psql("postgres", "CHECKPOINT")?;
-        // Its maintenance (compaction, images: 10 s apart) still changes the
-        // local layers; none of that reaches the self.bucket.
-        std::thread::sleep(Duration::from_secs(12));
-        ensure!(
-            self.bucket.objects()? == objects_then,
-            "a superseded pageserver changed the bucket"
-        );
-        let restart = slot_restart(&self.pg)?;
-        ensure!(
-            restart <= last_reported,
-            "the slot moved to {restart}, past {last_reported}, the last LSN a current generation uploaded"
-        );
-        // 5. ... and stays superseded when started again.
+        Ok(second)
+    }
+
+    /// Objects whose names carry `generation`.
+    fn objects_of(&self, generation: u32) -> Result<Vec<String>> {
+        let suffix = format!("{}", Generation::new(generation).context("generation")?);
+        Ok(self
+            .bucket
+            .objects()?
+            .into_keys()
+            .filter(|key| {
+                key.ends_with(&format!("-g{suffix}")) || key.ends_with(&format!("/{suffix}"))
+            })
+            .collect())
+    }
+
+    /// The first pageserver, started again, stays superseded.
+    fn a_superseded_pageserver_stays_so(&mut self) -> Result<()> {
+        let before = self.objects_of(2)?;
         self.server.restart()?;
         std::thread::sleep(Duration::from_secs(5));
-        let shown = remote_status(&self.server, &self.imported)?;
-        ensure!(
-            shown["superseded_by"] == 3 && shown["generation"].is_null(),
-            "after a restart: {shown}"
-        );
         let status = timeline_show(&self.server, &self.imported)?;
+        let remote = &status["remote"];
         ensure!(
-            status["receiving"] == false
+            remote["superseded_by"] == 3
+                && remote["generation"].is_null()
+                && status["receiving"] == false
                 && status["receiver_error"]
                     .as_str()
                     .is_some_and(|why| why.contains("superseded")),
-            "a superseded pageserver still follows the primary: {status}"
+            "after a restart: {status}"
         );
         ensure!(
-            self.bucket.objects()? == objects_then,
-            "a restarted superseded pageserver changed the bucket"
+            self.objects_of(2)? == before && self.objects_of(4)?.is_empty(),
+            "a restarted superseded pageserver wrote to the bucket"
         );
-        println!("superseded, also after a restart: {shown}");
+        println!("superseded, also after a restart: {remote}");
         Ok(())
     }
 }
 
+/// The primary's WAL flush position.
+fn flush_lsn(pg: &PgCluster) -> Result<Lsn> {
+    pg.psql("postgres", "SELECT pg_current_wal_flush_lsn()")?
+        .trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
 #[test]
-fn layers_reach_s3_before_wal_goes_and_a_superseded_pageserver_stops() -> Result<()> {
+fn layers_reach_s3_before_wal_goes_and_an_attach_elsewhere_supersedes() -> Result<()> {
     let install = pg_install()?;
     let s3 = S3Server::start(BUCKET)?;
     let options = PgClusterOptions::default()
@@ -384,8 +426,10 @@ fn layers_reach_s3_before_wal_goes_and_a_superseded_pageserver_stops() -> Result
     run.uploads_are_checked_against_disk()?;
     run.an_outage_holds_the_slot(&s3)?;
     run.a_restart_claims_the_next_generation()?;
-    run.a_newer_generation_supersedes()?;
-    run.server.check_alive()?;
+    let second = run.a_second_pageserver_attaches(&s3, &root.path().join("second"), &conninfo)?;
     run.pg.stop()?;
+    verify(&second, &run.imported, &run.pg.datadir(), None)?;
+    run.a_superseded_pageserver_stays_so()?;
+    run.server.check_alive()?;
     Ok(())
 }

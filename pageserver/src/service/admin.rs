@@ -82,6 +82,15 @@ pub enum AdminCommand {
         /// Where the answer goes.
         reply: Reply,
     },
+    /// Attach a tenant shard from object storage onto this core.
+    AttachShard {
+        /// Its settings (the generation is claimed by the attach).
+        settings: ShardSettings,
+        /// Where its timelines' WAL comes from.
+        wal_source: Option<WalSourceSettings>,
+        /// Where the answer goes.
+        reply: Reply,
+    },
     /// Delete a tenant shard and its files.
     DeleteShard {
         /// The tenant.
@@ -180,6 +189,14 @@ pub async fn handle(core: Rc<Core>, command: AdminCommand) {
     match command {
         AdminCommand::CreateShard { settings, reply } => {
             let _ = reply.try_send(create_shard(&core, &settings));
+        }
+        AdminCommand::AttachShard {
+            settings,
+            wal_source,
+            reply,
+        } => {
+            let attached = super::attach::attach_shard(&core, settings, wal_source).await;
+            let _ = reply.try_send(attached);
         }
         AdminCommand::DeleteShard {
             tenant,
@@ -290,9 +307,8 @@ fn create_shard(core: &Core, settings: &ShardSettings) -> Result<Value, AdminErr
             remote: ShardRemote::start(
                 core.shared.remote.as_ref(),
                 &core.shared.holder,
-                &dir,
-                tenant,
-                identity,
+                (&dir, tenant, identity),
+                None,
             ),
             dir,
             timelines: std::cell::RefCell::new(std::collections::HashMap::new()),

@@ -220,6 +220,17 @@ impl Core {
 
     /// Opens the shard in `dir` and every timeline in it (parents first).
     pub async fn load_shard(&self, dir: &Path, settings: &ShardSettings) -> Result<()> {
+        self.load_shard_as(dir, settings, None).await
+    }
+
+    /// [`Core::load_shard`], with the generation an attach has just
+    /// claimed for it (`None`: the shard claims one in the background).
+    pub async fn load_shard_as(
+        &self,
+        dir: &Path,
+        settings: &ShardSettings,
+        claimed: Option<quire_remote::Generation>,
+    ) -> Result<()> {
         let tenant = settings.tenant_id()?;
         let identity = settings.identity()?;
         let shard = Rc::new(TenantShard {
@@ -230,9 +241,8 @@ impl Core {
             remote: ShardRemote::start(
                 self.shared.remote.as_ref(),
                 &self.shared.holder,
-                dir,
-                tenant,
-                identity,
+                (dir, tenant, identity),
+                claimed,
             ),
         });
         for timeline in settings::scan_timelines(dir)? {

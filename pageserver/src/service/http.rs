@@ -67,6 +67,17 @@ struct CreateTenant {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AttachTenant {
+    #[serde(default)]
+    shard_count: Option<u32>,
+    #[serde(default)]
+    stripe_size: Option<u32>,
+    #[serde(default)]
+    wal_source: Option<WalSourceSettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateTimeline {
     #[serde(default)]
     timeline_id: Option<String>,
@@ -214,6 +225,11 @@ impl AdminApi {
             (Method::Delete, ["v1", "tenant", tenant]) => {
                 let tenant = parse_tenant(tenant)?;
                 Ok((200, Body::Json(self.delete_tenant(tenant)?)))
+            }
+            (Method::Post, ["v1", "tenant", tenant, "attach"]) => {
+                let tenant = parse_tenant(tenant)?;
+                let request: AttachTenant = json_body(&body)?;
+                Ok((201, Body::Json(self.attach_tenant(tenant, &request)?)))
             }
             (Method::Post, ["v1", "tenant", tenant, "timeline"]) => {
                 let tenant = parse_tenant(tenant)?;
@@ -472,7 +488,58 @@ impl AdminApi {
         }
         let count = request.shard_count.unwrap_or(1);
         let stripe = request.stripe_size.unwrap_or(STRIPE_BLOCKS_DEFAULT);
-        let mut places = Vec::new();
+        let places: Vec<ShardPlace> = self
+            .make_shards(tenant, count, stripe, |settings, reply| {
+                AdminCommand::CreateShard { settings, reply }
+            })?
+            .into_iter()
+            .map(|(place, _)| place)
+            .collect();
+        Ok(json!({
+            "tenant_id": tenant.to_string(),
+            "shard_count": count,
+            "stripe_size": stripe,
+            "shards": places.iter().map(|p| json!({"number": p.identity.number(), "core": p.core})).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// Attaches every shard of `tenant` from object storage, each to the
+    /// least loaded core.
+    fn attach_tenant(&self, tenant: TenantId, request: &AttachTenant) -> Result<Value, AdminError> {
+        if self.places(tenant).is_ok() {
+            return Err(AdminError::new(
+                409,
+                format!("tenant {tenant} is here already"),
+            ));
+        }
+        let count = request.shard_count.unwrap_or(1);
+        let stripe = request.stripe_size.unwrap_or(STRIPE_BLOCKS_DEFAULT);
+        let places = self.make_shards(tenant, count, stripe, |settings, reply| {
+            AdminCommand::AttachShard {
+                settings,
+                wal_source: request.wal_source.clone(),
+                reply,
+            }
+        })?;
+        Ok(json!({
+            "tenant_id": tenant.to_string(),
+            "shard_count": count,
+            "stripe_size": stripe,
+            "shards": places.iter().map(|(p, answer)| json!({"number": p.identity.number(), "core": p.core, "attached": answer})).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// Makes each of the `count` shards of `tenant` on the least loaded
+    /// core with `command` (undoing the ones made when one fails) and
+    /// places them; where they are, with each core's answer.
+    fn make_shards(
+        &self,
+        tenant: TenantId,
+        count: u32,
+        stripe: u32,
+        command: impl Fn(ShardSettings, Reply) -> AdminCommand,
+    ) -> Result<Vec<(ShardPlace, Value)>, AdminError> {
+        let mut places: Vec<(ShardPlace, Value)> = Vec::new();
         // Spread shards over the cores, starting with the least loaded.
         let mut load = vec![0usize; self.shared.cores];
         for (_, existing) in self.shared.tenants() {
@@ -495,27 +562,25 @@ impl AdminApi {
                 core,
                 generation: None,
             };
-            let created = self.ask(core, |reply| AdminCommand::CreateShard { settings, reply });
-            if let Err(error) = created {
-                for place in &places {
-                    let place: &ShardPlace = place;
-                    let _ = self.ask(place.core, |reply| AdminCommand::DeleteShard {
-                        tenant,
-                        number: place.identity.number(),
-                        reply,
-                    });
+            let created = self.ask(core, |reply| command(settings, reply));
+            let answer = match created {
+                Ok(answer) => answer,
+                Err(error) => {
+                    for (place, _) in &places {
+                        let _ = self.ask(place.core, |reply| AdminCommand::DeleteShard {
+                            tenant,
+                            number: place.identity.number(),
+                            reply,
+                        });
+                    }
+                    return Err(error);
                 }
-                return Err(error);
-            }
-            places.push(ShardPlace { identity, core });
+            };
+            places.push((ShardPlace { identity, core }, answer));
         }
-        self.shared.place(tenant, places.clone());
-        Ok(json!({
-            "tenant_id": tenant.to_string(),
-            "shard_count": count,
-            "stripe_size": stripe,
-            "shards": places.iter().map(|p| json!({"number": p.identity.number(), "core": p.core})).collect::<Vec<_>>(),
-        }))
+        self.shared
+            .place(tenant, places.iter().map(|(place, _)| *place).collect());
+        Ok(places)
     }
 
     fn delete_tenant(&self, tenant: TenantId) -> Result<Value, AdminError> {

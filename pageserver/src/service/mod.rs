@@ -19,6 +19,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod attach;
 pub mod basebackup;
 pub mod core;
 pub mod files;

@@ -19,7 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use quire_io::Task;
@@ -41,6 +41,8 @@ use crate::remote::{SyncOutcome, Uploader};
 
 /// How often a timeline's upload task looks for a changed metadata.
 const UPLOAD_PERIOD: Duration = Duration::from_secs(1);
+/// How often an idle timeline checks that its generation is still current.
+const IDLE_CHECK_PERIOD: Duration = Duration::from_secs(10);
 /// The longest wait between attempts after failures (claims and syncs).
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Bytes of a generation object read at most.
@@ -99,12 +101,12 @@ pub struct ShardRemote {
 impl ShardRemote {
     /// Starts the attachment of the shard in `dir` (claiming its
     /// generation in the background), when there is object storage.
+    /// `claimed`: the generation an attach has just claimed for it.
     pub fn start(
         storage: Option<&RemoteStorage>,
         holder: &str,
-        dir: &Path,
-        tenant: TenantId,
-        identity: ShardIdentity,
+        (dir, tenant, identity): (&Path, TenantId, ShardIdentity),
+        claimed: Option<Generation>,
     ) -> Option<Rc<ShardRemote>> {
         let storage = storage?.clone();
         let remote = Rc::new(ShardRemote {
@@ -114,11 +116,14 @@ impl ShardRemote {
                 number: identity.number(),
                 count: identity.count(),
             },
-            generation: Cell::new(None),
+            generation: Cell::new(claimed),
             superseded: Cell::new(None),
             claim_error: RefCell::new(None),
             claim: RefCell::new(None),
         });
+        if claimed.is_some() {
+            return Some(remote);
+        }
         let task = quire_io::spawn_local(claim_until_done(
             Rc::downgrade(&remote),
             dir.to_path_buf(),
@@ -250,6 +255,7 @@ async fn upload_loop(remote: Rc<ShardRemote>, served: Weak<ServedTimeline>, core
     let mut uploader: Option<Uploader> = None;
     let mut synced: Option<TimelineMetadata> = None;
     let mut failures = 0u32;
+    let mut last_check = Instant::now();
     loop {
         quire_io::sleep(if failures == 0 {
             UPLOAD_PERIOD
@@ -269,8 +275,31 @@ async fn upload_loop(remote: Rc<ShardRemote>, served: Weak<ServedTimeline>, core
         };
         let metadata = timeline.timeline.durable_metadata().await;
         if synced.as_ref() == Some(&metadata) {
+            // Nothing to upload: still look now and then whether another
+            // attachment took over, so that this one lets its WAL source go.
+            if last_check.elapsed() >= IDLE_CHECK_PERIOD {
+                last_check = Instant::now();
+                let status = remote
+                    .storage
+                    .call(CheckGeneration {
+                        shard: remote.shard,
+                        generation,
+                    })
+                    .await;
+                if let Ok(GenerationStatus::Superseded(newer)) = status {
+                    eprintln!(
+                        "pageserver: core {core}: timeline {}/{}: superseded by generation {newer}",
+                        remote.shard.prefix(),
+                        timeline.id
+                    );
+                    remote.superseded.set(Some(newer));
+                    stop_following(&timeline, newer);
+                    return;
+                }
+            }
             continue;
         }
+        last_check = Instant::now();
         let dir = timeline.timeline.directory().to_path_buf();
         let id = timeline.id;
         let name = format!("core {core}: timeline {}/{id}", remote.shard.prefix());
