@@ -54,6 +54,12 @@ pub struct Stack {
 
 impl Stack {
     pub fn start() -> Result<Stack> {
+        Stack::start_with(&["--cores", "1"], &[])
+    }
+
+    /// [`Stack::start`] with the pageserver started with `server_args`
+    /// and `server_env`.
+    pub fn start_with(server_args: &[&str], server_env: &[(&str, String)]) -> Result<Stack> {
         let install = pg_install()?;
         let root = tempfile::tempdir()?;
         let (safekeepers, addresses) = start_safekeepers(Path::new(quire_binary()), root.path())?;
@@ -67,7 +73,7 @@ impl Stack {
             .trim()
             .parse()?;
         init.stop()?;
-        let server = Pageserver::start(&root.path().join("ps"), &["--cores", "1"])?;
+        let server = Pageserver::start_with_env(&root.path().join("ps"), server_args, server_env)?;
         let list = addresses.join(",");
         let timeline = import_with(
             &server,

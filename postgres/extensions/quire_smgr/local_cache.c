@@ -181,13 +181,18 @@ local_cache_set_owner(const char *tenant, const char *timeline)
 	strlcpy(owner_timeline, timeline ? timeline : "", sizeof(owner_timeline));
 }
 
+bool
+local_cache_is_home(void)
+{
+	return strcmp(owner_tenant, quire_tenant_setting ? quire_tenant_setting : "") == 0 &&
+		strcmp(owner_timeline, quire_timeline_setting ? quire_timeline_setting : "") == 0;
+}
+
 /* Whether this backend reads the timeline the cache holds. */
 static bool
 usable(void)
 {
-	return shared != NULL &&
-		strcmp(owner_tenant, quire_tenant_setting ? quire_tenant_setting : "") == 0 &&
-		strcmp(owner_timeline, quire_timeline_setting ? quire_timeline_setting : "") == 0;
+	return shared != NULL && local_cache_is_home();
 }
 
 static LcKey

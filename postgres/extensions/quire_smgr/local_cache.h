@@ -23,6 +23,12 @@ extern void local_cache_shmem_startup(void);
 /* Notes the tenant and timeline the cache holds pages of (at preload). */
 extern void local_cache_set_owner(const char *tenant, const char *timeline);
 
+/*
+ * Whether this backend's quire.tenant and quire.timeline are the ones the
+ * postmaster started with (its home timeline).
+ */
+extern bool local_cache_is_home(void);
+
 /* Copies the cached page into buffer; false if it is not cached. */
 extern bool local_cache_read(RelFileLocator loc, ForkNumber fork, BlockNumber block, void *buffer);
 

@@ -32,6 +32,7 @@
 #include "utils/memutils.h"
 
 #include "backpressure.h"
+#include "local_cache.h"
 #include "remote.h"
 #include "stats.h"
 
@@ -251,10 +252,21 @@ try_connect(uint32 s)
 	return rc;
 }
 
-/* Whether a refusal is worth waiting out. */
+/*
+ * Whether a refusal is worth waiting out.  A tenant, timeline or shard the
+ * pageserver does not hold is, for the compute's own timeline once it has
+ * been served from it (any backend has seen an answer): its pageserver was
+ * replaced and is attaching it again from object storage, which is waited
+ * out like a pageserver that is down.  Otherwise (before that, or a
+ * session pointed elsewhere) it is a setting that cannot work, an ERROR at
+ * once.
+ */
 static bool
 transient_refusal(const PsRefusal *r)
 {
+	if (r->code == PS_ERR_UNKNOWN_TENANT || r->code == PS_ERR_UNKNOWN_TIMELINE ||
+		r->code == PS_ERR_SHARD_NOT_HERE)
+		return local_cache_is_home() && backpressure_ingested_seen() != InvalidXLogRecPtr;
 	return r->code == PS_ERR_WAL_NOT_INGESTED || r->code == PS_ERR_OVERLOADED ||
 		r->code == PS_ERR_SHUTTING_DOWN;
 }
