@@ -77,8 +77,18 @@ enum TenantCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Delete a tenant and everything it stores.
+    /// Delete a tenant and everything it stores, in object storage too
+    /// (unless another pageserver's newer generation holds it there).
     Delete {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Detach a tenant: remove it from this pageserver, keeping what
+    /// object storage holds of it for an attach (here or elsewhere).
+    Detach {
         #[command(flatten)]
         api: ApiArgs,
         /// The tenant.
@@ -267,6 +277,12 @@ pub fn run_tenant(args: &TenantArgs) -> Result<()> {
         TenantCommand::Delete { api, tenant } => {
             print(&call(api, "DELETE", &format!("/v1/tenant/{tenant}"), None)?)
         }
+        TenantCommand::Detach { api, tenant } => print(&call(
+            api,
+            "POST",
+            &format!("/v1/tenant/{tenant}/detach"),
+            Some(&json!({})),
+        )?),
     }
 }
 

@@ -370,6 +370,53 @@ impl Run {
     }
 }
 
+impl Run {
+    /// The life cycle's end: a delete on the superseded pageserver removes
+    /// only its own copy; a detach keeps the objects, so the tenant attaches
+    /// again (generation 4); a delete there removes every object.
+    fn detach_attach_and_delete(&self, second: &Pageserver) -> Result<()> {
+        let tenant = self.imported.tenant_text();
+        let before = self.bucket.objects()?;
+        let mut args = vec!["tenant", "delete", "--tenant", &tenant];
+        args.extend(self.server.api());
+        let deleted = quire_json(&args)?;
+        ensure!(
+            deleted["remote"][0]["kept"]
+                .as_str()
+                .is_some_and(|why| why.contains("superseded")),
+            "a superseded pageserver's delete answered {deleted}"
+        );
+        ensure!(
+            self.bucket.objects()? == before,
+            "a superseded delete removed objects"
+        );
+        let mut args = vec!["tenant", "detach", "--tenant", &tenant];
+        args.extend(second.api());
+        quire_json(&args)?;
+        ensure!(
+            self.bucket.objects()?.len() >= before.len(),
+            "a detach removed objects"
+        );
+        let mut args = vec!["tenant", "attach", "--tenant", &tenant];
+        args.extend(second.api());
+        let attached = quire_json(&args)?;
+        ensure!(
+            attached["shards"][0]["attached"]["generation"] == 4,
+            "attach after the detach: {attached}"
+        );
+        let mut args = vec!["tenant", "delete", "--tenant", &tenant];
+        args.extend(second.api());
+        let deleted = quire_json(&args)?;
+        let left = self.bucket.objects()?;
+        ensure!(
+            deleted["remote"][0]["objects_deleted"].as_u64() > Some(0) && left.is_empty(),
+            "the delete answered {deleted} and left {left:?}"
+        );
+        println!("deleted: {deleted}");
+        Ok(())
+    }
+}
+
 /// The primary's WAL flush position.
 fn flush_lsn(pg: &PgCluster) -> Result<Lsn> {
     pg.psql("postgres", "SELECT pg_current_wal_flush_lsn()")?
@@ -431,5 +478,6 @@ fn layers_reach_s3_before_wal_goes_and_an_attach_elsewhere_supersedes() -> Resul
     verify(&second, &run.imported, &run.pg.datadir(), None)?;
     run.a_superseded_pageserver_stays_so()?;
     run.server.check_alive()?;
+    run.detach_attach_and_delete(&second)?;
     Ok(())
 }

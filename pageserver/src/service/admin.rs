@@ -91,12 +91,15 @@ pub enum AdminCommand {
         /// Where the answer goes.
         reply: Reply,
     },
-    /// Delete a tenant shard and its files.
+    /// Delete a tenant shard and its files (a detach), and with
+    /// `remote_too` its objects in object storage (a tenant delete).
     DeleteShard {
         /// The tenant.
         tenant: TenantId,
         /// The shard number.
         number: u32,
+        /// Whether its objects in object storage go too.
+        remote_too: bool,
         /// Where the answer goes.
         reply: Reply,
     },
@@ -201,9 +204,18 @@ pub async fn handle(core: Rc<Core>, command: AdminCommand) {
         AdminCommand::DeleteShard {
             tenant,
             number,
+            remote_too,
             reply,
         } => {
-            let _ = reply.try_send(delete_shard(&core, tenant, number));
+            let deleted = match delete_shard(&core, tenant, number) {
+                Ok(remote) if remote_too => match remote {
+                    Some(remote) => super::remote_sync::delete_remote(&remote).await,
+                    None => Ok(json!({})),
+                },
+                Ok(_) => Ok(json!({})),
+                Err(error) => Err(error),
+            };
+            let _ = reply.try_send(deleted);
         }
         AdminCommand::CreateTimeline {
             tenant,
@@ -317,7 +329,13 @@ fn create_shard(core: &Core, settings: &ShardSettings) -> Result<Value, AdminErr
     Ok(json!({"core": core.index}))
 }
 
-fn delete_shard(core: &Core, tenant: TenantId, number: u32) -> Result<Value, AdminError> {
+/// Removes the shard from the core and its files from the disk; its
+/// attachment to object storage, if it has one.
+fn delete_shard(
+    core: &Core,
+    tenant: TenantId,
+    number: u32,
+) -> Result<Option<Rc<ShardRemote>>, AdminError> {
     let shard = core
         .shards
         .borrow_mut()
@@ -338,7 +356,7 @@ fn delete_shard(core: &Core, tenant: TenantId, number: u32) -> Result<Value, Adm
     files::sync_dir(&settings::shard_file(&shard.dir))?;
     std::fs::remove_dir_all(&shard.dir)
         .with_context(|| format!("remove {}", shard.dir.display()))?;
-    Ok(json!({}))
+    Ok(shard.remote.clone())
 }
 
 async fn create_timeline(

@@ -224,7 +224,11 @@ impl AdminApi {
             }
             (Method::Delete, ["v1", "tenant", tenant]) => {
                 let tenant = parse_tenant(tenant)?;
-                Ok((200, Body::Json(self.delete_tenant(tenant)?)))
+                Ok((200, Body::Json(self.delete_tenant(tenant, true)?)))
+            }
+            (Method::Post, ["v1", "tenant", tenant, "detach"]) => {
+                let tenant = parse_tenant(tenant)?;
+                Ok((200, Body::Json(self.delete_tenant(tenant, false)?)))
             }
             (Method::Post, ["v1", "tenant", tenant, "attach"]) => {
                 let tenant = parse_tenant(tenant)?;
@@ -570,6 +574,7 @@ impl AdminApi {
                         let _ = self.ask(place.core, |reply| AdminCommand::DeleteShard {
                             tenant,
                             number: place.identity.number(),
+                            remote_too: false,
                             reply,
                         });
                     }
@@ -583,17 +588,21 @@ impl AdminApi {
         Ok(places)
     }
 
-    fn delete_tenant(&self, tenant: TenantId) -> Result<Value, AdminError> {
+    /// Deletes `tenant` here, and with `remote_too` its objects in object
+    /// storage (a detach keeps them for an attach elsewhere).
+    fn delete_tenant(&self, tenant: TenantId, remote_too: bool) -> Result<Value, AdminError> {
         let places = self.places(tenant)?;
         self.shared.unplace(tenant);
+        let mut remote = Vec::new();
         for place in places {
-            self.ask(place.core, |reply| AdminCommand::DeleteShard {
+            remote.push(self.ask(place.core, |reply| AdminCommand::DeleteShard {
                 tenant,
                 number: place.identity.number(),
+                remote_too,
                 reply,
-            })?;
+            })?);
         }
-        Ok(json!({"tenant_id": tenant.to_string(), "deleted": true}))
+        Ok(json!({"tenant_id": tenant.to_string(), "deleted": true, "remote": remote}))
     }
 
     fn create_timeline(

@@ -26,14 +26,16 @@ use quire_io::Task;
 use quire_net::id::{ShardIdentity, TenantId};
 use quire_postgres::Lsn;
 use quire_remote::generation::GenerationRecord;
+use quire_remote::ops::DELETE_BATCH_MAX;
 use quire_remote::{
-    CheckGeneration, ClaimGeneration, Generation, GenerationStatus, Get, Id, LatestIndex,
-    RemoteStorage,
+    CheckGeneration, ClaimGeneration, Delete, Generation, GenerationStatus, Get, Id, LatestIndex,
+    List, RemoteStorage,
 };
 use quire_shard::metadata::TimelineMetadata;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::admin::AdminError;
 use super::core::ServedTimeline;
 use super::files;
 use super::settings::{self, ShardSettings};
@@ -399,6 +401,70 @@ pub fn timeline_status(served: &ServedTimeline) -> Value {
         "layers_deleted": gauges.layers_deleted.get(),
         "last_error": *gauges.last_error.borrow(),
     })
+}
+
+/// Deletes every object of the shard in object storage, once the shard's
+/// tasks have stopped and its local files are gone: the indexes first (an
+/// attach racing it finds no index, rather than one naming deleted layers),
+/// then the layers, then the generation objects. Only a current generation
+/// deletes; a superseded one, or one never claimed, leaves the objects to
+/// the attachment that holds them.
+pub async fn delete_remote(remote: &ShardRemote) -> Result<Value, AdminError> {
+    remote.claim.borrow_mut().take();
+    let prefix = remote.shard.prefix();
+    let refuse = |why: String| Ok(json!({"objects_deleted": 0, "kept": why}));
+    if let Some(newer) = remote.superseded.get() {
+        return refuse(format!("superseded by generation {newer}"));
+    }
+    let Some(generation) = remote.generation.get() else {
+        return refuse("no generation was claimed: the objects are not this pageserver's".into());
+    };
+    let failed = |what: &str, e: quire_remote::RemoteError| {
+        AdminError::new(502, format!("{prefix}: {what}: {e}"))
+    };
+    let status = remote
+        .storage
+        .call(CheckGeneration {
+            shard: remote.shard,
+            generation,
+        })
+        .await
+        .map_err(|e| failed("check the generation", e))?;
+    if let GenerationStatus::Superseded(newer) = status {
+        return refuse(format!("superseded by generation {newer}"));
+    }
+    let listed = remote
+        .storage
+        .call(List {
+            prefix: prefix.clone(),
+        })
+        .await
+        .map_err(|e| failed("list its objects", e))?;
+    let rank = |key: &str| {
+        if key.contains("/generations/") {
+            2
+        } else if quire_remote::names::index_generation(quire_remote::names::base_name(key))
+            .is_some()
+        {
+            0
+        } else {
+            1
+        }
+    };
+    let mut keys: Vec<String> = listed.into_iter().map(|object| object.key).collect();
+    keys.sort_by_key(|key| rank(key));
+    let total = keys.len();
+    for batch in keys.chunks(DELETE_BATCH_MAX) {
+        remote
+            .storage
+            .call(Delete {
+                keys: batch.to_vec(),
+            })
+            .await
+            .map_err(|e| failed("delete its objects", e))?;
+    }
+    eprintln!("pageserver: {prefix}: deleted {total} objects from object storage");
+    Ok(json!({"objects_deleted": total}))
 }
 
 /// The wait after `failures` failures in a row: 1 s doubling to 30 s.
