@@ -440,15 +440,15 @@ pub async fn delete_remote(remote: &ShardRemote) -> Result<Value, AdminError> {
         })
         .await
         .map_err(|e| failed("list its objects", e))?;
+    // Indexes (0), then layers (1), then generation objects (2).
     let rank = |key: &str| {
         if key.contains("/generations/") {
             2
-        } else if quire_remote::names::index_generation(quire_remote::names::base_name(key))
-            .is_some()
-        {
-            0
         } else {
-            1
+            u8::from(
+                quire_remote::names::index_generation(quire_remote::names::base_name(key))
+                    .is_none(),
+            )
         }
     };
     let mut keys: Vec<String> = listed.into_iter().map(|object| object.key).collect();
