@@ -74,6 +74,11 @@ pub struct PageserverArgs {
     /// layer; WAL is removed from the safekeepers only once it is there.
     #[arg(long)]
     remote: Option<String>,
+    /// With `--remote`: MiB of WAL a timeline's disk may hold past object
+    /// storage before its ingest waits for uploads (back-pressure while the
+    /// store is slow or down).
+    #[arg(long, default_value_t = 1024)]
+    max_upload_lag_mib: u64,
 }
 
 pub fn run(args: &PageserverArgs) -> Result<()> {
@@ -121,6 +126,7 @@ pub fn run(args: &PageserverArgs) -> Result<()> {
             .map(RemoteConfig::from_url)
             .transpose()
             .map_err(|e| anyhow::anyhow!("--remote: {e}"))?,
+        upload_lag_max: args.max_upload_lag_mib.saturating_mul(1 << 20),
     };
     service::run(&config)
 }

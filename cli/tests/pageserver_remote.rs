@@ -205,13 +205,17 @@ impl Run {
         // 2. S3 stopped: layers keep being made locally, the slot waits.
         let before_outage = remote_consistent(&remote_status(&self.server, &self.imported)?)?;
         s3.signal("STOP")?;
-        pgbench(&self.pg, &["-n", "-c", "2", "-t", "500"])?;
+        pgbench(&self.pg, &["-n", "-c", "2", "-t", "1500"])?;
         let stalled = wait_for(
             &self.server,
             &self.imported,
             "a flush during the outage",
             |shown| Ok(lsn_field(shown, "disk_consistent_lsn")? > before_outage),
         )?;
+        // More than 1 MiB of WAL on disk and not in S3: ingest waits.
+        wait_for(&self.server, &self.imported, "ingest held", |shown| {
+            Ok(shown["ingest"]["held_by_uploads"] == true)
+        })?;
         std::thread::sleep(Duration::from_secs(3));
         let restart = slot_restart(&self.pg)?;
         let remote_now = remote_consistent(&remote_status(&self.server, &self.imported)?)?;
@@ -228,8 +232,11 @@ impl Run {
         wait_for(
             &self.server,
             &self.imported,
-            "the backlog uploaded",
-            |shown| Ok(remote_consistent(&shown["remote"])? >= local),
+            "the backlog uploaded and ingest going again",
+            |shown| {
+                Ok(remote_consistent(&shown["remote"])? >= local
+                    && shown["ingest"]["held_by_uploads"] == false)
+            },
         )?;
         let began = Instant::now();
         while slot_restart(&self.pg)? <= before_outage {
@@ -444,7 +451,14 @@ fn layers_reach_s3_before_wal_goes_and_an_attach_elsewhere_supersedes() -> Resul
     let remote_url = format!("s3://{BUCKET}/{PREFIX}");
     let server = Pageserver::start_with_env(
         &root.path().join("pageserver"),
-        &["--cores", "1", "--remote", &remote_url],
+        &[
+            "--cores",
+            "1",
+            "--remote",
+            &remote_url,
+            "--max-upload-lag-mib",
+            "1",
+        ],
         &s3.env(),
     )?;
     let conninfo = format!("host=127.0.0.1 port={} user=postgres", pg.port());

@@ -508,6 +508,7 @@ pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize
             // Only while receiving: a stopped receiver's source end is stale.
             "lag_bytes": receiving.then(|| gauges.source_end.get().0.saturating_sub(timeline.ingested_lsn().0)),
             "held_by_l0_debt": gauges.held.get(),
+            "held_by_uploads": gauges.held_by_uploads.get(),
             "connections": gauges.connections.get(),
         },
         "maintenance": served.maintenance.borrow().is_some(),

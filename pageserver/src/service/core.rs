@@ -62,6 +62,9 @@ pub struct Shared {
     pub remote: Option<RemoteStorage>,
     /// Who this pageserver is in the generations it claims.
     pub holder: String,
+    /// Bytes of WAL a timeline's disk may hold past object storage before
+    /// its ingest waits for uploads.
+    pub upload_lag_max: u64,
 }
 
 impl Shared {

@@ -150,7 +150,7 @@ impl Metrics {
         let ingest = IntGaugeVec::new(
             Opts::new(
                 "quire_ingest",
-                "A timeline's WAL receiver (what=wal_bytes_received|lag_bytes|held_by_l0_debt)",
+                "A timeline's WAL receiver (what=wal_bytes_received|lag_bytes|held_by_l0_debt|held_by_uploads)",
             ),
             &["core", "timeline", "what"],
         )?;

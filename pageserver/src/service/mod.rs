@@ -100,6 +100,9 @@ pub struct PageserverConfig {
     pub spin_before_park: Option<Duration>,
     /// Object storage, if any.
     pub remote: Option<RemoteConfig>,
+    /// Bytes of WAL a timeline's disk may hold past object storage before
+    /// its ingest waits for uploads.
+    pub upload_lag_max: u64,
 }
 
 /// Every tenant's shards and their cores.
@@ -160,6 +163,7 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
         metrics,
         remote,
         holder,
+        upload_lag_max: config.upload_lag_max,
     });
     // The queues: admin per core, hand-off per ordered pair of cores.
     let mut admin_senders = Vec::with_capacity(cores);
@@ -448,6 +452,7 @@ async fn publish_stats(core: Rc<Core>) {
                         gauges.source_end.get().0.saturating_sub(ingested.0),
                     ),
                     ("held_by_l0_debt", u64::from(gauges.held.get())),
+                    ("held_by_uploads", u64::from(gauges.held_by_uploads.get())),
                 ] {
                     metrics
                         .ingest

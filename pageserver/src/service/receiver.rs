@@ -86,6 +86,7 @@ pub async fn start(
     );
     let policy = FollowPolicy {
         l0_max: Some(L0_MAX),
+        upload_lag_max: shard.remote.is_some().then_some(core.shared.upload_lag_max),
         ..FollowPolicy::default()
     };
     let task = spawn_forever(

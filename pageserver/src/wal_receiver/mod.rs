@@ -107,6 +107,11 @@ pub struct FollowPolicy {
     /// more L0 layers than this (compaction, running beside it, catches
     /// up); `None`: never hold.
     pub l0_max: Option<usize>,
+    /// Back-pressure from object storage: after a flush, hold ingest while
+    /// the disk-consistent LSN is more than this many bytes of WAL past the
+    /// remote-consistent LSN (uploads, running beside it, catch up); only
+    /// with object storage. `None`: never hold.
+    pub upload_lag_max: Option<u64>,
 }
 
 /// Clears a flag however its scope ends (a task may be dropped mid-wait).
@@ -144,6 +149,30 @@ async fn hold_while_in_debt(timeline: &Timeline, max: usize, held_now: &Cell<boo
     }
 }
 
+/// Waits while `timeline`'s disk-consistent LSN is more than `max` bytes
+/// past what object storage holds (polled every 100 ms; no limit: while
+/// the store is down, WAL waits upstream instead of layers piling up).
+async fn hold_while_uploads_lag(timeline: &Timeline, max: u64, gauges: &ReceiverGauges) {
+    let lag = || {
+        gauges.remote_consistent.get().map_or(0, |remote| {
+            timeline.disk_consistent_lsn().0.saturating_sub(remote.0)
+        })
+    };
+    let _clear = ClearOnDrop(&gauges.held_by_uploads);
+    let mut held = false;
+    while lag() > max {
+        if !held {
+            eprintln!(
+                "wal receiver: {} bytes of WAL are on disk but not in object storage (at most {max}): ingest held until uploads catch up",
+                lag()
+            );
+            held = true;
+        }
+        gauges.held_by_uploads.set(true);
+        quire_io::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl Default for FollowPolicy {
     fn default() -> Self {
         FollowPolicy {
@@ -158,6 +187,7 @@ impl Default for FollowPolicy {
             reply_flush_interval_min: Duration::from_secs(1),
             deadline: None,
             l0_max: None,
+            upload_lag_max: None,
         }
     }
 }
@@ -202,6 +232,8 @@ pub struct ReceiverGauges {
     /// reported upstream as durable, so no WAL object storage lacks is
     /// removed. `None`: no object storage, the local disk is what counts.
     pub remote_consistent: Cell<Option<Lsn>>,
+    /// Whether ingest is held now by uploads lagging (back-pressure).
+    pub held_by_uploads: Cell<bool>,
 }
 
 impl ReceiverGauges {
@@ -313,6 +345,9 @@ impl Progress {
             self.stats.flushes += 1;
             if let Some(max) = policy.l0_max {
                 hold_while_in_debt(ingest.timeline(), max, &self.gauges.held).await;
+            }
+            if let Some(max) = policy.upload_lag_max {
+                hold_while_uploads_lag(ingest.timeline(), max, &self.gauges).await;
             }
         }
         if due || bytes == 0 {
