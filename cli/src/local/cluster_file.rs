@@ -41,6 +41,9 @@ pub struct PageserverEntry {
     pub cores: usize,
     /// Block cache per core, MiB.
     pub cache_mib: usize,
+    /// Its object storage (`--remote`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 fn default_local_cache() -> String {
@@ -277,6 +280,7 @@ mod tests {
                 http: "127.0.0.1:9898".to_owned(),
                 cores: 1,
                 cache_mib: 128,
+                remote: None,
             },
             compute: ComputeEntry {
                 port: 55432,

@@ -159,6 +159,12 @@ pub fn start_pageserver(
         .args(["--cores", &entry.cores.to_string()])
         .args(["--cache-mib", &entry.cache_mib.to_string()])
         .args(["--index-cache-mib", "16"])
+        .args(
+            entry
+                .remote
+                .iter()
+                .flat_map(|url| ["--remote", url.as_str()]),
+        )
         .env("QUIRE_PG_PREFIX", install.prefix());
     let mut child = daemon::spawn_detached(&mut command, &server.log)?;
     daemon::write_pid(&server.pid_file, child.id())?;

@@ -53,6 +53,12 @@ pub struct StartArgs {
     /// The pageserver's block cache per core, MiB.
     #[arg(long, default_value_t = 128)]
     pageserver_cache_mib: usize,
+    /// The pageserver's object storage: `s3://bucket/prefix` (with the
+    /// `AWS_*` environment) or `file:///dir`; layers are uploaded there and
+    /// `quire tenant attach` brings the tenant back from it. Kept for
+    /// later starts of the cluster.
+    #[arg(long)]
+    remote: Option<String>,
 }
 
 /// How many safekeepers a local cluster has.
@@ -136,6 +142,7 @@ fn create(layout: &Layout, args: &StartArgs) -> Result<()> {
             http: address(4),
             cores: args.pageserver_cores,
             cache_mib: args.pageserver_cache_mib,
+            remote: args.remote.clone(),
         },
         compute: ComputeEntry {
             port: compute_port,
