@@ -2,8 +2,10 @@
 //! uploads its layers and index to a real S3 server (moto on loopback),
 //! each checked against the local file; the primary's slot, which is what
 //! lets it remove WAL, never moves past the remote-consistent LSN, also
-//! while the S3 server is stopped; a restart claims the next generation
-//! and uploads no layer again. A second pageserver on an empty directory
+//! while the S3 server is stopped (ingest is held then, and a SIGKILL of
+//! the pageserver loses nothing: started again, it uploads the backlog
+//! once S3 is back); a restart claims the next generation and uploads no
+//! layer again. A second pageserver on an empty directory
 //! attaches the tenant (`quire tenant attach`): it claims a newer
 //! generation, downloads the layers, takes the slot over and serves every
 //! page as the stopped primary has it (`quire verify`). The first sees the
@@ -200,7 +202,9 @@ impl Run {
         Ok(())
     }
 
-    /// While S3 is stopped, layers are made locally but the slot waits.
+    /// While S3 is stopped, layers are made locally but the slot waits and
+    /// ingest is held; a SIGKILL then loses nothing: the restarted
+    /// pageserver uploads the backlog once S3 is back.
     fn an_outage_holds_the_slot(&mut self, s3: &S3Server) -> Result<()> {
         // 2. S3 stopped: layers keep being made locally, the slot waits.
         let before_outage = remote_consistent(&remote_status(&self.server, &self.imported)?)?;
@@ -227,6 +231,11 @@ impl Run {
             remote_now == before_outage && restart <= remote_now,
             "during the outage the remote-consistent LSN moved to {remote_now} (from {before_outage}) or the slot to {restart}"
         );
+        // SIGKILLed with its uploads stuck: the layers it made are on its
+        // disk, listed by no index yet. Started again, it claims generation
+        // 2 once S3 answers and uploads them then.
+        self.server.kill();
+        self.server.restart()?;
         s3.signal("CONT")?;
         let local = lsn_field(&stalled, "disk_consistent_lsn")?;
         wait_for(
@@ -247,32 +256,38 @@ impl Run {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
-        check_index_against_disk(&self.bucket, &self.bucket.index(1)?, &self.timeline_dir)?;
+        let after_kill = self.bucket.index(2)?;
+        ensure!(
+            Lsn(after_kill.disk_consistent_lsn) >= local,
+            "index-g2 holds through {}, the disk through {local}",
+            Lsn(after_kill.disk_consistent_lsn)
+        );
+        check_index_against_disk(&self.bucket, &after_kill, &self.timeline_dir)?;
 
         Ok(())
     }
 
-    /// A restart claims generation 2 and uploads no layer again.
+    /// A restart claims generation 3 and uploads no layer again.
     fn a_restart_claims_the_next_generation(&mut self) -> Result<()> {
-        // 3. A restart claims generation 2 and uploads nothing again.
-        let before_restart = self.bucket.index(1)?;
+        // 3. A restart claims generation 3 and uploads nothing again.
+        let before_restart = self.bucket.index(2)?;
         self.server.restart()?;
         let shown = wait_for(
             &self.server,
             &self.imported,
-            "generation 2 synced",
+            "generation 3 synced",
             |shown| {
-                Ok(shown["remote"]["generation"] == 2
+                Ok(shown["remote"]["generation"] == 3
                     && shown["remote"]["syncs"].as_u64() >= Some(1))
             },
         )?;
-        let second = self.bucket.index(2)?;
-        ensure!(second.generation.get() == 2, "{:?}", second.generation);
+        let second = self.bucket.index(3)?;
+        ensure!(second.generation.get() == 3, "{:?}", second.generation);
         for layer in &second.layers {
             if let Some(old) = before_restart.layers.iter().find(|l| l.name == layer.name) {
                 ensure!(
                     layer.generation == old.generation,
-                    "{} was uploaded again by generation 2",
+                    "{} was uploaded again by generation 3",
                     layer.name.as_str()
                 );
             }
@@ -283,7 +298,7 @@ impl Run {
     }
 
     /// A second pageserver on an empty directory attaches the tenant
-    /// (generation 3) and takes the primary's slot over; the first sees
+    /// (generation 4) and takes the primary's slot over; the first sees
     /// the newer generation, stops following and uploads nothing more.
     fn a_second_pageserver_attaches(
         &mut self,
@@ -302,7 +317,7 @@ impl Run {
         println!("attached: {attached}");
         let shard = &attached["shards"][0]["attached"];
         ensure!(
-            shard["generation"] == 3 && shard["timelines"][0]["layers"].as_u64() > Some(0),
+            shard["generation"] == 4 && shard["timelines"][0]["layers"].as_u64() > Some(0),
             "attach answered {attached}"
         );
         let second_dir = dir
@@ -310,17 +325,17 @@ impl Run {
             .join(format!("{}-s0of1", self.imported.tenant))
             .join("timelines")
             .join(self.imported.timeline.to_string());
-        check_index_against_disk(&self.bucket, &self.bucket.index(2)?, &second_dir)?;
+        check_index_against_disk(&self.bucket, &self.bucket.index(3)?, &second_dir)?;
 
         pgbench(&self.pg, &["-n", "-c", "2", "-t", "300"])?;
         let superseded = wait_for(
             &self.server,
             &self.imported,
             "the first superseded",
-            |shown| Ok(shown["remote"]["superseded_by"] == 3 && shown["receiving"] == false),
+            |shown| Ok(shown["remote"]["superseded_by"] == 4 && shown["receiving"] == false),
         )?;
         let first_reported = remote_consistent(&superseded["remote"])?;
-        let first_objects = self.objects_of(2)?;
+        let first_objects = self.objects_of(3)?;
         // The second follows the primary from where the index left off.
         pgbench(&self.pg, &["-n", "-c", "2", "-t", "300"])?;
         let end = flush_lsn(&self.pg)?;
@@ -329,11 +344,11 @@ impl Run {
                 && remote_consistent(&shown["remote"])? > first_reported)
         })?;
         println!("the second pageserver: {}", shown["remote"]);
-        check_index_against_disk(&self.bucket, &self.bucket.index(3)?, &second_dir)?;
+        check_index_against_disk(&self.bucket, &self.bucket.index(4)?, &second_dir)?;
         let first = timeline_show(&self.server, &self.imported)?;
         ensure!(
             remote_consistent(&first["remote"])? == first_reported
-                && self.objects_of(2)? == first_objects,
+                && self.objects_of(3)? == first_objects,
             "the superseded pageserver went on writing: {first}"
         );
         Ok(second)
@@ -354,13 +369,13 @@ impl Run {
 
     /// The first pageserver, started again, stays superseded.
     fn a_superseded_pageserver_stays_so(&mut self) -> Result<()> {
-        let before = self.objects_of(2)?;
+        let before = self.objects_of(3)?;
         self.server.restart()?;
         std::thread::sleep(Duration::from_secs(5));
         let status = timeline_show(&self.server, &self.imported)?;
         let remote = &status["remote"];
         ensure!(
-            remote["superseded_by"] == 3
+            remote["superseded_by"] == 4
                 && remote["generation"].is_null()
                 && status["receiving"] == false
                 && status["receiver_error"]
@@ -369,7 +384,7 @@ impl Run {
             "after a restart: {status}"
         );
         ensure!(
-            self.objects_of(2)? == before && self.objects_of(4)?.is_empty(),
+            self.objects_of(3)? == before && self.objects_of(5)?.is_empty(),
             "a restarted superseded pageserver wrote to the bucket"
         );
         println!("superseded, also after a restart: {remote}");
@@ -380,7 +395,7 @@ impl Run {
 impl Run {
     /// The life cycle's end: a delete on the superseded pageserver removes
     /// only its own copy; a detach keeps the objects, so the tenant attaches
-    /// again (generation 4); a delete there removes every object.
+    /// again (generation 5); a delete there removes every object.
     fn detach_attach_and_delete(&self, second: &Pageserver) -> Result<()> {
         let tenant = self.imported.tenant_text();
         let before = self.bucket.objects()?;
@@ -408,7 +423,7 @@ impl Run {
         args.extend(second.api());
         let attached = quire_json(&args)?;
         ensure!(
-            attached["shards"][0]["attached"]["generation"] == 4,
+            attached["shards"][0]["attached"]["generation"] == 5,
             "attach after the detach: {attached}"
         );
         let mut args = vec!["tenant", "delete", "--tenant", &tenant];
