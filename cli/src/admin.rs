@@ -62,15 +62,10 @@ enum TenantCommand {
         /// Its stripe in pages (as it was created with).
         #[arg(long)]
         stripe_size: Option<u32>,
-        /// Its timelines follow the WAL on these safekeepers (`host:port,...`).
-        #[arg(long, value_delimiter = ',', conflicts_with = "primary")]
-        safekeepers: Vec<String>,
-        /// Its timeline follows this Postgres 17 primary (a connection string).
-        #[arg(long)]
-        primary: Option<String>,
-        /// The replication slot on the primary.
-        #[arg(long, default_value = "quire")]
-        slot: String,
+        /// Where its timelines' WAL comes from (a primary feeds only the
+        /// timelines without an ancestor).
+        #[command(flatten)]
+        wal: WalSourceArgs,
     },
     /// List the tenants.
     List {
@@ -95,6 +90,33 @@ enum TenantCommand {
         #[arg(long)]
         tenant: String,
     },
+}
+
+/// Where a timeline's WAL comes from, if anywhere.
+#[derive(Args)]
+struct WalSourceArgs {
+    /// Follow the WAL on these safekeepers (`host:port,...`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "primary")]
+    safekeepers: Vec<String>,
+    /// Follow a Postgres 17 primary directly (a connection string).
+    #[arg(long)]
+    primary: Option<String>,
+    /// The replication slot on the primary.
+    #[arg(long, default_value = "quire")]
+    slot: String,
+}
+
+impl WalSourceArgs {
+    /// The admin API's `wal_source`, when one is given.
+    fn body(&self) -> Option<Value> {
+        if self.safekeepers.is_empty() {
+            self.primary
+                .as_ref()
+                .map(|conninfo| json!({"primary": {"conninfo": conninfo, "slot": self.slot}}))
+        } else {
+            Some(json!({"safekeepers": {"safekeepers": self.safekeepers}}))
+        }
+    }
 }
 
 /// `quire timeline`.
@@ -127,15 +149,9 @@ enum TimelineCommand {
         /// before it.
         #[arg(long)]
         at: Option<String>,
-        /// Follow the WAL on these safekeepers (`host:port,...`).
-        #[arg(long, value_delimiter = ',', conflicts_with = "primary")]
-        safekeepers: Vec<String>,
-        /// Follow a Postgres 17 primary directly (a connection string).
-        #[arg(long)]
-        primary: Option<String>,
-        /// The replication slot on the primary.
-        #[arg(long, default_value = "quire")]
-        slot: String,
+        /// Where its WAL comes from.
+        #[command(flatten)]
+        wal: WalSourceArgs,
     },
     /// A timeline's status as JSON.
     Show {
@@ -219,15 +235,6 @@ pub(crate) fn api_error(method: &str, url: &str, error: ureq::Error) -> anyhow::
     }
 }
 
-/// The admin API's `wal_source` for the safekeepers or a primary given.
-fn wal_source_body(safekeepers: &[String], primary: Option<&str>, slot: &str) -> Option<Value> {
-    if safekeepers.is_empty() {
-        primary.map(|conninfo| json!({"primary": {"conninfo": conninfo, "slot": slot}}))
-    } else {
-        Some(json!({"safekeepers": {"safekeepers": safekeepers}}))
-    }
-}
-
 fn print(value: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -255,15 +262,13 @@ pub fn run_tenant(args: &TenantArgs) -> Result<()> {
             tenant,
             shard_count,
             stripe_size,
-            safekeepers,
-            primary,
-            slot,
+            wal,
         } => {
             let mut body = json!({"shard_count": shard_count});
             if let Some(stripe) = stripe_size {
                 body["stripe_size"] = json!(stripe);
             }
-            if let Some(source) = wal_source_body(safekeepers, primary.as_deref(), slot) {
+            if let Some(source) = wal.body() {
                 body["wal_source"] = source;
             }
             print(&call(
@@ -295,9 +300,7 @@ pub fn run_timeline(args: &TimelineArgs) -> Result<()> {
             import_pgdata,
             branch_of,
             at,
-            safekeepers,
-            primary,
-            slot,
+            wal,
         } => {
             let mut body = json!({});
             if let Some(timeline) = timeline {
@@ -318,7 +321,7 @@ pub fn run_timeline(args: &TimelineArgs) -> Result<()> {
                 }
                 _ => bail!("give --import-pgdata DIR or --branch-of TIMELINE --at LSN|TIMESTAMP"),
             }
-            if let Some(source) = wal_source_body(safekeepers, primary.as_deref(), slot) {
+            if let Some(source) = wal.body() {
                 body["wal_source"] = source;
             }
             print(&call(

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, ensure};
 use quire_cluster::S3Server;
 use serde_json::Value;
 
-use compute_support::{AMCHECK, Stack, check_books, ledger_wait};
+use compute_support::{Stack, amcheck_clean, check_books, ledger_wait};
 use pageserver_support::{quire_json, timeline_show};
 
 /// The bucket.
@@ -95,13 +95,7 @@ fn a_pageserver_that_lost_its_disk_comes_back_from_object_storage() -> Result<()
     pg.stop()?;
     let pg = stack.start_compute()?;
     check_books(&pg, acknowledged, 0)?;
-    let amcheck = pg.psql_script("postgres", AMCHECK)?;
-    let mut lines = amcheck.lines().filter(|l| !l.trim().is_empty());
-    let problems: u64 = lines.next().context("amcheck output")?.trim().parse()?;
-    let indexes: u64 = lines.next().context("amcheck output")?.trim().parse()?;
-    ensure!(problems == 0, "verify_heapam found {problems} problems");
-    ensure!(indexes >= 20, "only {indexes} B-trees were checked");
-    println!("amcheck: 0 heap problems, {indexes} B-trees clean");
+    amcheck_clean(&pg, 20)?;
     let after = wait_syncs(&stack, 1)?;
     ensure!(
         after["generation"] == 2,

@@ -33,7 +33,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use quire_cluster::PgCluster;
 
-use compute_support::{AMCHECK, Stack, check_books, ledger_wait, number};
+use compute_support::{Stack, amcheck_clean, check_books, ledger_wait, number};
 
 #[test]
 fn a_compute_keeps_nothing_and_loses_nothing() -> Result<()> {
@@ -82,13 +82,7 @@ fn a_compute_keeps_nothing_and_loses_nothing() -> Result<()> {
     check_books(&pg, ledger, 0)?;
 
     // amcheck on every heap and B-tree, after most reads went remote.
-    let amcheck = pg.psql_script("postgres", AMCHECK)?;
-    let mut lines = amcheck.lines().filter(|l| !l.trim().is_empty());
-    let problems: u64 = lines.next().context("amcheck output")?.trim().parse()?;
-    let indexes: u64 = lines.next().context("amcheck output")?.trim().parse()?;
-    ensure!(problems == 0, "verify_heapam found {problems} problems");
-    ensure!(indexes >= 20, "only {indexes} B-trees were checked");
-    println!("amcheck: 0 heap problems, {indexes} B-trees clean");
+    amcheck_clean(&pg, 20)?;
 
     check_refusals_and_locals(&pg)?;
     check_counters(&pg)?;

@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use pageserver_support::{
     Imported, Pageserver, branch, branch_at, copy_dir, import_with, lsn_field, timeline_show,
-    verify, verify_counts, verify_counts_at,
+    verify, verify_counts, verify_counts_at, wait_status,
 };
 
 /// The slot the pageserver follows the primary through.
@@ -89,29 +89,6 @@ fn create_slot(pg: &PgCluster) -> Result<()> {
 /// The checkpoint LSN in `pgdata`'s control file.
 fn checkpoint_of(pgdata: &Path) -> Result<Lsn> {
     Ok(quire_pageserver::import::read_control(pgdata)?.checkpoint_lsn())
-}
-
-/// Polls `quire timeline show` of `imported` until `done` holds (at most
-/// `within`); the last status.
-fn wait_status(
-    server: &Pageserver,
-    imported: &Imported,
-    within: Duration,
-    what: &str,
-    done: impl Fn(&Value) -> Result<bool>,
-) -> Result<Value> {
-    let began = Instant::now();
-    loop {
-        let shown = timeline_show(server, imported)?;
-        if done(&shown)? {
-            return Ok(shown);
-        }
-        ensure!(
-            began.elapsed() < within,
-            "{what}: not within {within:?}; quire timeline show: {shown}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 /// The last `lines` lines of `pg`'s server log.

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use quire_cluster::{PgCluster, PgClusterOptions, S3Server, run_checked};
 use quire_postgres::Lsn;
 use quire_remote::{
@@ -30,6 +30,7 @@ use serde_json::Value;
 
 use pageserver_support::{
     Imported, Pageserver, copy_dir, import_with, lsn_field, quire_json, timeline_show, verify,
+    wait_status,
 };
 
 /// The bucket.
@@ -62,26 +63,6 @@ fn remote_consistent(status: &Value) -> Result<Lsn> {
     match status.get("remote_consistent_lsn").and_then(Value::as_str) {
         Some(text) => text.parse().map_err(|e| anyhow::anyhow!("{text}: {e:?}")),
         None => Ok(Lsn(0)),
-    }
-}
-
-/// Polls the timeline's status until `done` holds, at most [`WAIT`].
-fn wait_for(
-    server: &Pageserver,
-    imported: &Imported,
-    what: &str,
-    done: impl Fn(&Value) -> Result<bool>,
-) -> Result<Value> {
-    let began = Instant::now();
-    loop {
-        let shown = timeline_show(server, imported)?;
-        if done(&shown)? {
-            return Ok(shown);
-        }
-        if began.elapsed() > WAIT {
-            bail!("{what}: not within {WAIT:?}; status {shown}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
     }
 }
 
@@ -181,9 +162,13 @@ impl Run {
         // 1. Layers and index in S3, checked against the local files.
         pgbench(&self.pg, &["-i", "-q", "-s", "2"])?;
         let loaded_at = flush_lsn(&self.pg)?;
-        let shown = wait_for(&self.server, &self.imported, "the load uploaded", |shown| {
-            Ok(remote_consistent(&shown["remote"])? >= loaded_at)
-        })?;
+        let shown = wait_status(
+            &self.server,
+            &self.imported,
+            WAIT,
+            "the load uploaded",
+            |shown| Ok(remote_consistent(&shown["remote"])? >= loaded_at),
+        )?;
         println!("uploaded through the load: {}", shown["remote"]);
         ensure!(shown["remote"]["generation"] == 1, "{shown}");
         let first = self.bucket.index(1)?;
@@ -210,14 +195,15 @@ impl Run {
         let before_outage = remote_consistent(&remote_status(&self.server, &self.imported)?)?;
         s3.signal("STOP")?;
         pgbench(&self.pg, &["-n", "-c", "2", "-t", "1500"])?;
-        let stalled = wait_for(
+        let stalled = wait_status(
             &self.server,
             &self.imported,
+            WAIT,
             "a flush during the outage",
             |shown| Ok(lsn_field(shown, "disk_consistent_lsn")? > before_outage),
         )?;
         // More than 1 MiB of WAL on disk and not in S3: ingest waits.
-        wait_for(&self.server, &self.imported, "ingest held", |shown| {
+        wait_status(&self.server, &self.imported, WAIT, "ingest held", |shown| {
             Ok(shown["ingest"]["held_by_uploads"] == true)
         })?;
         std::thread::sleep(Duration::from_secs(3));
@@ -238,9 +224,10 @@ impl Run {
         self.server.restart()?;
         s3.signal("CONT")?;
         let local = lsn_field(&stalled, "disk_consistent_lsn")?;
-        wait_for(
+        wait_status(
             &self.server,
             &self.imported,
+            WAIT,
             "the backlog uploaded and ingest going again",
             |shown| {
                 Ok(remote_consistent(&shown["remote"])? >= local
@@ -272,9 +259,10 @@ impl Run {
         // 3. A restart claims generation 3 and uploads nothing again.
         let before_restart = self.bucket.index(2)?;
         self.server.restart()?;
-        let shown = wait_for(
+        let shown = wait_status(
             &self.server,
             &self.imported,
+            WAIT,
             "generation 3 synced",
             |shown| {
                 Ok(shown["remote"]["generation"] == 3
@@ -328,9 +316,10 @@ impl Run {
         check_index_against_disk(&self.bucket, &self.bucket.index(3)?, &second_dir)?;
 
         pgbench(&self.pg, &["-n", "-c", "2", "-t", "300"])?;
-        let superseded = wait_for(
+        let superseded = wait_status(
             &self.server,
             &self.imported,
+            WAIT,
             "the first superseded",
             |shown| Ok(shown["remote"]["superseded_by"] == 4 && shown["receiving"] == false),
         )?;
@@ -339,10 +328,16 @@ impl Run {
         // The second follows the primary from where the index left off.
         pgbench(&self.pg, &["-n", "-c", "2", "-t", "300"])?;
         let end = flush_lsn(&self.pg)?;
-        let shown = wait_for(&second, &self.imported, "the second caught up", |shown| {
-            Ok(lsn_field(shown, "last_record_lsn")? >= end
-                && remote_consistent(&shown["remote"])? > first_reported)
-        })?;
+        let shown = wait_status(
+            &second,
+            &self.imported,
+            WAIT,
+            "the second caught up",
+            |shown| {
+                Ok(lsn_field(shown, "last_record_lsn")? >= end
+                    && remote_consistent(&shown["remote"])? > first_reported)
+            },
+        )?;
         println!("the second pageserver: {}", shown["remote"]);
         check_index_against_disk(&self.bucket, &self.bucket.index(4)?, &second_dir)?;
         let first = timeline_show(&self.server, &self.imported)?;

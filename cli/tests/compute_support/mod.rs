@@ -40,6 +40,22 @@ SELECT count(*) FROM (SELECT bt_index_check(c.oid, true) FROM pg_class c
   WHERE a.amname = 'btree' AND c.relkind = 'i' AND c.relpersistence <> 't') s;
 ";
 
+/// Runs [`AMCHECK`] on `pg`: no heap problem, and at least `min_indexes`
+/// B-trees checked clean; how many were.
+pub fn amcheck_clean(pg: &PgCluster, min_indexes: u64) -> Result<u64> {
+    let amcheck = pg.psql_script("postgres", AMCHECK)?;
+    let mut lines = amcheck.lines().filter(|l| !l.trim().is_empty());
+    let problems: u64 = lines.next().context("amcheck output")?.trim().parse()?;
+    let indexes: u64 = lines.next().context("amcheck output")?.trim().parse()?;
+    ensure!(problems == 0, "verify_heapam found {problems} problems");
+    ensure!(
+        indexes >= min_indexes,
+        "only {indexes} B-trees were checked"
+    );
+    println!("amcheck: 0 heap problems, {indexes} B-trees clean");
+    Ok(indexes)
+}
+
 /// Everything but the compute.
 pub struct Stack {
     pub install: PgInstall,

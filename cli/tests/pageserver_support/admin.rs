@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use quire_cluster::run_bounded;
@@ -267,4 +267,27 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     )
     .with_context(|| format!("copy {} to {}", from.display(), to.display()))?;
     Ok(())
+}
+
+/// Polls `quire timeline show` of `imported` until `done` holds (at most
+/// `within`); the last status.
+pub fn wait_status(
+    server: &Pageserver,
+    imported: &Imported,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> Result<bool>,
+) -> Result<Value> {
+    let began = Instant::now();
+    loop {
+        let shown = timeline_show(server, imported)?;
+        if done(&shown)? {
+            return Ok(shown);
+        }
+        ensure!(
+            began.elapsed() < within,
+            "{what}: not within {within:?}; quire timeline show: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
