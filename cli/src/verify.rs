@@ -126,6 +126,7 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode> {
             key,
             segment_size,
             token: crate::auth_files::read_token(args.auth_token_file.as_deref())?,
+            report_durable: true,
         }))
     };
     let args = args.clone();

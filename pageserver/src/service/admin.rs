@@ -299,7 +299,9 @@ pub(super) fn timeline_of(
 fn create_shard(core: &Core, settings: &ShardSettings) -> Result<Value, AdminError> {
     let tenant = settings.tenant_id()?;
     let identity = settings.identity()?;
-    if core.shard(tenant, identity.number()).is_some() {
+    if core.shard(tenant, identity.number()).is_some()
+        || core.attaching.borrow().contains(&(tenant, identity.number()))
+    {
         return Err(AdminError::new(
             409,
             format!("tenant {tenant} shard {} exists", identity.number()),

@@ -64,6 +64,19 @@ pub async fn attach_shard(
     if dir.exists() {
         return Err(AdminError::new(409, format!("{} exists", dir.display())));
     }
+    // Reserved before the first await: a second attach of the shard (a
+    // retry, another client) is refused instead of sharing the directory.
+    let key = (tenant, identity.number());
+    if !core.attaching.borrow_mut().insert(key) {
+        return Err(AdminError::new(
+            409,
+            format!(
+                "tenant {tenant} shard {} is being attached",
+                identity.number()
+            ),
+        ));
+    }
+    let _reserved = Reservation { core, key };
     let shard = quire_remote::TenantShard {
         tenant: Id(tenant.0),
         number: identity.number(),
@@ -108,6 +121,18 @@ pub async fn attach_shard(
         "generation": generation.get(),
         "timelines": timelines,
     }))
+}
+
+/// Frees an attach's reservation however the attach ends.
+struct Reservation<'a> {
+    core: &'a Core,
+    key: (quire_net::id::TenantId, u32),
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.core.attaching.borrow_mut().remove(&self.key);
+    }
 }
 
 /// Downloads every timeline of the shard into `dir` and writes its

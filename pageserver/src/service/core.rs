@@ -213,6 +213,8 @@ pub struct Core {
     pub connections: Cell<usize>,
     /// Handshakes being read.
     pub handshakes: Cell<usize>,
+    /// Tenant shards an attach is bringing here now.
+    pub attaching: RefCell<std::collections::HashSet<(TenantId, u32)>>,
 }
 
 impl Core {

@@ -348,6 +348,7 @@ async fn run_core(
         shards: RefCell::new(HashMap::new()),
         connections: Cell::new(0),
         handshakes: Cell::new(0),
+        attaching: RefCell::default(),
     });
     for (dir, settings) in &setup.shards {
         core.load_shard(dir, settings)

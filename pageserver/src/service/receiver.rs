@@ -38,6 +38,7 @@ pub fn source_of(shard: &TenantShard, served: &ServedTimeline) -> Result<Option<
                 },
                 segment_size: settings.segment_size,
                 token: token.clone(),
+                report_durable: shard.identity.count() == 1,
             }))
         }
         Some(WalSourceSettings::Primary { conninfo, slot }) => {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use quire_io::Task;
 use quire_net::id::{ShardIdentity, TenantId};
 use quire_postgres::Lsn;
@@ -180,6 +180,30 @@ async fn claim_until_done(remote: Weak<ShardRemote>, dir: PathBuf, holder: Strin
 async fn claim(remote: &ShardRemote, dir: &Path, holder: &str) -> Result<()> {
     let path = settings::shard_file(dir);
     let mut stored: ShardSettings = files::load(&path)?;
+    if stored.generation.is_none() {
+        // A shard this pageserver made, never claimed: if object storage
+        // already has generations of it, it is another attachment's tenant
+        // (made again here under its ids), which only an attach may take.
+        let existing = remote
+            .storage
+            .call(List {
+                prefix: remote.shard.generations_prefix(),
+            })
+            .await?
+            .iter()
+            .filter_map(|object| Generation::parse_hex(quire_remote::names::base_name(&object.key)))
+            .max();
+        if let Some(newer) = existing
+            && holder_of(remote, newer).await? != holder
+        {
+            eprintln!(
+                "pageserver: {}: object storage already holds generation {newer} of this shard: it is not claimed here (attach the tenant to take it over)",
+                remote.shard.prefix()
+            );
+            remote.superseded.set(Some(newer));
+            return Ok(());
+        }
+    }
     if let Some(held) = stored.generation.and_then(Generation::new) {
         let status = remote
             .storage
@@ -190,20 +214,11 @@ async fn claim(remote: &ShardRemote, dir: &Path, holder: &str) -> Result<()> {
             .await?;
         if let GenerationStatus::Superseded(newer) = status {
             // Claimed by this node before a crash lost its record here?
-            let record = remote
-                .storage
-                .call(Get {
-                    key: remote.shard.generation_key(newer),
-                    max_bytes: GENERATION_BYTES_MAX,
-                })
-                .await?;
-            let record = GenerationRecord::decode(&record)
-                .map_err(|what| anyhow!("generation object {newer}: {what}"))?;
-            if record.holder != holder {
+            let newer_holder = holder_of(remote, newer).await?;
+            if newer_holder != holder {
                 eprintln!(
-                    "pageserver: {}: superseded: generation {newer} ({}) is newer than ours, {held}; this pageserver writes nothing more for the shard",
+                    "pageserver: {}: superseded: generation {newer} ({newer_holder}) is newer than ours, {held}; this pageserver writes nothing more for the shard",
                     remote.shard.prefix(),
-                    record.holder
                 );
                 remote.superseded.set(Some(newer));
                 return Ok(());
@@ -225,6 +240,20 @@ async fn claim(remote: &ShardRemote, dir: &Path, holder: &str) -> Result<()> {
     );
     remote.generation.set(Some(generation));
     Ok(())
+}
+
+/// Who claimed `generation` of the shard (its generation object's holder).
+async fn holder_of(remote: &ShardRemote, generation: Generation) -> Result<String> {
+    let record = remote
+        .storage
+        .call(Get {
+            key: remote.shard.generation_key(generation),
+            max_bytes: GENERATION_BYTES_MAX,
+        })
+        .await?;
+    let record = GenerationRecord::decode(&record)
+        .map_err(|what| anyhow!("generation object {generation}: {what}"))?;
+    Ok(record.holder)
 }
 
 /// What a timeline's upload task shows.
@@ -379,6 +408,19 @@ async fn sync_once(
                 at_most: generation,
             })
             .await?;
+        // A disk older than what object storage holds (a restored copy, a
+        // tenant made again under ids that exist there) must not become
+        // the remote copy: its first sync would delete the newer layers.
+        if let Some(index) = &previous
+            && Lsn(index.disk_consistent_lsn) > metadata.disk_consistent_lsn
+        {
+            bail!(
+                "object storage holds this timeline through {} (index of generation {}), past this disk's {}: nothing is uploaded or reported; detach the tenant and attach it",
+                Lsn(index.disk_consistent_lsn),
+                index.generation,
+                metadata.disk_consistent_lsn
+            );
+        }
         *uploader = Some(Uploader::new(
             remote.storage.clone(),
             remote.shard,
@@ -403,12 +445,14 @@ pub fn timeline_status(served: &ServedTimeline) -> Value {
     })
 }
 
-/// Deletes every object of the shard in object storage, once the shard's
-/// tasks have stopped and its local files are gone: the indexes first (an
-/// attach racing it finds no index, rather than one naming deleted layers),
-/// then the layers, then the generation objects. Only a current generation
-/// deletes; a superseded one, or one never claimed, leaves the objects to
-/// the attachment that holds them.
+/// Deletes the shard's objects in object storage, once the shard's tasks
+/// have stopped and its local files are gone: the indexes first (an attach
+/// racing it finds no index, rather than one naming deleted layers), then
+/// the layers; only objects of its own generation or earlier, and only
+/// while that generation is current (checked before each batch). The
+/// generation objects stay: with them gone, a superseded pageserver would
+/// find its generation current again, or claim generation 1 anew. A
+/// superseded attachment, or one never claimed, deletes nothing.
 pub async fn delete_remote(remote: &ShardRemote) -> Result<Value, AdminError> {
     remote.claim.borrow_mut().take();
     let prefix = remote.shard.prefix();
@@ -422,49 +466,51 @@ pub async fn delete_remote(remote: &ShardRemote) -> Result<Value, AdminError> {
     let failed = |what: &str, e: quire_remote::RemoteError| {
         AdminError::new(502, format!("{prefix}: {what}: {e}"))
     };
-    let status = remote
-        .storage
-        .call(CheckGeneration {
-            shard: remote.shard,
-            generation,
-        })
-        .await
-        .map_err(|e| failed("check the generation", e))?;
-    if let GenerationStatus::Superseded(newer) = status {
-        return refuse(format!("superseded by generation {newer}"));
-    }
     let listed = remote
         .storage
         .call(List {
-            prefix: prefix.clone(),
+            prefix: format!("{prefix}/timelines/"),
         })
         .await
         .map_err(|e| failed("list its objects", e))?;
-    // Indexes (0), then layers (1), then generation objects (2).
-    let rank = |key: &str| {
-        if key.contains("/generations/") {
-            2
-        } else {
-            u8::from(
-                quire_remote::names::index_generation(quire_remote::names::base_name(key))
-                    .is_none(),
-            )
-        }
-    };
-    let mut keys: Vec<String> = listed.into_iter().map(|object| object.key).collect();
-    keys.sort_by_key(|key| rank(key));
-    let total = keys.len();
+    // Indexes (false) before layers (true); newer generations' objects stay.
+    let mut keys: Vec<(bool, String)> = listed
+        .into_iter()
+        .filter_map(|object| {
+            let base = quire_remote::names::base_name(&object.key);
+            let (_, written_by) = Generation::parse_suffix(base)?;
+            let is_index = quire_remote::names::index_generation(base).is_some();
+            (written_by <= generation).then_some((!is_index, object.key))
+        })
+        .collect();
+    keys.sort();
+    let mut deleted = 0;
     for batch in keys.chunks(DELETE_BATCH_MAX) {
+        let status = remote
+            .storage
+            .call(CheckGeneration {
+                shard: remote.shard,
+                generation,
+            })
+            .await
+            .map_err(|e| failed("check the generation", e))?;
+        if let GenerationStatus::Superseded(newer) = status {
+            return Ok(json!({
+                "objects_deleted": deleted,
+                "kept": format!("superseded by generation {newer} midway"),
+            }));
+        }
         remote
             .storage
             .call(Delete {
-                keys: batch.to_vec(),
+                keys: batch.iter().map(|(_, key)| key.clone()).collect(),
             })
             .await
             .map_err(|e| failed("delete its objects", e))?;
+        deleted += batch.len();
     }
-    eprintln!("pageserver: {prefix}: deleted {total} objects from object storage");
-    Ok(json!({"objects_deleted": total}))
+    eprintln!("pageserver: {prefix}: deleted {deleted} objects from object storage");
+    Ok(json!({"objects_deleted": deleted}))
 }
 
 /// The wait after `failures` failures in a row: 1 s doubling to 30 s.

@@ -44,6 +44,11 @@ pub struct SafekeeperSource {
     /// The token to show the safekeepers (scope `pageserver`), when they
     /// check tokens.
     pub token: Option<String>,
+    /// Whether the durable LSN is reported, which lets the safekeepers
+    /// remove WAL below it. Off for a shard of a sharded tenant: a
+    /// safekeeper keeps one position per timeline (the highest reported),
+    /// so one shard's report would remove WAL another shard still needs.
+    pub report_durable: bool,
 }
 
 /// One kept status connection per safekeeper (`None` until dialled, and
@@ -256,7 +261,7 @@ impl<'a> Follower<'a> {
     /// Reports the durable LSN to every safekeeper when it moved.
     async fn report(&mut self, ingest: &WalIngest, progress: &mut Progress, received: Lsn) {
         let persisted = progress.durable(ingest.timeline(), received);
-        if persisted > progress.reported {
+        if self.source.report_durable && persisted > progress.reported {
             progress.reported = persisted;
             report_persisted(&mut self.links, self.source, persisted).await;
             progress.stats.persisted_reports += 1;
