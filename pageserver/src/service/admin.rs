@@ -300,7 +300,10 @@ fn create_shard(core: &Core, settings: &ShardSettings) -> Result<Value, AdminErr
     let tenant = settings.tenant_id()?;
     let identity = settings.identity()?;
     if core.shard(tenant, identity.number()).is_some()
-        || core.attaching.borrow().contains(&(tenant, identity.number()))
+        || core
+            .attaching
+            .borrow()
+            .contains(&(tenant, identity.number()))
     {
         return Err(AdminError::new(
             409,
