@@ -218,7 +218,7 @@ async fn cold_image_vs_pread(timeline: &Timeline, core: &CoreContext, at: Lsn) {
     println!(
         "    blocks read per cold lookup: mean {:.2}, max {misses_max}; B-tree height {} + 1 value block (index blocks stay cached across lookups)",
         misses_total as f64 / f64::from(IMAGE_KEYS),
-        image.index_height()
+        image.index_height().unwrap_or(0)
     );
 }
 
@@ -234,7 +234,7 @@ async fn first_lookup_blocks(dir: &Path) {
         .layers()
         .iter()
         .filter(|l| l.name().key_start <= probe && probe < l.name().key_end)
-        .map(|l| l.index_height())
+        .filter_map(|l| l.index_height())
         .sum();
     let before = core.cache_misses();
     timeline

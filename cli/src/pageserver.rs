@@ -79,6 +79,12 @@ pub struct PageserverArgs {
     /// store is slow or down).
     #[arg(long, default_value_t = 1024)]
     max_upload_lag_mib: u64,
+    /// With `--remote`: MiB of layer files the local disk may hold; the
+    /// layers read least recently that object storage holds are evicted
+    /// past it and downloaded again when a read needs them. Default: no
+    /// limit.
+    #[arg(long, requires = "remote")]
+    disk_budget_mib: Option<u64>,
 }
 
 pub fn run(args: &PageserverArgs) -> Result<()> {
@@ -127,6 +133,7 @@ pub fn run(args: &PageserverArgs) -> Result<()> {
             .transpose()
             .map_err(|e| anyhow::anyhow!("--remote: {e}"))?,
         upload_lag_max: args.max_upload_lag_mib.saturating_mul(1 << 20),
+        disk_budget: args.disk_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
     };
     service::run(&config)
 }

@@ -7,11 +7,13 @@
 //! once S3 is back); a restart claims the next generation and uploads no
 //! layer again. A second pageserver on an empty directory
 //! attaches the tenant (`quire tenant attach`): it claims a newer
-//! generation, downloads the layers, takes the slot over and serves every
-//! page as the stopped primary has it (`quire verify`). The first sees the
-//! newer generation, writes and reports nothing more, stops following the
-//! primary (which could not shut down otherwise: its walsender waits for
-//! our flush report) and stays superseded across a restart.
+//! generation, downloads no layer until a read needs it, takes the slot
+//! over and serves every page as the stopped primary has it (`quire
+//! verify`). The first sees the newer generation, writes and reports
+//! nothing more, stops following the primary (which could not shut down
+//! otherwise: its walsender waits for our flush report) and stays
+//! superseded across a restart. Evicted layers come back on demand, also
+//! after a restart, and a disk budget is kept.
 
 mod pageserver_support;
 
@@ -308,6 +310,28 @@ impl Run {
             shard["generation"] == 4 && shard["timelines"][0]["layers"].as_u64() > Some(0),
             "attach answered {attached}"
         );
+        // Attached without downloading: the layers on the disk are the ones
+        // reads needed (the control file's, ingest's resume), each fetched
+        // by an on-demand download.
+        // (The metrics are copied from the core once a second.)
+        let began = Instant::now();
+        loop {
+            let layers = timeline_show(&second, &self.imported)?["layers"].clone();
+            let downloads = second.metric("quire_layer_residence", "what=\"downloads\"")?;
+            let resident = layers["resident"].as_u64().context("resident")?;
+            let remote_only = layers["remote_only"].as_u64().context("remote_only")?;
+            if (downloads - f64::from(u32::try_from(resident)?)).abs() < 0.5
+                && Some(resident + remote_only) == layers["count"].as_u64()
+            {
+                println!("right after the attach: {layers}");
+                break;
+            }
+            ensure!(
+                began.elapsed() < Duration::from_secs(10),
+                "right after the attach: {layers}, {downloads} downloads"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let second_dir = dir
             .join("tenants")
             .join(format!("{}-s0of1", self.imported.tenant))
@@ -388,9 +412,79 @@ impl Run {
 }
 
 impl Run {
+    /// Layers come from object storage when a read needs them: the verify
+    /// after the attach downloaded them; evicted, they are downloaded
+    /// again; a restart with evicted layers loads them as remote; with a
+    /// disk budget the pageserver evicts down to it and still serves every
+    /// page.
+    fn layers_come_on_demand(&self, second: &mut Pageserver) -> Result<()> {
+        let downloads =
+            |server: &Pageserver| server.metric("quire_layer_residence", "what=\"downloads\"");
+        let after_attach = downloads(second)?;
+        ensure!(
+            after_attach > 0.0,
+            "nothing was downloaded after the attach"
+        );
+        let evict = |server: &Pageserver| -> Result<Value> {
+            let path = format!(
+                "/v1/tenant/{}/timeline/{}/evict",
+                self.imported.tenant, self.imported.timeline
+            );
+            let (status, body) = server.http_call("POST", &path, None, None)?;
+            ensure!(status == 200, "evict: {status}: {body}");
+            Ok(serde_json::from_str(&body)?)
+        };
+        let evicted = evict(second)?;
+        let shard = &evicted["shards"][0];
+        ensure!(
+            shard["evicted"].as_u64() > Some(0) && shard["status"]["layers"]["evictable"] == 0,
+            "evict answered {evicted}"
+        );
+        verify(second, &self.imported, &self.pg.datadir(), None)?;
+        // (The metrics are copied once a second.)
+        std::thread::sleep(Duration::from_millis(1500));
+        let again = downloads(second)?;
+        let waited = second.metric("quire_getpage_download_seconds_count", "")?;
+        // (`quire verify` asks each relation's size first, so its page
+        // reads seldom wait: the bench measures those.)
+        ensure!(
+            again > after_attach,
+            "evicted layers were read with {again} downloads in all"
+        );
+        let waited_seconds = second.metric("quire_getpage_download_seconds_sum", "")?;
+        println!(
+            "on demand: {after_attach} downloads after the attach, {again} after an eviction; {waited} page reads waited, {:.1} ms each on average",
+            waited_seconds * 1000.0 / waited.max(1.0)
+        );
+
+        evict(second)?;
+        second.set_args(&[
+            "--cores",
+            "1",
+            "--remote",
+            &format!("s3://{BUCKET}/{PREFIX}"),
+            "--disk-budget-mib",
+            "8",
+        ]);
+        second.restart()?;
+        verify(second, &self.imported, &self.pg.datadir(), None)?;
+        let shown = wait_status(second, &self.imported, WAIT, "within the budget", |shown| {
+            Ok(shown["layers"]["resident_bytes"].as_u64() <= Some(8 << 20))
+        })?;
+        let evictions = second.metric("quire_layer_residence", "what=\"evictions\"")?;
+        ensure!(
+            evictions > 0.0 && downloads(second)? > 0.0,
+            "with a budget of 8 MiB: {evictions} evictions; {}",
+            shown["layers"]
+        );
+        println!("within an 8 MiB budget: {}", shown["layers"]);
+        Ok(())
+    }
+
     /// The life cycle's end: a delete on the superseded pageserver removes
     /// only its own copy; a detach keeps the objects, so the tenant attaches
-    /// again (generation 5); a delete there removes every object.
+    /// again (generation 6: the second's restart took 5); a delete there
+    /// removes every object.
     fn detach_attach_and_delete(&self, second: &Pageserver) -> Result<()> {
         let tenant = self.imported.tenant_text();
         let before = self.bucket.objects()?;
@@ -418,7 +512,7 @@ impl Run {
         args.extend(second.api());
         let attached = quire_json(&args)?;
         ensure!(
-            attached["shards"][0]["attached"]["generation"] == 5,
+            attached["shards"][0]["attached"]["generation"] == 6,
             "attach after the detach: {attached}"
         );
         let mut args = vec!["tenant", "delete", "--tenant", &tenant];
@@ -500,10 +594,12 @@ fn layers_reach_s3_before_wal_goes_and_an_attach_elsewhere_supersedes() -> Resul
     run.uploads_are_checked_against_disk()?;
     run.an_outage_holds_the_slot(&s3)?;
     run.a_restart_claims_the_next_generation()?;
-    let second = run.a_second_pageserver_attaches(&s3, &root.path().join("second"), &conninfo)?;
+    let mut second =
+        run.a_second_pageserver_attaches(&s3, &root.path().join("second"), &conninfo)?;
     run.pg.stop()?;
     verify(&second, &run.imported, &run.pg.datadir(), None)?;
     run.a_superseded_pageserver_stays_so()?;
+    run.layers_come_on_demand(&mut second)?;
     run.server.check_alive()?;
     run.detach_attach_and_delete(&second)?;
     Ok(())

@@ -164,7 +164,7 @@ impl Timeline {
         self.publish(&removed, new_layers, disk_consistent, None)
             .await?;
         for name in &removed {
-            quire_io::remove_file(&self.dir.join(name.to_string())).await?;
+            crate::layer_file::remove_if_present(&self.dir.join(name.to_string())).await?;
         }
         Ok(removed.len())
     }

@@ -122,7 +122,7 @@ impl Timeline {
         self.publish(&report.removed, Vec::new(), disk_consistent, Some(cutoff))
             .await?;
         for name in &report.removed {
-            quire_io::remove_file(&self.dir.join(name.to_string())).await?;
+            crate::layer_file::remove_if_present(&self.dir.join(name.to_string())).await?;
         }
         Ok(report)
     }

@@ -1,281 +1,138 @@
-//! A layer file open for reading on this core: the layer's reader, its
-//! direct-I/O file, and the core's two block caches (values, index) as the
-//! block source.
+//! A layer of a timeline's layer map, on the local disk or not: the entry
+//! the map holds. Resident, it holds its open file ([`OpenLayer`]); absent
+//! (attached without downloading, or evicted), it holds where its remote
+//! copy is ([`LayerFetch`]) and the first read that needs it downloads it
+//! and opens it, while every other read of it waits for that download.
 //!
-//! Blocks are checked against the layer's checksum table when read from
-//! disk, before they enter the cache; a cached block is served without a
-//! second check.
+//! Readers hold the open file (an `Rc`) across their I/O, so evicting a
+//! layer under a read costs that read nothing: the file stays open until
+//! the read drops it, though its directory entry is gone. An evicted
+//! layer's blocks are dropped from the core's caches; when it comes back
+//! it keeps its file id (its bytes are the same: layers are immutable).
 
-use std::cell::RefCell;
-use std::fmt::{self, Write as _};
-use std::path::Path;
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::mem::size_of;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Instant;
 
-use quire_io::{BlockCache, BlockFile, BlockKey, FileId};
-use quire_layerfmt::format::{LayerKind, LeafEntry, ValueKind};
-use quire_layerfmt::reader::{ValueBytes, check_block};
-use quire_layerfmt::{BlockSource, LayerError, LayerReader};
+use quire_io::FileId;
+use quire_layerfmt::format::LeafEntry;
+use quire_layerfmt::{BLOCK_SIZE, LayerError};
 use quire_postgres::{Key, Lsn};
 
+pub use crate::layer_name::{LayerKindName, LayerName};
+pub use crate::open_layer::{LayerCaches, OpenLayer};
+use crate::residence::{LayerFetch, ResidenceStats};
 use crate::timeline::CoreContext;
 use crate::value::Value;
 
-/// A layer's identity: what it covers, as its file name says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LayerName {
-    /// Image or delta.
-    pub kind: LayerKindName,
-    /// Keys covered.
-    pub key_start: Key,
-    /// End of the key range (exclusive).
-    pub key_end: Key,
-    /// First LSN covered.
-    pub lsn_start: Lsn,
-    /// End of the LSN range (exclusive).
-    pub lsn_end: Lsn,
-}
-
-/// [`LayerKind`] with an order, for names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LayerKindName {
-    /// An image layer.
-    Image,
-    /// A delta layer.
-    Delta,
-}
-
-impl fmt::Display for LayerName {
-    /// `<kind>-<key start>-<key end>-<lsn start>-<lsn end>`, fields in hex.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            LayerKindName::Image => "image",
-            LayerKindName::Delta => "delta",
-        };
-        let hex = |key: Key| {
-            let mut text = String::with_capacity(36);
-            for byte in key.to_bytes() {
-                let _ = write!(text, "{byte:02x}");
-            }
-            text
-        };
-        write!(
-            f,
-            "{kind}-{}-{}-{:016x}-{:016x}",
-            hex(self.key_start),
-            hex(self.key_end),
-            self.lsn_start.0,
-            self.lsn_end.0
-        )
-    }
-}
-
-impl LayerName {
-    /// Parses a file name written by `Display` (`None` for anything else,
-    /// including a name that reads as a layer but is not spelled as
-    /// `Display` spells it, such as `+` signs or upper-case digits: that
-    /// would name another file than the one on disk).
-    pub fn parse(name: &str) -> Option<LayerName> {
-        let mut parts = name.split('-');
-        let kind = match parts.next()? {
-            "image" => LayerKindName::Image,
-            "delta" => LayerKindName::Delta,
-            _ => return None,
-        };
-        let key = |text: &str| -> Option<Key> {
-            if text.len() != 36 {
-                return None;
-            }
-            let mut bytes = [0u8; 18];
-            for (i, byte) in bytes.iter_mut().enumerate() {
-                *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-            }
-            Some(Key::from_bytes_unchecked(bytes))
-        };
-        let lsn = |text: &str| {
-            (text.len() == 16)
-                .then(|| u64::from_str_radix(text, 16).ok().map(Lsn))
-                .flatten()
-        };
-        let parsed = LayerName {
-            kind,
-            key_start: key(parts.next()?)?,
-            key_end: key(parts.next()?)?,
-            lsn_start: lsn(parts.next()?)?,
-            lsn_end: lsn(parts.next()?)?,
-        };
-        (parts.next().is_none()
-            && parsed.key_start < parsed.key_end
-            && parsed.lsn_start < parsed.lsn_end
-            && parsed.to_string() == name)
-            .then_some(parsed)
-    }
-}
-
-/// An open layer; see the module documentation.
+/// A layer in a layer map; see the module documentation.
 pub struct LayerFile {
     name: LayerName,
-    reader: LayerReader,
-    file: BlockFile,
+    path: PathBuf,
+    id: FileId,
     caches: LayerCaches,
-}
-
-/// The core's two caches a layer reads through: values and index blocks.
-#[derive(Clone)]
-pub struct LayerCaches {
-    /// Value blocks.
-    pub values: Rc<RefCell<BlockCache>>,
-    /// Index blocks (leaves and internal nodes).
-    pub index: Rc<RefCell<BlockCache>>,
+    stats: Rc<ResidenceStats>,
+    bytes: u64,
+    /// The open file, while the layer is on the local disk.
+    open: RefCell<Option<Rc<OpenLayer>>>,
+    /// Held by the one download of an absent layer (and by an eviction).
+    fetching: futures::lock::Mutex<()>,
+    /// The remote copy, once known.
+    remote: RefCell<Option<Rc<dyn LayerFetch>>>,
+    last_read: Cell<Instant>,
 }
 
 impl fmt::Debug for LayerFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LayerFile({})", self.name)
-    }
-}
-
-/// The layer's blocks, through the cache.
-struct CachedBlocks<'a> {
-    file: &'a BlockFile,
-    caches: &'a LayerCaches,
-    file_name: &'a str,
-}
-
-impl CachedBlocks<'_> {
-    /// A block through `cache` (none for block 0 and the checksum table,
-    /// which the reader checks itself).
-    async fn read_through(
-        &self,
-        block: u32,
-        expected_crc: Option<u32>,
-        cache: &RefCell<BlockCache>,
-    ) -> Result<Rc<[u8]>, LayerError> {
-        let key = BlockKey {
-            file: self.file.id(),
-            block,
-        };
-        let cached = if expected_crc.is_some() {
-            cache.borrow_mut().get(key)
+        let place = if self.is_resident() {
+            "resident"
         } else {
-            None
+            "remote"
         };
-        if let Some(cached) = cached {
-            return Ok(cached);
-        }
-        let read = self
-            .file
-            .read_blocks(block, 1)
-            .await
-            .map_err(|e| LayerError::Read {
-                file: self.file_name.to_owned(),
-                block,
-                what: e.to_string(),
-            })?;
-        let Some(expected) = expected_crc else {
-            // Block 0 and the checksum table are checked by the reader itself.
-            return Ok(Rc::from(&*read));
-        };
-        check_block(self.file_name, block, &read, expected)?;
-        let bytes: Rc<[u8]> = Rc::from(&*read);
-        cache.borrow_mut().insert(key, bytes.clone());
-        Ok(bytes)
-    }
-}
-
-impl BlockSource for CachedBlocks<'_> {
-    type Block = Rc<[u8]>;
-
-    fn block_count(&self) -> u32 {
-        self.file.blocks()
-    }
-
-    async fn read_block(
-        &self,
-        block: u32,
-        expected_crc: Option<u32>,
-    ) -> Result<Rc<[u8]>, LayerError> {
-        self.read_through(block, expected_crc, &self.caches.values)
-            .await
-    }
-
-    async fn read_index_block(
-        &self,
-        block: u32,
-        expected_crc: u32,
-    ) -> Result<Rc<[u8]>, LayerError> {
-        self.read_through(block, Some(expected_crc), &self.caches.index)
-            .await
+        write!(f, "LayerFile({}, {place})", self.name)
     }
 }
 
 impl LayerFile {
     /// Opens layer `name` in timeline directory `dir` with a new file id of
-    /// `core`, reading through its cache.
+    /// `core`, reading through its caches.
     pub async fn open_in(
         dir: &Path,
         name: LayerName,
         core: &CoreContext,
     ) -> Result<LayerFile, LayerError> {
-        LayerFile::open(
+        LayerFile::open_with(
             &dir.join(name.to_string()),
             name,
             core.file_id(),
-            LayerCaches {
-                values: core.cache.clone(),
-                index: core.index_cache.clone(),
-            },
+            core.caches(),
+            Rc::clone(&core.residence),
         )
         .await
     }
 
     /// Opens the layer at `path`, checking its summary and checksum table
-    /// and that they match `name`.
+    /// and that they match `name` (a layer of no core: its residence is
+    /// counted on its own).
     pub async fn open(
         path: &Path,
         name: LayerName,
         id: FileId,
         caches: LayerCaches,
     ) -> Result<LayerFile, LayerError> {
-        let file_name = path.display().to_string();
-        let file = BlockFile::open(path, id)
-            .await
-            .map_err(|e| LayerError::Read {
-                file: file_name.clone(),
-                block: 0,
-                what: e.to_string(),
-            })?;
-        let source = CachedBlocks {
-            file: &file,
-            caches: &caches,
-            file_name: &file_name,
-        };
-        let reader = LayerReader::open(&file_name, &source).await?;
-        let summary = reader.summary();
-        let (key_start, key_end) = summary.key_range();
-        let kind = match summary.layer_kind() {
-            Some(LayerKind::Image) => LayerKindName::Image,
-            _ => LayerKindName::Delta,
-        };
-        let matches = kind == name.kind
-            && key_start == name.key_start
-            && key_end == name.key_end
-            && summary.lsn_start.get() == name.lsn_start.0
-            && summary.lsn_end.get() == name.lsn_end.0
-            && summary.block_count.get() == file.blocks();
-        if !matches {
-            return Err(LayerError::Corrupt {
-                file: file_name,
-                block: 0,
-                region: "summary",
-                what: format!("does not describe the layer its name {name} says"),
-            });
-        }
+        LayerFile::open_with(path, name, id, caches, Rc::default()).await
+    }
+
+    async fn open_with(
+        path: &Path,
+        name: LayerName,
+        id: FileId,
+        caches: LayerCaches,
+        stats: Rc<ResidenceStats>,
+    ) -> Result<LayerFile, LayerError> {
+        let open = OpenLayer::open(path, name, id, caches.clone()).await?;
+        let bytes = u64::from(open.block_count()) * BLOCK_SIZE as u64;
+        ResidenceStats::add(&stats.resident_bytes, bytes);
+        ResidenceStats::add(&stats.resident_layers, 1);
         Ok(LayerFile {
             name,
-            reader,
-            file,
+            path: path.to_owned(),
+            id,
             caches,
+            stats,
+            bytes,
+            open: RefCell::new(Some(Rc::new(open))),
+            fetching: futures::lock::Mutex::new(()),
+            remote: RefCell::new(None),
+            last_read: Cell::new(Instant::now()),
         })
+    }
+
+    /// Layer `name` of timeline directory `dir`, not on the local disk: the
+    /// first read that needs it fetches it from `remote`.
+    pub fn remote_in(
+        dir: &Path,
+        name: LayerName,
+        core: &CoreContext,
+        remote: Rc<dyn LayerFetch>,
+    ) -> LayerFile {
+        let stats = Rc::clone(&core.residence);
+        ResidenceStats::add(&stats.remote_only_layers, 1);
+        LayerFile {
+            name,
+            path: dir.join(name.to_string()),
+            id: core.file_id(),
+            caches: core.caches(),
+            stats,
+            bytes: remote.size(),
+            open: RefCell::new(None),
+            fetching: futures::lock::Mutex::new(()),
+            remote: RefCell::new(Some(remote)),
+            last_read: Cell::new(Instant::now()),
+        }
     }
 
     /// What the layer covers.
@@ -283,27 +140,119 @@ impl LayerFile {
         &self.name
     }
 
-    /// Levels of the layer's B-tree index, leaves included.
-    pub fn index_height(&self) -> u32 {
-        self.reader.summary().index_height.get()
-    }
-
     /// Blocks in the file.
     pub fn block_count(&self) -> u32 {
-        self.file.blocks()
+        u32::try_from(self.bytes / BLOCK_SIZE as u64).unwrap_or(u32::MAX)
     }
 
-    /// Memory held for this open layer (reader state), in bytes.
+    /// Bytes of the file.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether the file is on the local disk.
+    pub fn is_resident(&self) -> bool {
+        self.open.borrow().is_some()
+    }
+
+    /// Whether a remote copy is known (so the layer may be evicted).
+    pub fn has_remote(&self) -> bool {
+        self.remote.borrow().is_some()
+    }
+
+    /// Records the layer's remote copy (once it is uploaded).
+    pub fn set_remote(&self, remote: Rc<dyn LayerFetch>) {
+        *self.remote.borrow_mut() = Some(remote);
+    }
+
+    /// When a read last needed the layer (or it was made).
+    pub fn last_read(&self) -> Instant {
+        self.last_read.get()
+    }
+
+    /// Memory held for this layer (reader state when open), in bytes.
     pub fn memory_bytes(&self) -> usize {
-        self.reader.memory_bytes() + size_of::<Self>()
+        let open = self.open.borrow();
+        open.as_ref().map_or(0, |open| open.memory_bytes()) + size_of::<Self>()
     }
 
-    fn source(&self) -> CachedBlocks<'_> {
-        CachedBlocks {
-            file: &self.file,
-            caches: &self.caches,
-            file_name: self.reader.file(),
+    /// The open file: the layer's own when resident, otherwise downloaded
+    /// first (counting the wait in `downloads`).
+    pub async fn layer(&self, downloads: &Cell<u32>) -> Result<Rc<OpenLayer>, LayerError> {
+        self.last_read.set(Instant::now());
+        if let Some(open) = self.open.borrow().as_ref() {
+            return Ok(Rc::clone(open));
         }
+        downloads.set(downloads.get().saturating_add(1));
+        let _one_download = self.fetching.lock().await;
+        if let Some(open) = self.open.borrow().as_ref() {
+            // Another read downloaded it while this one waited.
+            return Ok(Rc::clone(open));
+        }
+        let remote = self.remote.borrow().clone();
+        let file = self.path.display().to_string();
+        let Some(remote) = remote else {
+            return Err(LayerError::Read {
+                file,
+                block: 0,
+                what: "not on the local disk, and no remote copy is known".to_owned(),
+            });
+        };
+        if let Err(what) = remote.fetch(&self.path).await {
+            ResidenceStats::add(&self.stats.download_failures, 1);
+            return Err(LayerError::Read {
+                file,
+                block: 0,
+                what: format!("download: {what}"),
+            });
+        }
+        let open =
+            Rc::new(OpenLayer::open(&self.path, self.name, self.id, self.caches.clone()).await?);
+        ResidenceStats::add(&self.stats.downloads, 1);
+        ResidenceStats::add(&self.stats.download_bytes, self.bytes);
+        self.note_resident(true);
+        *self.open.borrow_mut() = Some(Rc::clone(&open));
+        Ok(open)
+    }
+
+    fn note_resident(&self, resident: bool) {
+        let stats = &self.stats;
+        if resident {
+            ResidenceStats::sub(&stats.remote_only_layers, 1);
+            ResidenceStats::add(&stats.resident_layers, 1);
+            ResidenceStats::add(&stats.resident_bytes, self.bytes);
+        } else {
+            ResidenceStats::add(&stats.remote_only_layers, 1);
+            ResidenceStats::sub(&stats.resident_layers, 1);
+            ResidenceStats::sub(&stats.resident_bytes, self.bytes);
+        }
+    }
+
+    /// Removes the file from the local disk when the layer has a remote
+    /// copy and no download of it is under way; whether it did.
+    pub async fn evict(&self) -> Result<bool, quire_io::FileError> {
+        if !self.has_remote() || !self.is_resident() {
+            return Ok(false);
+        }
+        let Some(_no_download) = self.fetching.try_lock() else {
+            return Ok(false);
+        };
+        if self.open.borrow_mut().take().is_none() {
+            return Ok(false);
+        }
+        self.note_resident(false);
+        ResidenceStats::add(&self.stats.evictions, 1);
+        ResidenceStats::add(&self.stats.evicted_bytes, self.bytes);
+        self.caches.values.borrow_mut().forget_file(self.id);
+        self.caches.index.borrow_mut().forget_file(self.id);
+        remove_if_present(&self.path).await?;
+        Ok(true)
+    }
+
+    /// Levels of the layer's B-tree index, leaves included (`None` while
+    /// the layer is not on the local disk).
+    pub fn index_height(&self) -> Option<u32> {
+        self.open.borrow().as_ref().map(|open| open.index_height())
     }
 
     /// Appends to `out`, newest first, the values of `key` below `below`
@@ -314,34 +263,28 @@ impl LayerFile {
         below: Lsn,
         out: &mut Vec<(Lsn, Value)>,
     ) -> Result<bool, LayerError> {
-        let source = self.source();
-        let mut entries: Vec<LeafEntry> = Vec::new();
-        let complete = self
-            .reader
-            .entries_for_reconstruction(&source, key, below, &mut entries)
-            .await?;
-        for entry in &entries {
-            out.push((Lsn(entry.lsn.get()), self.value(&source, entry).await?));
-        }
-        Ok(complete)
+        self.collect_noting(key, below, out, &Cell::new(0)).await
+    }
+
+    /// [`LayerFile::collect`], counting a wait for a download in
+    /// `downloads`.
+    pub async fn collect_noting(
+        &self,
+        key: Key,
+        below: Lsn,
+        out: &mut Vec<(Lsn, Value)>,
+        downloads: &Cell<u32>,
+    ) -> Result<bool, LayerError> {
+        self.layer(downloads).await?.collect(key, below, out).await
     }
 
     /// Every index entry, in (key, LSN) order.
     pub async fn entries(&self) -> Result<Vec<LeafEntry>, LayerError> {
-        let capacity = usize::try_from(self.reader.summary().entry_count.get()).unwrap_or(0);
-        let mut entries = Vec::with_capacity(capacity);
-        self.reader
-            .for_each_leaf(&self.source(), |leaf| {
-                entries.extend_from_slice(leaf);
-                Ok(())
-            })
-            .await?;
-        Ok(entries)
+        self.layer(&Cell::new(0)).await?.entries().await
     }
 
     /// Adds to `out` the keys in `range` with an entry at or below `lsn`
-    /// that `keep` accepts, reading the index leaf by leaf (no entry is
-    /// collected, so a layer of many blocks costs its leaves only).
+    /// that `keep` accepts, reading the index leaf by leaf.
     pub async fn keys_at(
         &self,
         lsn: Lsn,
@@ -349,64 +292,53 @@ impl LayerFile {
         keep: &dyn Fn(&Key) -> bool,
         out: &mut std::collections::BTreeSet<Key>,
     ) -> Result<(), LayerError> {
-        self.reader
-            .for_each_leaf(&self.source(), |leaf| {
-                for entry in leaf {
-                    if entry.lsn.get() > lsn.0 {
-                        continue;
-                    }
-                    let key = entry.key();
-                    if range.contains(&key) && keep(&key) {
-                        out.insert(key);
-                    }
-                }
-                Ok(())
-            })
-            .await
+        let open = self.layer(&Cell::new(0)).await?;
+        open.keys_at(lsn, range, keep, out).await
     }
 
     /// The value an index entry points at.
     pub async fn read_entry(&self, entry: &LeafEntry) -> Result<Value, LayerError> {
-        self.value(&self.source(), entry).await
-    }
-
-    async fn value(
-        &self,
-        source: &CachedBlocks<'_>,
-        entry: &LeafEntry,
-    ) -> Result<Value, LayerError> {
-        // A one-block value (a page image) is the cached block itself: no copy.
-        let bytes: Rc<[u8]> = match self.reader.read_value(source, entry).await? {
-            ValueBytes::Block(block) => block,
-            ValueBytes::Owned(bytes) => Rc::from(bytes),
-        };
-        match entry.value_kind() {
-            Some(ValueKind::PageImage | ValueKind::Other) => Ok(Value::Image(bytes)),
-            Some(ValueKind::WalRecord) => Ok(Value::Record {
-                will_init: entry.will_init(),
-                bytes,
-            }),
-            None => Err(LayerError::Corrupt {
-                file: self.reader.file().to_owned(),
-                block: 0,
-                region: "index",
-                what: format!("entry flags {:#04x}", entry.flags),
-            }),
-        }
+        self.layer(&Cell::new(0)).await?.read_entry(entry).await
     }
 
     /// Checks every block of the file.
     pub async fn verify(&self) -> Result<u32, LayerError> {
-        self.reader.verify_all(&self.source()).await
+        self.layer(&Cell::new(0)).await?.verify().await
     }
 
-    /// Closes the file and drops its blocks from the cache.
+    /// Closes the file (when resident and no read holds it) and drops its
+    /// blocks from the cache.
     pub async fn close(self) {
-        self.caches.values.borrow_mut().forget_file(self.file.id());
-        self.caches.index.borrow_mut().forget_file(self.file.id());
-        // A failed close of a read-only file loses nothing.
-        let _ = self.file.close().await;
+        let open = self.open.borrow_mut().take();
+        if open.is_some() {
+            // Drop then counts the layer out of the remote-only ones.
+            self.note_resident(false);
+        }
+        if let Some(open) = open.and_then(|open| Rc::try_unwrap(open).ok()) {
+            open.close().await;
+        } else {
+            self.caches.values.borrow_mut().forget_file(self.id);
+            self.caches.index.borrow_mut().forget_file(self.id);
+        }
     }
 }
 
-use std::mem::size_of;
+impl Drop for LayerFile {
+    fn drop(&mut self) {
+        if self.open.borrow().is_some() {
+            ResidenceStats::sub(&self.stats.resident_layers, 1);
+            ResidenceStats::sub(&self.stats.resident_bytes, self.bytes);
+        } else {
+            ResidenceStats::sub(&self.stats.remote_only_layers, 1);
+        }
+    }
+}
+
+/// Removes a layer's file; one already gone (evicted) is not an error.
+pub(crate) async fn remove_if_present(path: &Path) -> Result<(), quire_io::FileError> {
+    match quire_io::remove_file(path).await {
+        Err(error) if error.source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) if !path.exists() => Ok(()),
+        other => other,
+    }
+}

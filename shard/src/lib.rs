@@ -5,7 +5,9 @@
 //! delta layers, the layer map ([`layer_map`]), GetPage@LSN reconstruction
 //! across in-memory and on-disk layers ([`reconstruct`]), and the timeline
 //! metadata replaced atomically on every flush ([`metadata`]); layer files
-//! are read through the core's block cache ([`layer_file`]); L0 → L1
+//! are read through the core's block cache ([`open_layer`]) and may live
+//! only in object storage until a read needs them ([`layer_file`],
+//! [`residence`]); L0 → L1
 //! compaction ([`compact`]), image creation ([`image`]), GC ([`gc`]),
 //! branching, the relation lookups over the key space ([`keyspace`]), the
 //! commit-time index from a timestamp to an LSN ([`commit_time`]), and
@@ -24,9 +26,12 @@ pub mod keyspace;
 pub mod layer_builder;
 pub mod layer_file;
 pub mod layer_map;
+pub mod layer_name;
 pub mod lsn_wait;
 pub mod metadata;
+pub mod open_layer;
 pub mod reconstruct;
+pub mod residence;
 pub mod timeline;
 pub mod value;
 

@@ -19,11 +19,12 @@ use quire_layerfmt::LayerError;
 use quire_postgres::{Key, Lsn};
 
 use crate::in_memory_layer::{InMemoryLayer, PutError};
-use crate::layer_file::LayerFile;
+use crate::layer_file::{LayerCaches, LayerFile, LayerName};
 use crate::layer_map::LayerMap;
 use crate::lsn_wait::LsnWaiters;
 use crate::metadata::{MetadataError, TimelineMetadata};
 use crate::reconstruct::{ReconstructInputs, RedoError};
+use crate::residence::{LayerFetch, ResidenceStats};
 use crate::value::Value;
 
 /// What one core's timelines share: the block caches and file identities.
@@ -34,6 +35,9 @@ pub struct CoreContext {
     /// The core's cache of layer index blocks, apart from values so that a
     /// scan of values cannot evict the index and a cold page costs one read.
     pub index_cache: Rc<RefCell<BlockCache>>,
+    /// What the core's layers hold on the local disk, and have downloaded
+    /// and evicted.
+    pub residence: Rc<ResidenceStats>,
     next_file_id: Cell<u64>,
 }
 
@@ -54,6 +58,7 @@ impl CoreContext {
         Rc::new(CoreContext {
             cache: Rc::new(RefCell::new(BlockCache::new(cache_bytes))),
             index_cache: Rc::new(RefCell::new(BlockCache::new(index_bytes))),
+            residence: Rc::default(),
             next_file_id: Cell::new(1),
         })
     }
@@ -61,6 +66,14 @@ impl CoreContext {
     /// Blocks read from disk into either cache since the context was made.
     pub fn cache_misses(&self) -> u64 {
         self.cache.borrow().stats().misses + self.index_cache.borrow().stats().misses
+    }
+
+    /// The two caches a layer of this core reads through.
+    pub fn caches(&self) -> LayerCaches {
+        LayerCaches {
+            values: Rc::clone(&self.cache),
+            index: Rc::clone(&self.index_cache),
+        }
     }
 
     pub(crate) fn file_id(&self) -> u64 {
@@ -170,6 +183,9 @@ pub struct Timeline {
     pub(crate) published_lsn: Cell<Lsn>,
 }
 
+/// Remote copies of layers, by name.
+pub type RemoteCopies = std::collections::HashMap<LayerName, Rc<dyn LayerFetch>>;
+
 /// The default of [`Timeline::set_expensive_read_records`].
 pub const DEFAULT_EXPENSIVE_READ_RECORDS: usize = 32;
 
@@ -253,6 +269,21 @@ impl Timeline {
         core: Rc<CoreContext>,
         ancestor: Option<Rc<Timeline>>,
     ) -> Result<Timeline, TimelineError> {
+        let no_remote = RemoteCopies::new();
+        Timeline::load_with_remote(dir, tenant_id, timeline_id, core, ancestor, &no_remote).await
+    }
+
+    /// [`Timeline::load`] where the layers may have remote copies: a listed
+    /// layer missing from `dir` is registered as remote (fetched when a
+    /// read first needs it), and a present one learns its remote copy.
+    pub async fn load_with_remote(
+        dir: &Path,
+        tenant_id: [u8; 16],
+        timeline_id: [u8; 16],
+        core: Rc<CoreContext>,
+        ancestor: Option<Rc<Timeline>>,
+        remote: &RemoteCopies,
+    ) -> Result<Timeline, TimelineError> {
         let metadata = TimelineMetadata::load(dir).await?;
         let ancestor = match (metadata.ancestor, ancestor) {
             (None, None) => None,
@@ -279,7 +310,20 @@ impl Timeline {
         }
         let mut layers = Vec::with_capacity(metadata.layers.len());
         for name in &metadata.layers {
-            layers.push(Rc::new(LayerFile::open_in(dir, *name, &core).await?));
+            let copy = remote.get(name);
+            let layer = match copy {
+                Some(copy) if !dir.join(name.to_string()).exists() => {
+                    LayerFile::remote_in(dir, *name, &core, Rc::clone(copy))
+                }
+                _ => {
+                    let layer = LayerFile::open_in(dir, *name, &core).await?;
+                    if let Some(copy) = copy {
+                        layer.set_remote(Rc::clone(copy));
+                    }
+                    layer
+                }
+            };
+            layers.push(Rc::new(layer));
         }
         let map = LayerMap::from_layers(layers);
         Ok(Timeline::from_parts(
@@ -422,6 +466,26 @@ impl Timeline {
         self.state.borrow().open.bytes()
     }
 
+    /// Records the remote copies `copy_of` gives of the map's layers that
+    /// have none yet (after an upload): they may then be evicted. Returns
+    /// how many layers learnt one.
+    pub fn set_remote_copies(
+        &self,
+        copy_of: &dyn Fn(&LayerName) -> Option<Rc<dyn LayerFetch>>,
+    ) -> usize {
+        let map = self.layer_map();
+        let mut learnt = 0;
+        for layer in map.layers() {
+            if !layer.has_remote()
+                && let Some(copy) = copy_of(layer.name())
+            {
+                layer.set_remote(copy);
+                learnt += 1;
+            }
+        }
+        learnt
+    }
+
     /// The current layer map (a snapshot).
     pub fn layer_map(&self) -> Rc<LayerMap> {
         self.state.borrow().layers.clone()
@@ -470,8 +534,23 @@ impl Timeline {
     /// The reconstruction inputs of `key` at `lsn`: the newest base at or
     /// below it and the records above the base, oldest first.
     pub async fn get(&self, key: Key, lsn: Lsn) -> Result<ReconstructInputs, TimelineError> {
+        self.get_noting(key, lsn, &Cell::new(0)).await
+    }
+
+    /// [`Timeline::get`], counting in `downloads` the layers it waited to
+    /// download.
+    pub async fn get_noting(
+        &self,
+        key: Key,
+        lsn: Lsn,
+        downloads: &Cell<u32>,
+    ) -> Result<ReconstructInputs, TimelineError> {
         self.check_readable(lsn)?;
-        let inputs = self.get_unchecked(key, lsn).await?;
+        let mut newest_first: Vec<(Lsn, Value)> = Vec::new();
+        let below = Lsn(lsn.0.saturating_add(1));
+        self.collect_below(key, below, &mut newest_first, downloads)
+            .await?;
+        let inputs = finish(key, newest_first);
         if inputs.records.len() >= self.expensive_read_records.get() {
             let mut expensive = self.expensive_keys.borrow_mut();
             if expensive.len() < EXPENSIVE_KEYS_MAX {
@@ -489,7 +568,8 @@ impl Timeline {
         lsn: Lsn,
     ) -> Result<ReconstructInputs, TimelineError> {
         let mut newest_first: Vec<(Lsn, Value)> = Vec::new();
-        self.collect_below(key, Lsn(lsn.0.saturating_add(1)), &mut newest_first)
+        let below = Lsn(lsn.0.saturating_add(1));
+        self.collect_below(key, below, &mut newest_first, &Cell::new(0))
             .await?;
         Ok(finish(key, newest_first))
     }
@@ -501,6 +581,7 @@ impl Timeline {
         key: Key,
         mut below: Lsn,
         newest_first: &'a mut Vec<(Lsn, Value)>,
+        downloads: &'a Cell<u32>,
     ) -> Pin<Box<dyn Future<Output = Result<bool, TimelineError>> + 'a>> {
         Box::pin(async move {
             let (open, frozen, layers) = {
@@ -520,7 +601,10 @@ impl Timeline {
                 }
             }
             while let Some(layer) = layers.search(key, below) {
-                if layer.collect(key, below, newest_first).await? {
+                if layer
+                    .collect_noting(key, below, newest_first, downloads)
+                    .await?
+                {
                     return Ok(true);
                 }
                 below = layer.name().lsn_start;
@@ -528,7 +612,7 @@ impl Timeline {
             match &self.ancestor {
                 Some((parent, at)) => {
                     parent
-                        .collect_below(key, below.min(Lsn(at.0 + 1)), newest_first)
+                        .collect_below(key, below.min(Lsn(at.0 + 1)), newest_first, downloads)
                         .await
                 }
                 None => Ok(false),

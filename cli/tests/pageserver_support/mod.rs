@@ -123,6 +123,11 @@ impl Pageserver {
         Ok(server)
     }
 
+    /// Replaces the arguments it starts with (from the next restart on).
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|&a| a.to_owned()).collect();
+    }
+
     /// Starts it (again) on the same directory, on new free ports.
     pub fn restart(&mut self) -> Result<()> {
         self.restart_listening("127.0.0.1:0", "127.0.0.1:0")

@@ -205,6 +205,17 @@ impl Uploader {
         Ok(deleted)
     }
 
+    /// What the last uploaded index lists (at first: the index it started
+    /// from), by name.
+    pub fn uploaded(&self) -> &BTreeMap<LayerFileName, IndexLayer> {
+        &self.uploaded
+    }
+
+    /// The shard it writes for.
+    pub fn shard(&self) -> TenantShard {
+        self.shard
+    }
+
     /// The generation it writes as.
     pub fn generation(&self) -> Generation {
         self.generation

@@ -151,6 +151,17 @@ pub enum AdminCommand {
         /// Where the answer goes.
         reply: Reply,
     },
+    /// Evict every layer of a timeline that object storage holds.
+    Evict {
+        /// The tenant.
+        tenant: TenantId,
+        /// The shard number.
+        number: u32,
+        /// The timeline.
+        timeline: TimelineId,
+        /// Where the answer goes.
+        reply: Reply,
+    },
     /// The last commit at or before a time (every shard keeps the index;
     /// shard 0 answers for the tenant).
     CommitAtOrBefore {
@@ -255,6 +266,14 @@ pub async fn handle(core: Rc<Core>, command: AdminCommand) {
             reply,
         } => {
             let _ = reply.try_send(compact(&core, tenant, number, timeline).await);
+        }
+        AdminCommand::Evict {
+            tenant,
+            number,
+            timeline,
+            reply,
+        } => {
+            let _ = reply.try_send(evict(&core, tenant, number, timeline).await);
         }
         AdminCommand::CommitAtOrBefore {
             tenant,
@@ -475,7 +494,15 @@ pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize
     let mut l0 = 0usize;
     let mut images = 0usize;
     let mut blocks = 0u64;
+    let (mut resident, mut resident_bytes, mut evictable) = (0usize, 0u64, 0usize);
     for layer in map.layers() {
+        if layer.is_resident() {
+            resident += 1;
+            resident_bytes += layer.bytes();
+            if layer.has_remote() {
+                evictable += 1;
+            }
+        }
         if is_l0(layer.name()) {
             l0 += 1;
         }
@@ -502,6 +529,11 @@ pub fn timeline_status(shard: &TenantShard, served: &ServedTimeline, core: usize
             "l0": l0,
             "image": images,
             "bytes": blocks * 8192,
+            // On the local disk; the rest are fetched when a read needs them.
+            "resident": resident,
+            "resident_bytes": resident_bytes,
+            "remote_only": map.len() - resident,
+            "evictable": evictable,
         },
         "open_layer_bytes": timeline.open_layer_bytes(),
         "wal_source": served.settings.wal_source,
@@ -639,6 +671,23 @@ async fn compact(
         "flushed_layers": flushed,
         "compacted_l0": compacted,
         "image_layers": images.layers.len(),
+        "status": timeline_status(&shard, &served, core.index),
+    }))
+}
+
+async fn evict(
+    core: &Core,
+    tenant: TenantId,
+    number: u32,
+    id: TimelineId,
+) -> Result<Value, AdminError> {
+    let shard = shard_of(core, tenant, number)?;
+    let served = timeline_of(&shard, id)?;
+    let evicted = super::residence::evict_timeline(&served)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    Ok(json!({
+        "evicted": evicted,
         "status": timeline_status(&shard, &served, core.index),
     }))
 }

@@ -3,16 +3,15 @@
 //! it: a new generation is claimed first, which supersedes whichever
 //! pageserver held the shard before (it stops writing at its next check);
 //! then, per timeline, the newest index at or below that generation is
-//! read and its layers downloaded (each checked against the size and
-//! CRC-32C the index lists), and the timeline's metadata written from the
-//! index. The timeline settings are made from the stored control file (the
+//! read and the timeline's metadata written from it; its layers are not
+//! downloaded: each is fetched (and checked against the size and CRC-32C
+//! the index lists) when a read first needs it ([`super::residence`]). The timeline settings are made from the stored control file (the
 //! system identifier and segment size) and the WAL source given. The shard
 //! is then loaded as at a restart: each timeline resumes ingest from its
 //! disk-consistent LSN, from the WAL the safekeepers kept above the
 //! remote-consistent LSN, and uploads again under the new generation.
-//!
-//! Downloads are eager: an attach fetches every layer before it answers.
-//! (Fetching a layer only when a read first needs it is the next step.)
+//! Reading the control file for the settings fetches the layers holding
+//! it, so an attach answers after its first few downloads, not all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -22,8 +21,7 @@ use anyhow::{Context, anyhow};
 use quire_net::id::TimelineId;
 use quire_postgres::Lsn;
 use quire_remote::{
-    ClaimGeneration, Download, Generation, Id, LatestIndex, List, RemoteStorage, TimelineIndex,
-    Transferred,
+    ClaimGeneration, Generation, Id, LatestIndex, List, RemoteStorage, TimelineIndex,
 };
 use quire_shard::Timeline;
 use quire_shard::layer_file::LayerName;
@@ -33,6 +31,7 @@ use serde_json::{Value, json};
 use super::admin::AdminError;
 use super::core::Core;
 use super::files;
+use super::residence::copies_of;
 use super::settings::{self, AncestorSettings, ShardSettings, TimelineSettings, WalSourceSettings};
 use crate::import::stored_control;
 
@@ -153,7 +152,9 @@ async fn fetch_shard(
     let mut made: BTreeMap<[u8; 16], TimelineSettings> = BTreeMap::new();
     for (id, index) in parents_first(&indexes)? {
         let timeline_dir = settings::timeline_dir(dir, TimelineId(id));
-        download_layers(storage, shard, id, index, &timeline_dir).await?;
+        // No layer is downloaded here: each is fetched when a read first
+        // needs it.
+        files::create_dir_durably(&timeline_dir)?;
         let ancestor = index.ancestor.map(|(parent, lsn)| (parent.0, Lsn(lsn)));
         metadata_of(index, ancestor)?
             .store(&timeline_dir)
@@ -163,12 +164,14 @@ async fn fetch_shard(
             None => {
                 // The control file stored at the timeline's end names the
                 // cluster it belongs to.
-                let loaded = Timeline::load(
+                let copies = copies_of(storage, shard, Id(id), index);
+                let loaded = Timeline::load_with_remote(
                     &timeline_dir,
                     shard.tenant.0,
                     id,
                     Rc::clone(&core.context),
                     None,
+                    &copies,
                 )
                 .await
                 .map_err(|e| anyhow!("timeline {}: {e}", Id(id)))?;
@@ -269,40 +272,6 @@ async fn newest_indexes(
         ));
     }
     Ok(indexes)
-}
-
-/// Every layer `index` lists, downloaded into `dir` (all queued before any
-/// is awaited; the remote runtime bounds how many run at once).
-async fn download_layers(
-    storage: &RemoteStorage,
-    shard: quire_remote::TenantShard,
-    timeline: [u8; 16],
-    index: &TimelineIndex,
-    dir: &Path,
-) -> Result<(), AdminError> {
-    files::create_dir_durably(dir)?;
-    let mut pending = Vec::with_capacity(index.layers.len());
-    for layer in &index.layers {
-        let download = Download {
-            key: shard.layer_key(Id(timeline), &layer.name, layer.generation),
-            local: dir.join(layer.name.as_str()),
-            expect: Some(Transferred {
-                size: layer.size,
-                crc32c: layer.crc32c,
-            }),
-        };
-        let queued = storage
-            .submit(download)
-            .await
-            .map_err(|e| AdminError::new(502, format!("download: {e}")))?;
-        pending.push((layer.name.as_str().to_owned(), queued));
-    }
-    for (name, queued) in pending {
-        queued
-            .await
-            .map_err(|e| AdminError::new(502, format!("download layer {name}: {e}")))?;
-    }
-    Ok(())
 }
 
 /// The local metadata an index stands for.

@@ -21,6 +21,7 @@ use quire_shard::{CoreContext, Timeline};
 
 use super::metrics::{CoreMetrics, Metrics};
 use super::remote_sync::{ShardRemote, UploadGauges};
+use super::residence::copies_for_load;
 use super::settings::{self, ShardSettings, TimelineSettings};
 use crate::import::stored_control;
 use crate::shard_filter::ShardFilter;
@@ -65,6 +66,8 @@ pub struct Shared {
     /// Bytes of WAL a timeline's disk may hold past object storage before
     /// its ingest waits for uploads.
     pub upload_lag_max: u64,
+    /// Bytes of layer files the local disk may hold, across the cores.
+    pub disk_budget: Option<u64>,
 }
 
 impl Shared {
@@ -261,12 +264,24 @@ impl Core {
                         .ok_or_else(|| anyhow!("timeline {id}: ancestor {parent} not loaded"))?,
                 ),
             };
-            let loaded = Timeline::load(
-                &settings::timeline_dir(dir, id),
+            let timeline_dir = settings::timeline_dir(dir, id);
+            let generation =
+                claimed.or(settings.generation.and_then(quire_remote::Generation::new));
+            let copies = copies_for_load(
+                shard.remote.as_deref(),
+                generation,
+                &timeline_dir,
+                quire_remote::Id(id.0),
+            )
+            .await
+            .with_context(|| format!("load timeline {id} of tenant {tenant}"))?;
+            let loaded = Timeline::load_with_remote(
+                &timeline_dir,
                 tenant.0,
                 id.0,
                 Rc::clone(&self.context),
                 ancestor,
+                &copies,
             )
             .await
             .with_context(|| format!("load timeline {id} of tenant {tenant}"))?;

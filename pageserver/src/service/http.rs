@@ -316,6 +316,18 @@ impl AdminApi {
                 }
                 Ok((200, Body::Json(json!({"shards": shards}))))
             }
+            (&Method::Post, ["evict"]) => {
+                let mut shards = Vec::new();
+                for place in self.places(tenant)? {
+                    shards.push(self.ask(place.core, |reply| AdminCommand::Evict {
+                        tenant,
+                        number: place.identity.number(),
+                        timeline,
+                        reply,
+                    })?);
+                }
+                Ok((200, Body::Json(json!({"shards": shards}))))
+            }
             (&Method::Post, ["gc"]) => {
                 let request: GcRequest = if body.trim().is_empty() {
                     GcRequest::default()

@@ -18,10 +18,17 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.000_5, 0.000_75, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// Buckets of reads that waited for a download: 1 ms to 60 s.
+const DOWNLOAD_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// Every series of the service.
 pub struct Metrics {
     registry: Registry,
     getpage_seconds: HistogramVec,
+    getpage_download_seconds: HistogramVec,
+    residence: IntGaugeVec,
     requests: IntCounterVec,
     errors: IntCounterVec,
     connections: IntGaugeVec,
@@ -58,6 +65,11 @@ pub struct CoreMetrics {
     /// Seconds from a page read's arrival in a batch to its pages being
     /// ready, per read.
     pub getpage_seconds: Histogram,
+    /// The same, for the reads that waited for a layer's download.
+    pub getpage_download_seconds: Histogram,
+    /// Layers on the local disk and only in object storage, downloads and
+    /// evictions (copied once a second).
+    pub residence: IntGaugeVec,
     /// Seconds to write a basebackup.
     pub basebackup_seconds: Histogram,
     /// Bytes of basebackups written.
@@ -106,6 +118,7 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["core"],
         )?;
+        let (getpage_download_seconds, residence) = residence_metrics()?;
         let (basebackup_seconds, basebackup_bytes) = basebackup_metrics()?;
         let requests = IntCounterVec::new(
             Opts::new(
@@ -172,6 +185,8 @@ impl Metrics {
             Box::new(timeline_lsn.clone()),
             Box::new(ingest.clone()),
             Box::new(layers.clone()),
+            Box::new(getpage_download_seconds.clone()),
+            Box::new(residence.clone()),
             Box::new(basebackup_seconds.clone()),
             Box::new(basebackup_bytes.clone()),
         ] {
@@ -180,6 +195,8 @@ impl Metrics {
         Ok(Metrics {
             registry,
             getpage_seconds,
+            getpage_download_seconds,
+            residence,
             requests,
             errors,
             connections,
@@ -204,6 +221,10 @@ impl Metrics {
         let core = index.to_string();
         CoreMetrics {
             getpage_seconds: self.getpage_seconds.with_label_values(&[core.as_str()]),
+            getpage_download_seconds: self
+                .getpage_download_seconds
+                .with_label_values(&[core.as_str()]),
+            residence: self.residence.clone(),
             basebackup_seconds: self.basebackup_seconds.with_label_values(&[core.as_str()]),
             basebackup_bytes: self.basebackup_bytes.with_label_values(&[core.as_str()]),
             requests: {
@@ -270,4 +291,24 @@ fn basebackup_metrics() -> Result<(HistogramVec, IntCounterVec)> {
         &["core"],
     )?;
     Ok((basebackup_seconds, basebackup_bytes))
+}
+
+/// Reads that waited for a download, and the layers' residence.
+fn residence_metrics() -> Result<(HistogramVec, IntGaugeVec)> {
+    let getpage_download_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "quire_getpage_download_seconds",
+            "Time to serve a page read that waited for a layer's download from object storage",
+        )
+        .buckets(DOWNLOAD_BUCKETS.to_vec()),
+        &["core"],
+    )?;
+    let residence = IntGaugeVec::new(
+        Opts::new(
+            "quire_layer_residence",
+            "Layer files on the local disk and in object storage only (what=resident_layers|resident_bytes|remote_only_layers|downloads|download_bytes|download_failures|evictions|evicted_bytes)",
+        ),
+        &["core", "what"],
+    )?;
+    Ok((getpage_download_seconds, residence))
 }

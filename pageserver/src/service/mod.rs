@@ -28,6 +28,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod receiver;
 pub mod remote_sync;
+pub mod residence;
 pub mod session;
 pub mod settings;
 
@@ -103,6 +104,9 @@ pub struct PageserverConfig {
     /// Bytes of WAL a timeline's disk may hold past object storage before
     /// its ingest waits for uploads.
     pub upload_lag_max: u64,
+    /// Bytes of layer files the local disk may hold (split evenly between
+    /// the cores); `None`: no limit. Needs object storage.
+    pub disk_budget: Option<u64>,
 }
 
 /// Every tenant's shards and their cores.
@@ -164,6 +168,7 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
         remote,
         holder,
         upload_lag_max: config.upload_lag_max,
+        disk_budget: config.disk_budget,
     });
     // The queues: admin per core, hand-off per ordered pair of cores.
     let mut admin_senders = Vec::with_capacity(cores);
@@ -381,6 +386,7 @@ async fn run_core(
     .detach();
     let stats_core = Rc::clone(&core);
     quire_io::spawn_local(publish_stats(stats_core)).detach();
+    residence::start_eviction(&core);
     let listener =
         TcpListener::bind(listen).with_context(|| format!("core {index}: listen on {listen}"))?;
     // Room for every core's message was made when the channel was; a
@@ -424,6 +430,7 @@ async fn publish_stats(core: Rc<Core>) {
                 .with_label_values(&[label.as_str(), what])
                 .set(i64::try_from(value).unwrap_or(i64::MAX));
         }
+        residence::publish(&core, &label);
         let (mut layers, mut l0) = (0usize, 0usize);
         for shard in core.shards.borrow().values() {
             for timeline in shard.timelines.borrow().values() {

@@ -29,15 +29,17 @@ use quire_remote::generation::GenerationRecord;
 use quire_remote::ops::DELETE_BATCH_MAX;
 use quire_remote::{
     CheckGeneration, ClaimGeneration, Delete, Generation, GenerationStatus, Get, Id, LatestIndex,
-    List, RemoteStorage,
+    LayerFileName, List, RemoteStorage,
 };
 use quire_shard::metadata::TimelineMetadata;
+use quire_shard::residence::LayerFetch;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::admin::AdminError;
 use super::core::ServedTimeline;
 use super::files;
+use super::residence::RemoteLayer;
 use super::settings::{self, ShardSettings};
 use crate::remote::{SyncOutcome, Uploader};
 
@@ -355,6 +357,9 @@ async fn upload_loop(remote: Rc<ShardRemote>, served: Weak<ServedTimeline>, core
                     .receiver_gauges
                     .remote_consistent
                     .set(Some(remote_consistent_lsn));
+                if let Some(uploader) = &uploader {
+                    learn_remote_copies(&remote.storage, uploader, &timeline);
+                }
                 synced = Some(metadata);
             }
             Ok(SyncOutcome::Superseded(newer)) => {
@@ -375,6 +380,20 @@ async fn upload_loop(remote: Rc<ShardRemote>, served: Weak<ServedTimeline>, core
             }
         }
     }
+}
+
+/// Tells `served`'s layers that the last index lists where their objects
+/// are: they may be evicted from then on.
+fn learn_remote_copies(storage: &RemoteStorage, uploader: &Uploader, served: &ServedTimeline) {
+    let shard = uploader.shard();
+    let timeline = Id(served.id.0);
+    let listed = uploader.uploaded();
+    served.timeline.set_remote_copies(&|name| {
+        let file_name = LayerFileName::new(&name.to_string())?;
+        let layer = listed.get(&file_name)?;
+        let copy: Rc<dyn LayerFetch> = Rc::new(RemoteLayer::new(storage, shard, timeline, layer));
+        Some(copy)
+    });
 }
 
 /// Stops `served`'s WAL receiver: a superseded attachment ingests nothing

@@ -10,6 +10,7 @@
 //! When the timeline's cluster has data checksums, each page's checksum is
 //! then set in the answer buffer for the block it is served as.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -148,13 +149,14 @@ impl TimelineSession {
         read: &PageRead,
         lsn: Lsn,
         out: &mut [u8],
+        downloads: &Cell<u32>,
     ) -> Result<(), RequestError> {
         let timeline = &self.timeline.timeline;
         // The blocks' lookups run together, so their cold reads go to the
         // ring in one submission instead of one after another.
         let lookups = (0..read.count).map(|offset| {
             let key = Key::rel_block(read.rel, BlockNo(read.first_block.0 + offset));
-            timeline.get(key, lsn)
+            timeline.get_noting(key, lsn, downloads)
         });
         let inputs: Vec<ReconstructInputs> = futures::future::join_all(lookups)
             .await
@@ -291,6 +293,10 @@ impl PageSession for TimelineSession {
     ) -> Vec<Result<Lsn, RequestError>> {
         let started = Instant::now();
         let deadline = started + self.core.shared.limits.lsn_wait;
+        // Layers the batch waited to download (its reads are answered
+        // together, so a wait is every read's).
+        let downloads = Cell::new(0u32);
+        let downloads = &downloads;
         // The batch's reads run together: their cold block reads share a
         // ring submission and their redo merges into one round trip.
         let each = reads
@@ -300,7 +306,7 @@ impl PageSession for TimelineSession {
                 let result = async {
                     self.check_blocks(read)?;
                     let lsn = self.resolve(read.lsn, deadline).await?;
-                    self.read_one(read, lsn, out).await?;
+                    self.read_one(read, lsn, out, downloads).await?;
                     Ok(lsn)
                 }
                 .await;
@@ -320,6 +326,11 @@ impl PageSession for TimelineSession {
         let seconds = started.elapsed().as_secs_f64();
         for _ in reads {
             self.core.metrics.getpage_seconds.observe(seconds);
+        }
+        if downloads.get() > 0 {
+            for _ in reads {
+                self.core.metrics.getpage_download_seconds.observe(seconds);
+            }
         }
         results
     }
