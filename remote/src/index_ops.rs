@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::error::RemoteError;
 use crate::index::{INDEX_BYTES_MAX, TimelineIndex};
 use crate::names::{Generation, Id, TenantShard, base_name, index_generation};
-use crate::ops::{Get, List, PutBytes, WriteMode};
+use crate::ops::{Get, PutBytes, WriteMode, list_objects};
 use crate::service::{Context, Operation};
 
 /// Uploads `index` as `index-g<its generation>` of the timeline.
@@ -59,11 +59,11 @@ impl Operation for LatestIndex {
     const NAME: &'static str = "latest_index";
 
     async fn run(self, ctx: Arc<Context>) -> Result<Option<TimelineIndex>, RemoteError> {
-        let listed = List {
-            prefix: self.shard.timeline_prefix(self.timeline),
-        }
-        .run(ctx.clone())
-        .await?;
+        // Layer objects (`delta-…`, `image-…`) sort before `index`, index
+        // objects (`index-g…`) after it: the listing starts there.
+        let folder = self.shard.timeline_prefix(self.timeline);
+        let folder = folder.trim_end_matches('/');
+        let listed = list_objects(&ctx, folder, Some(&format!("{folder}/index"))).await?;
         let newest = listed
             .iter()
             .filter_map(|object| Some((index_generation(base_name(&object.key))?, object)))

@@ -39,6 +39,6 @@ pub use index::{IndexLayer, TimelineIndex};
 pub use index_ops::{LatestIndex, UploadIndex};
 pub use metrics::RemoteMetrics;
 pub use names::{Generation, Id, LayerFileName, TenantShard};
-pub use ops::{Delete, Get, List, Listed, PutBytes, WriteMode};
+pub use ops::{Delete, Get, List, ListFolders, Listed, PutBytes, WriteMode};
 pub use service::{Operation, Pending, Refused, RemoteStorage};
 pub use transfer::{Download, Transferred, UploadFile};

@@ -153,35 +153,89 @@ impl Operation for List {
     const NAME: &'static str = "list";
 
     async fn run(self, ctx: Arc<Context>) -> Result<Vec<Listed>, RemoteError> {
+        list_objects(&ctx, self.prefix.trim_end_matches('/'), None).await
+    }
+}
+
+/// Lists the folders directly under a folder (`a/b` finds `a/b/c` for an
+/// object `a/b/c/d`), sorted, without listing the objects inside them.
+pub struct ListFolders {
+    /// The folder, with or without a trailing `/`.
+    pub prefix: String,
+}
+
+impl Operation for ListFolders {
+    type Output = Vec<String>;
+    const NAME: &'static str = "list_folders";
+
+    async fn run(self, ctx: Arc<Context>) -> Result<Vec<String>, RemoteError> {
         let folder = self.prefix.trim_end_matches('/');
         let path = object_path(folder)?;
-        let mut listed = ctx
+        let mut folders = ctx
             .retry(Self::NAME, folder, || async {
-                let mut stream = ctx.store.list(Some(&path));
-                let mut listed = Vec::new();
-                while let Some(meta) = stream
-                    .try_next()
+                let listed = ctx
+                    .store
+                    .list_with_delimiter(Some(&path))
                     .await
-                    .map_err(|e| RemoteError::store(Self::NAME, folder, e))?
-                {
-                    if listed.len() == LIST_MAX {
-                        return Err(RemoteError::TooLarge {
-                            what: format!("objects under {folder}"),
-                            actual: LIST_MAX as u64 + 1,
-                            max: LIST_MAX as u64,
-                        });
-                    }
-                    listed.push(Listed {
-                        key: meta.location.to_string(),
-                        size: meta.size,
+                    .map_err(|e| RemoteError::store(Self::NAME, folder, e))?;
+                if listed.common_prefixes.len() > LIST_MAX {
+                    return Err(RemoteError::TooLarge {
+                        what: format!("folders under {folder}"),
+                        actual: listed.common_prefixes.len() as u64,
+                        max: LIST_MAX as u64,
                     });
                 }
-                Ok(listed)
+                Ok(listed
+                    .common_prefixes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<String>>())
             })
             .await?;
-        listed.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(listed)
+        folders.sort();
+        Ok(folders)
     }
+}
+
+/// The objects under `folder`, sorted by key; with `after`, only those
+/// whose keys sort after it (S3 starts the listing there: a folder's few
+/// `index-` objects are found without listing the layers before them).
+pub(crate) async fn list_objects(
+    ctx: &Context,
+    folder: &str,
+    after: Option<&str>,
+) -> Result<Vec<Listed>, RemoteError> {
+    let path = object_path(folder)?;
+    let offset = after.map(object_path).transpose()?;
+    let mut listed = ctx
+        .retry(List::NAME, folder, || async {
+            let mut stream = match &offset {
+                Some(offset) => ctx.store.list_with_offset(Some(&path), offset),
+                None => ctx.store.list(Some(&path)),
+            };
+            let mut listed = Vec::new();
+            while let Some(meta) = stream
+                .try_next()
+                .await
+                .map_err(|e| RemoteError::store(List::NAME, folder, e))?
+            {
+                if listed.len() == LIST_MAX {
+                    return Err(RemoteError::TooLarge {
+                        what: format!("objects under {folder}"),
+                        actual: LIST_MAX as u64 + 1,
+                        max: LIST_MAX as u64,
+                    });
+                }
+                listed.push(Listed {
+                    key: meta.location.to_string(),
+                    size: meta.size,
+                });
+            }
+            Ok(listed)
+        })
+        .await?;
+    listed.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(listed)
 }
 
 /// Deletes up to [`DELETE_BATCH_MAX`] objects; one already gone counts as

@@ -6,8 +6,9 @@
 mod support;
 
 use quire_remote::{
-    Delete, Download, Generation, Get, Id, IndexLayer, LatestIndex, LayerFileName, List, PutBytes,
-    RemoteError, TenantShard, TimelineIndex, Transferred, UploadFile, UploadIndex, WriteMode,
+    Delete, Download, Generation, Get, Id, IndexLayer, LatestIndex, LayerFileName, List,
+    ListFolders, PutBytes, RemoteError, TenantShard, TimelineIndex, Transferred, UploadFile,
+    UploadIndex, WriteMode,
 };
 use support::{Backend, block_on, start, write_file};
 
@@ -111,6 +112,16 @@ fn list_and_delete(storage: &quire_remote::RemoteStorage, name: &str, big: u64) 
             ("tenants/t/timelines/a/big-g00000001", big),
             ("tenants/t/timelines/a/small-g00000001", 1 << 20)
         ],
+        "{name}"
+    );
+    // The folders, without their objects.
+    let folders = block_on(storage.call(ListFolders {
+        prefix: "tenants/t/timelines".to_owned(),
+    }))
+    .expect("remote storage operation");
+    assert_eq!(
+        folders,
+        ["tenants/t/timelines/a", "tenants/t/timelines/ab"],
         "{name}"
     );
 

@@ -21,7 +21,7 @@ use anyhow::{Context, anyhow};
 use quire_net::id::TimelineId;
 use quire_postgres::Lsn;
 use quire_remote::{
-    ClaimGeneration, Generation, Id, LatestIndex, List, RemoteStorage, TimelineIndex,
+    ClaimGeneration, Generation, Id, LatestIndex, ListFolders, RemoteStorage, TimelineIndex,
 };
 use quire_shard::Timeline;
 use quire_shard::layer_file::LayerName;
@@ -241,15 +241,15 @@ async fn newest_indexes(
     let remote_error = |what: &str, e: quire_remote::RemoteError| {
         AdminError::new(502, format!("{}: {what}: {e}", shard.prefix()))
     };
-    let listed = storage
-        .call(List {
+    let folders = storage
+        .call(ListFolders {
             prefix: format!("{}/timelines/", shard.prefix()),
         })
         .await
         .map_err(|e| remote_error("list the timelines", e))?;
-    let ids: BTreeSet<[u8; 16]> = listed
+    let ids: BTreeSet<[u8; 16]> = folders
         .iter()
-        .filter_map(|object| timeline_of_key(&object.key))
+        .filter_map(|folder| timeline_of_folder(folder))
         .collect();
     let mut indexes = BTreeMap::new();
     for id in ids {
@@ -331,28 +331,30 @@ fn parents_first(
     Ok(ordered)
 }
 
-/// The timeline id in `tenants/<shard>/timelines/<timeline>/<name>`.
-fn timeline_of_key(key: &str) -> Option<[u8; 16]> {
-    let rest = key.split("/timelines/").nth(1)?;
-    let (id, _) = rest.split_once('/')?;
-    id.parse::<TimelineId>().ok().map(|id| id.0)
+/// The timeline id of a folder `tenants/<shard>/timelines/<timeline>`.
+fn timeline_of_folder(folder: &str) -> Option<[u8; 16]> {
+    let rest = folder.trim_end_matches('/').split("/timelines/").nth(1)?;
+    if rest.contains('/') {
+        return None;
+    }
+    rest.parse::<TimelineId>().ok().map(|id| id.0)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::timeline_of_key;
+    use super::timeline_of_folder;
 
     #[test]
-    fn timeline_ids_come_from_object_names() {
+    fn timeline_ids_come_from_folder_names() {
         let id = "0123456789abcdef0123456789abcdef";
-        let key = format!("tenants/{id}-s0of1/timelines/{id}/index-g00000001");
-        assert!(timeline_of_key(&key).is_some());
-        assert_eq!(timeline_of_key("tenants/x/generations/00000001"), None);
+        assert!(timeline_of_folder(&format!("tenants/{id}-s0of1/timelines/{id}")).is_some());
+        assert!(timeline_of_folder(&format!("tenants/{id}-s0of1/timelines/{id}/")).is_some());
+        assert_eq!(timeline_of_folder("tenants/x/generations"), None);
         assert_eq!(
-            timeline_of_key(&format!("tenants/x/timelines/{id}")),
+            timeline_of_folder(&format!("tenants/x/timelines/{id}/index-g1")),
             None,
-            "no object name under the timeline"
+            "an object, not a folder"
         );
-        assert_eq!(timeline_of_key("tenants/x/timelines/nothex/index-g1"), None);
+        assert_eq!(timeline_of_folder("tenants/x/timelines/nothex"), None);
     }
 }
