@@ -275,12 +275,30 @@ impl LayerFile {
         out: &mut Vec<(Lsn, Value)>,
         downloads: &Cell<u32>,
     ) -> Result<bool, LayerError> {
-        self.layer(downloads).await?.collect(key, below, out).await
+        let mark = out.len();
+        let first = self.layer(downloads).await?.collect(key, below, out).await;
+        match first {
+            Err(error) if self.repairable(&error) => {
+                out.truncate(mark);
+                self.repair(&error).await?;
+                let again = self.layer(downloads).await?.collect(key, below, out).await;
+                self.repaired(again)
+            }
+            other => other,
+        }
     }
 
     /// Every index entry, in (key, LSN) order.
     pub async fn entries(&self) -> Result<Vec<LeafEntry>, LayerError> {
-        self.layer(&Cell::new(0)).await?.entries().await
+        let first = self.layer(&Cell::new(0)).await?.entries().await;
+        match first {
+            Err(error) if self.repairable(&error) => {
+                self.repair(&error).await?;
+                let again = self.layer(&Cell::new(0)).await?.entries().await;
+                self.repaired(again)
+            }
+            other => other,
+        }
     }
 
     /// Adds to `out` the keys in `range` with an entry at or below `lsn`
@@ -293,17 +311,86 @@ impl LayerFile {
         out: &mut std::collections::BTreeSet<Key>,
     ) -> Result<(), LayerError> {
         let open = self.layer(&Cell::new(0)).await?;
-        open.keys_at(lsn, range, keep, out).await
+        // Keys added before a corrupt block are right: the retry adds the
+        // same ones again.
+        match open.keys_at(lsn, range, keep, out).await {
+            Err(error) if self.repairable(&error) => {
+                drop(open);
+                self.repair(&error).await?;
+                let open = self.layer(&Cell::new(0)).await?;
+                let again = open.keys_at(lsn, range, keep, out).await;
+                self.repaired(again)
+            }
+            other => other,
+        }
     }
 
     /// The value an index entry points at.
     pub async fn read_entry(&self, entry: &LeafEntry) -> Result<Value, LayerError> {
-        self.layer(&Cell::new(0)).await?.read_entry(entry).await
+        let first = self.layer(&Cell::new(0)).await?.read_entry(entry).await;
+        match first {
+            Err(error) if self.repairable(&error) => {
+                self.repair(&error).await?;
+                let again = self.layer(&Cell::new(0)).await?.read_entry(entry).await;
+                self.repaired(again)
+            }
+            other => other,
+        }
     }
 
-    /// Checks every block of the file.
+    /// Whether `error` is damage a fresh copy of the file would not have
+    /// (a block failing its check), and there is a remote copy.
+    fn repairable(&self, error: &LayerError) -> bool {
+        matches!(error, LayerError::Corrupt { .. }) && self.has_remote()
+    }
+
+    /// Replaces the local file, whose block failed its check, with the
+    /// remote copy: the file goes (a read still holding it keeps reading
+    /// it), and the next read downloads the copy, checked whole against
+    /// the size and CRC-32C its index lists.
+    async fn repair(&self, error: &LayerError) -> Result<(), LayerError> {
+        ResidenceStats::add(&self.stats.corrupt_blocks, 1);
+        eprintln!("{error}: replacing the file with its copy in object storage");
+        let _no_download = self.fetching.lock().await;
+        if self.open.borrow_mut().take().is_some() {
+            self.note_resident(false);
+            self.caches.values.borrow_mut().forget_file(self.id);
+            self.caches.index.borrow_mut().forget_file(self.id);
+            remove_if_present(&self.path)
+                .await
+                .map_err(|e| LayerError::Read {
+                    file: self.path.display().to_string(),
+                    block: 0,
+                    what: format!("remove the corrupt file: {e}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Counts a repair that worked; a copy as damaged stays an error.
+    fn repaired<T>(&self, again: Result<T, LayerError>) -> Result<T, LayerError> {
+        if again.is_ok() {
+            ResidenceStats::add(&self.stats.repairs, 1);
+            eprintln!(
+                "layer {}: repaired from object storage",
+                self.path.display()
+            );
+        }
+        again
+    }
+
+    /// Checks every block of the file (a corrupt one is repaired from the
+    /// remote copy when there is one).
     pub async fn verify(&self) -> Result<u32, LayerError> {
-        self.layer(&Cell::new(0)).await?.verify().await
+        let first = self.layer(&Cell::new(0)).await?.verify().await;
+        match first {
+            Err(error) if self.repairable(&error) => {
+                self.repair(&error).await?;
+                let again = self.layer(&Cell::new(0)).await?.verify().await;
+                self.repaired(again)
+            }
+            other => other,
+        }
     }
 
     /// Closes the file (when resident and no read holds it) and drops its

@@ -7,7 +7,8 @@
 //! without downloading, or a layer evicted for the disk budget): the first
 //! read that needs it downloads it, and every read of it waits for that one
 //! download. Only a layer whose remote copy is known can be evicted, so a
-//! layer not yet uploaded always stays.
+//! layer not yet uploaded always stays. A local file whose block fails its
+//! check is replaced by its remote copy and the read retried once.
 
 use std::cell::Cell;
 use std::fmt;
@@ -48,6 +49,10 @@ pub struct ResidenceStats {
     pub evictions: Cell<u64>,
     /// Their bytes.
     pub evicted_bytes: Cell<u64>,
+    /// Reads that found a block failing its check in a local layer file.
+    pub corrupt_blocks: Cell<u64>,
+    /// Of those, files replaced by their remote copy and read again.
+    pub repairs: Cell<u64>,
 }
 
 impl ResidenceStats {

@@ -315,13 +315,23 @@ impl Timeline {
                 Some(copy) if !dir.join(name.to_string()).exists() => {
                     LayerFile::remote_in(dir, *name, &core, Rc::clone(copy))
                 }
-                _ => {
-                    let layer = LayerFile::open_in(dir, *name, &core).await?;
-                    if let Some(copy) = copy {
-                        layer.set_remote(Rc::clone(copy));
+                _ => match (LayerFile::open_in(dir, *name, &core).await, copy) {
+                    (Ok(layer), copy) => {
+                        if let Some(copy) = copy {
+                            layer.set_remote(Rc::clone(copy));
+                        }
+                        layer
                     }
-                    layer
-                }
+                    // A damaged summary or checksum table: the remote copy
+                    // replaces the file when a read needs it.
+                    (Err(error @ LayerError::Corrupt { .. }), Some(copy)) => {
+                        eprintln!("{error}: the file goes; its copy in object storage replaces it");
+                        ResidenceStats::add(&core.residence.corrupt_blocks, 1);
+                        crate::layer_file::remove_if_present(&dir.join(name.to_string())).await?;
+                        LayerFile::remote_in(dir, *name, &core, Rc::clone(copy))
+                    }
+                    (Err(error), _) => return Err(error.into()),
+                },
             };
             layers.push(Rc::new(layer));
         }

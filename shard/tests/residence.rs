@@ -5,7 +5,10 @@
 //! as before, downloads each layer once however many reads wait for it,
 //! fails a read cleanly when the fetch fails and serves it on the next
 //! try, evicts only layers with a remote copy (a read holding an evicted
-//! layer goes on reading it), and compacts and removes evicted layers.
+//! layer goes on reading it), replaces a local file whose block fails its
+//! check (or whose summary does, at a load) by its remote copy, and
+//! compacts and removes evicted layers; without a remote copy a damaged
+//! block stays an error naming file and block.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 use std::cell::Cell;
@@ -75,6 +78,22 @@ impl LayerFetch for CopiedLayer {
     }
 }
 
+fn flip_byte(file: &Path, at: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut handle = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut byte = [0u8];
+    handle.seek(SeekFrom::Start(at)).unwrap();
+    handle.read_exact(&mut byte).unwrap();
+    byte[0] ^= 0x40;
+    handle.seek(SeekFrom::Start(at)).unwrap();
+    handle.write_all(&byte).unwrap();
+    handle.sync_all().unwrap();
+}
+
 /// Writes three rounds of every key, each flushed to its own L0 layer.
 async fn write(dir: &Path, core: &Rc<CoreContext>) -> Lsn {
     let timeline = Timeline::create(dir, TENANT, TIMELINE, Lsn(100), core.clone())
@@ -104,40 +123,67 @@ async fn check_all(timeline: &Timeline, at: Lsn) {
     }
 }
 
+/// A timeline written in `local` whose layers were all moved to `remote`,
+/// with their copies; the fetch counter and the failure switch.
+struct Moved {
+    at: Lsn,
+    copies: RemoteCopies,
+    fetches: Rc<Cell<u32>>,
+    fail: Rc<Cell<bool>>,
+}
+
+async fn moved_away(local: &Path, remote: &Path) -> Moved {
+    std::fs::create_dir_all(remote).unwrap();
+    let at = write(&local, &CoreContext::new(8 << 20)).await;
+    // Every layer goes "remote".
+    let fetches = Rc::new(Cell::new(0));
+    let fail = Rc::new(Cell::new(false));
+    let mut copies = RemoteCopies::new();
+    let metadata = quire_shard::metadata::TimelineMetadata::load(&local)
+        .await
+        .unwrap();
+    assert_eq!(metadata.layers.len(), 3);
+    for name in &metadata.layers {
+        let source = remote.join(name.to_string());
+        std::fs::rename(local.join(name.to_string()), &source).unwrap();
+        let size = std::fs::metadata(&source).unwrap().len();
+        let copy: Rc<dyn LayerFetch> = Rc::new(CopiedLayer {
+            source,
+            size,
+            fetches: fetches.clone(),
+            fail: fail.clone(),
+        });
+        copies.insert(*name, copy);
+    }
+    Moved {
+        at,
+        copies,
+        fetches,
+        fail,
+    }
+}
+
+fn executor() -> LocalConfig {
+    LocalConfig {
+        cpu: None,
+        io_memory_bytes: 2 << 20,
+        name: "residence".into(),
+        spin_before_park: None,
+    }
+}
+
 #[test]
 fn layers_come_back_on_demand_and_leave_under_eviction() {
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("timeline");
     let remote = dir.path().join("remote");
-    std::fs::create_dir_all(&remote).unwrap();
-    let config = LocalConfig {
-        cpu: None,
-        io_memory_bytes: 2 << 20,
-        name: "residence".into(),
-        spin_before_park: None,
-    };
-    run_local(&config, move || async move {
-        let at = write(&local, &CoreContext::new(8 << 20)).await;
-        // Every layer goes "remote".
-        let fetches = Rc::new(Cell::new(0));
-        let fail = Rc::new(Cell::new(false));
-        let mut copies = RemoteCopies::new();
-        let metadata = quire_shard::metadata::TimelineMetadata::load(&local)
-            .await
-            .unwrap();
-        assert_eq!(metadata.layers.len(), 3);
-        for name in &metadata.layers {
-            let source = remote.join(name.to_string());
-            std::fs::rename(local.join(name.to_string()), &source).unwrap();
-            let size = std::fs::metadata(&source).unwrap().len();
-            let copy: Rc<dyn LayerFetch> = Rc::new(CopiedLayer {
-                source,
-                size,
-                fetches: fetches.clone(),
-                fail: fail.clone(),
-            });
-            copies.insert(*name, copy);
-        }
+    run_local(&executor(), move || async move {
+        let Moved {
+            at,
+            copies,
+            fetches,
+            fail,
+        } = moved_away(&local, &remote).await;
         let core = CoreContext::new(8 << 20);
         assert!(
             Timeline::load(&local, TENANT, TIMELINE, core.clone(), None)
@@ -211,6 +257,69 @@ fn layers_come_back_on_demand_and_leave_under_eviction() {
             .await
             .unwrap();
         check_all(&reloaded, at).await;
+        // Without a remote copy, bit rot stays an error naming file and
+        // block.
+        let layer = reloaded.layer_map().layers().first().unwrap().clone();
+        let file = local.join(layer.name().to_string());
+        drop((layer, reloaded));
+        flip_byte(&file, 8192 + 4000);
+        let reloaded = Timeline::load(&local, TENANT, TIMELINE, CoreContext::new(8 << 20), None)
+            .await
+            .unwrap();
+        let layer = reloaded.layer_map().layers().first().unwrap().clone();
+        let failed = layer.verify().await.unwrap_err().to_string();
+        assert!(
+            failed.contains(&file.display().to_string()) && failed.contains("block 1"),
+            "{failed}"
+        );
+    })
+    .unwrap();
+}
+
+#[test]
+fn damaged_files_are_replaced_by_their_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("timeline");
+    let remote = dir.path().join("remote");
+    run_local(&executor(), move || async move {
+        let Moved { at, copies, .. } = moved_away(&local, &remote).await;
+        let core = CoreContext::new(8 << 20);
+        let timeline =
+            Timeline::load_with_remote(&local, TENANT, TIMELINE, core.clone(), None, &copies)
+                .await
+                .unwrap();
+        check_all(&timeline, at).await;
+        let newest = timeline.layer_map().layers().first().unwrap().clone();
+        // Bit rot in a resident layer with a remote copy: the read finds the
+        // block failing its check, the copy replaces the file, the read
+        // is served.
+        drop(timeline);
+        let newest_file = local.join(newest.name().to_string());
+        drop(newest);
+        flip_byte(&newest_file, 8192 + 4000);
+        let core = CoreContext::new(8 << 20);
+        let timeline =
+            Timeline::load_with_remote(&local, TENANT, TIMELINE, core.clone(), None, &copies)
+                .await
+                .unwrap();
+        check_all(&timeline, at).await;
+        assert_eq!(core.residence.corrupt_blocks.get(), 1);
+        assert_eq!(core.residence.repairs.get(), 1);
+        for layer in timeline.layer_map().layers() {
+            if layer.is_resident() {
+                layer.verify().await.unwrap();
+            }
+        }
+        // A damaged summary: the load replaces the file by its copy.
+        drop(timeline);
+        flip_byte(&newest_file, 100);
+        let core = CoreContext::new(8 << 20);
+        let timeline =
+            Timeline::load_with_remote(&local, TENANT, TIMELINE, core.clone(), None, &copies)
+                .await
+                .unwrap();
+        check_all(&timeline, at).await;
+        assert_eq!(core.residence.corrupt_blocks.get(), 1);
     })
     .unwrap();
 }

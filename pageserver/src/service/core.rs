@@ -21,7 +21,7 @@ use quire_shard::{CoreContext, Timeline};
 
 use super::metrics::{CoreMetrics, Metrics};
 use super::remote_sync::{ShardRemote, UploadGauges};
-use super::residence::copies_for_load;
+use super::residence::load_timeline;
 use super::settings::{self, ShardSettings, TimelineSettings};
 use crate::import::stored_control;
 use crate::shard_filter::ShardFilter;
@@ -264,24 +264,14 @@ impl Core {
                         .ok_or_else(|| anyhow!("timeline {id}: ancestor {parent} not loaded"))?,
                 ),
             };
-            let timeline_dir = settings::timeline_dir(dir, id);
             let generation =
                 claimed.or(settings.generation.and_then(quire_remote::Generation::new));
-            let copies = copies_for_load(
+            let loaded = load_timeline(
+                &self.context,
                 shard.remote.as_deref(),
                 generation,
-                &timeline_dir,
-                quire_remote::Id(id.0),
-            )
-            .await
-            .with_context(|| format!("load timeline {id} of tenant {tenant}"))?;
-            let loaded = Timeline::load_with_remote(
-                &timeline_dir,
-                tenant.0,
-                id.0,
-                Rc::clone(&self.context),
+                (&settings::timeline_dir(dir, id), tenant, id),
                 ancestor,
-                &copies,
             )
             .await
             .with_context(|| format!("load timeline {id} of tenant {tenant}"))?;

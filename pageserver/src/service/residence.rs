@@ -16,6 +16,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use quire_layerfmt::LayerError;
+use quire_net::id::{TenantId, TimelineId};
 use quire_remote::{
     Download, Generation, Id, IndexLayer, LatestIndex, RemoteStorage, TenantShard, TimelineIndex,
     Transferred,
@@ -24,6 +26,7 @@ use quire_shard::layer_file::{LayerFile, LayerName};
 use quire_shard::metadata::TimelineMetadata;
 use quire_shard::residence::{LayerFetch, LocalFuture};
 use quire_shard::timeline::RemoteCopies;
+use quire_shard::{CoreContext, Timeline, TimelineError};
 
 use super::core::{Core, ServedTimeline};
 use super::remote_sync::ShardRemote;
@@ -113,11 +116,12 @@ pub fn copies_of(
 /// last held: an evicted or never downloaded layer is in it, since only
 /// uploaded layers are left out of the disk and every later index lists
 /// what the metadata still does).
+/// With `always`, the copies are read even when every layer is there.
 pub async fn copies_for_load(
     remote: Option<&ShardRemote>,
     generation: Option<Generation>,
     dir: &Path,
-    timeline: Id,
+    (timeline, always): (Id, bool),
 ) -> anyhow::Result<RemoteCopies> {
     let metadata = TimelineMetadata::load(dir).await?;
     let missing = metadata
@@ -125,7 +129,7 @@ pub async fn copies_for_load(
         .iter()
         .filter(|name| !dir.join(name.to_string()).exists())
         .count();
-    if missing == 0 {
+    if missing == 0 && !always {
         return Ok(RemoteCopies::new());
     }
     let (Some(remote), Some(generation)) = (remote, generation) else {
@@ -148,6 +152,30 @@ pub async fn copies_for_load(
     Ok(copies_of(&remote.storage, remote.shard, timeline, &index))
 }
 
+/// Loads the timeline in `dir` with the remote copies its missing layers
+/// need; when a present layer's summary or checksum table is damaged, the
+/// load is tried again with every layer's copy, so that the copy replaces
+/// the damaged file.
+pub async fn load_timeline(
+    context: &Rc<CoreContext>,
+    remote: Option<&ShardRemote>,
+    generation: Option<Generation>,
+    (dir, tenant, id): (&Path, TenantId, TimelineId),
+    ancestor: Option<Rc<Timeline>>,
+) -> anyhow::Result<Timeline> {
+    let copies = copies_for_load(remote, generation, dir, (Id(id.0), false)).await?;
+    let load = |copies: RemoteCopies, ancestor: Option<Rc<Timeline>>| async move {
+        Timeline::load_with_remote(dir, tenant.0, id.0, Rc::clone(context), ancestor, &copies).await
+    };
+    match load(copies, ancestor.clone()).await {
+        Err(TimelineError::Layer(LayerError::Corrupt { .. })) if remote.is_some() => {
+            let copies = copies_for_load(remote, generation, dir, (Id(id.0), true)).await?;
+            Ok(load(copies, ancestor).await?)
+        }
+        other => Ok(other?),
+    }
+}
+
 /// Copies `core`'s residence counters into its gauges.
 pub fn publish(core: &Core, label: &str) {
     let residence = &core.context.residence;
@@ -160,6 +188,8 @@ pub fn publish(core: &Core, label: &str) {
         ("download_failures", residence.download_failures.get()),
         ("evictions", residence.evictions.get()),
         ("evicted_bytes", residence.evicted_bytes.get()),
+        ("corrupt_blocks", residence.corrupt_blocks.get()),
+        ("repairs", residence.repairs.get()),
     ] {
         core.metrics
             .residence
