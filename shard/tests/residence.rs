@@ -134,12 +134,12 @@ struct Moved {
 
 async fn moved_away(local: &Path, remote: &Path) -> Moved {
     std::fs::create_dir_all(remote).unwrap();
-    let at = write(&local, &CoreContext::new(8 << 20)).await;
+    let at = write(local, &CoreContext::new(8 << 20)).await;
     // Every layer goes "remote".
     let fetches = Rc::new(Cell::new(0));
     let fail = Rc::new(Cell::new(false));
     let mut copies = RemoteCopies::new();
-    let metadata = quire_shard::metadata::TimelineMetadata::load(&local)
+    let metadata = quire_shard::metadata::TimelineMetadata::load(local)
         .await
         .unwrap();
     assert_eq!(metadata.layers.len(), 3);
