@@ -85,6 +85,11 @@ pub struct PageserverArgs {
     /// limit.
     #[arg(long, requires = "remote")]
     disk_budget_mib: Option<u64>,
+    /// MiB per second each core's background scrub reads of its layer
+    /// files (checking every block; a corrupt one is replaced from object
+    /// storage when it holds the layer); 0 turns the scrub off.
+    #[arg(long, default_value_t = 8)]
+    scrub_mib_per_s: u64,
 }
 
 pub fn run(args: &PageserverArgs) -> Result<()> {
@@ -134,6 +139,7 @@ pub fn run(args: &PageserverArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("--remote: {e}"))?,
         upload_lag_max: args.max_upload_lag_mib.saturating_mul(1 << 20),
         disk_budget: args.disk_budget_mib.map(|mib| mib.saturating_mul(1 << 20)),
+        scrub_bytes_per_second: args.scrub_mib_per_s.saturating_mul(1 << 20),
     };
     service::run(&config)
 }

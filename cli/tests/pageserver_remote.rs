@@ -13,7 +13,8 @@
 //! nothing more, stops following the primary (which could not shut down
 //! otherwise: its walsender waits for our flush report) and stays
 //! superseded across a restart. Evicted layers come back on demand, also
-//! after a restart, and a disk budget is kept.
+//! after a restart; a flipped byte in a layer file is found by the scrub
+//! and repaired from S3; a disk budget is kept.
 
 mod pageserver_support;
 
@@ -457,6 +458,47 @@ impl Run {
             waited_seconds * 1000.0 / waited.max(1.0)
         );
 
+        // Bit rot in a layer file: the scrub finds it and replaces the file
+        // by its copy in object storage.
+        let timeline_dir = second
+            .dir
+            .join("tenants")
+            .join(format!("{}-s0of1", self.imported.tenant))
+            .join("timelines")
+            .join(self.imported.timeline.to_string());
+        let damaged = largest_layer(&timeline_dir)?;
+        second.kill();
+        flip_byte(&damaged, 8192 + 100)?;
+        second.set_args(&[
+            "--cores",
+            "1",
+            "--remote",
+            &format!("s3://{BUCKET}/{PREFIX}"),
+            "--scrub-mib-per-s",
+            "1000",
+        ]);
+        second.restart()?;
+        let began = Instant::now();
+        while second.metric("quire_layer_residence", "what=\"repairs\"")? < 1.0 {
+            // A first pass may run before the layers learn their copies
+            // (the first sync after the claim); the next pass repairs.
+            ensure!(
+                began.elapsed() < Duration::from_secs(120),
+                "the scrub repaired nothing; the log:\n{}",
+                second.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        ensure!(
+            second.log_text().contains("repaired from object storage"),
+            "no repair in the log"
+        );
+        verify(second, &self.imported, &self.pg.datadir(), None)?;
+        println!(
+            "a flipped byte in {} was repaired by the scrub",
+            damaged.display()
+        );
+
         evict(second)?;
         second.set_args(&[
             "--cores",
@@ -483,7 +525,7 @@ impl Run {
 
     /// The life cycle's end: a delete on the superseded pageserver removes
     /// only its own copy; a detach keeps the objects, so the tenant attaches
-    /// again (generation 6: the second's restart took 5); a delete there
+    /// again (generation 7: the second's restarts took 5 and 6); a delete there
     /// removes every object.
     fn detach_attach_and_delete(&self, second: &Pageserver) -> Result<()> {
         let tenant = self.imported.tenant_text();
@@ -512,7 +554,7 @@ impl Run {
         args.extend(second.api());
         let attached = quire_json(&args)?;
         ensure!(
-            attached["shards"][0]["attached"]["generation"] == 6,
+            attached["shards"][0]["attached"]["generation"] == 7,
             "attach after the detach: {attached}"
         );
         let mut args = vec!["tenant", "delete", "--tenant", &tenant];
@@ -529,6 +571,41 @@ impl Run {
         println!("deleted: {deleted}");
         Ok(())
     }
+}
+
+/// The largest layer file in `dir`.
+fn largest_layer(dir: &Path) -> Result<std::path::PathBuf> {
+    let mut best: Option<(u64, std::path::PathBuf)> = None;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("image-") || name.starts_with("delta-")) || name.contains('.') {
+            continue;
+        }
+        let size = entry.metadata()?.len();
+        if best.as_ref().is_none_or(|(largest, _)| size > *largest) {
+            best = Some((size, entry.path()));
+        }
+    }
+    best.map(|(_, path)| path)
+        .context("no layer file on the disk")
+}
+
+/// Flips one bit of the byte at `at` in `file`.
+fn flip_byte(file: &Path, at: u64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut handle = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
+    let mut byte = [0u8];
+    handle.seek(SeekFrom::Start(at))?;
+    handle.read_exact(&mut byte)?;
+    byte[0] ^= 0x10;
+    handle.seek(SeekFrom::Start(at))?;
+    handle.write_all(&byte)?;
+    handle.sync_all()?;
+    Ok(())
 }
 
 /// The primary's WAL flush position.

@@ -538,6 +538,22 @@ impl LayerReader {
         }
     }
 
+    /// Reads and checks blocks `first..first + count` (those the file
+    /// has): one step of a scrub. Returns how many it checked.
+    pub async fn verify_blocks<S: BlockSource>(
+        &self,
+        source: &S,
+        first: u32,
+        count: u32,
+    ) -> Result<u32, LayerError> {
+        let covered = u32::try_from(self.crcs.len()).unwrap_or(u32::MAX);
+        let end = first.saturating_add(count).min(covered);
+        for block in first..end {
+            self.block(source, block).await?;
+        }
+        Ok(end.saturating_sub(first))
+    }
+
     /// Reads every block and checks it: a full scrub of the file.
     pub async fn verify_all<S: BlockSource>(&self, source: &S) -> Result<u32, LayerError> {
         let covered = u32::try_from(self.crcs.len()).unwrap_or(u32::MAX);

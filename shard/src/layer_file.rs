@@ -379,6 +379,34 @@ impl LayerFile {
         again
     }
 
+    /// Scrubs blocks `first..first + count` of the local file from the disk
+    /// (a resident layer only: `Ok(None)` otherwise), repairing a corrupt
+    /// one from the remote copy when there is one; how many it checked.
+    pub async fn scrub(&self, first: u32, count: u32) -> Result<Option<u32>, LayerError> {
+        let open = self.open.borrow().clone();
+        let Some(open) = open else {
+            return Ok(None);
+        };
+        let first_try = open.scrub(first, count).await;
+        drop(open);
+        let checked = match first_try {
+            Err(error) if self.repairable(&error) => {
+                self.repair(&error).await?;
+                let again = self.layer(&Cell::new(0)).await?.scrub(first, count).await;
+                self.repaired(again)?
+            }
+            Err(error) => {
+                if matches!(error, LayerError::Corrupt { .. }) {
+                    ResidenceStats::add(&self.stats.corrupt_blocks, 1);
+                }
+                return Err(error);
+            }
+            Ok(checked) => checked,
+        };
+        ResidenceStats::add(&self.stats.scrubbed_blocks, u64::from(checked));
+        Ok(Some(checked))
+    }
+
     /// Checks every block of the file (a corrupt one is repaired from the
     /// remote copy when there is one).
     pub async fn verify(&self) -> Result<u32, LayerError> {

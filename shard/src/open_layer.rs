@@ -92,6 +92,55 @@ impl CachedBlocks<'_> {
     }
 }
 
+/// The layer's blocks from the disk, past the cache (a scrub checks the
+/// file, and must not fill the cache with what no read asked for).
+struct DiskBlocks<'a> {
+    file: &'a BlockFile,
+    file_name: &'a str,
+}
+
+impl DiskBlocks<'_> {
+    async fn read(&self, block: u32, expected_crc: Option<u32>) -> Result<Rc<[u8]>, LayerError> {
+        let read = self
+            .file
+            .read_blocks(block, 1)
+            .await
+            .map_err(|e| LayerError::Read {
+                file: self.file_name.to_owned(),
+                block,
+                what: e.to_string(),
+            })?;
+        if let Some(expected) = expected_crc {
+            check_block(self.file_name, block, &read, expected)?;
+        }
+        Ok(Rc::from(&*read))
+    }
+}
+
+impl BlockSource for DiskBlocks<'_> {
+    type Block = Rc<[u8]>;
+
+    fn block_count(&self) -> u32 {
+        self.file.blocks()
+    }
+
+    async fn read_block(
+        &self,
+        block: u32,
+        expected_crc: Option<u32>,
+    ) -> Result<Rc<[u8]>, LayerError> {
+        self.read(block, expected_crc).await
+    }
+
+    async fn read_index_block(
+        &self,
+        block: u32,
+        expected_crc: u32,
+    ) -> Result<Rc<[u8]>, LayerError> {
+        self.read(block, Some(expected_crc)).await
+    }
+}
+
 impl BlockSource for CachedBlocks<'_> {
     type Block = Rc<[u8]>;
 
@@ -284,6 +333,16 @@ impl OpenLayer {
                 what: format!("entry flags {:#04x}", entry.flags),
             }),
         }
+    }
+
+    /// Reads blocks `first..first + count` from the disk (not the cache)
+    /// and checks them; how many it checked (0 past the end).
+    pub async fn scrub(&self, first: u32, count: u32) -> Result<u32, LayerError> {
+        let source = DiskBlocks {
+            file: &self.file,
+            file_name: self.reader.file(),
+        };
+        self.reader.verify_blocks(&source, first, count).await
     }
 
     /// Checks every block of the file.

@@ -49,6 +49,8 @@ pub struct ResidenceStats {
     pub evictions: Cell<u64>,
     /// Their bytes.
     pub evicted_bytes: Cell<u64>,
+    /// Blocks the scrub read from the disk and checked.
+    pub scrubbed_blocks: Cell<u64>,
     /// Reads that found a block failing its check in a local layer file.
     pub corrupt_blocks: Cell<u64>,
     /// Of those, files replaced by their remote copy and read again.

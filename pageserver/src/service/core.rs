@@ -68,6 +68,8 @@ pub struct Shared {
     pub upload_lag_max: u64,
     /// Bytes of layer files the local disk may hold, across the cores.
     pub disk_budget: Option<u64>,
+    /// Bytes per second each core's scrub reads (0: no scrub).
+    pub scrub_bytes_per_second: u64,
 }
 
 impl Shared {

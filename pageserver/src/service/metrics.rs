@@ -306,7 +306,7 @@ fn residence_metrics() -> Result<(HistogramVec, IntGaugeVec)> {
     let residence = IntGaugeVec::new(
         Opts::new(
             "quire_layer_residence",
-            "Layer files on the local disk and in object storage only (what=resident_layers|resident_bytes|remote_only_layers|downloads|download_bytes|download_failures|evictions|evicted_bytes|corrupt_blocks|repairs)",
+            "Layer files on the local disk and in object storage only (what=resident_layers|resident_bytes|remote_only_layers|downloads|download_bytes|download_failures|evictions|evicted_bytes|scrubbed_blocks|corrupt_blocks|repairs)",
         ),
         &["core", "what"],
     )?;

@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod receiver;
 pub mod remote_sync;
 pub mod residence;
+pub mod scrub;
 pub mod session;
 pub mod settings;
 
@@ -107,6 +108,8 @@ pub struct PageserverConfig {
     /// Bytes of layer files the local disk may hold (split evenly between
     /// the cores); `None`: no limit. Needs object storage.
     pub disk_budget: Option<u64>,
+    /// Bytes per second each core's scrub reads (0: no scrub).
+    pub scrub_bytes_per_second: u64,
 }
 
 /// Every tenant's shards and their cores.
@@ -169,6 +172,7 @@ pub fn run(config: &PageserverConfig) -> Result<()> {
         holder,
         upload_lag_max: config.upload_lag_max,
         disk_budget: config.disk_budget,
+        scrub_bytes_per_second: config.scrub_bytes_per_second,
     });
     // The queues: admin per core, hand-off per ordered pair of cores.
     let mut admin_senders = Vec::with_capacity(cores);
@@ -387,6 +391,7 @@ async fn run_core(
     let stats_core = Rc::clone(&core);
     quire_io::spawn_local(publish_stats(stats_core)).detach();
     residence::start_eviction(&core);
+    scrub::start(&core);
     let listener =
         TcpListener::bind(listen).with_context(|| format!("core {index}: listen on {listen}"))?;
     // Room for every core's message was made when the channel was; a

@@ -188,6 +188,7 @@ pub fn publish(core: &Core, label: &str) {
         ("download_failures", residence.download_failures.get()),
         ("evictions", residence.evictions.get()),
         ("evicted_bytes", residence.evicted_bytes.get()),
+        ("scrubbed_blocks", residence.scrubbed_blocks.get()),
         ("corrupt_blocks", residence.corrupt_blocks.get()),
         ("repairs", residence.repairs.get()),
     ] {
