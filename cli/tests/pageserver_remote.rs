@@ -466,6 +466,15 @@ impl Run {
             .join(format!("{}-s0of1", self.imported.tenant))
             .join("timelines")
             .join(self.imported.timeline.to_string());
+        // Every layer on the disk uploaded first: a file damaged before its
+        // upload goes up damaged (the uploader does not check blocks).
+        wait_status(
+            second,
+            &self.imported,
+            WAIT,
+            "every layer uploaded",
+            |shown| Ok(shown["layers"]["resident"] == shown["layers"]["evictable"]),
+        )?;
         let damaged = largest_layer(&timeline_dir)?;
         second.kill();
         flip_byte(&damaged, 8192 + 100)?;

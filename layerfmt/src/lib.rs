@@ -49,3 +49,18 @@ pub enum LayerError {
     #[error("layer writer: {0}")]
     Misuse(String),
 }
+
+impl LayerError {
+    /// Whether the file's bytes differ from what was written: a block
+    /// failing its checksum or cut short, or a summary failing its own.
+    /// Another copy of the file may then be whole. (A structural error in
+    /// checksummed bytes was written so: every copy has it.)
+    pub fn is_damage(&self) -> bool {
+        match self {
+            LayerError::Corrupt { region, what, .. } => {
+                *region == "block" || what.starts_with("checksum")
+            }
+            _ => false,
+        }
+    }
+}

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
+use futures::FutureExt as _;
+use futures::future::Shared;
 use quire_io::FileId;
 use quire_layerfmt::format::LeafEntry;
 use quire_layerfmt::{BLOCK_SIZE, LayerError};
@@ -24,9 +26,16 @@ use quire_postgres::{Key, Lsn};
 
 pub use crate::layer_name::{LayerKindName, LayerName};
 pub use crate::open_layer::{LayerCaches, OpenLayer};
-use crate::residence::{LayerFetch, ResidenceStats};
+use crate::residence::{LayerFetch, LocalFuture, ResidenceStats};
 use crate::timeline::CoreContext;
 use crate::value::Value;
+
+/// How long a file fetched from its remote copy is not fetched again for
+/// damage found in it (which may be the object's own).
+const REFETCH_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A download shared by the reads waiting for it.
+type SharedFetch = Shared<LocalFuture<'static, Result<(), String>>>;
 
 /// A layer in a layer map; see the module documentation.
 pub struct LayerFile {
@@ -38,8 +47,15 @@ pub struct LayerFile {
     bytes: u64,
     /// The open file, while the layer is on the local disk.
     open: RefCell<Option<Rc<OpenLayer>>>,
-    /// Held by the one download of an absent layer (and by an eviction).
-    fetching: futures::lock::Mutex<()>,
+    /// The one download of an absent layer, which every read waiting for
+    /// it shares (it goes on when they are gone: the next read takes it up).
+    fetch: RefCell<Option<SharedFetch>>,
+    /// The one download replacing a damaged file, shared the same way.
+    repair: RefCell<Option<SharedFetch>>,
+    /// When the open file was fetched (whole, checked) from the remote
+    /// copy: damage found in it soon after is likely the object's own, and
+    /// it is fetched again at most once per [`REFETCH_AFTER`].
+    fetched_at: Cell<Option<Instant>>,
     /// The remote copy, once known.
     remote: RefCell<Option<Rc<dyn LayerFetch>>>,
     last_read: Cell<Instant>,
@@ -105,7 +121,9 @@ impl LayerFile {
             stats,
             bytes,
             open: RefCell::new(Some(Rc::new(open))),
-            fetching: futures::lock::Mutex::new(()),
+            fetch: RefCell::new(None),
+            repair: RefCell::new(None),
+            fetched_at: Cell::new(None),
             remote: RefCell::new(None),
             last_read: Cell::new(Instant::now()),
         })
@@ -129,7 +147,9 @@ impl LayerFile {
             stats,
             bytes: remote.size(),
             open: RefCell::new(None),
-            fetching: futures::lock::Mutex::new(()),
+            fetch: RefCell::new(None),
+            repair: RefCell::new(None),
+            fetched_at: Cell::new(None),
             remote: RefCell::new(Some(remote)),
             last_read: Cell::new(Instant::now()),
         }
@@ -179,40 +199,79 @@ impl LayerFile {
     /// The open file: the layer's own when resident, otherwise downloaded
     /// first (counting the wait in `downloads`).
     pub async fn layer(&self, downloads: &Cell<u32>) -> Result<Rc<OpenLayer>, LayerError> {
-        self.last_read.set(Instant::now());
-        if let Some(open) = self.open.borrow().as_ref() {
-            return Ok(Rc::clone(open));
+        if let Some(open) = self.resident() {
+            return Ok(open);
         }
         downloads.set(downloads.get().saturating_add(1));
-        let _one_download = self.fetching.lock().await;
-        if let Some(open) = self.open.borrow().as_ref() {
-            // Another read downloaded it while this one waited.
-            return Ok(Rc::clone(open));
+        let fetch = self.shared_fetch(&self.fetch, self.path.clone())?;
+        let fetched = fetch.clone().await;
+        if let Some(open) = self.resident() {
+            // Another read opened it first.
+            return Ok(open);
         }
-        let remote = self.remote.borrow().clone();
-        let file = self.path.display().to_string();
-        let Some(remote) = remote else {
+        let opened = match fetched {
+            Ok(()) => OpenLayer::open(&self.path, self.name, self.id, self.caches.clone()).await,
+            Err(what) => Err(LayerError::Read {
+                file: self.path.display().to_string(),
+                block: 0,
+                what: format!("download: {what}"),
+            }),
+        };
+        if let Some(open) = self.resident() {
+            return Ok(open);
+        }
+        // This read ends the download: a failure lets the next read try
+        // again; a success makes the layer resident.
+        let ended = self
+            .fetch
+            .borrow()
+            .as_ref()
+            .is_some_and(|current| current.ptr_eq(&fetch));
+        if ended {
+            self.fetch.borrow_mut().take();
+        }
+        let opened = match opened {
+            Ok(opened) => Rc::new(opened),
+            Err(error) => {
+                if ended {
+                    ResidenceStats::add(&self.stats.download_failures, 1);
+                }
+                return Err(error);
+            }
+        };
+        ResidenceStats::add(&self.stats.downloads, 1);
+        ResidenceStats::add(&self.stats.download_bytes, self.bytes);
+        self.note_resident(true);
+        self.fetched_at.set(Some(Instant::now()));
+        *self.open.borrow_mut() = Some(Rc::clone(&opened));
+        Ok(opened)
+    }
+
+    fn resident(&self) -> Option<Rc<OpenLayer>> {
+        self.open.borrow().clone()
+    }
+
+    /// The download in `slot`, started (to `target`) if none is under way.
+    fn shared_fetch(
+        &self,
+        slot: &RefCell<Option<SharedFetch>>,
+        target: PathBuf,
+    ) -> Result<SharedFetch, LayerError> {
+        if let Some(fetch) = slot.borrow().as_ref() {
+            return Ok(fetch.clone());
+        }
+        let Some(remote) = self.remote.borrow().clone() else {
             return Err(LayerError::Read {
-                file,
+                file: self.path.display().to_string(),
                 block: 0,
                 what: "not on the local disk, and no remote copy is known".to_owned(),
             });
         };
-        if let Err(what) = remote.fetch(&self.path).await {
-            ResidenceStats::add(&self.stats.download_failures, 1);
-            return Err(LayerError::Read {
-                file,
-                block: 0,
-                what: format!("download: {what}"),
-            });
-        }
-        let open =
-            Rc::new(OpenLayer::open(&self.path, self.name, self.id, self.caches.clone()).await?);
-        ResidenceStats::add(&self.stats.downloads, 1);
-        ResidenceStats::add(&self.stats.download_bytes, self.bytes);
-        self.note_resident(true);
-        *self.open.borrow_mut() = Some(Rc::clone(&open));
-        Ok(open)
+        let download: LocalFuture<'static, Result<(), String>> =
+            Box::pin(async move { remote.fetch(&target).await });
+        let fetch = download.shared();
+        *slot.borrow_mut() = Some(fetch.clone());
+        Ok(fetch)
     }
 
     fn note_resident(&self, resident: bool) {
@@ -229,23 +288,24 @@ impl LayerFile {
     }
 
     /// Removes the file from the local disk when the layer has a remote
-    /// copy and no download of it is under way; whether it did.
-    pub async fn evict(&self) -> Result<bool, quire_io::FileError> {
-        if !self.has_remote() || !self.is_resident() {
-            return Ok(false);
-        }
-        let Some(_no_download) = self.fetching.try_lock() else {
-            return Ok(false);
-        };
-        if self.open.borrow_mut().take().is_none() {
+    /// copy and no download or repair of it is under way; whether it did.
+    pub fn evict(&self) -> Result<bool, quire_io::FileError> {
+        if !self.has_remote()
+            || self.fetch.borrow().is_some()
+            || self.repair.borrow().is_some()
+            || self.open.borrow_mut().take().is_none()
+        {
             return Ok(false);
         }
         self.note_resident(false);
+        self.fetched_at.set(None);
         ResidenceStats::add(&self.stats.evictions, 1);
         ResidenceStats::add(&self.stats.evicted_bytes, self.bytes);
         self.caches.values.borrow_mut().forget_file(self.id);
         self.caches.index.borrow_mut().forget_file(self.id);
-        remove_if_present(&self.path).await?;
+        // At once, with no await between the map's change and the unlink:
+        // a download starting after this must not lose its file to it.
+        remove_now(&self.path)?;
         Ok(true)
     }
 
@@ -266,8 +326,9 @@ impl LayerFile {
         self.collect_noting(key, below, out, &Cell::new(0)).await
     }
 
-    /// [`LayerFile::collect`], counting a wait for a download in
-    /// `downloads`.
+    /// [`LayerFile::collect`] for a page read: counts a wait for a download
+    /// in `downloads`, and is what makes the layer recently read (what
+    /// eviction goes by; maintenance reads do not count).
     pub async fn collect_noting(
         &self,
         key: Key,
@@ -275,12 +336,14 @@ impl LayerFile {
         out: &mut Vec<(Lsn, Value)>,
         downloads: &Cell<u32>,
     ) -> Result<bool, LayerError> {
+        self.last_read.set(Instant::now());
         let mark = out.len();
-        let first = self.layer(downloads).await?.collect(key, below, out).await;
+        let open = self.layer(downloads).await?;
+        let first = open.collect(key, below, out).await;
         match first {
             Err(error) if self.repairable(&error) => {
                 out.truncate(mark);
-                self.repair(&error).await?;
+                self.repair(open, &error).await?;
                 let again = self.layer(downloads).await?.collect(key, below, out).await;
                 self.repaired(again)
             }
@@ -290,10 +353,11 @@ impl LayerFile {
 
     /// Every index entry, in (key, LSN) order.
     pub async fn entries(&self) -> Result<Vec<LeafEntry>, LayerError> {
-        let first = self.layer(&Cell::new(0)).await?.entries().await;
+        let open = self.layer(&Cell::new(0)).await?;
+        let first = open.entries().await;
         match first {
             Err(error) if self.repairable(&error) => {
-                self.repair(&error).await?;
+                self.repair(open, &error).await?;
                 let again = self.layer(&Cell::new(0)).await?.entries().await;
                 self.repaired(again)
             }
@@ -311,12 +375,12 @@ impl LayerFile {
         out: &mut std::collections::BTreeSet<Key>,
     ) -> Result<(), LayerError> {
         let open = self.layer(&Cell::new(0)).await?;
-        // Keys added before a corrupt block are right: the retry adds the
+        // Keys added before a damaged block are right: the retry adds the
         // same ones again.
-        match open.keys_at(lsn, range, keep, out).await {
+        let first = open.keys_at(lsn, range, keep, out).await;
+        match first {
             Err(error) if self.repairable(&error) => {
-                drop(open);
-                self.repair(&error).await?;
+                self.repair(open, &error).await?;
                 let open = self.layer(&Cell::new(0)).await?;
                 let again = open.keys_at(lsn, range, keep, out).await;
                 self.repaired(again)
@@ -327,10 +391,11 @@ impl LayerFile {
 
     /// The value an index entry points at.
     pub async fn read_entry(&self, entry: &LeafEntry) -> Result<Value, LayerError> {
-        let first = self.layer(&Cell::new(0)).await?.read_entry(entry).await;
+        let open = self.layer(&Cell::new(0)).await?;
+        let first = open.read_entry(entry).await;
         match first {
             Err(error) if self.repairable(&error) => {
-                self.repair(&error).await?;
+                self.repair(open, &error).await?;
                 let again = self.layer(&Cell::new(0)).await?.read_entry(entry).await;
                 self.repaired(again)
             }
@@ -338,31 +403,106 @@ impl LayerFile {
         }
     }
 
-    /// Whether `error` is damage a fresh copy of the file would not have
-    /// (a block failing its check), and there is a remote copy.
-    fn repairable(&self, error: &LayerError) -> bool {
-        matches!(error, LayerError::Corrupt { .. }) && self.has_remote()
+    /// Scrubs blocks `first..first + count` of the local file from the disk
+    /// (a resident layer only: `Ok(None)` otherwise), repairing a damaged
+    /// one from the remote copy when there is one; how many it checked.
+    pub async fn scrub(&self, first: u32, count: u32) -> Result<Option<u32>, LayerError> {
+        let Some(open) = self.resident() else {
+            return Ok(None);
+        };
+        let scrubbed = open.scrub(first, count).await;
+        let checked = match scrubbed {
+            Err(error) if self.repairable(&error) => {
+                self.repair(open, &error).await?;
+                let again = self.layer(&Cell::new(0)).await?.scrub(first, count).await;
+                self.repaired(again)?
+            }
+            Err(error) => {
+                if error.is_damage() {
+                    ResidenceStats::add(&self.stats.corrupt_blocks, 1);
+                }
+                return Err(error);
+            }
+            Ok(checked) => checked,
+        };
+        ResidenceStats::add(&self.stats.scrubbed_blocks, u64::from(checked));
+        Ok(Some(checked))
     }
 
-    /// Replaces the local file, whose block failed its check, with the
-    /// remote copy: the file goes (a read still holding it keeps reading
-    /// it), and the next read downloads the copy, checked whole against
-    /// the size and CRC-32C its index lists.
-    async fn repair(&self, error: &LayerError) -> Result<(), LayerError> {
-        ResidenceStats::add(&self.stats.corrupt_blocks, 1);
-        eprintln!("{error}: replacing the file with its copy in object storage");
-        let _no_download = self.fetching.lock().await;
-        if self.open.borrow_mut().take().is_some() {
-            self.note_resident(false);
-            self.caches.values.borrow_mut().forget_file(self.id);
-            self.caches.index.borrow_mut().forget_file(self.id);
-            remove_if_present(&self.path)
-                .await
-                .map_err(|e| LayerError::Read {
-                    file: self.path.display().to_string(),
-                    block: 0,
-                    what: format!("remove the corrupt file: {e}"),
-                })?;
+    /// Checks every block of the file (a damaged one is repaired from the
+    /// remote copy when there is one).
+    pub async fn verify(&self) -> Result<u32, LayerError> {
+        let open = self.layer(&Cell::new(0)).await?;
+        let first = open.verify().await;
+        match first {
+            Err(error) if self.repairable(&error) => {
+                self.repair(open, &error).await?;
+                let again = self.layer(&Cell::new(0)).await?.verify().await;
+                self.repaired(again)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether `error` is damage another copy of the file would not have
+    /// (a block failing its checksum), there is a remote copy, and the
+    /// file was not fetched from it lately.
+    fn repairable(&self, error: &LayerError) -> bool {
+        error.is_damage()
+            && self.has_remote()
+            && self
+                .fetched_at
+                .get()
+                .is_none_or(|at| at.elapsed() >= REFETCH_AFTER)
+    }
+
+    /// Replaces the local file, `failed` (a block of it failed its check),
+    /// by the remote copy: downloaded beside it (checked whole against the
+    /// size and CRC-32C its index lists), renamed over it, opened. The
+    /// damaged file stays until the copy is there, so a failed download
+    /// loses nothing; reads still holding it keep reading it, and a read
+    /// that finds the same damage meanwhile waits for the same download.
+    async fn repair(&self, failed: Rc<OpenLayer>, error: &LayerError) -> Result<(), LayerError> {
+        let is_current = |open: &Option<Rc<OpenLayer>>| {
+            open.as_ref().is_some_and(|open| Rc::ptr_eq(open, &failed))
+        };
+        if !is_current(&self.open.borrow()) {
+            // Repaired (or evicted) since this read began.
+            return Ok(());
+        }
+        let started = self.repair.borrow().is_none();
+        if started {
+            ResidenceStats::add(&self.stats.corrupt_blocks, 1);
+            eprintln!("{error}: replacing the file by its copy in object storage");
+        }
+        let side = side_path(&self.path, "repair");
+        let fetch = self.shared_fetch(&self.repair, side.clone())?;
+        let fetched = fetch.clone().await;
+        if !is_current(&self.open.borrow()) {
+            return Ok(());
+        }
+        let ended = self
+            .repair
+            .borrow()
+            .as_ref()
+            .is_some_and(|current| current.ptr_eq(&fetch));
+        if ended {
+            self.repair.borrow_mut().take();
+        }
+        let file = self.path.display().to_string();
+        let read_error = |what: String| LayerError::Read {
+            file: file.clone(),
+            block: 0,
+            what,
+        };
+        fetched.map_err(|what| read_error(format!("repair download: {what}")))?;
+        std::fs::rename(&side, &self.path)
+            .map_err(|e| read_error(format!("rename the repaired copy into place: {e}")))?;
+
+        let opened = OpenLayer::open(&self.path, self.name, self.id, self.caches.clone()).await?;
+        if is_current(&self.open.borrow()) {
+            *self.open.borrow_mut() = Some(Rc::new(opened));
+            self.fetched_at.set(Some(Instant::now()));
         }
         Ok(())
     }
@@ -377,48 +517,6 @@ impl LayerFile {
             );
         }
         again
-    }
-
-    /// Scrubs blocks `first..first + count` of the local file from the disk
-    /// (a resident layer only: `Ok(None)` otherwise), repairing a corrupt
-    /// one from the remote copy when there is one; how many it checked.
-    pub async fn scrub(&self, first: u32, count: u32) -> Result<Option<u32>, LayerError> {
-        let open = self.open.borrow().clone();
-        let Some(open) = open else {
-            return Ok(None);
-        };
-        let first_try = open.scrub(first, count).await;
-        drop(open);
-        let checked = match first_try {
-            Err(error) if self.repairable(&error) => {
-                self.repair(&error).await?;
-                let again = self.layer(&Cell::new(0)).await?.scrub(first, count).await;
-                self.repaired(again)?
-            }
-            Err(error) => {
-                if matches!(error, LayerError::Corrupt { .. }) {
-                    ResidenceStats::add(&self.stats.corrupt_blocks, 1);
-                }
-                return Err(error);
-            }
-            Ok(checked) => checked,
-        };
-        ResidenceStats::add(&self.stats.scrubbed_blocks, u64::from(checked));
-        Ok(Some(checked))
-    }
-
-    /// Checks every block of the file (a corrupt one is repaired from the
-    /// remote copy when there is one).
-    pub async fn verify(&self) -> Result<u32, LayerError> {
-        let first = self.layer(&Cell::new(0)).await?.verify().await;
-        match first {
-            Err(error) if self.repairable(&error) => {
-                self.repair(&error).await?;
-                let again = self.layer(&Cell::new(0)).await?.verify().await;
-                self.repaired(again)
-            }
-            other => other,
-        }
     }
 
     /// Closes the file (when resident and no read holds it) and drops its
@@ -446,6 +544,28 @@ impl Drop for LayerFile {
         } else {
             ResidenceStats::sub(&self.stats.remote_only_layers, 1);
         }
+    }
+}
+
+/// `path` with `.<what>` added to its file name.
+fn side_path(path: &Path, what: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".");
+    name.push(what);
+    path.with_file_name(name)
+}
+
+/// Removes a layer's file at once (a short metadata call on the core,
+/// with no await for another task to run in); one already gone is not an
+/// error.
+fn remove_now(path: &Path) -> Result<(), quire_io::FileError> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(quire_io::FileError {
+            operation: "remove",
+            path: path.display().to_string(),
+            source: error,
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -232,7 +232,7 @@ fn layers_come_back_on_demand_and_leave_under_eviction() {
         let map = timeline.layer_map();
         let newest = map.layers().first().unwrap().clone();
         let held = newest.layer(&Cell::new(0)).await.unwrap();
-        assert!(newest.evict().await.unwrap());
+        assert!(newest.evict().unwrap());
         assert!(!newest.is_resident());
         assert!(!local.join(newest.name().to_string()).exists());
         let mut out = Vec::new();
@@ -244,14 +244,14 @@ fn layers_come_back_on_demand_and_leave_under_eviction() {
         // Compaction reads evicted layers and removes them; its new layer
         // has no remote copy, so it cannot be evicted.
         for layer in timeline.layer_map().layers() {
-            layer.evict().await.unwrap();
+            layer.evict().unwrap();
         }
         assert_eq!(core.residence.resident_layers.get(), 0);
         timeline.compact_l0(1, 128 << 20).await.unwrap();
         check_all(&timeline, at).await;
         for layer in timeline.layer_map().layers() {
             assert!(!layer.has_remote());
-            assert!(!layer.evict().await.unwrap(), "no remote copy: kept");
+            assert!(!layer.evict().unwrap(), "no remote copy: kept");
         }
         let reloaded = Timeline::load(&local, TENANT, TIMELINE, CoreContext::new(8 << 20), None)
             .await
@@ -282,7 +282,9 @@ fn damaged_files_are_replaced_by_their_copies() {
     let local = dir.path().join("timeline");
     let remote = dir.path().join("remote");
     run_local(&executor(), move || async move {
-        let Moved { at, copies, .. } = moved_away(&local, &remote).await;
+        let Moved {
+            at, copies, fail, ..
+        } = moved_away(&local, &remote).await;
         let core = CoreContext::new(8 << 20);
         let timeline =
             Timeline::load_with_remote(&local, TENANT, TIMELINE, core.clone(), None, &copies)
@@ -302,14 +304,53 @@ fn damaged_files_are_replaced_by_their_copies() {
             Timeline::load_with_remote(&local, TENANT, TIMELINE, core.clone(), None, &copies)
                 .await
                 .unwrap();
+        // While the copy cannot be fetched, the damaged block's reads fail
+        // and the file stays: its other blocks still serve.
+        fail.set(true);
+        let mut failed = 0;
+        for block in 0..KEYS {
+            if timeline.get(key(block), at).await.is_err() {
+                failed += 1;
+            }
+        }
+        assert!(failed > 0 && failed < KEYS, "{failed} reads failed");
+        assert!(newest_file.exists());
+        fail.set(false);
         check_all(&timeline, at).await;
-        assert_eq!(core.residence.corrupt_blocks.get(), 1);
+        // Found twice: the repair that failed, the one that worked.
+        assert_eq!(core.residence.corrupt_blocks.get(), 2);
         assert_eq!(core.residence.repairs.get(), 1);
         for layer in timeline.layer_map().layers() {
             if layer.is_resident() {
                 layer.verify().await.unwrap();
             }
         }
+        // The scrub finds damage no read has met, and repairs it.
+        drop(timeline);
+        flip_byte(&newest_file, 2 * 8192 + 10);
+        let core = CoreContext::new(8 << 20);
+        let timeline =
+            Timeline::load_with_remote(&local, TENANT, TIMELINE, core.clone(), None, &copies)
+                .await
+                .unwrap();
+        let map = timeline.layer_map();
+        let layer = map
+            .layers()
+            .iter()
+            .find(|layer| local.join(layer.name().to_string()) == newest_file)
+            .unwrap();
+        let mut first = 0;
+        while let Some(checked) = layer.scrub(first, 4).await.unwrap() {
+            if checked == 0 {
+                break;
+            }
+            first += checked;
+        }
+        assert_eq!(u64::from(first), core.residence.scrubbed_blocks.get());
+        assert_eq!(core.residence.repairs.get(), 1);
+        check_all(&timeline, at).await;
+        drop(map);
+
         // A damaged summary: the load replaces the file by its copy.
         drop(timeline);
         flip_byte(&newest_file, 100);

@@ -273,7 +273,7 @@ pub async fn handle(core: Rc<Core>, command: AdminCommand) {
             timeline,
             reply,
         } => {
-            let _ = reply.try_send(evict(&core, tenant, number, timeline).await);
+            let _ = reply.try_send(evict(&core, tenant, number, timeline));
         }
         AdminCommand::CommitAtOrBefore {
             tenant,
@@ -675,17 +675,10 @@ async fn compact(
     }))
 }
 
-async fn evict(
-    core: &Core,
-    tenant: TenantId,
-    number: u32,
-    id: TimelineId,
-) -> Result<Value, AdminError> {
+fn evict(core: &Core, tenant: TenantId, number: u32, id: TimelineId) -> Result<Value, AdminError> {
     let shard = shard_of(core, tenant, number)?;
     let served = timeline_of(&shard, id)?;
-    let evicted = super::residence::evict_timeline(&served)
-        .await
-        .map_err(|e| anyhow!(e))?;
+    let evicted = super::residence::evict_timeline(&served).map_err(|e| anyhow!(e))?;
     Ok(json!({
         "evicted": evicted,
         "status": timeline_status(&shard, &served, core.index),

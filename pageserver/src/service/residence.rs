@@ -7,7 +7,8 @@
 //!
 //! Eviction starts when the core's resident layer bytes pass its budget
 //! and stops at 90% of it. A layer not yet uploaded is never evicted, so
-//! the disk may hold more than the budget while uploads lag; the budget
+//! the disk may hold more than the budget while uploads lag (the other
+//! layers then keep half the budget, not to thrash); the budget
 //! counts layer files only (not the in-memory layers' spill files, nor the
 //! metadata).
 
@@ -16,7 +17,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use quire_layerfmt::LayerError;
 use quire_net::id::{TenantId, TimelineId};
 use quire_remote::{
     Download, Generation, Id, IndexLayer, LatestIndex, RemoteStorage, TenantShard, TimelineIndex,
@@ -168,8 +168,11 @@ pub async fn load_timeline(
         Timeline::load_with_remote(dir, tenant.0, id.0, Rc::clone(context), ancestor, &copies).await
     };
     match load(copies, ancestor.clone()).await {
-        Err(TimelineError::Layer(LayerError::Corrupt { .. })) if remote.is_some() => {
-            let copies = copies_for_load(remote, generation, dir, (Id(id.0), true)).await?;
+        Err(TimelineError::Layer(damage)) if damage.is_damage() && remote.is_some() => {
+            // Without the copies the damage is the error to show.
+            let copies = copies_for_load(remote, generation, dir, (Id(id.0), true))
+                .await
+                .map_err(|e| anyhow::anyhow!("{damage}; and no copy to replace it: {e:#}"))?;
             Ok(load(copies, ancestor).await?)
         }
         other => Ok(other?),
@@ -219,7 +222,7 @@ async fn eviction_loop(core: Rc<Core>, budget: u64) {
             continue;
         }
         let low_water = budget / 1000 * LOW_WATER_PER_MILLE;
-        if let Err(error) = evict_down_to(&core, low_water).await {
+        if let Err(error) = evict_down_to(&core, low_water) {
             eprintln!("pageserver: core {}: eviction: {error}", core.index);
         }
     }
@@ -227,11 +230,11 @@ async fn eviction_loop(core: Rc<Core>, budget: u64) {
 
 /// Evicts every layer of `served` that object storage holds (the admin
 /// API's `POST .../evict`); how many it evicted.
-pub async fn evict_timeline(served: &ServedTimeline) -> Result<usize, quire_io::FileError> {
+pub fn evict_timeline(served: &ServedTimeline) -> Result<usize, quire_io::FileError> {
     let map = served.timeline.layer_map();
     let mut evicted = 0;
     for layer in map.layers() {
-        if layer.evict().await? {
+        if layer.evict()? {
             evicted += 1;
         }
     }
@@ -239,20 +242,27 @@ pub async fn evict_timeline(served: &ServedTimeline) -> Result<usize, quire_io::
 }
 
 /// Evicts the least recently read evictable layers of `core` until its
-/// resident bytes are at most `target`; how many it evicted.
-pub async fn evict_down_to(core: &Core, target: u64) -> Result<usize, quire_io::FileError> {
+/// resident bytes are at most `target` (raised while layers not uploaded
+/// yet hold much of it); how many it evicted.
+pub fn evict_down_to(core: &Core, target: u64) -> Result<usize, quire_io::FileError> {
     let mut candidates: Vec<Rc<LayerFile>> = Vec::new();
+    let mut pinned = 0u64;
     for shard in core.shards.borrow().values() {
         for served in shard.timelines.borrow().values() {
             let map = served.timeline.layer_map();
-            candidates.extend(
-                map.layers()
-                    .iter()
-                    .filter(|layer| layer.is_resident() && layer.has_remote())
-                    .cloned(),
-            );
+            for layer in map.layers().iter().filter(|layer| layer.is_resident()) {
+                if layer.has_remote() {
+                    candidates.push(Rc::clone(layer));
+                } else {
+                    pinned += layer.bytes();
+                }
+            }
         }
     }
+    // Layers waiting for their upload count against the budget, but do
+    // not push the others below half of it: with more waiting than the
+    // budget, evicting every read layer each round would only thrash.
+    let target = target.max(pinned.saturating_add(target / 2));
     candidates.sort_by_key(|layer| layer.last_read());
     let residence = &core.context.residence;
     let mut evicted = 0;
@@ -260,7 +270,7 @@ pub async fn evict_down_to(core: &Core, target: u64) -> Result<usize, quire_io::
         if residence.resident_bytes.get() <= target {
             break;
         }
-        if layer.evict().await? {
+        if layer.evict()? {
             evicted += 1;
         }
     }

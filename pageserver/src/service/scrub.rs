@@ -10,7 +10,7 @@
 //! Metrics (in `quire_layer_residence`): `scrubbed_blocks`,
 //! `corrupt_blocks`, `repairs`.
 
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use quire_layerfmt::BLOCK_SIZE;
@@ -51,7 +51,7 @@ async fn scrub_loop(core: Rc<Core>, bytes_per_second: u64) {
 }
 
 /// The layers of every timeline on the core that are on the local disk.
-fn resident_layers(core: &Core) -> Vec<Rc<LayerFile>> {
+fn resident_layers(core: &Core) -> Vec<Weak<LayerFile>> {
     let mut layers = Vec::new();
     for shard in core.shards.borrow().values() {
         for served in shard.timelines.borrow().values() {
@@ -60,17 +60,24 @@ fn resident_layers(core: &Core) -> Vec<Rc<LayerFile>> {
                 map.layers()
                     .iter()
                     .filter(|layer| layer.is_resident())
-                    .cloned(),
+                    .map(Rc::downgrade),
             );
         }
     }
     layers
 }
 
-async fn scrub_layer(core: &Core, layer: &LayerFile, bytes_per_second: u64) {
+/// Scrubs `layer` step by step; a layer compaction or GC removes meanwhile
+/// is let go (the scrub must not keep it, nor its file, alive).
+async fn scrub_layer(core: &Core, layer: &Weak<LayerFile>, bytes_per_second: u64) {
     let mut first = 0u32;
     loop {
-        match layer.scrub(first, STEP_BLOCKS).await {
+        let Some(layer) = layer.upgrade() else {
+            return;
+        };
+        let step = layer.scrub(first, STEP_BLOCKS).await;
+        drop(layer);
+        match step {
             Ok(Some(checked)) if checked > 0 => {
                 first = first.saturating_add(checked);
                 let bytes = u64::from(checked) * BLOCK_SIZE as u64;
