@@ -30,7 +30,7 @@ use quire_postgres::Lsn;
 use quire_safekeeper::control_file::ControlFile;
 use quire_safekeeper::election::Won;
 use quire_safekeeper::history::{TermEntry, TermHistory};
-use quire_safekeeper::wire::{Message, TimelineKey};
+use quire_safekeeper::wire::{Message, StorageHealth, TimelineKey};
 use quire_tests::pg_install;
 use quire_tests::safekeepers::{
     KEY, KEY_TEXT, Safekeeper, bootstrap, check_identical_wal, compute_options,
@@ -256,6 +256,7 @@ fn reply_kinds(stream: &mut TcpStream) -> Result<()> {
             flush: Lsn(u64::MAX),
             commit: Lsn(u64::MAX),
             history: TermHistory(Vec::new()),
+            health: StorageHealth::default(),
         },
         Message::Wal {
             begin: Lsn(0),
@@ -618,7 +619,8 @@ fn check_afterwards(
     )?;
     let control = ControlFile::load(&safekeepers[0].data.join(KEY_TEXT))
         .context("sk1's control file")?
-        .context("sk1 has a control file")?;
+        .context("sk1 has a control file")?
+        .file;
     ensure!(
         control.state.term == won.term && control.state.members.members().len() == 3,
         "sk1's control file: term {}, members {}",

@@ -20,6 +20,11 @@
 //!   term never counts an acceptor that has moved on.
 //! - **Commit LSN**: the highest LSN a majority (this acceptor and its
 //!   peers' reported flush positions in the same term) has flushed.
+//! - **Damage** (a log found shorter after a restart than it was durably,
+//!   [`Acceptor::note_damage`]): until the range is repaired or a newer
+//!   election replaces it, no vote and no acknowledgement; the host
+//!   fetches the range from a peer whose log agrees
+//!   ([`Acceptor::repair_write`]).
 //! - **Senders**: votes and announcements come only from a proposer, WAL
 //!   from a proposer or from this acceptor's own recovery, flush reports
 //!   only from a member of the timeline's set (`membership`) speaking for
@@ -44,6 +49,11 @@ pub struct DurableState {
     pub commit_lsn: Lsn,
     /// WAL below this the pageserver has persisted: removable.
     pub removable_before: Lsn,
+    /// The WAL below this was durable when the state was persisted (and
+    /// is never cut without lowering it first): a log found to end below
+    /// it after a restart, other than inside one last partial record, is
+    /// damaged, not torn.
+    pub flush_mark: Lsn,
     /// The timeline's safekeepers: majorities are counted over them.
     pub members: Membership,
 }
@@ -58,6 +68,7 @@ impl DurableState {
             wal_start,
             commit_lsn: wal_start,
             removable_before: wal_start,
+            flush_mark: wal_start,
             members,
         }
     }
@@ -136,6 +147,9 @@ pub enum Response {
 /// What the host does for one request, in this order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Actions {
+    /// Persist this state before the cut (its flush mark lowered to the
+    /// cut, so a crash in between is not taken for damage).
+    pub persist_before_cut: Option<DurableState>,
     /// Cut the WAL at this LSN, durably, before anything else.
     pub truncate: Option<Lsn>,
     /// Persist this state, durably, before replying.
@@ -188,12 +202,18 @@ pub struct Acceptor {
     peers: Vec<(NodeId, Lsn)>,
     /// Requests refused because of who sent them (not persisted).
     refused_senders: u64,
+    /// The log was durable up to here but ends at `write` (damage found at
+    /// a restart): see [`Acceptor::note_damage`].
+    damaged_until: Option<Lsn>,
 }
 
 impl Acceptor {
     /// The acceptor `me` after a (re)start: its persisted state and the
     /// end of the WAL found on disk (everything there is durable by then).
     /// The host checks that `me` is one of `durable.members`.
+    /// Whether the log is damaged (shorter than the state's flush mark in
+    /// a way a torn tail cannot explain) is the host's to judge and tell
+    /// ([`note_damage`](Self::note_damage)).
     pub fn restore(durable: DurableState, wal_end: Lsn, me: NodeId) -> Acceptor {
         let wal_end = wal_end.max(durable.wal_start);
         Acceptor {
@@ -204,7 +224,87 @@ impl Acceptor {
             me,
             peers: Vec::new(),
             refused_senders: 0,
+            damaged_until: None,
         }
+    }
+
+    /// The host found WAL written up to `until` beyond the end of the log
+    /// it could read (valid pages after a record that does not decode):
+    /// the log is damaged, not torn. Until `[write, until)` is repaired
+    /// (or a newer election's announcement replaces it) the acceptor
+    /// neither votes nor acknowledges: a vote with the shorter log could
+    /// elect a log without WAL this acceptor acknowledged. Returns the
+    /// state to persist first (its flush mark raised to `until`, so a
+    /// restart before the repair knows it too).
+    pub fn note_damage(&mut self, until: Lsn) -> Option<DurableState> {
+        if until <= self.write {
+            return None;
+        }
+        let until = self.damaged_until.map_or(until, |known| known.max(until));
+        self.damaged_until = Some(until);
+        if self.durable.flush_mark >= until {
+            return None;
+        }
+        self.durable.flush_mark = until;
+        Some(self.durable.clone())
+    }
+
+    /// The damaged range `[log end, durable end)`, while there is one.
+    pub fn damage(&self) -> Option<(Lsn, Lsn)> {
+        self.damaged_until.map(|until| (self.write, until))
+    }
+
+    /// Repair bytes `[begin, begin + len)` fetched from a peer whose log
+    /// agrees with this acceptor's history over them (the host checked
+    /// that they decode): what to write, contiguous with the log and
+    /// within the damaged range. `None` when there is nothing to repair.
+    pub fn repair_write(&mut self, begin: Lsn, len: u64) -> Option<Write> {
+        let until = self.damaged_until?;
+        let end = begin.checked_add(len)?.min(until);
+        if begin > self.write || end <= self.write {
+            return None;
+        }
+        let write = Write {
+            at: self.write,
+            skip: self.write.0 - begin.0,
+            len: end.0 - self.write.0,
+        };
+        self.write = end;
+        Some(write)
+    }
+
+    /// Repaired bytes from `at` on failed their check: the host cuts the
+    /// log back there (the damage, and the flush mark, stay). Returns the
+    /// cut, or `None` when `at` is not inside what was written.
+    pub fn abandon_repair_from(&mut self, at: Lsn) -> Option<Lsn> {
+        self.damaged_until?;
+        if at >= self.write || at < self.durable.wal_start {
+            return None;
+        }
+        self.write = at;
+        self.flush = self.flush.min(at);
+        self.epoch += 1;
+        Some(at)
+    }
+
+    /// The state with the flush mark raised to the durable end, when that
+    /// moved (the host persists it now and then, cheaply: a restart that
+    /// finds less is then known damaged).
+    pub fn mark_flush(&mut self) -> Option<DurableState> {
+        if self.damaged_until.is_some() || self.flush <= self.durable.flush_mark {
+            return None;
+        }
+        self.durable.flush_mark = self.flush;
+        Some(self.durable.clone())
+    }
+
+    /// The durable state to persist now: the mark follows the flush LSN
+    /// (never below what a damaged log is owed).
+    fn snapshot(&mut self) -> DurableState {
+        if self.damaged_until.is_none() {
+            self.durable.flush_mark = self.durable.flush_mark.max(self.flush);
+        }
+        self.durable.clone()
     }
 
     /// This acceptor's id.
@@ -327,6 +427,9 @@ impl Acceptor {
             return None;
         }
         self.flush = ticket.lsn.min(self.write);
+        if self.damaged_until.is_some_and(|until| self.flush >= until) {
+            self.damaged_until = None;
+        }
         self.recompute_commit();
         self.flushed_response()
     }
@@ -356,7 +459,7 @@ impl Acceptor {
             return None;
         }
         self.durable.removable_before = bounded;
-        Some(self.durable.clone())
+        Some(self.snapshot())
     }
 
     /// Whether `from` may send `request` (the senders rule above).
@@ -391,7 +494,7 @@ impl Acceptor {
         members.require(self.me)?;
         self.durable.members = members;
         self.peers.clear();
-        Ok(self.durable.clone())
+        Ok(self.snapshot())
     }
 
     fn refused(&self, why: &'static str) -> Actions {
@@ -405,7 +508,7 @@ impl Acceptor {
     }
 
     fn flushed_response(&self) -> Option<Response> {
-        self.is_elected_member().then_some(Response::Flushed {
+        (self.is_elected_member() && self.damaged_until.is_none()).then_some(Response::Flushed {
             term: self.durable.term,
             flush: self.flush,
             commit: self.durable.commit_lsn,
@@ -413,6 +516,11 @@ impl Acceptor {
     }
 
     fn vote(&mut self, term: Term) -> Actions {
+        if self.damaged_until.is_some() {
+            return self.refused(
+                "the log is damaged and being repaired from peers: no vote until then",
+            );
+        }
         if term <= self.durable.term {
             return Actions {
                 reply: Some(Response::Vote {
@@ -427,7 +535,7 @@ impl Acceptor {
         self.durable.term = term;
         self.peers.clear();
         Actions {
-            persist: Some(self.durable.clone()),
+            persist: Some(self.snapshot()),
             reply: Some(Response::Vote {
                 term,
                 granted: true,
@@ -459,11 +567,20 @@ impl Acceptor {
             .durable
             .history
             .common_point(self.write, history, self.durable.wal_start);
-        let truncate = (cut < self.write).then_some(cut);
+        // A damaged log is replaced by the winner's (which holds every
+        // committed byte): what the disk still has past the log end goes,
+        // so no restart takes it for damage again.
+        let damaged = self.damaged_until.take().is_some();
+        let truncate = (cut < self.write || damaged).then_some(cut);
+        let mut persist_before_cut = None;
         if truncate.is_some() {
             self.write = cut;
             self.flush = self.flush.min(cut);
             self.epoch += 1;
+            if self.durable.flush_mark > cut {
+                self.durable.flush_mark = cut;
+                persist_before_cut = Some(self.durable.clone());
+            }
         }
         if term > self.durable.term {
             self.peers.clear();
@@ -473,8 +590,9 @@ impl Acceptor {
         self.durable.commit_lsn = self.durable.commit_lsn.min(self.flush);
         self.recompute_commit();
         Actions {
+            persist_before_cut,
             truncate,
-            persist: Some(self.durable.clone()),
+            persist: Some(self.snapshot()),
             reply: self.flushed_response(),
             ..Actions::default()
         }

@@ -1,12 +1,12 @@
 //! The safekeeper control file: an acceptor's durable state, checksummed,
-//! replaced atomically.
+//! replaced atomically, kept as two copies.
 //!
 //! Layout (little-endian; docs/safekeeper-protocol.md):
 //!
 //! | offset | size | field |
 //! | --- | --- | --- |
 //! | 0 | 4 | magic `QSKC` |
-//! | 4 | 4 | format version (2) |
+//! | 4 | 4 | format version (3; 2 is read, without the flush mark) |
 //! | 8 | 16 | tenant id |
 //! | 24 | 16 | timeline id |
 //! | 40 | 8 | term |
@@ -16,18 +16,23 @@
 //! | 72 | 8 | the Postgres cluster's system identifier |
 //! | 80 | 4 | WAL segment size (a power of two, 1 MiB..1 GiB) |
 //! | 84 | 4 | history entries N |
-//! | 88 | 16·N | `(term: u64, start: u64)` per entry |
-//! | 88+16·N | 4 | members M (1 to 7) |
+//! | 88 | 8 | flush mark: WAL below it was durable (version 3) |
+//! | 96 | 16·N | `(term: u64, start: u64)` per entry |
+//! | 96+16·N | 4 | members M (1 to 7) |
 //! | then, M times | 4 + 2 + L | member id `u32`, address length L `u16`, address (UTF-8 `host:port`) |
 //! | last | 4 | CRC-32C of every byte before it |
 //!
-//! A replacement is written to `control.tmp`, fsynced, renamed over
-//! `control`, and the directory fsynced: a crash leaves either the old or
-//! the new file whole. A `control` whose checksum fails is an error, never
-//! a reset: losing a vote or a term would break the protocol's safety.
-//! So is a file whose checksum passes but whose values cannot be (a WAL
-//! segment size Postgres refuses, an unordered history); such a file is
-//! never written either.
+//! Every store replaces `control`, then `control.copy`, each by writing a
+//! temporary file, fsyncing it, renaming it over the copy and fsyncing the
+//! directory: a crash leaves each copy whole, old or new, and when the two
+//! differ `control` is the newer. Both hold the newest state once a store
+//! returns, so bit rot in one loses nothing: [`ControlFile::load`] takes
+//! `control` when it is sound, else `control.copy`, and rewrites the other
+//! from it, saying so ([`Loaded::repaired`]). Both damaged is an error
+//! naming what was wrong with each, never a reset: losing a vote or a term
+//! would break the protocol's safety. So is a file whose checksum passes
+//! but whose values cannot be (a WAL segment size Postgres refuses, an
+//! unordered history); such a file is never written either.
 
 use std::fs::{self, File};
 use std::io::{self, Write as _};
@@ -41,14 +46,30 @@ use crate::history::{TermEntry, TermHistory};
 use crate::membership::{ADDRESS_BYTES_MAX, MEMBERS_MAX, Member, Membership, NodeId};
 
 const MAGIC: &[u8; 4] = b"QSKC";
-const VERSION: u32 = 2;
-const HEADER: usize = 88;
+const VERSION: u32 = 3;
+/// The version before the flush mark, still read.
+const VERSION_2: u32 = 2;
+const HEADER: usize = 96;
+const HEADER_2: usize = 88;
 /// Entries a control file may hold (a term per compute start).
 const MAX_ENTRIES: usize = 1 << 20;
 
 /// The file name in a timeline's directory.
 pub const CONTROL_FILE: &str = "control";
+/// The second copy's file name.
+pub const CONTROL_COPY: &str = "control.copy";
 const CONTROL_TMP: &str = "control.tmp";
+const CONTROL_COPY_TMP: &str = "control.copy.tmp";
+
+/// A control file read by [`ControlFile::load`].
+#[derive(Debug)]
+pub struct Loaded {
+    /// What it says.
+    pub file: ControlFile,
+    /// A copy that was damaged, missing or stale and was rewritten from the
+    /// other: `(file name, what was wrong)`.
+    pub repaired: Option<(&'static str, String)>,
+}
 
 /// What a control file says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +95,9 @@ pub enum ControlFileError {
     /// The file system failed.
     #[error("control file: {0}")]
     Io(#[from] io::Error),
+    /// Neither copy can be used: what was found in each.
+    #[error("control file: neither copy is usable ({0})")]
+    Unreadable(String),
 }
 
 /// `N` bytes at `at`, or an error naming the short file.
@@ -113,6 +137,7 @@ impl ControlFile {
         out.extend_from_slice(&self.segment_size.to_le_bytes());
         let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&self.state.flush_mark.0.to_le_bytes());
         for entry in entries {
             out.extend_from_slice(&entry.term.to_le_bytes());
             out.extend_from_slice(&entry.start.0.to_le_bytes());
@@ -142,18 +167,20 @@ impl ControlFile {
 
     /// Reads a file's bytes; any damage is an error.
     pub fn decode(bytes: &[u8]) -> Result<ControlFile, ControlFileError> {
-        if bytes.len() < HEADER + 4 {
+        if bytes.len() < HEADER_2 + 4 {
             return Err(ControlFileError::Corrupt("shorter than its header"));
         }
         if array_at::<4>(bytes, 0)? != *MAGIC {
             return Err(ControlFileError::Corrupt("wrong magic"));
         }
-        if u32_at(bytes, 4)? != VERSION {
-            return Err(ControlFileError::Corrupt("unknown format version"));
-        }
+        let header = match u32_at(bytes, 4)? {
+            VERSION => HEADER,
+            VERSION_2 => HEADER_2,
+            _ => return Err(ControlFileError::Corrupt("unknown format version")),
+        };
         let count = u32_at(bytes, 84)? as usize;
         // Bounded before any product: at most MAX_ENTRIES entries.
-        let members_at = HEADER + 16 * count.min(MAX_ENTRIES);
+        let members_at = header + 16 * count.min(MAX_ENTRIES);
         if count > MAX_ENTRIES || bytes.len() < members_at + 4 + 4 {
             return Err(ControlFileError::Corrupt(
                 "length does not match its history",
@@ -172,12 +199,19 @@ impl ControlFile {
             (0..count)
                 .map(|i| {
                     Ok(TermEntry {
-                        term: u64_at(bytes, HEADER + 16 * i)?,
-                        start: Lsn(u64_at(bytes, HEADER + 16 * i + 8)?),
+                        term: u64_at(bytes, header + 16 * i)?,
+                        start: Lsn(u64_at(bytes, header + 16 * i + 8)?),
                     })
                 })
                 .collect::<Result<_, ControlFileError>>()?,
         );
+        let wal_start = Lsn(u64_at(bytes, 48)?);
+        // Version 2 recorded no mark: it claims nothing beyond the start.
+        let flush_mark = if header == HEADER {
+            Lsn(u64_at(bytes, HEADER_2)?)
+        } else {
+            wal_start
+        };
         let file = ControlFile {
             tenant: array_at(bytes, 8)?,
             timeline: array_at(bytes, 24)?,
@@ -186,9 +220,10 @@ impl ControlFile {
             state: DurableState {
                 term: u64_at(bytes, 40)?,
                 history,
-                wal_start: Lsn(u64_at(bytes, 48)?),
+                wal_start,
                 commit_lsn: Lsn(u64_at(bytes, 56)?),
                 removable_before: Lsn(u64_at(bytes, 64)?),
+                flush_mark,
                 members,
             },
         };
@@ -210,34 +245,108 @@ impl ControlFile {
         Ok(())
     }
 
-    /// Replaces `dir/control` atomically and durably. A file that
-    /// [`ControlFile::decode`] would refuse is not written.
+    /// Replaces both copies in `dir` atomically and durably, `control`
+    /// first. A file that [`ControlFile::decode`] would refuse is not
+    /// written.
     pub fn store(&self, dir: &Path) -> Result<(), ControlFileError> {
         self.check()?;
-        let tmp = dir.join(CONTROL_TMP);
-        let mut file = File::create(&tmp)?;
-        file.write_all(&self.encode())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, dir.join(CONTROL_FILE))?;
-        File::open(dir)?.sync_all()?;
+        let bytes = self.encode();
+        replace(dir, CONTROL_TMP, CONTROL_FILE, &bytes)?;
+        replace(dir, CONTROL_COPY_TMP, CONTROL_COPY, &bytes)?;
         Ok(())
     }
 
-    /// Reads `dir/control`; `None` when there is none yet. A leftover
-    /// `control.tmp` (a crash mid-replacement) is removed.
-    pub fn load(dir: &Path) -> Result<Option<ControlFile>, ControlFileError> {
-        match fs::remove_file(dir.join(CONTROL_TMP)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+    /// Reads the control file in `dir`; `None` when there is none yet.
+    /// Leftover temporary files (a crash mid-replacement) are removed. A
+    /// damaged, missing or stale copy is rewritten from the sound one (see
+    /// the module doc); both unsound is an error naming both.
+    pub fn load(dir: &Path) -> Result<Option<Loaded>, ControlFileError> {
+        for tmp in [CONTROL_TMP, CONTROL_COPY_TMP] {
+            match fs::remove_file(dir.join(tmp)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        match fs::read(dir.join(CONTROL_FILE)) {
-            Ok(bytes) => ControlFile::decode(&bytes).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
+        let first = read_copy(dir, CONTROL_FILE)?;
+        let second = read_copy(dir, CONTROL_COPY)?;
+        let (file, stale, why) = match (first, second) {
+            (Copy::Absent, Copy::Absent) => return Ok(None),
+            (Copy::Sound(file, bytes), Copy::Sound(_, other)) if other == bytes => {
+                return Ok(Some(Loaded {
+                    file,
+                    repaired: None,
+                }));
+            }
+            (Copy::Sound(file, _), Copy::Sound(..)) => (
+                file,
+                CONTROL_COPY,
+                "older than control (a crash between the two writes)".to_owned(),
+            ),
+            (Copy::Sound(file, _), second) => (file, CONTROL_COPY, second.describe()),
+            (first, Copy::Sound(file, _)) => (file, CONTROL_FILE, first.describe()),
+            (first, second) => {
+                return Err(ControlFileError::Unreadable(format!(
+                    "{CONTROL_FILE}: {}; {CONTROL_COPY}: {}",
+                    first.describe(),
+                    second.describe()
+                )));
+            }
+        };
+        let tmp = if stale == CONTROL_FILE { CONTROL_TMP } else { CONTROL_COPY_TMP };
+        replace(dir, tmp, stale, &file.encode())?;
+        Ok(Some(Loaded {
+            file,
+            repaired: Some((stale, why)),
+        }))
+    }
+}
+
+/// One copy as found on disk.
+enum Copy {
+    Absent,
+    Damaged(ControlFileError),
+    /// Decoded, with its bytes.
+    Sound(ControlFile, Vec<u8>),
+}
+
+impl Copy {
+    fn describe(&self) -> String {
+        match self {
+            Copy::Absent => "missing".to_owned(),
+            Copy::Damaged(e) => e.to_string(),
+            Copy::Sound(..) => "sound".to_owned(),
         }
     }
+}
+
+fn read_copy(dir: &Path, name: &str) -> Result<Copy, ControlFileError> {
+    match fs::read(dir.join(name)) {
+        Ok(bytes) => Ok(match ControlFile::decode(&bytes) {
+            Ok(file) => Copy::Sound(file, bytes),
+            Err(e) => Copy::Damaged(e),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Copy::Absent),
+        // An unreadable sector is damage to this copy, not the end.
+        Err(e) if e.raw_os_error() == Some(EIO) => Ok(Copy::Damaged(e.into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Linux's `EIO`, what a read of an unreadable sector returns.
+const EIO: i32 = 5;
+
+/// Writes `bytes` to `dir/tmp`, fsyncs it, renames it over `dir/name` and
+/// fsyncs the directory.
+fn replace(dir: &Path, tmp: &str, name: &str, bytes: &[u8]) -> Result<(), ControlFileError> {
+    let tmp = dir.join(tmp);
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 /// The member set at the end of the file (`bytes` ends before the CRC):
@@ -309,6 +418,7 @@ mod tests {
                 wal_start: Lsn(0x100_0028),
                 commit_lsn: Lsn(0x1FF_F000),
                 removable_before: Lsn(0x180_0000),
+                flush_mark: Lsn(0x200_1000),
                 members: Membership::new(
                     (1..=3)
                         .map(|id| Member {
@@ -375,13 +485,75 @@ mod tests {
         let loaded = ControlFile::load(dir.path())
             .expect("load")
             .expect("a file");
-        assert_eq!(loaded.state.term, 13);
+        assert_eq!(loaded.file.state.term, 13);
+        assert!(loaded.repaired.is_none());
         assert!(!dir.path().join(CONTROL_TMP).exists());
-        // A damaged control file is an error, not a fresh start.
-        let mut bytes = fs::read(dir.path().join(CONTROL_FILE)).expect("read");
-        bytes[44] ^= 1; // the term
-        fs::write(dir.path().join(CONTROL_FILE), &bytes).expect("write");
-        assert!(ControlFile::load(dir.path()).is_err());
+        assert_eq!(
+            fs::read(dir.path().join(CONTROL_FILE)).expect("read"),
+            fs::read(dir.path().join(CONTROL_COPY)).expect("read")
+        );
+    }
+
+    /// One damaged (or missing, or stale) copy is rewritten from the other;
+    /// both damaged is an error naming both, never a fresh start.
+    #[test]
+    fn a_damaged_copy_is_repaired_from_the_other_and_two_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut file = sample();
+        file.store(dir.path()).expect("store");
+        let sound = fs::read(dir.path().join(CONTROL_FILE)).expect("read");
+        let flip = |name: &str| {
+            let mut bytes = fs::read(dir.path().join(name)).expect("read");
+            bytes[44] ^= 1; // the term
+            fs::write(dir.path().join(name), &bytes).expect("write");
+        };
+        for name in [CONTROL_FILE, CONTROL_COPY] {
+            flip(name);
+            let loaded = ControlFile::load(dir.path())
+                .expect("load")
+                .expect("a file");
+            assert_eq!(loaded.file, file);
+            let (repaired, why) = loaded.repaired.expect("a repair");
+            assert_eq!(repaired, name);
+            assert!(why.contains("checksum mismatch"), "{why}");
+            assert_eq!(fs::read(dir.path().join(name)).expect("read"), sound);
+        }
+        fs::remove_file(dir.path().join(CONTROL_FILE)).expect("remove");
+        let loaded = ControlFile::load(dir.path()).expect("load").expect("a file");
+        assert_eq!(loaded.repaired.map(|r| r.1), Some("missing".to_owned()));
+        // A crash between the two writes: `control` is the newer.
+        let older = file.encode();
+        file.state.term = 14;
+        file.store(dir.path()).expect("store");
+        fs::write(dir.path().join(CONTROL_COPY), &older).expect("write");
+        let loaded = ControlFile::load(dir.path()).expect("load").expect("a file");
+        assert_eq!(loaded.file.state.term, 14);
+        assert_eq!(loaded.repaired.map(|r| r.0), Some(CONTROL_COPY));
+        flip(CONTROL_FILE);
+        flip(CONTROL_COPY);
+        let error = ControlFile::load(dir.path()).expect_err("both damaged");
+        let text = error.to_string();
+        assert!(
+            text.contains("control: control file is corrupt: checksum mismatch")
+                && text.contains("control.copy: control file is corrupt: checksum mismatch"),
+            "{text}"
+        );
+    }
+
+    /// A version-2 file (no flush mark) is read, its mark at the WAL start.
+    #[test]
+    fn version_2_files_are_read() {
+        let file = sample();
+        let mut bytes = file.encode();
+        bytes[4..8].copy_from_slice(&VERSION_2.to_le_bytes());
+        bytes.drain(HEADER_2..HEADER);
+        let body = bytes.len() - 4;
+        let crc = quire_checksum::crc32c(&bytes[..body]);
+        bytes[body..].copy_from_slice(&crc.to_le_bytes());
+        let decoded = ControlFile::decode(&bytes).expect("decodes");
+        assert_eq!(decoded.state.flush_mark, file.state.wal_start);
+        assert_eq!(decoded.state.history, file.state.history);
+        assert_eq!(decoded.state.members, file.state.members);
     }
 
     /// A checksummed file with a segment size of 0 (written by a build
@@ -404,7 +576,7 @@ mod tests {
             fs::write(dir.path().join(CONTROL_FILE), file.encode()).expect("write");
             assert!(matches!(
                 ControlFile::load(dir.path()),
-                Err(ControlFileError::Corrupt(_))
+                Err(ControlFileError::Unreadable(_))
             ));
             fs::remove_file(dir.path().join(CONTROL_FILE)).expect("remove");
         }

@@ -16,9 +16,16 @@
 //! After a restart the WAL ends at the end of the last whole record found
 //! by decoding the last written segment from its first record start (a partial
 //! record at the end was never committed: Postgres commits at records'
-//! ends). A cut ([`WalStore::truncate`]) zeroes the rest of its block,
-//! punches the rest of its segment and removes later segments, so nothing
-//! after it can be decoded again.
+//! ends). A record that does not decode is a torn tail only if nothing was
+//! written after it: when a later page of the segments still carries a
+//! header and a whole record that decodes, the bytes are damaged, and
+//! [`WalStore::written_after_end`] says how far WAL was written (the end of
+//! the last such record), for the acceptor to repair the range from a peer
+//! before it votes again; [`WalStore::damaged_below`] judges the log
+//! against the position the control file says was durable. A cut
+//! ([`WalStore::truncate`]) removes later segments and punches the rest of
+//! its segment, then zeroes the rest of its block, so nothing after it can
+//! be decoded again, nor taken for damage after a crash in between.
 //!
 //! The segment size comes from a control file or a request: one Postgres
 //! would refuse is an error at [`WalStore::open`], and positions are
@@ -33,7 +40,7 @@ use quire_io::{
 };
 use quire_postgres::Lsn;
 use quire_postgres::types::is_valid_wal_segment_size;
-use quire_postgres::wal::page::first_record_start;
+use quire_postgres::wal::page::{decode_page_header, first_record_start};
 use quire_postgres::wal::stream::WalStreamDecoder;
 
 /// Why the WAL store failed.
@@ -89,6 +96,9 @@ pub struct WalStore {
     preparing: Option<(u64, Task<Result<(), FileError>>)>,
     /// Segments up to this one exist or are being prepared.
     prepared_through: u64,
+    /// Found at open: WAL was written up to here past the end of the
+    /// records that decode (damage, not a torn tail).
+    written_after: Option<Lsn>,
 }
 
 impl WalStore {
@@ -117,6 +127,7 @@ impl WalStore {
             first_kept: wal_start,
             preparing: None,
             prepared_through: 0,
+            written_after: None,
         };
         store.remove_unfinished_preparations().await?;
         let numbers = store.segment_numbers_on_disk()?;
@@ -130,6 +141,13 @@ impl WalStore {
         store.pending_from = Lsn(end.0 - end.0 % BLOCK);
         store.pending = store.read_disk(store.pending_from, end).await?;
         Ok(store)
+    }
+
+    /// Where WAL written past the end of the readable log ends, when open
+    /// found some: the log is damaged from [`flush_lsn`](Self::flush_lsn)
+    /// to there (see the module doc).
+    pub fn written_after_end(&self) -> Option<Lsn> {
+        self.written_after
     }
 
     /// Durable WAL end.
@@ -371,11 +389,110 @@ impl WalStore {
                         None => return Ok(end),
                     },
                     Ok(None) => break,
-                    Err(_) => return Ok(end),
+                    Err(_) => {
+                        let (at, _) = self.locate(end.0);
+                        let rest: Vec<u64> = (at..)
+                            .zip(numbers.iter().copied().skip_while(|&n| n < at))
+                            .take_while(|(expected, n)| expected == n)
+                            .map(|(n, _)| n)
+                            .collect();
+                        self.written_after = self.written_after(end, &rest).await?;
+                        return Ok(end);
+                    }
                 }
             }
         }
         Ok(end)
+    }
+
+    /// After the last record that decodes, ending at `end`: how far WAL was
+    /// written beyond it in `numbers` (consecutive segments from the one
+    /// holding `end`), judged by later pages' valid headers and the records
+    /// that decode from them. `None` when every later page is unwritten (a
+    /// torn tail).
+    async fn written_after(
+        &mut self,
+        end: Lsn,
+        numbers: &[u64],
+    ) -> Result<Option<Lsn>, WalStoreError> {
+        let Some(&first) = numbers.first() else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        for &number in numbers {
+            bytes.extend(self.read_segment(number).await?);
+        }
+        let base = self.segment_start(first).0;
+        let size = u32::try_from(self.segment_size).unwrap_or(u32::MAX);
+        let page = u64::from(quire_postgres::types::XLOG_BLCKSZ);
+        let mut found: Option<Lsn> = None;
+        // From the page after the one the bad record starts in.
+        let mut at = (end.0 / page + 1) * page;
+        while let Some(bytes_at) = usize::try_from(at - base)
+            .ok()
+            .and_then(|offset| bytes.get(offset..))
+            .filter(|rest| rest.len() >= page as usize)
+        {
+            let Ok(header) = decode_page_header(bytes_at, Lsn(at), size) else {
+                at += page;
+                continue;
+            };
+            if header.timeline != self.timeline {
+                at += page;
+                continue;
+            }
+            // The records that start on this page, decoded as far as they
+            // go. A valid page alone proves nothing: a last record cut
+            // short continues onto pages of its own.
+            let page_bytes = bytes_at.get(..page as usize).unwrap_or_default();
+            let Ok(Some(start)) = first_record_start(page_bytes, Lsn(at), size) else {
+                at += page;
+                continue;
+            };
+            let from = usize::try_from(start.0 - base).unwrap_or(usize::MAX);
+            let mut decoder = WalStreamDecoder::new(start, size);
+            decoder.feed(bytes.get(from..).unwrap_or_default());
+            let mut last = start;
+            while let Ok(Some(record)) = decoder.next_record() {
+                last = record.end.align_up(8).unwrap_or(record.end);
+            }
+            if last > start {
+                found = Some(found.map_or(last, |f| f.max(last)));
+            }
+            // Go on from the page after the one decoding stopped in.
+            at = (last.0 / page + 1) * page;
+        }
+        Ok(found.filter(|&f| f > end))
+    }
+
+    /// Judges the log against `mark`, a position the WAL was durable up to
+    /// (the control file's flush mark): `Some(mark)` when the log ends
+    /// below it other than inside one last partial record — the bytes up
+    /// to the mark do not continue the record at the log's end, or a
+    /// segment holding them is gone. A torn tail keeps the start of its
+    /// last record; damage does not.
+    pub async fn damaged_below(&mut self, mark: Lsn) -> Result<Option<Lsn>, WalStoreError> {
+        let end = self.flush_lsn;
+        if mark <= end {
+            return Ok(None);
+        }
+        let on_disk = self.segment_numbers_on_disk()?;
+        let (first, _) = self.locate(end.0);
+        let (last, _) = self.locate(mark.0.saturating_sub(1));
+        if (first..=last).any(|n| on_disk.binary_search(&n).is_err()) {
+            return Ok(Some(mark));
+        }
+        let bytes = self.read_disk(end, mark).await?;
+        let size = u32::try_from(self.segment_size).unwrap_or(u32::MAX);
+        let mut decoder = WalStreamDecoder::new(end, size);
+        decoder.feed(&bytes);
+        Ok(match decoder.next_record() {
+            // The bytes are the start of one record, consistent so far.
+            Ok(None) => None,
+            // A record that ends below the mark and decodes now, or one
+            // that does not: either way not what open found.
+            Ok(Some(_)) | Err(_) => Some(mark),
+        })
     }
 
     async fn read_segment(&mut self, number: u64) -> Result<Vec<u8>, WalStoreError> {
@@ -498,24 +615,29 @@ impl WalStore {
         // Below segment_size / BLOCK, at most 2^17.
         let block_number = u32::try_from(in_segment / BLOCK).unwrap_or(u32::MAX - 1);
         // A segment written ahead past the cut goes with the later ones.
+        // Later WAL goes first, the cut block last: a crash in between
+        // leaves a log ending inside that block (a prefix of the old one),
+        // never valid pages after a record that stops decoding.
         self.settle_preparation(None).await;
-        let segment = self.segment(number).await?;
-        segment.write_blocks(block_number, &block).await?;
-        segment.punch_from(block_number.saturating_add(1)).await?;
-        segment.sync().await?;
         let later: Vec<u64> = self
             .segment_numbers_on_disk()?
             .into_iter()
             .filter(|&n| n > number)
             .collect();
-        for n in later {
+        for n in later.into_iter().rev() {
             if let Some(file) = self.segments.remove(&n) {
                 file.close().await?;
             }
             remove_file(&self.dir.join(self.segment_name(n))).await?;
         }
-        self.prepared_through = number;
+        let segment = self.segment(number).await?;
+        segment.punch_from(block_number.saturating_add(1)).await?;
+        segment.sync().await?;
         sync_directory_of(&self.dir.join(self.segment_name(number))).await?;
+        let segment = self.segment(number).await?;
+        segment.write_blocks(block_number, &block).await?;
+        segment.sync().await?;
+        self.prepared_through = number;
         self.pending = head;
         self.pending_from = block_start;
         self.write_lsn = at;

@@ -11,7 +11,7 @@ use std::thread;
 use quire_postgres::Lsn;
 use quire_safekeeper::compute_control::{ControlError, elect};
 use quire_safekeeper::history::TermHistory;
-use quire_safekeeper::wire::{Message, TimelineKey};
+use quire_safekeeper::wire::{Message, StorageHealth, TimelineKey};
 
 const KEY: TimelineKey = TimelineKey {
     tenant: [1; 16],
@@ -61,6 +61,7 @@ fn a_safekeeper_in_the_last_term_is_an_error() {
         flush: Lsn(0x100_0028),
         commit: Lsn(0x100_0028),
         history: TermHistory::default(),
+        health: StorageHealth::default(),
     };
     let address = fake_safekeeper(status, 4);
     on_executor(move || async move {

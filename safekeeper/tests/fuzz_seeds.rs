@@ -11,7 +11,7 @@ use quire_safekeeper::acceptor::DurableState;
 use quire_safekeeper::control_file::ControlFile;
 use quire_safekeeper::history::{TermEntry, TermHistory};
 use quire_safekeeper::membership::Membership;
-use quire_safekeeper::wire::{Message, TimelineKey};
+use quire_safekeeper::wire::{Message, StorageHealth, TimelineKey};
 
 const KEY: TimelineKey = TimelineKey {
     tenant: [0x4a; 16],
@@ -105,6 +105,7 @@ fn safekeeper_wire_seeds() {
             flush: Lsn(0x0153_0000),
             commit: Lsn(0x0152_FF00),
             history: history(),
+            health: StorageHealth::default(),
         },
         Message::Ok,
         Message::Error {

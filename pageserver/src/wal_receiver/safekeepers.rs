@@ -304,6 +304,7 @@ mod tests {
                     flush: Lsn(64),
                     commit: Lsn(64),
                     history: quire_safekeeper::history::TermHistory(Vec::new()),
+                    health: quire_safekeeper::wire::StorageHealth::default(),
                 };
                 if conn.send(&status).await.is_err() {
                     break;

@@ -1,5 +1,5 @@
 //! A timeline's term work: one task per timeline (never per connection or
-//! per announcement) that, for each term whose compute was announced,
+//! per announcement) that first repairs a damaged log from peers, then, for each term whose compute was announced,
 //! fills the acceptor's gap from its peers and streams from the compute,
 //! until the term is over; then it waits, without polling, for the next
 //! announcement.
@@ -29,6 +29,9 @@ pub async fn drive_terms(
     user: String,
     name: String,
 ) {
+    // A damaged log is repaired before any term's work: streaming waits
+    // for it anyway, and an announcement that replaces the log ends it.
+    peers::repair(Rc::clone(&timeline), Rc::clone(&peer_token)).await;
     let mut done: Option<(Term, String)> = None;
     loop {
         let seen = timeline.progress();

@@ -343,6 +343,7 @@ impl Server {
                         flush,
                         commit,
                         history,
+                        health: timeline.health().await,
                     }),
                     Err(e) => error(e.to_string()),
                 }

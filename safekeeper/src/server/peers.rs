@@ -1,6 +1,7 @@
 //! Talking to the other safekeepers: peer recovery (fetching the WAL an
-//! acceptor lacks below its term's start from a peer whose log agrees) and
-//! flush gossip (each acceptor tells its peers its flush LSN, from which
+//! acceptor lacks below its term's start from a peer whose log agrees),
+//! repair (fetching a damaged range the same way, checked before it is
+//! written: `Timeline::repair`) and flush gossip (each acceptor tells its peers its flush LSN, from which
 //! every acceptor derives the commit LSN). The peers are the timeline's
 //! other members, at the addresses its member set records; connections to
 //! them show this safekeeper's token when it has one.
@@ -15,7 +16,7 @@ use crate::acceptor::Request;
 use crate::history::Term;
 use crate::membership::{Member, NodeId, Sender};
 use crate::server::conn::FramedConn;
-use crate::server::timeline::{Timeline, TimelineError};
+use crate::server::timeline::{RepairStep, Timeline, TimelineError};
 use crate::wire::Message;
 
 /// Bytes asked for per fetch.
@@ -84,6 +85,68 @@ pub async fn recover(timeline: Rc<Timeline>, term: Term, token: Rc<Option<String
             }
             _ => quire_io::sleep(Duration::from_millis(50)).await,
         }
+    }
+}
+
+/// Repairs the timeline's damaged range (if any) from its peers, in turn,
+/// until none is left or the timeline stops; logs, now and then, while no
+/// peer can serve it.
+pub async fn repair(timeline: Rc<Timeline>, token: Rc<Option<String>>) {
+    let mut next = 0usize;
+    let mut failures = 0u64;
+    loop {
+        let need = match timeline.lock().await {
+            Ok(state) => state.acceptor.damage().map(|range| {
+                (
+                    range,
+                    state.acceptor.term(),
+                    state.acceptor.durable().history.clone(),
+                )
+            }),
+            Err(_) => return,
+        };
+        let Some(((from, until), term, history)) = need else {
+            return;
+        };
+        let peers = timeline.peers().await;
+        let Some(peer) = peers.get(next % peers.len().max(1)) else {
+            return;
+        };
+        next += 1;
+        let fetch = Message::Fetch {
+            key: timeline.key,
+            term,
+            history,
+            from,
+            to: until.min(Lsn(from.0.saturating_add(FETCH_CHUNK))),
+        };
+        let answer = match FramedConn::connect_as(&peer.address, token.as_deref()).await {
+            Ok(mut conn) => conn.call(&fetch).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let why = match answer {
+            Ok(Message::Wal { begin, bytes }) if begin == from && !bytes.is_empty() => {
+                match timeline.repair(begin, &bytes, &peer.address).await {
+                    Ok(RepairStep::Done | RepairStep::More) => {
+                        failures = 0;
+                        continue;
+                    }
+                    Ok(RepairStep::Refused(why)) => why,
+                    Err(_) => return,
+                }
+            }
+            Ok(Message::Refused { why, .. }) => why,
+            Ok(other) => format!("answered {other:?}"),
+            Err(e) => e,
+        };
+        if failures.is_multiple_of(100) {
+            eprintln!(
+                "safekeeper: timeline {}: repairing {from}..{until}: peer {} cannot serve it ({why}); trying the peers in turn",
+                timeline.key, peer.id
+            );
+        }
+        failures += 1;
+        quire_io::sleep(Duration::from_millis(200)).await;
     }
 }
 

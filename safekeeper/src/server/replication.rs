@@ -102,7 +102,7 @@ async fn start_streaming(
         }
     }
     // Start where our WAL ends, once peer recovery has filled the gap
-    // below the term's start.
+    // below the term's start and repair any damaged range.
     let start = loop {
         if !term_is_current(timeline, term, compute) {
             return Err(StreamError::TermOver(term));
@@ -112,6 +112,7 @@ async fn start_streaming(
         if state.acceptor.term() == term
             && state.acceptor.is_elected_member()
             && state.acceptor.recovery_needed().is_none()
+            && state.acceptor.damage().is_none()
         {
             break state.acceptor.write_lsn();
         }

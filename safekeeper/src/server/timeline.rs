@@ -11,12 +11,21 @@
 //! request gets an error): the acceptor's memory may be ahead of its disk
 //! then, and only a restart from disk is trustworthy.
 //!
+//! Damage found at open (a log shorter than it was durably: see
+//! `wal_store` and `Acceptor::note_damage`) is logged and its range
+//! persisted as the control file's flush mark; [`Timeline::repair`] takes
+//! the range back from a peer's bytes, checking that they decode as WAL
+//! records before it writes them. The flush mark follows the flush LSN at
+//! every control-file write and at least every [`MARK_INTERVAL`] while WAL
+//! flows.
+//!
 //! Whenever the flush or commit LSN moves, the term's compute changes or
 //! the timeline stops, its [`Changes`] signal wakes whoever waits on it
 //! (WAL streams, the term driver).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use futures::lock::Mutex;
 use quire_postgres::Lsn;
@@ -28,7 +37,11 @@ use crate::membership::{Membership, NodeId, Sender};
 use crate::server::blocking;
 use crate::server::notify::{Changed, Changes};
 use crate::wal_store::WalStore;
-use crate::wire::TimelineKey;
+use crate::wire::{StorageHealth, TimelineKey};
+use quire_postgres::wal::stream::WalStreamDecoder;
+
+/// The longest the flush mark lags the flush LSN while WAL flows.
+pub const MARK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The file naming the current term's compute: `<term> <host:port>`.
 const COMPUTE_FILE: &str = "compute";
@@ -51,6 +64,10 @@ pub struct Timeline {
     /// Signalled whenever the flush or commit LSN moves, the compute
     /// changes or the timeline stops.
     changes: Changes,
+    /// Repairs since the start (the damaged range is the acceptor's).
+    health: Cell<StorageHealth>,
+    /// When the flush mark was last persisted.
+    marked_at: Cell<Instant>,
 }
 
 /// What the mutex guards.
@@ -59,6 +76,21 @@ pub struct State {
     pub acceptor: Acceptor,
     /// The WAL.
     pub wal: WalStore,
+    /// The check of repair bytes under way: a decoder fed from the
+    /// damaged range's start (a record start) up to the log end.
+    repair_check: Option<(Lsn, WalStreamDecoder)>,
+}
+
+/// What a fetched repair chunk did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RepairStep {
+    /// No damage is left.
+    Done,
+    /// Written; more of the range is missing.
+    More,
+    /// The bytes failed their check (or came for another position) and
+    /// were not kept: ask another peer.
+    Refused(String),
 }
 
 /// A timeline that cannot serve.
@@ -127,13 +159,22 @@ impl Timeline {
             key: key_name(&key),
             what,
         };
-        let file = ControlFile::load(&dir)
+        let loaded = ControlFile::load(&dir)
             .map_err(|e| error(e.to_string()))?
             .ok_or_else(|| error(format!("no control file in {}", dir.display())))?;
+        let mut health = StorageHealth::default();
+        if let Some((copy, why)) = &loaded.repaired {
+            eprintln!(
+                "safekeeper: timeline {}: control-file copy {copy} was {why}: rewritten from the other copy",
+                key_name(&key)
+            );
+            health.control_repairs += 1;
+        }
+        let file = loaded.file;
         if file.tenant != key.tenant || file.timeline != key.timeline {
             return Err(error("the control file belongs to another timeline".into()));
         }
-        let wal = WalStore::open(&dir, file.state.wal_start, file.segment_size, 1)
+        let mut wal = WalStore::open(&dir, file.state.wal_start, file.segment_size, 1)
             .await
             .map_err(|e| error(e.to_string()))?;
         if !file.state.members.contains(me) {
@@ -142,7 +183,35 @@ impl Timeline {
                 file.state.members
             )));
         }
-        let acceptor = Acceptor::restore(file.state, wal.flush_lsn(), me);
+        let mark = file.state.flush_mark;
+        let below_mark = wal
+            .damaged_below(mark)
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        let mut acceptor = Acceptor::restore(file.state, wal.flush_lsn(), me);
+        if let Some(until) = wal.written_after_end().max(below_mark)
+            && let Some(durable) = acceptor.note_damage(until)
+        {
+            store_control_in(&dir, &key, file.system_id, file.segment_size, durable)
+                .await
+                .map_err(error)?;
+        }
+        if let Some((from, until)) = acceptor.damage() {
+            let evidence = match wal.written_after_end() {
+                Some(written) => format!(
+                    "the record at {from} does not decode, yet records after it do, up to {written}"
+                ),
+                None => format!(
+                    "the WAL ends there, and the control file says it was durable up to {mark}"
+                ),
+            };
+            eprintln!(
+                "safekeeper: timeline {}: WAL damaged from {from} to {until}: {evidence}; no votes and no acknowledgements until the range is repaired from a peer",
+                key_name(&key)
+            );
+            health.damaged_from = from;
+            health.damaged_until = until;
+        }
         // The compute of the current term, if one was announced.
         let compute = std::fs::read_to_string(dir.join(COMPUTE_FILE))
             .ok()
@@ -157,10 +226,16 @@ impl Timeline {
             dir,
             system_id: file.system_id,
             segment_size: file.segment_size,
-            state: Mutex::new(State { acceptor, wal }),
+            state: Mutex::new(State {
+                acceptor,
+                wal,
+                repair_check: None,
+            }),
             broken: RefCell::new(None),
             compute: RefCell::new(compute),
             changes: Changes::new(),
+            health: Cell::new(health),
+            marked_at: Cell::new(Instant::now()),
         })
     }
 
@@ -188,19 +263,15 @@ impl Timeline {
     /// Replaces the control file with `durable` (on the file-sync helper
     /// thread, awaited); a failure stops the timeline.
     async fn store_control(&self, durable: DurableState) -> Result<(), TimelineError> {
-        let file = ControlFile {
-            tenant: self.key.tenant,
-            timeline: self.key.timeline,
-            system_id: self.system_id,
-            segment_size: self.segment_size,
-            state: durable,
-        };
-        let dir = self.dir.clone();
-        match blocking::run(move || file.store(&dir)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.stop(format!("control file: {e}"))),
-            Err(e) => Err(self.stop(format!("control file: {e}"))),
-        }
+        store_control_in(
+            &self.dir,
+            &self.key,
+            self.system_id,
+            self.segment_size,
+            durable,
+        )
+        .await
+        .map_err(|e| self.stop(e))
     }
 
     /// Signals a change when the flush or commit LSN differs from `before`.
@@ -227,6 +298,9 @@ impl Timeline {
         let mut state = self.lock().await?;
         let before = positions(&state);
         let actions = state.acceptor.handle(from, request);
+        if let Some(durable) = actions.persist_before_cut {
+            self.store_control(durable).await?;
+        }
         if let Some(cut) = actions.truncate {
             state
                 .wal
@@ -274,8 +348,135 @@ impl Timeline {
             )));
         }
         let reply = state.acceptor.flushed(ticket);
+        if self.marked_at.get().elapsed() >= MARK_INTERVAL
+            && let Some(durable) = state.acceptor.mark_flush()
+        {
+            self.store_control(durable).await?;
+            self.marked_at.set(Instant::now());
+        }
         self.note_progress(&state, before);
         Ok(reply)
+    }
+
+    /// Takes `bytes` at `begin`, fetched from `peer` (whose log agrees with
+    /// ours over them), into the damaged range: only what decodes as WAL
+    /// records, continuing from the range's start, is written and flushed.
+    pub async fn repair(
+        &self,
+        begin: Lsn,
+        bytes: &[u8],
+        peer: &str,
+    ) -> Result<RepairStep, TimelineError> {
+        let mut guard = self.lock().await?;
+        let state = &mut *guard;
+        let before = positions(state);
+        let Some((from, until)) = state.acceptor.damage() else {
+            return Ok(RepairStep::Done);
+        };
+        if begin != from {
+            return Ok(RepairStep::Refused(format!(
+                "bytes at {begin}, the damaged range starts at {from}"
+            )));
+        }
+        if state.repair_check.as_ref().is_some_and(|(fed, _)| *fed != from) {
+            state.repair_check = None;
+        }
+        // The range's start is a record's (the end of the last whole one).
+        let segment_size = self.segment_size;
+        let (fed, decoder) = state
+            .repair_check
+            .get_or_insert_with(|| (from, WalStreamDecoder::new(from, segment_size)));
+        decoder.feed(bytes);
+        let mut good_end = None;
+        let failure = loop {
+            match decoder.next_record() {
+                Ok(Some(record)) => good_end = record.end.align_up(8),
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        let keep_to = match &failure {
+            None => begin.checked_add(bytes.len() as u64).unwrap_or(begin),
+            Some(_) => good_end.unwrap_or(begin).max(state.acceptor.durable().wal_start),
+        };
+        *fed = keep_to;
+        if failure.is_some() {
+            state.repair_check = None;
+        }
+        let mut written = 0;
+        if keep_to > begin
+            && let Some(write) = state.acceptor.repair_write(begin, keep_to.0 - begin.0)
+        {
+            let skip = usize::try_from(write.skip).unwrap_or(usize::MAX);
+            let len = usize::try_from(write.len).unwrap_or(usize::MAX);
+            let part = bytes
+                .get(skip..skip.saturating_add(len))
+                .ok_or_else(|| self.error("a repair write outside the fetched bytes"))?;
+            state
+                .wal
+                .append(write.at, part)
+                .map_err(|e| self.stop(e.to_string()))?;
+            let ticket = state.acceptor.begin_flush();
+            state
+                .wal
+                .flush()
+                .await
+                .map_err(|e| self.stop(format!("flush a repair: {e}")))?;
+            state.acceptor.flushed(ticket);
+            written = write.len;
+        } else if keep_to < begin
+            && let Some(cut) = state.acceptor.abandon_repair_from(keep_to)
+        {
+            // The bad record began in bytes taken earlier: they go too.
+            state
+                .wal
+                .truncate(cut)
+                .await
+                .map_err(|e| self.stop(format!("cut a failed repair at {cut}: {e}")))?;
+        }
+        let mut health = self.health.get();
+        health.wal_repaired_bytes += written;
+        let step = match (failure, state.acceptor.damage()) {
+            (Some(e), _) => {
+                health.wal_repair_refusals += 1;
+                RepairStep::Refused(format!("the bytes from {peer} do not decode at {e}"))
+            }
+            (None, None) => {
+                health.wal_repairs += 1;
+                eprintln!(
+                    "safekeeper: timeline {}: WAL from {} to {until} repaired from {peer} (its records decode); votes and acknowledgements resume",
+                    key_name(&self.key),
+                    Lsn(health.damaged_from.0)
+                );
+                state.repair_check = None;
+                RepairStep::Done
+            }
+            (None, Some(_)) => RepairStep::More,
+        };
+        match state.acceptor.damage() {
+            Some((from, until)) => {
+                health.damaged_from = from;
+                health.damaged_until = until;
+            }
+            None => {
+                health.damaged_from = Lsn(0);
+                health.damaged_until = Lsn(0);
+            }
+        }
+        self.health.set(health);
+        self.note_progress(state, before);
+        Ok(step)
+    }
+
+    /// Damage and repairs since the start.
+    pub async fn health(&self) -> StorageHealth {
+        let mut health = self.health.get();
+        let damage = match self.lock().await {
+            Ok(state) => state.acceptor.damage(),
+            Err(_) => None,
+        };
+        (health.damaged_from, health.damaged_until) = damage.unwrap_or((Lsn(0), Lsn(0)));
+        health
     }
 
     /// The pageserver persisted WAL below `lsn`: move the removal horizon
@@ -382,6 +583,30 @@ impl Timeline {
             a.commit_lsn(),
             a.durable().history.clone(),
         ))
+    }
+}
+
+/// Replaces the control file in `dir` with `durable` (on the file-sync
+/// helper thread, awaited).
+async fn store_control_in(
+    dir: &Path,
+    key: &TimelineKey,
+    system_id: u64,
+    segment_size: u32,
+    durable: DurableState,
+) -> Result<(), String> {
+    let file = ControlFile {
+        tenant: key.tenant,
+        timeline: key.timeline,
+        system_id,
+        segment_size,
+        state: durable,
+    };
+    let dir = dir.to_owned();
+    match blocking::run(move || file.store(&dir)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("control file: {e}")),
+        Err(e) => Err(format!("control file: {e}")),
     }
 }
 

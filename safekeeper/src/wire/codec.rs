@@ -5,7 +5,7 @@
 use quire_postgres::Lsn;
 use quire_postgres::types::is_valid_wal_segment_size;
 
-use super::{MAX_FRAME, Message, TimelineKey};
+use super::{MAX_FRAME, Message, StorageHealth, TimelineKey};
 use crate::history::{TermEntry, TermHistory};
 use crate::membership::{ADDRESS_BYTES_MAX, MEMBERS_MAX, Member, NodeId};
 
@@ -312,11 +312,22 @@ impl Message {
                 flush,
                 commit,
                 history,
+                health,
             } => {
                 w.u64(*term);
                 w.u64(flush.0);
                 w.u64(commit.0);
                 w.history(history);
+                for value in [
+                    health.damaged_from.0,
+                    health.damaged_until.0,
+                    health.wal_repairs,
+                    health.wal_repaired_bytes,
+                    health.wal_repair_refusals,
+                    health.control_repairs,
+                ] {
+                    w.u64(value);
+                }
                 b's'
             }
             Message::Ok => b'k',
@@ -417,6 +428,14 @@ impl Message {
                 flush: r.lsn()?,
                 commit: r.lsn()?,
                 history: r.history()?,
+                health: StorageHealth {
+                    damaged_from: r.lsn()?,
+                    damaged_until: r.lsn()?,
+                    wal_repairs: r.u64()?,
+                    wal_repaired_bytes: r.u64()?,
+                    wal_repair_refusals: r.u64()?,
+                    control_repairs: r.u64()?,
+                },
             },
             b'k' => Message::Ok,
             _ => Message::Error {
@@ -528,6 +547,14 @@ mod tests {
                 flush: Lsn(0x950),
                 commit: Lsn(0x940),
                 history: history(),
+                health: StorageHealth {
+                    damaged_from: Lsn(0x900),
+                    damaged_until: Lsn(0x960),
+                    wal_repairs: 2,
+                    wal_repaired_bytes: 4096,
+                    wal_repair_refusals: 1,
+                    control_repairs: 3,
+                },
             },
             Message::Ok,
             Message::Error {

@@ -22,6 +22,26 @@ use crate::membership::Member;
 /// The longest frame body accepted (a WAL chunk is at most 1 MiB).
 pub const MAX_FRAME: usize = 4 << 20;
 
+/// What a timeline's storage went through since the safekeeper started
+/// (part of its status).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageHealth {
+    /// The damaged WAL range being repaired, `[from, until)`; both zero
+    /// when there is none.
+    pub damaged_from: Lsn,
+    /// See `damaged_from`.
+    pub damaged_until: Lsn,
+    /// Damaged ranges repaired from peers.
+    pub wal_repairs: u64,
+    /// Bytes of WAL written by those repairs.
+    pub wal_repaired_bytes: u64,
+    /// Fetched repair bytes that failed their check and were refused.
+    pub wal_repair_refusals: u64,
+    /// Control-file copies found damaged, missing or stale and rewritten
+    /// from the other copy.
+    pub control_repairs: u64,
+}
+
 /// Which timeline a request is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimelineKey {
@@ -225,6 +245,8 @@ pub enum Message {
         commit: Lsn,
         /// History.
         history: TermHistory,
+        /// Damage found and repaired.
+        health: StorageHealth,
     },
     /// Done.
     Ok,
