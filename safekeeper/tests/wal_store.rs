@@ -337,3 +337,108 @@ fn odd_names_and_the_end_of_the_lsn_space_do_not_panic() {
         store.close().await.expect("close");
     });
 }
+
+/// Flips one byte of the segment file holding `at`.
+fn flip_byte(path: &Path, at: Lsn) {
+    let number = at.0 / u64::from(SEGMENT);
+    let file = path.join(format!("0000000100000000{number:08X}"));
+    let mut bytes = std::fs::read(&file).expect("read segment");
+    let offset = usize::try_from(at.0 % u64::from(SEGMENT)).expect("small");
+    bytes[offset] ^= 0x40;
+    std::fs::write(&file, &bytes).expect("write segment");
+}
+
+/// The scenario at the store: one byte flipped in the middle of the
+/// last segment. The log reads only up to the record before it, but whole
+/// records decode after it, so the store reports the WAL written up to the
+/// real end, and the bytes up to a mark there do not continue the record.
+#[test]
+fn a_flipped_byte_with_records_after_it_is_damage_not_a_torn_tail() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let path = dir.path().to_owned();
+    on_executor(move || async move {
+        let (bytes, ends) = real_wal();
+        let end = *ends.last().expect("records");
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("open");
+        append_all(&mut store, &bytes, START, end, 65_536).await;
+        store.close().await.expect("close");
+        let flipped = Lsn((end.0 / u64::from(SEGMENT)) * u64::from(SEGMENT) + 0x4_0064);
+        assert!(flipped < end, "the last segment reaches past the flip");
+        flip_byte(&path, flipped);
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("reopen");
+        let readable = store.flush_lsn();
+        let before = *ends.iter().rev().find(|e| **e <= flipped).expect("a record before");
+        assert_eq!(readable, before, "the log reads up to the record holding the flip");
+        assert_eq!(
+            store.written_after_end(),
+            Some(end),
+            "the records after the flip are found"
+        );
+        assert_eq!(store.damaged_below(end).await.expect("judge"), Some(end));
+        assert_eq!(store.damaged_below(readable).await.expect("judge"), None);
+        store.close().await.expect("close");
+    });
+}
+
+/// A torn tail is not damage: a last record cut short across pages (its
+/// continuation pages valid) and a mark at the cut.
+#[test]
+fn a_record_cut_short_across_pages_is_a_torn_tail() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let path = dir.path().to_owned();
+    on_executor(move || async move {
+        let (bytes, ends) = real_wal();
+        // A record spanning more than two pages; stop past its second page.
+        let long = ends
+            .windows(2)
+            .find(|w| (w[0].0 / 8192 + 2) * 8192 + 100 < w[1].0 && w[0].0 > START.0 + 8192)
+            .expect("a long record");
+        let cut = Lsn((long[0].0 / 8192 + 2) * 8192 + 100);
+        assert!(cut < long[1]);
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("open");
+        append_all(&mut store, &bytes, START, cut, 65_536).await;
+        store.close().await.expect("close");
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("reopen");
+        assert_eq!(store.flush_lsn(), long[0]);
+        assert_eq!(store.written_after_end(), None, "a torn tail, not damage");
+        assert_eq!(store.damaged_below(cut).await.expect("judge"), None);
+        // A mark past what the disk holds at all is damage.
+        assert_eq!(
+            store.damaged_below(long[1]).await.expect("judge"),
+            Some(long[1])
+        );
+        store.close().await.expect("close");
+    });
+}
+
+/// A lost segment below the mark is damage.
+#[test]
+fn a_lost_segment_below_the_mark_is_damage() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let path = dir.path().to_owned();
+    on_executor(move || async move {
+        let (bytes, ends) = real_wal();
+        let end = *ends.last().expect("records");
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("open");
+        append_all(&mut store, &bytes, START, end, 65_536).await;
+        store.close().await.expect("close");
+        let last = end.0 / u64::from(SEGMENT);
+        std::fs::remove_file(path.join(format!("0000000100000000{last:08X}"))).expect("remove");
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("reopen");
+        assert!(store.flush_lsn() < Lsn(last * u64::from(SEGMENT)));
+        assert_eq!(store.damaged_below(end).await.expect("judge"), Some(end));
+        store.close().await.expect("close");
+    });
+}

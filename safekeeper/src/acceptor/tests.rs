@@ -260,3 +260,125 @@ fn a_member_set_change_must_keep_this_acceptor() {
     assert_eq!(state.members, alone);
     assert_eq!(acceptor.members().quorum(), 1);
 }
+
+/// A log that came back shorter than it was durably: no vote and no
+/// acknowledgement until repair writes the range back; the mark owed is
+/// persisted first and never lowered by the repair.
+#[test]
+fn a_damaged_log_neither_votes_nor_acknowledges_until_repaired() {
+    let mut before = elected_acceptor();
+    let durable = before.durable().clone();
+    // After a restart the log reads only up to 600 of its 1000 bytes.
+    let mut acceptor = Acceptor::restore(durable, Lsn(600), NodeId(1));
+    let persist = acceptor.note_damage(Lsn(1000)).expect("the mark is raised");
+    assert_eq!(persist.flush_mark, Lsn(1000));
+    assert_eq!(acceptor.damage(), Some((Lsn(600), Lsn(1000))));
+    let vote = acceptor.handle(Sender::Proposer, &Request::Vote { term: 9 });
+    assert!(matches!(vote.reply, Some(Response::Refused { .. })));
+    assert!(vote.persist.is_none());
+    assert_eq!(acceptor.term(), 1);
+    // The compute's own appends are not acknowledged meanwhile.
+    let append = acceptor.handle(
+        Sender::Proposer,
+        &Request::Append {
+            term: 1,
+            begin: Lsn(1000),
+            len: 10,
+        },
+    );
+    assert!(append.write.is_none() && append.reply.is_none());
+    // Repair, in two chunks; the first ends inside the range.
+    let first = acceptor.repair_write(Lsn(600), 300).expect("a write");
+    assert_eq!((first.at, first.skip, first.len), (Lsn(600), 0, 300));
+    let ticket = acceptor.begin_flush();
+    assert!(acceptor.flushed(ticket).is_none(), "still damaged");
+    assert_eq!(acceptor.damage(), Some((Lsn(900), Lsn(1000))));
+    // Bytes past the range are not taken by a repair.
+    let second = acceptor.repair_write(Lsn(850), 400).expect("a write");
+    assert_eq!((second.at, second.skip, second.len), (Lsn(900), 50, 100));
+    let ticket = acceptor.begin_flush();
+    assert!(matches!(
+        acceptor.flushed(ticket),
+        Some(Response::Flushed {
+            flush: Lsn(1000),
+            ..
+        })
+    ));
+    assert_eq!(acceptor.damage(), None);
+    assert!(matches!(
+        acceptor
+            .handle(Sender::Proposer, &Request::Vote { term: 9 })
+            .reply,
+        Some(Response::Vote { granted: true, flush: Lsn(1000), .. })
+    ));
+    // The undamaged acceptor marks its flush when asked, once.
+    assert_eq!(before.mark_flush().map(|d| d.flush_mark), Some(Lsn(1000)));
+    assert!(before.mark_flush().is_none());
+}
+
+/// A repair whose bytes fail their check is cut back, the damage kept.
+#[test]
+fn a_failed_repair_is_cut_back_and_the_damage_stays() {
+    let durable = elected_acceptor().durable().clone();
+    let mut acceptor = Acceptor::restore(durable, Lsn(600), NodeId(1));
+    acceptor.note_damage(Lsn(1000));
+    acceptor.repair_write(Lsn(600), 200);
+    assert_eq!(acceptor.abandon_repair_from(Lsn(700)), Some(Lsn(700)));
+    assert_eq!(acceptor.damage(), Some((Lsn(700), Lsn(1000))));
+    assert_eq!(acceptor.abandon_repair_from(Lsn(900)), None);
+    assert_eq!(acceptor.durable().flush_mark, Lsn(1000));
+}
+
+/// The winner of a newer election replaces a damaged log (its log holds
+/// every committed byte): the damage ends, the disk is cut at the common
+/// point with the mark lowered first, and recovery fills the rest.
+#[test]
+fn a_newer_election_replaces_a_damaged_log() {
+    let durable = elected_acceptor().durable().clone();
+    let mut acceptor = Acceptor::restore(durable, Lsn(600), NodeId(1));
+    acceptor.note_damage(Lsn(1000));
+    let history = TermHistory(vec![
+        TermEntry {
+            term: 1,
+            start: Lsn(100),
+        },
+        TermEntry {
+            term: 2,
+            start: Lsn(1000),
+        },
+    ]);
+    let actions = acceptor.handle(Sender::Proposer, &Request::Elected { term: 2, history });
+    assert_eq!(actions.truncate, Some(Lsn(600)));
+    assert_eq!(
+        actions.persist_before_cut.map(|d| (d.term, d.flush_mark)),
+        Some((1, Lsn(600)))
+    );
+    assert_eq!(actions.persist.map(|d| d.flush_mark), Some(Lsn(600)));
+    assert_eq!(acceptor.damage(), None);
+    assert_eq!(acceptor.recovery_needed(), Some((Lsn(600), Lsn(1000))));
+}
+
+/// An announcement that cuts a healthy log lowers the mark before the cut.
+#[test]
+fn a_cut_lowers_the_flush_mark_before_it() {
+    let mut acceptor = elected_acceptor();
+    let persisted = acceptor.mark_flush().expect("marked");
+    assert_eq!(persisted.flush_mark, Lsn(1000));
+    acceptor.handle(Sender::Proposer, &Request::Vote { term: 3 });
+    let history = TermHistory(vec![
+        TermEntry {
+            term: 1,
+            start: Lsn(100),
+        },
+        TermEntry {
+            term: 3,
+            start: Lsn(800),
+        },
+    ]);
+    let actions = acceptor.handle(Sender::Proposer, &Request::Elected { term: 3, history });
+    assert_eq!(actions.truncate, Some(Lsn(800)));
+    assert_eq!(
+        actions.persist_before_cut.map(|d| d.flush_mark),
+        Some(Lsn(800))
+    );
+}
