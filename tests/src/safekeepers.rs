@@ -12,7 +12,7 @@ use quire_cluster::{PgCluster, PgClusterOptions};
 use quire_postgres::Lsn;
 use quire_safekeeper::compute_control;
 use quire_safekeeper::election::Won;
-use quire_safekeeper::wire::{Message, TimelineKey};
+use quire_safekeeper::wire::{Message, StorageHealth, TimelineKey};
 
 /// The timeline the tests put on the safekeepers.
 pub const KEY: TimelineKey = TimelineKey {
@@ -37,6 +37,9 @@ pub struct Safekeeper {
     peers: Vec<String>,
     /// More arguments for `quire safekeeper` (limits, say).
     pub args: Vec<String>,
+    /// Where its standard error goes (appended) when set; inherited
+    /// otherwise.
+    pub log: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -54,6 +57,14 @@ impl Safekeeper {
             command.args(["--peer", peer]);
         }
         command.args(&self.args);
+        if let Some(log) = &self.log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("open {}", log.display()))?;
+            command.stderr(file);
+        }
         self.child = Some(command.spawn().context("start a safekeeper")?);
         let began = Instant::now();
         while std::net::TcpStream::connect(&self.address).is_err() {
@@ -65,6 +76,14 @@ impl Safekeeper {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// What it wrote to its log file so far (empty without one).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|log| std::fs::read_to_string(log).ok())
+            .unwrap_or_default()
     }
 
     /// Its process id while it runs.
@@ -134,6 +153,18 @@ pub fn status_as(address: &str, key: TimelineKey, token: Option<&str>) -> Result
     })
 }
 
+/// The test timeline's storage health on the safekeeper at `address`.
+pub fn health(address: &str) -> Result<StorageHealth> {
+    let address = address.to_owned();
+    on_executor(move || async move {
+        let mut conn = quire_safekeeper::server::conn::FramedConn::connect(&address).await?;
+        match conn.call(&Message::GetStatus { key: KEY }).await? {
+            Message::Status { health, .. } => Ok(health),
+            other => bail!("status: {other:?}"),
+        }
+    })
+}
+
 /// Bytes `[from, to)` of the WAL segment files in `dir`.
 pub fn wal_bytes(dir: &Path, from: Lsn, to: Lsn) -> Result<Vec<u8>> {
     let segment = SEGMENT;
@@ -176,6 +207,7 @@ pub fn start_safekeepers_with(
                 .map(|j| format!("{}={}", j + 1, addresses[j as usize]))
                 .collect(),
             args: args(i + 1),
+            log: None,
             child: None,
         })
         .collect();
