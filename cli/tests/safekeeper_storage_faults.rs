@@ -19,13 +19,15 @@ use anyhow::{Context, Result, ensure};
 use quire_cluster::PgCluster;
 use quire_postgres::Lsn;
 use quire_postgres::wal::stream::WalStreamDecoder;
+use quire_safekeeper::wire::StorageHealth;
 use quire_tests::pg_install;
 use quire_tests::safekeepers::{
     KEY, KEY_TEXT, Safekeeper, bootstrap, compute_options, health, start_safekeepers, status,
     wal_bytes,
 };
 
-const SEGMENT: u64 = 16 << 20;
+const SEGMENT_SIZE: u32 = 16 << 20;
+const SEGMENT: u64 = SEGMENT_SIZE as u64;
 
 /// Commits `batches` transactions of about 100 KiB of WAL each.
 fn commit_batches(pg: &PgCluster, first: u32, batches: u32) -> Result<()> {
@@ -68,7 +70,7 @@ fn wait_flush(sk: &Safekeeper, lsn: Lsn, what: &str) -> Result<Lsn> {
 /// checksum covers) near `near`, found by decoding the WAL from `start`.
 fn byte_inside_a_record(dir: &Path, start: Lsn, end: Lsn, near: Lsn) -> Result<Lsn> {
     let bytes = wal_bytes(dir, start, end)?;
-    let mut decoder = WalStreamDecoder::new(start, SEGMENT as u32);
+    let mut decoder = WalStreamDecoder::new(start, SEGMENT_SIZE);
     decoder.feed(&bytes);
     while let Some(record) = decoder.next_record().map_err(|e| anyhow::anyhow!("{e}"))? {
         // A byte of the record's header, which lies in its first page.
@@ -119,9 +121,48 @@ fn elect_elsewhere(addresses: &[String]) -> Result<(String, Lsn)> {
     Ok((said, start))
 }
 
+/// Restarts `sk` (whose WAL was damaged at `at`, and one of whose control
+/// copies is damaged) with its peers down: it must report the damage, not
+/// move, and have rewritten the control copy.
+fn restart_damaged(sk: &mut Safekeeper, at: Lsn, acknowledged: Lsn) -> Result<StorageHealth> {
+    sk.start()?;
+    let (_, flush, _) = status(&sk.address, KEY)?;
+    let found = health(&sk.address)?;
+    ensure!(
+        flush <= at && flush < acknowledged,
+        "sk1 came back at {flush}, the flip is at {at}"
+    );
+    ensure!(
+        found.damaged_from == flush && found.damaged_until >= acknowledged,
+        "sk1 reports damage {}..{}, expected {flush}..{acknowledged} or more",
+        found.damaged_from,
+        found.damaged_until
+    );
+    ensure!(
+        found.control_repairs == 1,
+        "control copy repairs: {}",
+        found.control_repairs
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        status(&sk.address, KEY)?.1 == flush,
+        "sk1 moved without a peer"
+    );
+    let log = sk.log_text();
+    ensure!(
+        log.contains("control-file copy control was control file is corrupt: checksum mismatch")
+            && log.contains(&format!("WAL damaged from {flush}")),
+        "sk1's log: {log}"
+    );
+    println!(
+        "sk1 restarted alone: flush {flush}, damaged {}..{}, control copy rewritten; commit was {acknowledged}",
+        found.damaged_from, found.damaged_until
+    );
+    Ok(found)
+}
+
 #[test]
-fn a_flipped_byte_is_repaired_from_a_peer_and_the_next_election_keeps_every_commit() -> Result<()>
-{
+fn a_flipped_byte_is_repaired_from_a_peer_and_the_next_election_keeps_every_commit() -> Result<()> {
     let install = pg_install()?;
     let mut pg = PgCluster::create(&install, compute_options())?;
     pg.start()?;
@@ -130,7 +171,10 @@ fn a_flipped_byte_is_repaired_from_a_peer_and_the_next_election_keeps_every_comm
         start_safekeepers(Path::new(env!("CARGO_BIN_EXE_quire")), root.path())?;
     let won = bootstrap(&pg, &addresses)?;
     let dir1 = safekeepers[0].data.join(KEY_TEXT);
-    pg.psql("postgres", "CREATE TABLE ledger (id int PRIMARY KEY, pad text)")?;
+    pg.psql(
+        "postgres",
+        "CREATE TABLE ledger (id int PRIMARY KEY, pad text)",
+    )?;
     commit_batches(&pg, 0, 5)?;
 
     // sk3 goes down; the last commits are on sk1 and sk2 only.
@@ -163,39 +207,7 @@ fn a_flipped_byte_is_repaired_from_a_peer_and_the_next_election_keeps_every_comm
 
     // Alone, sk1 knows its log is damaged and does not claim it.
     safekeepers[0].log = Some(root.path().join("sk1.log"));
-    safekeepers[0].start()?;
-    let (_, flush, _) = status(&safekeepers[0].address, KEY)?;
-    let found = health(&safekeepers[0].address)?;
-    ensure!(
-        flush <= at && flush < acknowledged,
-        "sk1 came back at {flush}, the flip is at {at}"
-    );
-    ensure!(
-        found.damaged_from == flush && found.damaged_until >= acknowledged,
-        "sk1 reports damage {}..{}, expected {flush}..{acknowledged} or more",
-        found.damaged_from,
-        found.damaged_until
-    );
-    ensure!(
-        found.control_repairs == 1,
-        "control copy repairs: {}",
-        found.control_repairs
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    ensure!(
-        status(&safekeepers[0].address, KEY)?.1 == flush,
-        "sk1 moved without a peer"
-    );
-    let log = safekeepers[0].log_text();
-    ensure!(
-        log.contains("control-file copy control was control file is corrupt: checksum mismatch")
-            && log.contains(&format!("WAL damaged from {flush}")),
-        "sk1's log: {log}"
-    );
-    println!(
-        "sk1 restarted alone: flush {flush}, damaged {}..{}, control copy rewritten; commit was {}",
-        found.damaged_from, found.damaged_until, acknowledged
-    );
+    let found = restart_damaged(&mut safekeepers[0], at, acknowledged)?;
 
     // With sk2 back, sk1 repairs the range from it.
     let began = Instant::now();

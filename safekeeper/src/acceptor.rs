@@ -517,9 +517,8 @@ impl Acceptor {
 
     fn vote(&mut self, term: Term) -> Actions {
         if self.damaged_until.is_some() {
-            return self.refused(
-                "the log is damaged and being repaired from peers: no vote until then",
-            );
+            return self
+                .refused("the log is damaged and being repaired from peers: no vote until then");
         }
         if term <= self.durable.term {
             return Actions {

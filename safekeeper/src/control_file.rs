@@ -293,7 +293,11 @@ impl ControlFile {
                 )));
             }
         };
-        let tmp = if stale == CONTROL_FILE { CONTROL_TMP } else { CONTROL_COPY_TMP };
+        let tmp = if stale == CONTROL_FILE {
+            CONTROL_TMP
+        } else {
+            CONTROL_COPY_TMP
+        };
         replace(dir, tmp, stale, &file.encode())?;
         Ok(Some(Loaded {
             file,
@@ -519,14 +523,18 @@ mod tests {
             assert_eq!(fs::read(dir.path().join(name)).expect("read"), sound);
         }
         fs::remove_file(dir.path().join(CONTROL_FILE)).expect("remove");
-        let loaded = ControlFile::load(dir.path()).expect("load").expect("a file");
+        let loaded = ControlFile::load(dir.path())
+            .expect("load")
+            .expect("a file");
         assert_eq!(loaded.repaired.map(|r| r.1), Some("missing".to_owned()));
         // A crash between the two writes: `control` is the newer.
         let older = file.encode();
         file.state.term = 14;
         file.store(dir.path()).expect("store");
         fs::write(dir.path().join(CONTROL_COPY), &older).expect("write");
-        let loaded = ControlFile::load(dir.path()).expect("load").expect("a file");
+        let loaded = ControlFile::load(dir.path())
+            .expect("load")
+            .expect("a file");
         assert_eq!(loaded.file.state.term, 14);
         assert_eq!(loaded.repaired.map(|r| r.0), Some(CONTROL_COPY));
         flip(CONTROL_FILE);

@@ -425,13 +425,14 @@ impl WalStore {
         let base = self.segment_start(first).0;
         let size = u32::try_from(self.segment_size).unwrap_or(u32::MAX);
         let page = u64::from(quire_postgres::types::XLOG_BLCKSZ);
+        let page_len = usize::try_from(quire_postgres::types::XLOG_BLCKSZ).unwrap_or(usize::MAX);
         let mut found: Option<Lsn> = None;
         // From the page after the one the bad record starts in.
         let mut at = (end.0 / page + 1) * page;
         while let Some(bytes_at) = usize::try_from(at - base)
             .ok()
             .and_then(|offset| bytes.get(offset..))
-            .filter(|rest| rest.len() >= page as usize)
+            .filter(|rest| rest.len() >= page_len)
         {
             let Ok(header) = decode_page_header(bytes_at, Lsn(at), size) else {
                 at += page;
@@ -444,7 +445,7 @@ impl WalStore {
             // The records that start on this page, decoded as far as they
             // go. A valid page alone proves nothing: a last record cut
             // short continues onto pages of its own.
-            let page_bytes = bytes_at.get(..page as usize).unwrap_or_default();
+            let page_bytes = bytes_at.get(..page_len).unwrap_or_default();
             let Ok(Some(start)) = first_record_start(page_bytes, Lsn(at), size) else {
                 at += page;
                 continue;

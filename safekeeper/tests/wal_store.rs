@@ -371,8 +371,15 @@ fn a_flipped_byte_with_records_after_it_is_damage_not_a_torn_tail() {
             .await
             .expect("reopen");
         let readable = store.flush_lsn();
-        let before = *ends.iter().rev().find(|e| **e <= flipped).expect("a record before");
-        assert_eq!(readable, before, "the log reads up to the record holding the flip");
+        let before = *ends
+            .iter()
+            .rev()
+            .find(|e| **e <= flipped)
+            .expect("a record before");
+        assert_eq!(
+            readable, before,
+            "the log reads up to the record holding the flip"
+        );
         assert_eq!(
             store.written_after_end(),
             Some(end),

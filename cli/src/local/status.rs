@@ -57,9 +57,9 @@ pub fn run(args: &StatusArgs) -> Result<()> {
         let mut line = format!("{}: up, pid {pid}, {}", server.name, entry.listen);
         for (name, timeline) in &timelines {
             let _ = match safekeeper_status(&entry.listen, &cluster.tenant_id, timeline) {
-                Ok((term, flush, commit)) => write!(
+                Ok((term, flush, commit, health)) => write!(
                     line,
-                    "; {name}: term {term}, flush {flush}, commit {commit}"
+                    "; {name}: term {term}, flush {flush}, commit {commit}{health}"
                 ),
                 Err(error) => write!(line, "; {name}: no status ({error:#})"),
             };
@@ -130,7 +130,35 @@ fn text<'a>(status: &'a Value, name: &str) -> &'a str {
 }
 
 /// `(term, flush, commit)` of a timeline on the safekeeper at `address`.
-fn safekeeper_status(address: &str, tenant: &str, timeline: &str) -> Result<(u64, String, String)> {
+/// What a status line says of a safekeeper timeline's storage health: its
+/// damaged range and repairs, when there are any.
+fn health_text(health: &quire_safekeeper::wire::StorageHealth) -> String {
+    let mut text = String::new();
+    if health.damaged_until.0 != 0 {
+        let _ = write!(
+            text,
+            ", WAL DAMAGED {}..{} (repairing from peers; no votes until then)",
+            health.damaged_from, health.damaged_until
+        );
+    }
+    if health.wal_repairs + health.wal_repair_refusals + health.control_repairs > 0 {
+        let _ = write!(
+            text,
+            ", repaired {} WAL range(s) ({} bytes, {} refused fetches), {} control-file copies",
+            health.wal_repairs,
+            health.wal_repaired_bytes,
+            health.wal_repair_refusals,
+            health.control_repairs
+        );
+    }
+    text
+}
+
+fn safekeeper_status(
+    address: &str,
+    tenant: &str,
+    timeline: &str,
+) -> Result<(u64, String, String, String)> {
     let key: TimelineKey = format!("{tenant}/{timeline}")
         .parse()
         .map_err(|e: String| anyhow!("the timeline {e}"))?;
@@ -154,8 +182,14 @@ fn safekeeper_status(address: &str, tenant: &str, timeline: &str) -> Result<(u64
             term,
             flush,
             commit,
+            health,
             ..
-        } => Ok((term, flush.to_string(), commit.to_string())),
+        } => Ok((
+            term,
+            flush.to_string(),
+            commit.to_string(),
+            health_text(&health),
+        )),
         Message::Error { message } => bail!("{message}"),
         other => bail!("answered {other:?}"),
     }

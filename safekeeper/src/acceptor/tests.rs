@@ -309,7 +309,11 @@ fn a_damaged_log_neither_votes_nor_acknowledges_until_repaired() {
         acceptor
             .handle(Sender::Proposer, &Request::Vote { term: 9 })
             .reply,
-        Some(Response::Vote { granted: true, flush: Lsn(1000), .. })
+        Some(Response::Vote {
+            granted: true,
+            flush: Lsn(1000),
+            ..
+        })
     ));
     // The undamaged acceptor marks its flush when asked, once.
     assert_eq!(before.mark_flush().map(|d| d.flush_mark), Some(Lsn(1000)));

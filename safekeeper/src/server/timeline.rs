@@ -378,7 +378,11 @@ impl Timeline {
                 "bytes at {begin}, the damaged range starts at {from}"
             )));
         }
-        if state.repair_check.as_ref().is_some_and(|(fed, _)| *fed != from) {
+        if state
+            .repair_check
+            .as_ref()
+            .is_some_and(|(fed, _)| *fed != from)
+        {
             state.repair_check = None;
         }
         // The range's start is a record's (the end of the last whole one).
@@ -397,43 +401,15 @@ impl Timeline {
         };
         let keep_to = match &failure {
             None => begin.checked_add(bytes.len() as u64).unwrap_or(begin),
-            Some(_) => good_end.unwrap_or(begin).max(state.acceptor.durable().wal_start),
+            Some(_) => good_end
+                .unwrap_or(begin)
+                .max(state.acceptor.durable().wal_start),
         };
         *fed = keep_to;
         if failure.is_some() {
             state.repair_check = None;
         }
-        let mut written = 0;
-        if keep_to > begin
-            && let Some(write) = state.acceptor.repair_write(begin, keep_to.0 - begin.0)
-        {
-            let skip = usize::try_from(write.skip).unwrap_or(usize::MAX);
-            let len = usize::try_from(write.len).unwrap_or(usize::MAX);
-            let part = bytes
-                .get(skip..skip.saturating_add(len))
-                .ok_or_else(|| self.error("a repair write outside the fetched bytes"))?;
-            state
-                .wal
-                .append(write.at, part)
-                .map_err(|e| self.stop(e.to_string()))?;
-            let ticket = state.acceptor.begin_flush();
-            state
-                .wal
-                .flush()
-                .await
-                .map_err(|e| self.stop(format!("flush a repair: {e}")))?;
-            state.acceptor.flushed(ticket);
-            written = write.len;
-        } else if keep_to < begin
-            && let Some(cut) = state.acceptor.abandon_repair_from(keep_to)
-        {
-            // The bad record began in bytes taken earlier: they go too.
-            state
-                .wal
-                .truncate(cut)
-                .await
-                .map_err(|e| self.stop(format!("cut a failed repair at {cut}: {e}")))?;
-        }
+        let written = self.apply_repair(state, begin, keep_to, bytes).await?;
         let mut health = self.health.get();
         health.wal_repaired_bytes += written;
         let step = match (failure, state.acceptor.damage()) {
@@ -453,19 +429,55 @@ impl Timeline {
             }
             (None, Some(_)) => RepairStep::More,
         };
-        match state.acceptor.damage() {
-            Some((from, until)) => {
-                health.damaged_from = from;
-                health.damaged_until = until;
-            }
-            None => {
-                health.damaged_from = Lsn(0);
-                health.damaged_until = Lsn(0);
-            }
-        }
+        (health.damaged_from, health.damaged_until) =
+            state.acceptor.damage().unwrap_or((Lsn(0), Lsn(0)));
         self.health.set(health);
         self.note_progress(state, before);
         Ok(step)
+    }
+
+    /// Writes and flushes the checked repair bytes `[begin, keep_to)`, or,
+    /// when the check failed in a record begun before `begin`, cuts the log
+    /// back to `keep_to`; returns the bytes written.
+    async fn apply_repair(
+        &self,
+        state: &mut State,
+        begin: Lsn,
+        keep_to: Lsn,
+        bytes: &[u8],
+    ) -> Result<u64, TimelineError> {
+        if keep_to > begin
+            && let Some(write) = state.acceptor.repair_write(begin, keep_to.0 - begin.0)
+        {
+            let skip = usize::try_from(write.skip).unwrap_or(usize::MAX);
+            let len = usize::try_from(write.len).unwrap_or(usize::MAX);
+            let part = bytes
+                .get(skip..skip.saturating_add(len))
+                .ok_or_else(|| self.error("a repair write outside the fetched bytes"))?;
+            state
+                .wal
+                .append(write.at, part)
+                .map_err(|e| self.stop(e.to_string()))?;
+            let ticket = state.acceptor.begin_flush();
+            state
+                .wal
+                .flush()
+                .await
+                .map_err(|e| self.stop(format!("flush a repair: {e}")))?;
+            state.acceptor.flushed(ticket);
+            return Ok(write.len);
+        }
+        if keep_to < begin
+            && let Some(cut) = state.acceptor.abandon_repair_from(keep_to)
+        {
+            // The bad record began in bytes taken earlier: they go too.
+            state
+                .wal
+                .truncate(cut)
+                .await
+                .map_err(|e| self.stop(format!("cut a failed repair at {cut}: {e}")))?;
+        }
+        Ok(0)
     }
 
     /// Damage and repairs since the start.

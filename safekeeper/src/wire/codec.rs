@@ -101,6 +101,17 @@ impl Reader<'_> {
             Err(FrameError::InvalidSegmentSize(size))
         }
     }
+    fn health(&mut self) -> Result<StorageHealth, FrameError> {
+        Ok(StorageHealth {
+            damaged_from: self.lsn()?,
+            damaged_until: self.lsn()?,
+            wal_repairs: self.u64()?,
+            wal_repaired_bytes: self.u64()?,
+            wal_repair_refusals: self.u64()?,
+            control_repairs: self.u64()?,
+        })
+    }
+
     fn lsn(&mut self) -> Result<Lsn, FrameError> {
         self.u64().map(Lsn)
     }
@@ -428,14 +439,7 @@ impl Message {
                 flush: r.lsn()?,
                 commit: r.lsn()?,
                 history: r.history()?,
-                health: StorageHealth {
-                    damaged_from: r.lsn()?,
-                    damaged_until: r.lsn()?,
-                    wal_repairs: r.u64()?,
-                    wal_repaired_bytes: r.u64()?,
-                    wal_repair_refusals: r.u64()?,
-                    control_repairs: r.u64()?,
-                },
+                health: r.health()?,
             },
             b'k' => Message::Ok,
             _ => Message::Error {
