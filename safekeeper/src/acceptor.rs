@@ -21,10 +21,11 @@
 //! - **Commit LSN**: the highest LSN a majority (this acceptor and its
 //!   peers' reported flush positions in the same term) has flushed.
 //! - **Damage** (a log found shorter after a restart than it was durably,
-//!   [`Acceptor::note_damage`]): until the range is repaired or a newer
-//!   election replaces it, no vote and no acknowledgement; the host
-//!   fetches the range from a peer whose log agrees
-//!   ([`Acceptor::repair_write`]).
+//!   [`Acceptor::note_damage`]): until the range is written back, no vote
+//!   and no acknowledgement; the host fetches it from a peer whose log
+//!   agrees ([`Acceptor::repair_write`]). A newer election's history
+//!   shrinks the range to what lies below its term's start (all that can
+//!   be committed), which recovery then fills.
 //! - **Senders**: votes and announcements come only from a proposer, WAL
 //!   from a proposer or from this acceptor's own recovery, flush reports
 //!   only from a member of the timeline's set (`membership`) speaking for
@@ -566,21 +567,31 @@ impl Acceptor {
             .durable
             .history
             .common_point(self.write, history, self.durable.wal_start);
-        // A damaged log is replaced by the winner's (which holds every
-        // committed byte): what the disk still has past the log end goes,
-        // so no restart takes it for damage again.
-        let damaged = self.damaged_until.take().is_some();
-        let truncate = (cut < self.write || damaged).then_some(cut);
+        // A damaged log takes the winner's history. The winner's log holds
+        // every committed byte below its term's start, so of the damaged
+        // range only what lies below that start is still owed: this
+        // acceptor may have acknowledged it, so it stays damaged (no vote)
+        // until recovery fills it. What the disk holds past the log end
+        // goes, so no restart takes it for damage again; the mark stays at
+        // what is owed.
+        let damaged = self.damaged_until.take();
+        let start = history.0.last().map_or(cut, |entry| entry.start);
+        let owed = damaged
+            .map(|until| until.min(start))
+            .filter(|&until| until > cut);
+        let truncate = (cut < self.write || damaged.is_some()).then_some(cut);
         let mut persist_before_cut = None;
         if truncate.is_some() {
             self.write = cut;
             self.flush = self.flush.min(cut);
             self.epoch += 1;
-            if self.durable.flush_mark > cut {
-                self.durable.flush_mark = cut;
+            let mark = owed.unwrap_or(cut);
+            if self.durable.flush_mark > mark {
+                self.durable.flush_mark = mark;
                 persist_before_cut = Some(self.durable.clone());
             }
         }
+        self.damaged_until = owed;
         if term > self.durable.term {
             self.peers.clear();
         }

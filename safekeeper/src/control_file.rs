@@ -270,40 +270,70 @@ impl ControlFile {
         }
         let first = read_copy(dir, CONTROL_FILE)?;
         let second = read_copy(dir, CONTROL_COPY)?;
-        let (file, stale, why) = match (first, second) {
-            (Copy::Absent, Copy::Absent) => return Ok(None),
-            (Copy::Sound(file, bytes), Copy::Sound(_, other)) if other == bytes => {
-                return Ok(Some(Loaded {
-                    file,
-                    repaired: None,
-                }));
-            }
-            (Copy::Sound(file, _), Copy::Sound(..)) => (
-                file,
-                CONTROL_COPY,
-                "older than control (a crash between the two writes)".to_owned(),
-            ),
-            (Copy::Sound(file, _), second) => (file, CONTROL_COPY, second.describe()),
-            (first, Copy::Sound(file, _)) => (file, CONTROL_FILE, first.describe()),
-            (first, second) => {
-                return Err(ControlFileError::Unreadable(format!(
-                    "{CONTROL_FILE}: {}; {CONTROL_COPY}: {}",
-                    first.describe(),
-                    second.describe()
-                )));
-            }
-        };
-        let tmp = if stale == CONTROL_FILE {
-            CONTROL_TMP
-        } else {
-            CONTROL_COPY_TMP
-        };
-        replace(dir, tmp, stale, &file.encode())?;
-        Ok(Some(Loaded {
+        let loaded = choose_copy(first, second)?;
+        if let Some(Loaded {
             file,
-            repaired: Some((stale, why)),
-        }))
+            repaired: Some((stale, _)),
+        }) = &loaded
+        {
+            let tmp = if *stale == CONTROL_FILE {
+                CONTROL_TMP
+            } else {
+                CONTROL_COPY_TMP
+            };
+            replace(dir, tmp, stale, &file.encode())?;
+        }
+        Ok(loaded)
     }
+
+    /// [`load`](Self::load)'s choice between the bytes of `control` and of
+    /// `control.copy` (`None`: absent), without the files: which state to
+    /// take and which copy to rewrite from it.
+    pub fn choose(
+        first: Option<&[u8]>,
+        second: Option<&[u8]>,
+    ) -> Result<Option<Loaded>, ControlFileError> {
+        let copy = |bytes: Option<&[u8]>| match bytes {
+            None => Copy::Absent,
+            Some(bytes) => match ControlFile::decode(bytes) {
+                Ok(file) => Copy::Sound(file, bytes.to_vec()),
+                Err(e) => Copy::Damaged(e),
+            },
+        };
+        choose_copy(copy(first), copy(second))
+    }
+}
+
+/// A sound `control` wins, else a sound `control.copy`; the other is to be
+/// rewritten when it differs; neither sound is an error naming both.
+fn choose_copy(first: Copy, second: Copy) -> Result<Option<Loaded>, ControlFileError> {
+    let (file, stale, why) = match (first, second) {
+        (Copy::Absent, Copy::Absent) => return Ok(None),
+        (Copy::Sound(file, bytes), Copy::Sound(_, other)) if other == bytes => {
+            return Ok(Some(Loaded {
+                file,
+                repaired: None,
+            }));
+        }
+        (Copy::Sound(file, _), Copy::Sound(..)) => (
+            file,
+            CONTROL_COPY,
+            "older than control (a crash between the two writes)".to_owned(),
+        ),
+        (Copy::Sound(file, _), second) => (file, CONTROL_COPY, second.describe()),
+        (first, Copy::Sound(file, _)) => (file, CONTROL_FILE, first.describe()),
+        (first, second) => {
+            return Err(ControlFileError::Unreadable(format!(
+                "{CONTROL_FILE}: {}; {CONTROL_COPY}: {}",
+                first.describe(),
+                second.describe()
+            )));
+        }
+    };
+    Ok(Some(Loaded {
+        file,
+        repaired: Some((stale, why)),
+    }))
 }
 
 /// One copy as found on disk.

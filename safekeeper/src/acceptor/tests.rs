@@ -333,33 +333,73 @@ fn a_failed_repair_is_cut_back_and_the_damage_stays() {
     assert_eq!(acceptor.durable().flush_mark, Lsn(1000));
 }
 
-/// The winner of a newer election replaces a damaged log (its log holds
-/// every committed byte): the damage ends, the disk is cut at the common
-/// point with the mark lowered first, and recovery fills the rest.
+/// A newer election's history shrinks a damaged range to what lies below
+/// its term's start (all the winner's log can hold of what was committed):
+/// still owed, it stays damaged until recovery fills it; above the start
+/// it ends, the disk cut at the common point with the mark lowered first.
 #[test]
-fn a_newer_election_replaces_a_damaged_log() {
+fn a_newer_election_shrinks_a_damaged_range_to_its_start() {
+    let history_from = |start: u64| {
+        TermHistory(vec![
+            TermEntry {
+                term: 1,
+                start: Lsn(100),
+            },
+            TermEntry {
+                term: 2,
+                start: Lsn(start),
+            },
+        ])
+    };
     let durable = elected_acceptor().durable().clone();
-    let mut acceptor = Acceptor::restore(durable, Lsn(600), NodeId(1));
+    let mut acceptor = Acceptor::restore(durable.clone(), Lsn(600), NodeId(1));
     acceptor.note_damage(Lsn(1000));
-    let history = TermHistory(vec![
-        TermEntry {
-            term: 1,
-            start: Lsn(100),
-        },
-        TermEntry {
+    let actions = acceptor.handle(
+        Sender::Proposer,
+        &Request::Elected {
             term: 2,
-            start: Lsn(1000),
+            history: history_from(900),
         },
-    ]);
-    let actions = acceptor.handle(Sender::Proposer, &Request::Elected { term: 2, history });
+    );
     assert_eq!(actions.truncate, Some(Lsn(600)));
     assert_eq!(
         actions.persist_before_cut.map(|d| (d.term, d.flush_mark)),
-        Some((1, Lsn(600)))
+        Some((1, Lsn(900)))
     );
-    assert_eq!(actions.persist.map(|d| d.flush_mark), Some(Lsn(600)));
+    assert_eq!(actions.persist.map(|d| d.flush_mark), Some(Lsn(900)));
+    assert_eq!(acceptor.damage(), Some((Lsn(600), Lsn(900))));
+    assert_eq!(acceptor.recovery_needed(), Some((Lsn(600), Lsn(900))));
+    let vote = acceptor.handle(Sender::Proposer, &Request::Vote { term: 3 });
+    assert!(matches!(vote.reply, Some(Response::Refused { .. })));
+    // Recovery's bytes end it.
+    acceptor.handle(
+        Sender::Local,
+        &Request::Append {
+            term: 2,
+            begin: Lsn(600),
+            len: 300,
+        },
+    );
+    let ticket = acceptor.begin_flush();
+    acceptor.flushed(ticket);
     assert_eq!(acceptor.damage(), None);
-    assert_eq!(acceptor.recovery_needed(), Some((Lsn(600), Lsn(1000))));
+
+    // A term starting at the log's end owes nothing.
+    let mut acceptor = Acceptor::restore(durable, Lsn(600), NodeId(1));
+    acceptor.note_damage(Lsn(1000));
+    let actions = acceptor.handle(
+        Sender::Proposer,
+        &Request::Elected {
+            term: 2,
+            history: history_from(600),
+        },
+    );
+    assert_eq!(actions.truncate, Some(Lsn(600)));
+    assert_eq!(
+        actions.persist_before_cut.map(|d| d.flush_mark),
+        Some(Lsn(600))
+    );
+    assert_eq!(acceptor.damage(), None);
 }
 
 /// An announcement that cuts a healthy log lowers the mark before the cut.

@@ -37,6 +37,15 @@ fn add(total: &mut Counts, one: &Counts) {
     total.fenced_proposers += one.fenced_proposers;
     total.commits += one.commits;
     total.forgeries += one.forgeries;
+    total.torn_wal_writes += one.torn_wal_writes;
+    total.wal_bit_flips += one.wal_bit_flips;
+    total.lost_writes += one.lost_writes;
+    total.misdirected_writes += one.misdirected_writes;
+    total.control_flips += one.control_flips;
+    total.control_repairs += one.control_repairs;
+    total.damage_found += one.damage_found;
+    total.repaired_bytes += one.repaired_bytes;
+    total.repair_refusals += one.repair_refusals;
 }
 
 #[test]
@@ -77,6 +86,18 @@ fn consensus_is_safe_under_faults() {
         total.fenced_proposers,
         total.commits,
         total.forgeries
+    );
+    println!(
+        "storage faults on one node per seed: {} torn WAL writes, {} WAL bit flips, {} lost writes, {} misdirected writes, {} control-file copy flips; {} damaged logs found at restart, {} bytes repaired from peers, {} repair chunks refused, {} control-file copies rewritten",
+        total.torn_wal_writes,
+        total.wal_bit_flips,
+        total.lost_writes,
+        total.misdirected_writes,
+        total.control_flips,
+        total.damage_found,
+        total.repaired_bytes,
+        total.repair_refusals,
+        total.control_repairs
     );
     assert!(
         failures.is_empty(),

@@ -4,7 +4,8 @@
 //! a network that drops, delays, reorders and partitions messages. Nodes
 //! crash (losing unflushed WAL, or part of it) and restart from what their
 //! disk kept; a crash in the middle of a control-file replacement leaves
-//! the old file. A rogue node outside the member set forges every message
+//! the old file (or only the first of its two copies new). One node's disk
+//! is faulty: bit flips, lost and misdirected writes (`storage.rs`). A rogue node outside the member set forges every message
 //! kind (`rogue.rs`); every forgery must be refused. Everything is driven by
 //! one seeded generator and an event queue, so a seed replays exactly.
 
@@ -13,12 +14,12 @@ use std::collections::BinaryHeap;
 
 use quire_postgres::Lsn;
 use quire_safekeeper::acceptor::{Acceptor, Actions, DurableState, FlushTicket, Request, Response};
-use quire_safekeeper::control_file::ControlFile;
 use quire_safekeeper::election::{Election, QuorumCommit, Won};
 use quire_safekeeper::history::{Term, TermHistory};
 use quire_safekeeper::membership::{Member, Membership, NodeId, Sender};
 
 mod proposers;
+mod storage;
 
 use crate::checker::Checker;
 use crate::rng::Rng;
@@ -78,6 +79,15 @@ pub struct Counts {
     pub fenced_proposers: u64,
     pub commits: u64,
     pub forgeries: u64,
+    pub torn_wal_writes: u64,
+    pub wal_bit_flips: u64,
+    pub lost_writes: u64,
+    pub misdirected_writes: u64,
+    pub control_flips: u64,
+    pub control_repairs: u64,
+    pub damage_found: u64,
+    pub repaired_bytes: u64,
+    pub repair_refusals: u64,
 }
 
 enum Payload {
@@ -117,8 +127,10 @@ enum Event {
 struct Node {
     acceptor: Option<Acceptor>,
     incarnation: u64,
-    /// The control file on disk.
-    control: Option<Vec<u8>>,
+    /// The control file's two copies on disk (`control`, `control.copy`).
+    control: [Option<Vec<u8>>; 2],
+    /// Flushes completed (the flush mark is persisted every few).
+    flushes: u64,
     /// WAL bytes on disk from `WAL_START`; the first `durable` survive a
     /// crash for certain, the rest in part.
     wal: Vec<u8>,
@@ -163,6 +175,8 @@ pub struct World {
     highest_term: Term,
     checker: Checker,
     calm: bool,
+    /// The node whose disk is faulty.
+    faulty_node: usize,
     pub counts: Counts,
     pub trace: bool,
 }
@@ -206,7 +220,8 @@ impl World {
                     node_id(node),
                 )),
                 incarnation: 0,
-                control: None,
+                control: [None, None],
+                flushes: 0,
                 wal: Vec::new(),
                 durable: 0,
                 fsync: None,
@@ -215,8 +230,10 @@ impl World {
                 commit_seen: Lsn(WAL_START),
             })
             .collect();
+        let mut rng = Rng::new(seed);
+        let faulty_node = rng.range(0, ACCEPTORS as u64 - 1) as usize;
         let mut world = World {
-            rng: Rng::new(seed),
+            rng,
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -227,6 +244,7 @@ impl World {
             highest_term: 0,
             checker: Checker::default(),
             calm: false,
+            faulty_node,
             counts: Counts::default(),
             trace: false,
         };
@@ -439,7 +457,9 @@ impl World {
             let after = self.rng.range(1, 6);
             self.schedule(after, Event::FsyncDone { node, incarnation });
         }
-        if let Some((from, to)) = acceptor.recovery_needed() {
+        if acceptor.damage().is_some() {
+            self.repair_fetch(node, &acceptor);
+        } else if let Some((from, to)) = acceptor.recovery_needed() {
             let peer = (node + 1 + self.nodes[node].next_peer % (ACCEPTORS - 1)) % ACCEPTORS;
             self.nodes[node].next_peer += 1;
             let to = to.min(Lsn(from.0 + CHUNK));
@@ -473,9 +493,13 @@ impl World {
         // keeps whole records only (it finds its WAL end by decoding).
         let reached = n.durable + self.rng.range(0, (n.wal.len() - n.durable) as u64) as usize;
         let kept = whole_records(reached);
+        if reached != kept {
+            self.counts.torn_wal_writes += 1;
+        }
         n.wal.truncate(kept);
         n.durable = kept;
         self.counts.crashes += 1;
+        self.storage_fault(node);
         let after = self.rng.range(10, 200);
         self.schedule(after, Event::Restart(node));
     }
@@ -485,15 +509,8 @@ impl World {
         if n.acceptor.is_some() {
             return Ok(());
         }
-        let state = match &n.control {
-            Some(bytes) => {
-                ControlFile::decode(bytes)
-                    .map_err(|e| format!("acceptor {node} cannot read its control file: {e}"))?
-                    .state
-            }
-            None => DurableState::new(Lsn(WAL_START), members()),
-        };
-        let acceptor = Acceptor::restore(state, lsn_of(n.wal.len()), node_id(node));
+        let acceptor = self.restore_acceptor(node)?;
+        let n = &mut self.nodes[node];
         n.commit_seen = acceptor.commit_lsn();
         n.acceptor = Some(acceptor);
         if self.trace {
@@ -520,6 +537,7 @@ impl World {
         };
         let reply = acceptor.flushed(ticket);
         let leader = n.leader;
+        self.maybe_mark(node);
         self.note_commit(node)?;
         if let (Some(reply), Some(leader)) = (reply, leader) {
             self.send(node, leader, Payload::Response(reply, Vec::new()));
@@ -599,6 +617,7 @@ impl World {
             return Ok(());
         };
         let commit_before = acceptor.commit_lsn();
+        let write_before = acceptor.write_lsn();
         // Who the request is from, as an authenticated connection would
         // establish it: WAL from an acceptor is what this node fetched in
         // recovery.
@@ -609,16 +628,28 @@ impl World {
         } else {
             Sender::Local
         };
+        if sender == Sender::Local
+            && acceptor.damage().is_some()
+            && let Request::Append { begin, .. } = request
+        {
+            // Repair bytes (the answer to a damaged node's fetch).
+            return self.take_repair(node, *begin, bytes);
+        }
         let refused_before = acceptor.refused_senders();
         let actions = acceptor.handle(sender, request);
         if from == ROGUE {
             return forgery_refused(node, request, &actions, acceptor, refused_before);
         }
         let member = acceptor.is_elected_member();
+        if let Some(state) = actions.persist_before_cut.clone() {
+            self.store_control(node, state, false);
+        }
         if let Some(cut) = actions.truncate {
             // The commit LSN may end inside a record (a majority holds
             // those bytes); what was committed is the whole records below.
-            if offset(cut) < whole_records(offset(commit_before)) {
+            // (A damaged log's cut at its own end removes only what the
+            // damage already took.)
+            if cut < write_before && offset(cut) < whole_records(offset(commit_before)) {
                 return Err(format!(
                     "acceptor {node} cut its WAL at {cut}, below the whole records of its commit LSN {commit_before}"
                 ));
@@ -634,20 +665,16 @@ impl World {
         }
         if let Some(state) = actions.persist {
             if self.faulty() && self.rng.chance(20) {
-                // Crash in the middle of the replacement: the temporary
-                // file is torn, `control` is still the old one.
+                // Crash in the middle of the replacement: a temporary file
+                // is torn; both copies are old, or only `control` is new.
                 self.counts.torn_control_writes += 1;
+                if self.rng.chance(500) {
+                    self.store_control(node, state, true);
+                }
                 self.crash(node);
                 return Ok(());
             }
-            let file = ControlFile {
-                tenant: [1; 16],
-                timeline: [2; 16],
-                system_id: 1,
-                segment_size: 16 << 20,
-                state,
-            };
-            self.nodes[node].control = Some(file.encode());
+            self.store_control(node, state, false);
         }
         if let Some(write) = actions.write {
             let n = &mut self.nodes[node];

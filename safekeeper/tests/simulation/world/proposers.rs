@@ -81,7 +81,10 @@ impl World {
             } => {
                 if self.rng.chance(300) {
                     let records = self.rng.range(1, 3) as usize;
-                    log.extend((0..records * RECORD).map(|_| self.rng.byte()));
+                    for _ in 0..records {
+                        let body: [u8; RECORD - 4] = std::array::from_fn(|_| self.rng.byte());
+                        log.extend_from_slice(&super::storage::record(log.len(), &body));
+                    }
                 }
                 let log_end = lsn_of(log.len());
                 for (node, announced) in announced.iter().enumerate() {
