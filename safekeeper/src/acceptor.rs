@@ -392,6 +392,27 @@ impl Acceptor {
                 >= to
     }
 
+    /// How much of `[from, to)` of a log with `history` this acceptor can
+    /// give (see [`can_serve_kept`](Self::can_serve_kept)): the end of the
+    /// longest part from `from` it holds durably and agrees over, if any.
+    pub fn servable_end(
+        &self,
+        history: &TermHistory,
+        from: Lsn,
+        to: Lsn,
+        kept_from: Lsn,
+    ) -> Option<Lsn> {
+        if from > to || from < self.durable.removable_before.min(kept_from) {
+            return None;
+        }
+        let agreed = self
+            .durable
+            .history
+            .common_point(self.flush, history, self.durable.wal_start);
+        let end = to.min(self.flush).min(agreed);
+        (end > from).then_some(end)
+    }
+
     /// Handles one request from `from`.
     pub fn handle(&mut self, from: Sender, request: &Request) -> Actions {
         if let Err(why) = self.authorize(from, request) {

@@ -296,7 +296,7 @@ impl ControlFile {
         let copy = |bytes: Option<&[u8]>| match bytes {
             None => Copy::Absent,
             Some(bytes) => match ControlFile::decode(bytes) {
-                Ok(file) => Copy::Sound(file, bytes.to_vec()),
+                Ok(file) => Copy::Sound(file),
                 Err(e) => Copy::Damaged(e),
             },
         };
@@ -309,19 +309,20 @@ impl ControlFile {
 fn choose_copy(first: Copy, second: Copy) -> Result<Option<Loaded>, ControlFileError> {
     let (file, stale, why) = match (first, second) {
         (Copy::Absent, Copy::Absent) => return Ok(None),
-        (Copy::Sound(file, bytes), Copy::Sound(_, other)) if other == bytes => {
+        // The same state (a version-2 file beside its version-3 copy, say).
+        (Copy::Sound(file), Copy::Sound(other)) if other == file => {
             return Ok(Some(Loaded {
                 file,
                 repaired: None,
             }));
         }
-        (Copy::Sound(file, _), Copy::Sound(..)) => (
+        (Copy::Sound(file), Copy::Sound(_)) => (
             file,
             CONTROL_COPY,
             "older than control (a crash between the two writes)".to_owned(),
         ),
-        (Copy::Sound(file, _), second) => (file, CONTROL_COPY, second.describe()),
-        (first, Copy::Sound(file, _)) => (file, CONTROL_FILE, first.describe()),
+        (Copy::Sound(file), second) => (file, CONTROL_COPY, second.describe()),
+        (first, Copy::Sound(file)) => (file, CONTROL_FILE, first.describe()),
         (first, second) => {
             return Err(ControlFileError::Unreadable(format!(
                 "{CONTROL_FILE}: {}; {CONTROL_COPY}: {}",
@@ -340,8 +341,8 @@ fn choose_copy(first: Copy, second: Copy) -> Result<Option<Loaded>, ControlFileE
 enum Copy {
     Absent,
     Damaged(ControlFileError),
-    /// Decoded, with its bytes.
-    Sound(ControlFile, Vec<u8>),
+    /// Decoded.
+    Sound(ControlFile),
 }
 
 impl Copy {
@@ -357,7 +358,7 @@ impl Copy {
 fn read_copy(dir: &Path, name: &str) -> Result<Copy, ControlFileError> {
     match fs::read(dir.join(name)) {
         Ok(bytes) => Ok(match ControlFile::decode(&bytes) {
-            Ok(file) => Copy::Sound(file, bytes),
+            Ok(file) => Copy::Sound(file),
             Err(e) => Copy::Damaged(e),
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Copy::Absent),

@@ -373,7 +373,10 @@ impl WalStore {
         let (first, first_offset) = self.locate(start.0);
         for (expected, &number) in (first..).zip(numbers) {
             if number != expected {
-                break;
+                // A segment is missing: what lies after it is evidence.
+                let later: Vec<u64> = numbers.iter().copied().filter(|&n| n > expected).collect();
+                self.written_after = self.written_after(end, &later).await?;
+                return Ok(end);
             }
             let bytes = self.read_segment(number).await?;
             let offset = if number == first {
@@ -391,77 +394,90 @@ impl WalStore {
                     Ok(None) => break,
                     Err(_) => {
                         let (at, _) = self.locate(end.0);
-                        let rest: Vec<u64> = (at..)
-                            .zip(numbers.iter().copied().skip_while(|&n| n < at))
-                            .take_while(|(expected, n)| expected == n)
-                            .map(|(n, _)| n)
-                            .collect();
-                        self.written_after = self.written_after(end, &rest).await?;
+                        let later: Vec<u64> =
+                            numbers.iter().copied().filter(|&n| n >= at).collect();
+                        self.written_after = self.written_after(end, &later).await?;
                         return Ok(end);
                     }
                 }
             }
         }
+        // After an XLOG_SWITCH the rest of its segment is padding the
+        // compute sent too: the log ends at the segment's end.
+        let position = decoder.position();
+        if decoder.is_between_records()
+            && position > end
+            && position.0.is_multiple_of(self.segment_size)
+        {
+            end = position;
+        }
         Ok(end)
     }
 
     /// After the last record that decodes, ending at `end`: how far WAL was
-    /// written beyond it in `numbers` (consecutive segments from the one
-    /// holding `end`), judged by later pages' valid headers and the records
-    /// that decode from them. `None` when every later page is unwritten (a
-    /// torn tail).
+    /// written beyond it in the segments `numbers` (ascending, from the one
+    /// holding `end`), judged by later pages with a valid header on which a
+    /// record starts and decodes whole (within its segment). `None` when no
+    /// such record exists (a torn tail). Each byte is decoded at most once.
     async fn written_after(
         &mut self,
         end: Lsn,
         numbers: &[u64],
     ) -> Result<Option<Lsn>, WalStoreError> {
-        let Some(&first) = numbers.first() else {
-            return Ok(None);
-        };
-        let mut bytes = Vec::new();
-        for &number in numbers {
-            bytes.extend(self.read_segment(number).await?);
-        }
-        let base = self.segment_start(first).0;
         let size = u32::try_from(self.segment_size).unwrap_or(u32::MAX);
         let page = u64::from(quire_postgres::types::XLOG_BLCKSZ);
-        let page_len = usize::try_from(quire_postgres::types::XLOG_BLCKSZ).unwrap_or(usize::MAX);
+        let page_len = usize::try_from(page).unwrap_or(usize::MAX);
         let mut found: Option<Lsn> = None;
         // From the page after the one the bad record starts in.
-        let mut at = (end.0 / page + 1) * page;
-        while let Some(bytes_at) = usize::try_from(at - base)
-            .ok()
-            .and_then(|offset| bytes.get(offset..))
-            .filter(|rest| rest.len() >= page_len)
-        {
-            let Ok(header) = decode_page_header(bytes_at, Lsn(at), size) else {
-                at += page;
-                continue;
-            };
-            if header.timeline != self.timeline {
-                at += page;
+        let mut at = (end.0 / page).saturating_add(1).saturating_mul(page);
+        for &number in numbers {
+            let segment_start = self.segment_start(number).0;
+            let segment_end = self.segment_end(number);
+            if segment_end <= at {
                 continue;
             }
-            // The records that start on this page, decoded as far as they
-            // go. A valid page alone proves nothing: a last record cut
-            // short continues onto pages of its own.
-            let page_bytes = bytes_at.get(..page_len).unwrap_or_default();
-            let Ok(Some(start)) = first_record_start(page_bytes, Lsn(at), size) else {
-                at += page;
-                continue;
-            };
-            let from = usize::try_from(start.0 - base).unwrap_or(usize::MAX);
-            let mut decoder = WalStreamDecoder::new(start, size);
-            decoder.feed(bytes.get(from..).unwrap_or_default());
-            let mut last = start;
-            while let Ok(Some(record)) = decoder.next_record() {
-                last = record.end.align_up(8).unwrap_or(record.end);
+            at = at.max(segment_start);
+            let bytes = self.read_segment(number).await?;
+            while at < segment_end {
+                let offset = usize::try_from(at - segment_start).unwrap_or(usize::MAX);
+                let Some(page_bytes) = bytes.get(offset..offset.saturating_add(page_len)) else {
+                    break;
+                };
+                let start = match decode_page_header(page_bytes, Lsn(at), size) {
+                    Ok(header) if header.timeline == self.timeline => {
+                        first_record_start(page_bytes, Lsn(at), size).ok().flatten()
+                    }
+                    _ => None,
+                };
+                let Some(start) = start else {
+                    at += page;
+                    continue;
+                };
+                // Decode from there, 64 KiB at a time, as far as it goes.
+                let mut decoder = WalStreamDecoder::new(start, size);
+                let mut fed = usize::try_from(start.0 - segment_start).unwrap_or(usize::MAX);
+                let mut last = start;
+                'decode: while let Some(chunk) = bytes.get(fed..(fed + (64 << 10)).min(bytes.len()))
+                {
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    decoder.feed(chunk);
+                    fed += chunk.len();
+                    loop {
+                        match decoder.next_record() {
+                            Ok(Some(record)) => last = record.end.align_up(8).unwrap_or(record.end),
+                            Ok(None) => break,
+                            Err(_) => break 'decode,
+                        }
+                    }
+                }
+                if last > start {
+                    found = Some(found.map_or(last, |f| f.max(last)));
+                }
+                // Go on from the page after the one decoding stopped in.
+                at = (last.0 / page + 1) * page;
             }
-            if last > start {
-                found = Some(found.map_or(last, |f| f.max(last)));
-            }
-            // Go on from the page after the one decoding stopped in.
-            at = (last.0 / page + 1) * page;
         }
         Ok(found.filter(|&f| f > end))
     }
@@ -483,17 +499,22 @@ impl WalStore {
         if (first..=last).any(|n| on_disk.binary_search(&n).is_err()) {
             return Ok(Some(mark));
         }
-        let bytes = self.read_disk(end, mark).await?;
         let size = u32::try_from(self.segment_size).unwrap_or(u32::MAX);
         let mut decoder = WalStreamDecoder::new(end, size);
-        decoder.feed(&bytes);
-        Ok(match decoder.next_record() {
-            // The bytes are the start of one record, consistent so far.
-            Ok(None) => None,
-            // A record that ends below the mark and decodes now, or one
-            // that does not: either way not what open found.
-            Ok(Some(_)) | Err(_) => Some(mark),
-        })
+        let mut at = end;
+        while at < mark {
+            let to = mark.min(Lsn(at.0.saturating_add(1 << 20)));
+            decoder.feed(&self.read_disk(at, to).await?);
+            at = to;
+            match decoder.next_record() {
+                // The bytes so far are the start of one record.
+                Ok(None) => {}
+                // A record that ends below the mark and decodes now, or one
+                // that does not: either way not what open found.
+                Ok(Some(_)) | Err(_) => return Ok(Some(mark)),
+            }
+        }
+        Ok(None)
     }
 
     async fn read_segment(&mut self, number: u64) -> Result<Vec<u8>, WalStoreError> {

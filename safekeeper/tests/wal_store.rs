@@ -449,3 +449,35 @@ fn a_lost_segment_below_the_mark_is_damage() {
         store.close().await.expect("close");
     });
 }
+
+/// A log ending with an `XLOG_SWITCH` ends at its segment's end (the
+/// padding is WAL the compute sent), so a mark there is no damage.
+#[test]
+fn a_log_ending_in_a_segment_switch_ends_at_the_segment_end() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let path = dir.path().to_owned();
+    on_executor(move || async move {
+        let mut writer = WalWriter::new(START, SEGMENT, 7_000_000_001, 1).expect("writer");
+        for _ in 0..20 {
+            writer.append(0, 0x00, 0, &[], &[7; 3000]).expect("append");
+        }
+        writer.switch_segment().expect("switch");
+        let end = writer.insert_position();
+        assert_eq!(end, Lsn(START.0 + u64::from(SEGMENT)));
+        let mut bytes = writer.into_segments();
+        bytes.truncate(usize::try_from(end.0 - START.0).expect("small"));
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("open");
+        store.append(START, &bytes).expect("append");
+        store.flush().await.expect("flush");
+        store.close().await.expect("close");
+        let mut store = WalStore::open(&path, START, SEGMENT, 1)
+            .await
+            .expect("reopen");
+        assert_eq!(store.flush_lsn(), end, "the switch's padding is kept");
+        assert_eq!(store.written_after_end(), None);
+        assert_eq!(store.damaged_below(end).await.expect("judge"), None);
+        store.close().await.expect("close");
+    });
+}

@@ -471,17 +471,18 @@ impl Server {
             Ok(state) => state,
             Err(e) => return error(e.to_string()),
         };
-        // One frame carries at most 1 MiB; the requester asks again.
+        // One frame carries at most 1 MiB; the requester asks again. What
+        // this log holds of the range is served, even when it is not all.
         let to = to.min(Lsn(from.0.saturating_add(1 << 20)));
-        if !state
+        let Some(to) = state
             .acceptor
-            .can_serve_kept(history, from, to, state.wal.first_kept())
-        {
+            .servable_end(history, from, to, state.wal.first_kept())
+        else {
             return Message::Refused {
                 term: state.acceptor.term(),
                 why: format!("cannot serve {from}..{to} of that history (term {term})"),
             };
-        }
+        };
         match state.wal.read(from, to).await {
             Ok(bytes) => Message::Wal { begin: from, bytes },
             Err(e) => error(e.to_string()),

@@ -151,7 +151,7 @@ pub async fn repair(timeline: Rc<Timeline>, token: Rc<Option<String>>) {
 }
 
 /// Sends this acceptor's flush LSN to every peer, forever, over kept
-/// connections (reopened when they fail).
+/// connections (reopened when they fail); persists the flush mark when due.
 pub async fn gossip(timeline: Rc<Timeline>, token: Rc<Option<String>>) {
     let me = timeline.me();
     let mut conns: HashMap<NodeId, FramedConn> = HashMap::new();
@@ -160,6 +160,9 @@ pub async fn gossip(timeline: Rc<Timeline>, token: Rc<Option<String>>) {
     loop {
         quire_io::sleep(GOSSIP_INTERVAL).await;
         rounds += 1;
+        if timeline.mark_if_due().await.is_err() {
+            return;
+        }
         let Ok((term, flush, _, history)) = timeline.status().await else {
             return;
         };

@@ -16,8 +16,8 @@
 //! persisted as the control file's flush mark; [`Timeline::repair`] takes
 //! the range back from a peer's bytes, checking that they decode as WAL
 //! records before it writes them. The flush mark follows the flush LSN at
-//! every control-file write and at least every [`MARK_INTERVAL`] while WAL
-//! flows.
+//! every control-file write and trails it by at most about
+//! [`MARK_INTERVAL`] otherwise ([`Timeline::mark_if_due`]).
 //!
 //! Whenever the flush or commit LSN moves, the term's compute changes or
 //! the timeline stops, its [`Changes`] signal wakes whoever waits on it
@@ -78,7 +78,18 @@ pub struct State {
     pub wal: WalStore,
     /// The check of repair bytes under way: a decoder fed from the
     /// damaged range's start (a record start) up to the log end.
-    repair_check: Option<(Lsn, WalStreamDecoder)>,
+    repair_check: Option<RepairCheck>,
+}
+
+/// The decoder that checks repair bytes, fed from the damaged range's
+/// start (a record start).
+struct RepairCheck {
+    /// Where the next byte fed goes (the log end it checked to).
+    fed: Lsn,
+    /// The end of the last whole record that decoded (where a failed
+    /// check cuts back to).
+    whole_end: Lsn,
+    decoder: WalStreamDecoder,
 }
 
 /// What a fetched repair chunk did.
@@ -348,14 +359,24 @@ impl Timeline {
             )));
         }
         let reply = state.acceptor.flushed(ticket);
-        if self.marked_at.get().elapsed() >= MARK_INTERVAL
-            && let Some(durable) = state.acceptor.mark_flush()
-        {
-            self.store_control(durable).await?;
-            self.marked_at.set(Instant::now());
-        }
         self.note_progress(&state, before);
         Ok(reply)
+    }
+
+    /// Persists the flush mark at the flush LSN when it moved and the last
+    /// mark is [`MARK_INTERVAL`] old (called every gossip round, so the
+    /// mark trails the flush LSN by about that much, after a burst too).
+    /// Under the state lock, so it never lands after a later cut's state.
+    pub async fn mark_if_due(&self) -> Result<(), TimelineError> {
+        if self.marked_at.get().elapsed() < MARK_INTERVAL {
+            return Ok(());
+        }
+        let mut state = self.lock().await?;
+        if let Some(durable) = state.acceptor.mark_flush() {
+            self.store_control(durable).await?;
+        }
+        self.marked_at.set(Instant::now());
+        Ok(())
     }
 
     /// Takes `bytes` at `begin`, fetched from `peer` (whose log agrees with
@@ -381,31 +402,34 @@ impl Timeline {
         if state
             .repair_check
             .as_ref()
-            .is_some_and(|(fed, _)| *fed != from)
+            .is_some_and(|check| check.fed != from)
         {
             state.repair_check = None;
         }
         // The range's start is a record's (the end of the last whole one).
         let segment_size = self.segment_size;
-        let (fed, decoder) = state
-            .repair_check
-            .get_or_insert_with(|| (from, WalStreamDecoder::new(from, segment_size)));
-        decoder.feed(bytes);
-        let mut good_end = None;
+        let check = state.repair_check.get_or_insert_with(|| RepairCheck {
+            fed: from,
+            whole_end: from,
+            decoder: WalStreamDecoder::new(from, segment_size),
+        });
+        check.decoder.feed(bytes);
         let failure = loop {
-            match decoder.next_record() {
-                Ok(Some(record)) => good_end = record.end.align_up(8),
+            match check.decoder.next_record() {
+                Ok(Some(record)) => {
+                    check.whole_end = record.end.align_up(8).unwrap_or(record.end);
+                }
                 Ok(None) => break None,
                 Err(e) => break Some(e),
             }
         };
+        // On a failure, back to the last whole record: bytes of the bad
+        // one taken with an earlier chunk go too.
         let keep_to = match &failure {
             None => begin.checked_add(bytes.len() as u64).unwrap_or(begin),
-            Some(_) => good_end
-                .unwrap_or(begin)
-                .max(state.acceptor.durable().wal_start),
+            Some(_) => check.whole_end.max(state.acceptor.durable().wal_start),
         };
-        *fed = keep_to;
+        check.fed = keep_to;
         if failure.is_some() {
             state.repair_check = None;
         }

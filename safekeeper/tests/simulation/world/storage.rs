@@ -188,6 +188,15 @@ impl World {
         let mut acceptor = Acceptor::restore(state, lsn_of(readable), node_id(node));
         let until = after.max(below_mark.then_some(mark));
         if let Some(until) = until {
+            if self.trace {
+                eprintln!(
+                    "{:>5} acceptor {node} finds damage {}..{} (mark {})",
+                    self.now,
+                    lsn_of(readable),
+                    lsn_of(until),
+                    lsn_of(mark)
+                );
+            }
             self.counts.damage_found += 1;
             if let Some(state) = acceptor.note_damage(lsn_of(until)) {
                 self.store_control(node, state, false);
