@@ -32,7 +32,7 @@ fn real_wal() -> (Vec<u8>, Vec<Lsn>) {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         let len = (seed >> 33) as usize % 12_000;
         writer
-            .append(0, 0x00, 0, &[], &vec![(seed >> 7) as u8; len])
+            .append(0, 0x00, 0, &[], &vec![(seed >> 7).to_le_bytes()[0]; len])
             .expect("append");
         ends.push(writer.insert_position());
     }
