@@ -18,16 +18,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use quire_cluster::PgCluster;
 use quire_postgres::Lsn;
-use quire_postgres::wal::stream::WalStreamDecoder;
 use quire_safekeeper::wire::StorageHealth;
 use quire_tests::pg_install;
 use quire_tests::safekeepers::{
-    KEY, KEY_TEXT, Safekeeper, bootstrap, compute_options, health, start_safekeepers, status,
-    wal_bytes,
+    KEY, KEY_TEXT, Safekeeper, bootstrap, byte_inside_a_record, compute_options, flip_wal_byte,
+    health, start_safekeepers, status, wal_bytes,
 };
 
-const SEGMENT_SIZE: u32 = 16 << 20;
-const SEGMENT: u64 = SEGMENT_SIZE as u64;
+const SEGMENT: u64 = 16 << 20;
 
 /// Commits `batches` transactions of about 100 KiB of WAL each.
 fn commit_batches(pg: &PgCluster, first: u32, batches: u32) -> Result<()> {
@@ -66,36 +64,6 @@ fn wait_flush(sk: &Safekeeper, lsn: Lsn, what: &str) -> Result<Lsn> {
     }
 }
 
-/// A byte inside a record (not page-header or alignment padding, which no
-/// checksum covers) near `near`, found by decoding the WAL from `start`.
-fn byte_inside_a_record(dir: &Path, start: Lsn, end: Lsn, near: Lsn) -> Result<Lsn> {
-    let bytes = wal_bytes(dir, start, end)?;
-    let mut decoder = WalStreamDecoder::new(start, SEGMENT_SIZE);
-    decoder.feed(&bytes);
-    while let Some(record) = decoder.next_record().map_err(|e| anyhow::anyhow!("{e}"))? {
-        // A byte of the record's header, which lies in its first page.
-        let at = Lsn(record.start.0 + 12);
-        if at >= near && record.end < end {
-            return Ok(at);
-        }
-    }
-    anyhow::bail!("no whole record after {near} below {end}")
-}
-
-fn flip(dir: &Path, at: Lsn) -> Result<()> {
-    let number = at.0 / SEGMENT;
-    let file = dir.join(format!("{:08X}{:08X}{:08X}", 1, number >> 8, number & 0xFF));
-    let mut bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
-    let offset = usize::try_from(at.0 % SEGMENT)?;
-    bytes[offset] ^= 0x04;
-    std::fs::write(&file, &bytes)?;
-    println!(
-        "flipped a bit of byte {offset:#x} of {} ({at})",
-        file.display()
-    );
-    Ok(())
-}
-
 /// `quire elect` for a compute at `127.0.0.1:9`; returns the start LSN.
 fn elect_elsewhere(addresses: &[String]) -> Result<(String, Lsn)> {
     let elect = std::process::Command::new(env!("CARGO_BIN_EXE_quire"))
@@ -127,7 +95,7 @@ fn elect_elsewhere(addresses: &[String]) -> Result<(String, Lsn)> {
 fn restart_damaged(sk: &mut Safekeeper, at: Lsn, acknowledged: Lsn) -> Result<StorageHealth> {
     sk.start()?;
     let (_, flush, _) = status(&sk.address, KEY)?;
-    let found = health(&sk.address)?;
+    let found = health(&sk.address, KEY)?;
     ensure!(
         flush <= at && flush < acknowledged,
         "sk1 came back at {flush}, the flip is at {at}"
@@ -199,7 +167,7 @@ fn a_flipped_byte_is_repaired_from_a_peer_and_the_next_election_keeps_every_comm
     let near = Lsn((last_segment.0 + 0x4_0064).max(before_gap.0 + 8192));
     ensure!(near.0 + 200_000 < full.0, "too little WAL after {near}");
     let at = byte_inside_a_record(&dir1, won.start, full, near)?;
-    flip(&dir1, at)?;
+    flip_wal_byte(&dir1, at)?;
     let control = dir1.join("control");
     let mut bytes = std::fs::read(&control)?;
     bytes[44] ^= 0x01;
@@ -213,7 +181,7 @@ fn a_flipped_byte_is_repaired_from_a_peer_and_the_next_election_keeps_every_comm
     let began = Instant::now();
     safekeepers[1].start()?;
     let repaired = wait_flush(&safekeepers[0], found.damaged_until, "the repair")?;
-    let after = health(&safekeepers[0].address)?;
+    let after = health(&safekeepers[0].address, KEY)?;
     ensure!(
         repaired == full && after.wal_repairs == 1 && after.damaged_until == Lsn(0),
         "sk1 after the repair: flush {repaired} (full {full}), {after:?}"

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use quire_cluster::{PgCluster, PgClusterOptions};
 use quire_postgres::Lsn;
+use quire_postgres::wal::stream::WalStreamDecoder;
 use quire_safekeeper::compute_control;
 use quire_safekeeper::election::Won;
 use quire_safekeeper::wire::{Message, StorageHealth, TimelineKey};
@@ -153,12 +154,12 @@ pub fn status_as(address: &str, key: TimelineKey, token: Option<&str>) -> Result
     })
 }
 
-/// The test timeline's storage health on the safekeeper at `address`.
-pub fn health(address: &str) -> Result<StorageHealth> {
+/// Timeline `key`'s storage health on the safekeeper at `address`.
+pub fn health(address: &str, key: TimelineKey) -> Result<StorageHealth> {
     let address = address.to_owned();
     on_executor(move || async move {
         let mut conn = quire_safekeeper::server::conn::FramedConn::connect(&address).await?;
-        match conn.call(&Message::GetStatus { key: KEY }).await? {
+        match conn.call(&Message::GetStatus { key }).await? {
             Message::Status { health, .. } => Ok(health),
             other => bail!("status: {other:?}"),
         }
@@ -335,5 +336,37 @@ pub fn check_safekeepers_agree(safekeepers: &[Safekeeper], from: Lsn, lsn: Lsn) 
             ),
         }
     }
+    Ok(())
+}
+
+/// A byte inside a record (not page-header or alignment padding, which no
+/// checksum covers) near `near`, found by decoding the WAL from `start`.
+pub fn byte_inside_a_record(dir: &Path, start: Lsn, end: Lsn, near: Lsn) -> Result<Lsn> {
+    let bytes = wal_bytes(dir, start, end)?;
+    let mut decoder = WalStreamDecoder::new(start, u32::try_from(SEGMENT)?);
+    decoder.feed(&bytes);
+    while let Some(record) = decoder.next_record().map_err(|e| anyhow::anyhow!("{e}"))? {
+        // A byte of the record's header, in a record whose header lies in
+        // its first page.
+        let at = Lsn(record.start.0 + 12);
+        if at >= near && record.end < end && record.start.0 % 8192 + 24 <= 8192 {
+            return Ok(at);
+        }
+    }
+    anyhow::bail!("no whole record after {near} below {end}")
+}
+
+/// Flips a bit of the byte at `at` in the WAL segment files in `dir`.
+pub fn flip_wal_byte(dir: &Path, at: Lsn) -> Result<()> {
+    let number = at.0 / SEGMENT;
+    let file = dir.join(format!("{:08X}{:08X}{:08X}", 1, number >> 8, number & 0xFF));
+    let mut bytes = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+    let offset = usize::try_from(at.0 % SEGMENT)?;
+    bytes[offset] ^= 0x04;
+    std::fs::write(&file, &bytes)?;
+    println!(
+        "flipped a bit of byte {offset:#x} of {} ({at})",
+        file.display()
+    );
     Ok(())
 }

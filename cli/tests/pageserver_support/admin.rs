@@ -291,3 +291,38 @@ pub fn wait_status(
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// The largest layer file in `dir`.
+pub fn largest_layer(dir: &Path) -> Result<std::path::PathBuf> {
+    let mut best: Option<(u64, std::path::PathBuf)> = None;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("image-") || name.starts_with("delta-")) || name.contains('.') {
+            continue;
+        }
+        let size = entry.metadata()?.len();
+        if best.as_ref().is_none_or(|(largest, _)| size > *largest) {
+            best = Some((size, entry.path()));
+        }
+    }
+    best.map(|(_, path)| path)
+        .context("no layer file on the disk")
+}
+
+/// Flips one bit of the byte at `at` in `file`.
+pub fn flip_byte(file: &Path, at: u64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut handle = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)?;
+    let mut byte = [0u8];
+    handle.seek(SeekFrom::Start(at))?;
+    handle.read_exact(&mut byte)?;
+    byte[0] ^= 0x10;
+    handle.seek(SeekFrom::Start(at))?;
+    handle.write_all(&byte)?;
+    handle.sync_all()?;
+    Ok(())
+}
