@@ -18,7 +18,7 @@ use anyhow::{Context, Result, ensure};
 use quire_cluster::S3Server;
 use serde_json::Value;
 
-use compute_support::{Stack, amcheck_clean, check_books, ledger_wait};
+use compute_support::{Stack, amcheck_clean, check_books, ledger_wait, pgbench_init_with_ledger};
 use pageserver_support::{quire_json, timeline_show};
 
 /// The bucket.
@@ -52,13 +52,7 @@ fn a_pageserver_that_lost_its_disk_comes_back_from_object_storage() -> Result<()
     let url = format!("s3://{BUCKET}/cluster");
     let mut stack = Stack::start_with(&["--cores", "1", "--remote", &url], &s3.env())?;
     let pg = stack.start_compute()?;
-    quire_cluster::run_checked(
-        pg.client("pgbench")
-            .args(["-i", "-s", "3", "-q", "postgres"]),
-        Duration::from_secs(300),
-    )
-    .context("pgbench -i")?;
-    pg.psql("postgres", "CREATE TABLE ledger (client int, aid int)")?;
+    pgbench_init_with_ledger(&pg)?;
     let mut acknowledged = stack.ledger_run(&pg, 6)?;
     acknowledged = check_books(&pg, acknowledged, 0)?;
     // Part of the history in S3 (the load's flush uploaded), the rest

@@ -20,7 +20,7 @@ use quire_cluster::S3Server;
 use quire_postgres::Lsn;
 use quire_tests::safekeepers::{byte_inside_a_record, flip_wal_byte, health, status, wal_bytes};
 
-use compute_support::{Stack, amcheck_clean, check_books, ledger_wait};
+use compute_support::{Stack, amcheck_clean, check_books, ledger_wait, pgbench_init_with_ledger};
 use pageserver_support::{flip_byte, largest_layer, timeline_show, wait_status};
 
 const BUCKET: &str = "quire-storage-faults";
@@ -142,13 +142,7 @@ fn flipped_bytes_in_a_safekeeper_and_a_layer_are_repaired_under_load() -> Result
         &s3.env(),
     )?;
     let pg = stack.start_compute()?;
-    quire_cluster::run_checked(
-        pg.client("pgbench")
-            .args(["-i", "-s", "3", "-q", "postgres"]),
-        Duration::from_secs(300),
-    )
-    .context("pgbench -i")?;
-    pg.psql("postgres", "CREATE TABLE ledger (client int, aid int)")?;
+    pgbench_init_with_ledger(&pg)?;
     let mut acknowledged = stack.ledger_run(&pg, 4)?;
 
     let run = stack.ledger_spawn(&pg, 24)?;

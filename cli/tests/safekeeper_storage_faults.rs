@@ -15,14 +15,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use quire_cluster::PgCluster;
 use quire_postgres::Lsn;
 use quire_safekeeper::wire::StorageHealth;
 use quire_tests::pg_install;
 use quire_tests::safekeepers::{
-    KEY, KEY_TEXT, Safekeeper, bootstrap, byte_inside_a_record, compute_options, flip_wal_byte,
-    health, start_safekeepers, status, wal_bytes,
+    KEY, KEY_TEXT, Safekeeper, bootstrap, byte_inside_a_record, compute_options, elect_elsewhere,
+    flip_wal_byte, health, start_safekeepers, status, wal_bytes,
 };
 
 const SEGMENT: u64 = 16 << 20;
@@ -62,31 +62,6 @@ fn wait_flush(sk: &Safekeeper, lsn: Lsn, what: &str) -> Result<Lsn> {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// `quire elect` for a compute at `127.0.0.1:9`; returns the start LSN.
-fn elect_elsewhere(addresses: &[String]) -> Result<(String, Lsn)> {
-    let elect = std::process::Command::new(env!("CARGO_BIN_EXE_quire"))
-        .arg("elect")
-        .arg("--safekeepers")
-        .arg(addresses.join(","))
-        .args(["--timeline", KEY_TEXT])
-        .args(["--compute", "127.0.0.1:9"])
-        .output()?;
-    let said = String::from_utf8_lossy(&elect.stdout).trim().to_owned();
-    ensure!(
-        elect.status.success(),
-        "quire elect ({:?}): {said}{}",
-        elect.status,
-        String::from_utf8_lossy(&elect.stderr)
-    );
-    let start: Lsn = said
-        .rsplit(' ')
-        .next()
-        .context("the start LSN")?
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok((said, start))
 }
 
 /// Restarts `sk` (whose WAL was damaged at `at`, and one of whose control
@@ -206,7 +181,7 @@ fn a_flipped_byte_is_repaired_from_a_peer_and_the_next_election_keeps_every_comm
     // and keep every acknowledged commit.
     safekeepers[1].kill();
     safekeepers[2].start()?;
-    let (said, start) = elect_elsewhere(&addresses)?;
+    let (said, start) = elect_elsewhere(Path::new(env!("CARGO_BIN_EXE_quire")), &addresses)?;
     ensure!(
         start >= acknowledged,
         "the election on sk1 and sk3 starts at {start}, below the acknowledged {acknowledged}: {said}"

@@ -11,13 +11,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use quire_cluster::PgCluster;
 use quire_postgres::Lsn;
 use quire_tests::pg_install;
 use quire_tests::safekeepers::{
-    KEY, KEY_TEXT, Safekeeper, bootstrap, check_identical_wal, compute_options, start_safekeepers,
-    status, wal_bytes,
+    KEY, KEY_TEXT, Safekeeper, bootstrap, check_identical_wal, compute_options, elect_elsewhere,
+    start_safekeepers, status, wal_bytes,
 };
 
 fn insert(pg: &PgCluster, from: u32, count: u32) -> Result<Duration> {
@@ -66,27 +66,6 @@ fn commit_waits_for_a_second_safekeeper(pg: &PgCluster, down: &mut Safekeeper) -
     Ok(())
 }
 
-/// `quire elect` for a compute at `127.0.0.1:9` (nothing listens there);
-/// returns what it printed.
-fn elect_elsewhere(addresses: &[String]) -> Result<String> {
-    let elect = std::process::Command::new(env!("CARGO_BIN_EXE_quire"))
-        .arg("elect")
-        .arg("--safekeepers")
-        .arg(addresses.join(","))
-        .args(["--timeline", KEY_TEXT])
-        .args(["--compute", "127.0.0.1:9"])
-        .output()?;
-    let said = String::from_utf8_lossy(&elect.stdout).trim().to_owned();
-    ensure!(
-        elect.status.success(),
-        "quire elect ({:?}): {said}{}",
-        elect.status,
-        String::from_utf8_lossy(&elect.stderr)
-    );
-    println!("{said}");
-    Ok(said)
-}
-
 /// With sk3 down, commits go on; then a newer term elected for another
 /// compute fences this one (its commits no longer complete). With the
 /// compute stopped, sk3 comes back behind; a third election makes it fill
@@ -103,7 +82,9 @@ fn fence_and_recover(
         .trim()
         .parse()?;
     ensure!(
-        elect_elsewhere(addresses)?.contains("elected term 2"),
+        elect_elsewhere(Path::new(env!("CARGO_BIN_EXE_quire")), addresses)?
+            .0
+            .contains("elected term 2"),
         "expected term 2"
     );
     let mut fenced = pg
@@ -130,14 +111,8 @@ fn fence_and_recover(
 
     safekeepers[2].start()?;
     let (_, sk3_flush, _) = status(&safekeepers[2].address, KEY)?;
-    let said = elect_elsewhere(addresses)?;
+    let (said, start) = elect_elsewhere(Path::new(env!("CARGO_BIN_EXE_quire")), addresses)?;
     ensure!(said.contains("elected term 3"), "expected term 3: {said}");
-    let start: Lsn = said
-        .rsplit(' ')
-        .next()
-        .context("the start LSN")?
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     ensure!(
         sk3_flush < behind && behind <= start,
         "sk3 was not behind: {sk3_flush} vs {behind}..{start}"

@@ -338,6 +338,13 @@ fn odd_names_and_the_end_of_the_lsn_space_do_not_panic() {
     });
 }
 
+/// A store in `path` holding `bytes` up to `end`, written and closed.
+async fn write_wal(path: &Path, bytes: &[u8], end: Lsn) {
+    let mut store = WalStore::open(path, START, SEGMENT, 1).await.expect("open");
+    append_all(&mut store, bytes, START, end, 65_536).await;
+    store.close().await.expect("close");
+}
+
 /// Flips one byte of the segment file holding `at`.
 fn flip_byte(path: &Path, at: Lsn) {
     let number = at.0 / u64::from(SEGMENT);
@@ -359,11 +366,7 @@ fn a_flipped_byte_with_records_after_it_is_damage_not_a_torn_tail() {
     on_executor(move || async move {
         let (bytes, ends) = real_wal();
         let end = *ends.last().expect("records");
-        let mut store = WalStore::open(&path, START, SEGMENT, 1)
-            .await
-            .expect("open");
-        append_all(&mut store, &bytes, START, end, 65_536).await;
-        store.close().await.expect("close");
+        write_wal(&path, &bytes, end).await;
         let flipped = Lsn((end.0 / u64::from(SEGMENT)) * u64::from(SEGMENT) + 0x4_0064);
         assert!(flipped < end, "the last segment reaches past the flip");
         flip_byte(&path, flipped);
@@ -406,11 +409,7 @@ fn a_record_cut_short_across_pages_is_a_torn_tail() {
             .expect("a long record");
         let cut = Lsn((long[0].0 / 8192 + 2) * 8192 + 100);
         assert!(cut < long[1]);
-        let mut store = WalStore::open(&path, START, SEGMENT, 1)
-            .await
-            .expect("open");
-        append_all(&mut store, &bytes, START, cut, 65_536).await;
-        store.close().await.expect("close");
+        write_wal(&path, &bytes, cut).await;
         let mut store = WalStore::open(&path, START, SEGMENT, 1)
             .await
             .expect("reopen");
@@ -434,11 +433,7 @@ fn a_lost_segment_below_the_mark_is_damage() {
     on_executor(move || async move {
         let (bytes, ends) = real_wal();
         let end = *ends.last().expect("records");
-        let mut store = WalStore::open(&path, START, SEGMENT, 1)
-            .await
-            .expect("open");
-        append_all(&mut store, &bytes, START, end, 65_536).await;
-        store.close().await.expect("close");
+        write_wal(&path, &bytes, end).await;
         let last = end.0 / u64::from(SEGMENT);
         std::fs::remove_file(path.join(format!("0000000100000000{last:08X}"))).expect("remove");
         let mut store = WalStore::open(&path, START, SEGMENT, 1)

@@ -370,3 +370,29 @@ pub fn flip_wal_byte(dir: &Path, at: Lsn) -> Result<()> {
     );
     Ok(())
 }
+
+/// `quire elect` (the binary at `binary`) for a compute at `127.0.0.1:9`
+/// (nothing listens there): what it printed and the start LSN.
+pub fn elect_elsewhere(binary: &Path, addresses: &[String]) -> Result<(String, Lsn)> {
+    let elect = Command::new(binary)
+        .arg("elect")
+        .arg("--safekeepers")
+        .arg(addresses.join(","))
+        .args(["--timeline", KEY_TEXT])
+        .args(["--compute", "127.0.0.1:9"])
+        .output()?;
+    let said = String::from_utf8_lossy(&elect.stdout).trim().to_owned();
+    ensure!(
+        elect.status.success(),
+        "quire elect ({:?}): {said}{}",
+        elect.status,
+        String::from_utf8_lossy(&elect.stderr)
+    );
+    let start: Lsn = said
+        .rsplit(' ')
+        .next()
+        .context("the start LSN")?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok((said, start))
+}

@@ -227,6 +227,18 @@ impl Stack {
     }
 }
 
+/// `pgbench -i -s 3` (bounded) and the ledger table the script fills.
+pub fn pgbench_init_with_ledger(pg: &PgCluster) -> Result<()> {
+    quire_cluster::run_checked(
+        pg.client("pgbench")
+            .args(["-i", "-s", "3", "-q", "postgres"]),
+        Duration::from_secs(300),
+    )
+    .context("pgbench -i")?;
+    pg.psql("postgres", "CREATE TABLE ledger (client int, aid int)")?;
+    Ok(())
+}
+
 /// Waits (bounded) for a pgbench started by `ledger_spawn`; what it
 /// reports as processed.
 pub fn ledger_wait(child: std::process::Child, seconds: u32) -> Result<u64> {
