@@ -3,9 +3,10 @@
 //!
 //! The first byte chooses whether the rest is decoded as it is, or with
 //! its trailing CRC-32C recomputed first (so the checks past the checksum
-//! are reached). A file that decodes re-encodes to exactly its bytes, and
-//! those decode to the same value (decode(encode(decode(x))) ==
-//! decode(x)). Seeds are control files the project writes (`fuzz/seeds/`).
+//! are reached). A file that decodes re-encodes to bytes that decode to
+//! the same value (decode(encode(decode(x))) == decode(x)); a file of the
+//! current version re-encodes to exactly its bytes (an older version is
+//! read and written as the current one). Seeds are control files the project writes (`fuzz/seeds/`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -25,6 +26,8 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let encoded = file.encode();
-    assert_eq!(encoded, bytes, "the encoding is canonical");
+    if bytes.get(4..8) == encoded.get(4..8) {
+        assert_eq!(encoded, bytes, "the encoding is canonical");
+    }
     assert_eq!(ControlFile::decode(&encoded).ok(), Some(file));
 });
