@@ -136,9 +136,47 @@ impl BlockCache {
             slot.block = block;
             return;
         }
-        while self.slots.len() >= self.capacity_blocks {
-            self.evict_one();
+        self.make_room();
+        self.insert_new(key, block);
+    }
+
+    /// Adds a copy of `bytes` (a block just read and verified) and returns
+    /// it. When the cache is full, the memory of the block evicted for it
+    /// is reused if no reader still holds that block, so a miss in a full
+    /// cache allocates and frees nothing.
+    pub fn insert_copy(&mut self, key: BlockKey, bytes: &[u8]) -> Rc<[u8]> {
+        if let Some(slot) = self.slots.get_mut(&key) {
+            let block: Rc<[u8]> = Rc::from(bytes);
+            slot.block = Rc::clone(&block);
+            return block;
         }
+        let block = match self.make_room() {
+            Some(mut spare) if spare.len() == bytes.len() => match Rc::get_mut(&mut spare) {
+                Some(memory) => {
+                    memory.copy_from_slice(bytes);
+                    spare
+                }
+                None => Rc::from(bytes),
+            },
+            _ => Rc::from(bytes),
+        };
+        self.insert_new(key, Rc::clone(&block));
+        block
+    }
+
+    /// Evicts until one more block fits; the last block evicted, if any.
+    fn make_room(&mut self) -> Option<Rc<[u8]>> {
+        let mut evicted = None;
+        while self.slots.len() >= self.capacity_blocks {
+            if let Some(block) = self.evict_one() {
+                evicted = Some(block);
+            }
+        }
+        evicted
+    }
+
+    /// Adds `block` under `key`, which the cache lacks and has room for.
+    fn insert_new(&mut self, key: BlockKey, block: Rc<[u8]>) {
         let in_main = self.ghost_set.remove(&key);
         if in_main {
             self.main.push_back(key);
@@ -170,15 +208,16 @@ impl BlockCache {
         }
     }
 
-    fn evict_one(&mut self) {
+    /// Evicts one block (none when every queue is empty); the block.
+    fn evict_one(&mut self) -> Option<Rc<[u8]>> {
         if self.small.len() >= self.small_target || self.main.is_empty() {
-            self.evict_from_small();
+            self.evict_from_small()
         } else {
-            self.evict_from_main();
+            self.evict_from_main()
         }
     }
 
-    fn evict_from_small(&mut self) {
+    fn evict_from_small(&mut self) -> Option<Rc<[u8]>> {
         while let Some(key) = self.small.pop_front() {
             let Some(slot) = self.slots.get_mut(&key) else {
                 continue; // forgotten
@@ -189,15 +228,15 @@ impl BlockCache {
                 self.main.push_back(key);
                 continue;
             }
-            self.slots.remove(&key);
+            let evicted = self.slots.remove(&key).map(|slot| slot.block);
             self.stats.evictions += 1;
             self.remember_ghost(key);
-            return;
+            return evicted;
         }
-        self.evict_from_main();
+        self.evict_from_main()
     }
 
-    fn evict_from_main(&mut self) {
+    fn evict_from_main(&mut self) -> Option<Rc<[u8]>> {
         while let Some(key) = self.main.pop_front() {
             let Some(slot) = self.slots.get_mut(&key) else {
                 continue;
@@ -207,10 +246,11 @@ impl BlockCache {
                 self.main.push_back(key);
                 continue;
             }
-            self.slots.remove(&key);
+            let evicted = self.slots.remove(&key).map(|slot| slot.block);
             self.stats.evictions += 1;
-            return;
+            return evicted;
         }
+        None
     }
 
     fn remember_ghost(&mut self, key: BlockKey) {
@@ -291,6 +331,34 @@ mod tests {
         assert!(cache.get(key(0)).is_none());
         cache.insert(key(0), block(0));
         assert!(cache.slots.get(&key(0)).is_some_and(|s| s.in_main));
+    }
+
+    #[test]
+    fn a_copy_into_a_full_cache_reuses_the_evicted_blocks_memory_unless_held() {
+        let mut cache = BlockCache::new(2 * CACHE_BLOCK_SIZE);
+        let first = cache.insert_copy(key(0), &[1; 16]);
+        let first_memory = first.as_ptr();
+        drop(first);
+        cache.insert_copy(key(1), &[2; 16]);
+        // Key 0 is evicted for key 2, and nobody holds it: its memory
+        // carries key 2's bytes now.
+        let third = cache.insert_copy(key(2), &[3; 16]);
+        assert_eq!(third.as_ptr(), first_memory);
+        assert_eq!(&*third, &[3; 16]);
+        assert!(cache.get(key(0)).is_none());
+        assert_eq!(cache.get(key(1)).as_deref(), Some(&[2; 16][..]));
+        // A reader still holds key 1 when it is evicted: its bytes stay.
+        let held = cache.get(key(1)).expect("cached");
+        drop(third);
+        cache.insert_copy(key(3), &[4; 16]);
+        cache.insert_copy(key(4), &[5; 16]);
+        assert_eq!(&*held, &[2; 16]);
+        assert_eq!(cache.get(key(4)).as_deref(), Some(&[5; 16][..]));
+        // A key already cached takes the new bytes.
+        let again = cache.insert_copy(key(4), &[6; 16]);
+        assert_eq!(&*again, &[6; 16]);
+        assert_eq!(cache.get(key(4)).as_deref(), Some(&[6; 16][..]));
+        assert!(cache.stats().blocks <= 2);
     }
 
     #[test]

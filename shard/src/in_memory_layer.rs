@@ -367,9 +367,7 @@ impl InMemoryLayer {
             .clone()
             .ok_or_else(|| self.missing(block))?;
         let read = file.read_block(block).await?;
-        let bytes: Rc<[u8]> = Rc::from(&*read);
-        self.cache.borrow_mut().insert(key, bytes.clone());
-        Ok(bytes)
+        Ok(self.cache.borrow_mut().insert_copy(key, &read))
     }
 
     fn missing(&self, block: u32) -> FileError {

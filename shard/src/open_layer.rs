@@ -86,9 +86,7 @@ impl CachedBlocks<'_> {
             return Ok(Rc::from(&*read));
         };
         check_block(self.file_name, block, &read, expected)?;
-        let bytes: Rc<[u8]> = Rc::from(&*read);
-        cache.borrow_mut().insert(key, bytes.clone());
-        Ok(bytes)
+        Ok(cache.borrow_mut().insert_copy(key, &read))
     }
 }
 

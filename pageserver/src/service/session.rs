@@ -153,16 +153,27 @@ impl TimelineSession {
     ) -> Result<(), RequestError> {
         let timeline = &self.timeline.timeline;
         // The blocks' lookups run together, so their cold reads go to the
-        // ring in one submission instead of one after another.
-        let lookups = (0..read.count).map(|offset| {
-            let key = Key::rel_block(read.rel, BlockNo(read.first_block.0 + offset));
-            timeline.get_noting(key, lsn, downloads)
-        });
-        let inputs: Vec<ReconstructInputs> = futures::future::join_all(lookups)
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| storage_error(&e))?;
+        // ring in one submission instead of one after another (a single
+        // block, the common GetPage, skips the joining's allocations).
+        let inputs: Vec<ReconstructInputs> = if read.count == 1 {
+            let key = Key::rel_block(read.rel, read.first_block);
+            vec![
+                timeline
+                    .get_noting(key, lsn, downloads)
+                    .await
+                    .map_err(|e| storage_error(&e))?,
+            ]
+        } else {
+            let lookups = (0..read.count).map(|offset| {
+                let key = Key::rel_block(read.rel, BlockNo(read.first_block.0 + offset));
+                timeline.get_noting(key, lsn, downloads)
+            });
+            futures::future::join_all(lookups)
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()
+                .map_err(|e| storage_error(&e))?
+        };
         let mut redo: Vec<(usize, Key)> = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
             let page = out
@@ -322,7 +333,15 @@ impl PageSession for TimelineSession {
                 );
                 result
             });
-        let results = futures::future::join_all(each).await;
+        let results = if reads.len() == 1 {
+            let mut each = each;
+            match each.next() {
+                Some(only) => vec![only.await],
+                None => Vec::new(),
+            }
+        } else {
+            futures::future::join_all(each).await
+        };
         let seconds = started.elapsed().as_secs_f64();
         for _ in reads {
             self.core.metrics.getpage_seconds.observe(seconds);
