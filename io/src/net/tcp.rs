@@ -113,33 +113,39 @@ impl TcpStream {
     /// Reads what is there (at least one byte, waiting for it), up to
     /// `buf.len()`; `Ok(0)` when the peer has closed its side.
     ///
-    /// Under [`set_busy_poll`](Self::set_busy_poll) only *idle* spinning
-    /// counts against the spin: a yield that comes back after
+    /// Under [`set_busy_poll`](Self::set_busy_poll) the spin is charged
+    /// for idle spinning only: a yield that comes back after
     /// [`BUSY_YIELD`] or more means the core ran other tasks meanwhile, and
-    /// looking at the socket again after them costs one `recv`, while a
-    /// ring wait could stay unreaped behind them (glommio reaps its main
-    /// ring only when no task is ready, or every 100 ms: p99.9 of 0.05-0.1
-    /// s in some runs of four connections at depth 64). The spin ends in
-    /// any case after [`READ_SPIN_TOTAL_MAX`], so connections that stay
-    /// idle on a busy core go back to waiting through the ring.
+    /// it is charged [`BUSY_POLL_CHARGE`], the one `recv` that looking at
+    /// the socket again after them costs. Charging the whole wall time
+    /// instead sent a read on a busy core to a ring wait almost at once,
+    /// and with four pipelined connections at depth 64 that measured a
+    /// p99.9 of 20-80 ms against 5-6.5 ms this way, at the same throughput
+    /// (`quire bench getpage`; why a ring wait was that slow behind ready
+    /// tasks is not pinned down: a simple busy task does not reproduce it).
+    /// A read on a busy core makes at most `spin / BUSY_POLL_CHARGE` extra
+    /// `recv`s, within [`READ_SPIN_TOTAL_MAX`], before it waits through
+    /// the ring, so idle connections on a busy core cost a bounded amount.
     pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(spin) = self.busy_poll {
             let started = Instant::now();
             let mut last = started;
-            let mut idle = Duration::ZERO;
+            let mut charged = Duration::ZERO;
             loop {
                 if let Some(result) = self.try_read(buf) {
                     return result;
                 }
-                if idle >= spin || last.duration_since(started) >= READ_SPIN_TOTAL_MAX {
+                if charged >= spin || last.duration_since(started) >= READ_SPIN_TOTAL_MAX {
                     break;
                 }
                 crate::runtime::yield_now().await;
                 let now = Instant::now();
                 let gap = now.duration_since(last);
-                if gap < BUSY_YIELD {
-                    idle += gap;
-                }
+                charged += if gap < BUSY_YIELD {
+                    gap
+                } else {
+                    BUSY_POLL_CHARGE
+                };
                 last = now;
             }
         }
@@ -347,9 +353,13 @@ impl TcpStream {
 /// spinning (see [`TcpStream::read`]).
 pub const BUSY_YIELD: Duration = Duration::from_micros(5);
 
+/// What a busy-polling read's spin is charged for a look at its socket
+/// after other tasks ran (see [`TcpStream::read`]).
+pub const BUSY_POLL_CHARGE: Duration = Duration::from_micros(1);
+
 /// How long a busy-polling read keeps looking at its socket in all, busy
 /// core or not, before it waits through the ring.
-pub const READ_SPIN_TOTAL_MAX: Duration = Duration::from_millis(2);
+pub const READ_SPIN_TOTAL_MAX: Duration = Duration::from_millis(20);
 
 /// How long a busy-polling write keeps retrying a full socket without
 /// progress before it waits through the ring.
