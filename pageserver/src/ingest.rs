@@ -72,7 +72,7 @@ mod stats;
 
 pub use stats::IngestStats;
 
-pub use resume::wal_restart_lsn;
+pub use resume::{wal_restart_lsn, wal_resume_lsn};
 
 /// Open-layer size at which ingest freezes and flushes to an L0 layer.
 pub const FLUSH_BYTES: usize = 256 * 1024 * 1024;

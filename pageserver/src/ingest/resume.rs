@@ -124,6 +124,21 @@ pub fn wal_restart_lsn(last_record_lsn: Lsn, segment_size: u32) -> Lsn {
     Lsn(last_record_lsn.0 - u64::from(last_record_lsn.segment_offset(segment_size)))
 }
 
+/// [`wal_restart_lsn`] for a timeline whose own WAL begins at `wal_start`
+/// (an import's LSN, where its first record starts), if known: never below
+/// it. A WAL source holds nothing of the timeline below its start (the
+/// safekeepers' copy of a compute started at the import LSN begins there
+/// and refuses reads below), so a timeline restarted before it flushed
+/// anything past its import would otherwise ask, forever, for WAL from the
+/// start of the segment holding the import LSN.
+pub fn wal_resume_lsn(last_record_lsn: Lsn, segment_size: u32, wal_start: Option<Lsn>) -> Lsn {
+    let restart = wal_restart_lsn(last_record_lsn, segment_size);
+    match wal_start {
+        Some(start) if start <= last_record_lsn => restart.max(start),
+        _ => restart,
+    }
+}
+
 /// The keys of one kind byte.
 fn kind_range(kind: u8) -> Range<Key> {
     let start = Key {

@@ -436,6 +436,7 @@ async fn create_timeline(
                 system_identifier: control.system_identifier.get(),
                 segment_size: control.xlog_seg_size.get(),
                 wal_source,
+                wal_start: Some(imported.lsn.to_string()),
             };
             (timeline, settings, control.data_checksum_version.get() != 0)
         }
@@ -462,6 +463,7 @@ async fn create_timeline(
                 system_identifier: parent.settings.system_identifier,
                 segment_size: parent.settings.segment_size,
                 wal_source,
+                wal_start: None,
             };
             (timeline, settings, parent.data_checksums)
         }

@@ -184,6 +184,7 @@ async fn fetch_shard(
                     system_identifier: control.system_identifier.get(),
                     segment_size: control.xlog_seg_size.get(),
                     wal_source: wal_source.clone(),
+                    wal_start: None,
                 }
             }
             Some((parent, lsn)) => {
@@ -211,6 +212,7 @@ async fn fetch_shard(
                         Some(WalSourceSettings::Primary { .. }) => None,
                         other => other.clone(),
                     },
+                    wal_start: None,
                 }
             }
         };

@@ -14,7 +14,7 @@ use quire_safekeeper::wire::TimelineKey;
 use super::core::{Core, ServedTimeline, TenantShard};
 use super::settings::WalSourceSettings;
 use crate::ingest::WalIngest;
-use crate::ingest::resume::wal_restart_lsn;
+use crate::ingest::resume::wal_resume_lsn;
 use crate::wal_receiver::conninfo::ConnInfo;
 use crate::wal_receiver::primary::PrimarySource;
 use crate::wal_receiver::safekeepers::SafekeeperSource;
@@ -58,7 +58,8 @@ pub fn source_of(shard: &TenantShard, served: &ServedTimeline) -> Result<Option<
 
 /// Starts `served`'s receiver (when it has a source): with `fresh` ingest
 /// state from an import at the timeline's last record LSN, or else
-/// resumed from the timeline at the start of the WAL segment holding it.
+/// resumed from the timeline at the start of the WAL segment holding it
+/// (never below the timeline's own WAL start, when known).
 pub async fn start(
     core: &Core,
     shard: &TenantShard,
@@ -73,7 +74,11 @@ pub async fn start(
     let (ingest, from) = if let Some(ingest) = fresh {
         (ingest, timeline.last_record_lsn())
     } else {
-        let from = wal_restart_lsn(timeline.last_record_lsn(), served.settings.segment_size);
+        let from = wal_resume_lsn(
+            timeline.last_record_lsn(),
+            served.settings.segment_size,
+            served.settings.wal_start_lsn()?,
+        );
         (WalIngest::resume(Rc::clone(&timeline), redo).await?, from)
     };
     // Every shard takes the whole stream and stores what it keeps.

@@ -95,6 +95,12 @@ pub struct TimelineSettings {
     /// Where its WAL comes from, if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_source: Option<WalSourceSettings>,
+    /// Where its own WAL begins, when known: an import's LSN, where the
+    /// first record it ingests starts. A restarted receiver never asks its
+    /// source for WAL below it (`wal_resume_lsn`). Absent in files written
+    /// before it existed, and for branches and attached timelines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_start: Option<String>,
 }
 
 impl TimelineSettings {
@@ -103,6 +109,17 @@ impl TimelineSettings {
         self.timeline
             .parse()
             .map_err(|e| anyhow::anyhow!("timeline settings: {e}"))
+    }
+
+    /// [`wal_start`](Self::wal_start), parsed.
+    pub fn wal_start_lsn(&self) -> Result<Option<Lsn>> {
+        self.wal_start
+            .as_deref()
+            .map(|lsn| {
+                lsn.parse()
+                    .map_err(|e| anyhow::anyhow!("timeline settings: WAL start {e:?}"))
+            })
+            .transpose()
     }
 
     /// The ancestor's id and branch point.

@@ -377,3 +377,31 @@ fn the_wal_decodes_again_from_where_a_restart_takes_it_up() {
         }
     }
 }
+
+#[test]
+fn a_resume_never_asks_for_wal_below_the_timelines_own_start() {
+    let start = Lsn(0x014E_6140);
+    let segment = wal_restart_lsn(start, SEGMENT);
+    assert!(segment < start);
+    // Nothing flushed past the import: from the import LSN itself.
+    assert_eq!(
+        wal_resume_lsn(Lsn(start.0 + 1), SEGMENT, Some(start)),
+        start
+    );
+    assert_eq!(wal_resume_lsn(start, SEGMENT, Some(start)), start);
+    // Past it in the same segment: still the import LSN, the record
+    // start below the last record that the source holds.
+    let same_segment = Lsn(start.0 + 0x1000);
+    assert_eq!(wal_restart_lsn(same_segment, SEGMENT), segment);
+    assert_eq!(wal_resume_lsn(same_segment, SEGMENT, Some(start)), start);
+    // A later segment: its start, as without a known start.
+    let later = Lsn(start.0 + 3 * u64::from(SEGMENT));
+    assert_eq!(
+        wal_resume_lsn(later, SEGMENT, Some(start)),
+        wal_restart_lsn(later, SEGMENT)
+    );
+    // Unknown, or a start past the last record (not a start of this
+    // timeline's WAL): the segment start.
+    assert_eq!(wal_resume_lsn(Lsn(start.0 + 1), SEGMENT, None), segment);
+    assert_eq!(wal_resume_lsn(segment, SEGMENT, Some(start)), segment);
+}
